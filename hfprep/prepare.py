@@ -1,0 +1,247 @@
+"""Tokenize -> key -> group -> pack, as one map-reduce transform (the seed's ``PrepareForTrainingTransform``).
+
+Example:
+    >>> cfg = PrepareForTrainingTransformConfig(processing_strategy="pretrain", packing_strategy="dense",
+    ...     tokenizer_name="path/to/tokenizer", seq_len=8, num_reduce_chunks=2)  # doctest: +SKIP
+    >>> packed = PrepareForTrainingTransform(cfg).run(dataset, num_proc=2)  # doctest: +SKIP
+    >>> packed.features  # doctest: +SKIP
+    {'input_ids': List(Value('uint32')), 'position_ids': List(Value('uint32')), 'loss_mask': List(Value('bool'))}
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pydantic
+
+from .errors import ConfigError, DataError
+from .hashing import array_hash, batch_keys
+from .mapreduce import (
+    DEFAULT_REDUCE_MEMORY_BUDGET,
+    INDEX_COLUMN,
+    KEY_COLUMN,
+    MapReduceTransformBase,
+    MapReduceTransformConfigBase,
+)
+from .packing import PackStats, get_packer
+from .tokenize import ProcessingStrategy, TokenizeConfig, Tokenizer, flat_to_table, tokenized_features
+from .tokenizer import eos_token_id, load_tokenizer
+from .types import Row, TokenizedRow
+
+BYTES_PER_TOKEN_IN_GROUP = 9  # uint32 id + uint32 position + bool mask, in memory while a group is packed
+
+
+class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
+    """Everything needed to turn raw rows into packed training rows (the seed's config, plus column names).
+
+    Attributes:
+        processing_strategy: ``pretrain``, ``fim`` or ``sft``.
+        packing_strategy: ``dense`` or ``no_incomplete`` (``bfd`` where available).
+        tokenizer_name: Hub id or local path of a fast tokenizer.
+        seq_len: length of every packed row (>= 2).
+        pad_token_id: padding id for padded packers; defaults to the tokenizer's eos id.
+        fim_kwargs: ``only_middle_not_masked`` / ``fim_format`` for the FIM strategy.
+        num_reduce_chunks: number of hash keys (reduce groups), >= 1.
+        text_column: column with the text / conversation (seed default ``content``).
+        packing_kwargs: extra options of the packer (e.g. bfd's ``overflow``).
+        reduce_memory_budget: bytes of one reduce range held in memory; a single group above it is an error.
+    """
+
+    processing_strategy: ProcessingStrategy
+    packing_strategy: str
+    tokenizer_name: str
+    seq_len: int
+    pad_token_id: int | None = None
+    fim_kwargs: dict[str, Any] = {}
+    num_reduce_chunks: int
+    tokenizer_revision: str | None = None
+    text_column: str = "content"
+    on_empty: str = "error"
+    backend: str = "hf"
+    packing_kwargs: dict[str, Any] = {}
+    reduce_memory_budget: int = DEFAULT_REDUCE_MEMORY_BUDGET
+
+    @pydantic.field_validator("seq_len")
+    @classmethod
+    def _seq_len(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("seq_len must be >= 2 (a row needs an input token and a target)")
+        return v
+
+    @pydantic.field_validator("num_reduce_chunks")
+    @classmethod
+    def _chunks(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("num_reduce_chunks must be >= 1")
+        return v
+
+    def tokenize_config(self) -> TokenizeConfig:
+        allowed = {"only_middle_not_masked", "fim_format", "prefix_column", "middle_column", "suffix_column"}
+        unknown = set(self.fim_kwargs) - allowed
+        if unknown:
+            raise ConfigError(f"unknown fim_kwargs {sorted(unknown)}; allowed: {sorted(allowed)}")
+        try:
+            return TokenizeConfig(
+                strategy=self.processing_strategy,
+                text_column=self.text_column,
+                on_empty=self.on_empty,
+                backend=self.backend,
+                **self.fim_kwargs,
+            )
+        except pydantic.ValidationError as e:
+            raise ConfigError(f"invalid tokenize options: {e.errors()[0]['msg']}") from e
+
+
+class PrepareForTrainingTransform(MapReduceTransformBase):
+    """Tokenize with a strategy, key each document by ``array_hash(input_ids) % num_reduce_chunks``, pack per key.
+
+    ``run(dataset, num_proc=N)`` returns a ``datasets.Dataset`` of packed rows (``input_ids`` uint32,
+    ``position_ids`` uint32, ``loss_mask`` bool); groups come in ascending key order and documents keep input
+    order inside a group, so the rows are the same for every ``num_proc``. After a run, :attr:`stats` holds the
+    merged :class:`~hfprep.packing.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization).
+    """
+
+    class _MapFn:
+        """Seed API: one row -> ``(key, tokenized row)``."""
+
+        def __init__(self, transform: PrepareForTrainingTransform) -> None:
+            self.transform = transform
+
+        def __call__(self, row: Row) -> Iterator[tuple[int, TokenizedRow]]:
+            flat = self.transform.tokenizer_stage({k: [v] for k, v in row.items()})
+            for i in range(flat.num_docs):
+                r = flat.row(i)
+                yield array_hash(r["input_ids"]) % self.transform.config.num_reduce_chunks, r
+
+    class _ReduceFn:
+        """Seed API: ``(key, tokenized rows)`` -> packed rows."""
+
+        def __init__(self, transform: PrepareForTrainingTransform) -> None:
+            self.transform = transform
+
+        def __call__(self, key: int, rows: Iterable[TokenizedRow]) -> Iterator[TokenizedRow]:
+            from .packing import pack_sequences
+
+            cfg = self.transform.config
+            yield from pack_sequences(rows, cfg.seq_len, self.transform.pad_token_id, cfg.packing_strategy)
+
+    def __init__(self, config: PrepareForTrainingTransformConfig, tokenizer=None) -> None:
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+            config.tokenizer_name, revision=config.tokenizer_revision
+        )
+        self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else eos_token_id(self.tokenizer)
+        self.packer = get_packer(config.packing_strategy)
+        self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config())
+        super().__init__(self._MapFn(self), self._ReduceFn(self), config)
+        self.reduce_memory_budget = config.reduce_memory_budget
+        self.rows_in = 0
+        self.docs_tokenized = 0
+
+    # --- map side ---------------------------------------------------------------------------------------------
+
+    def map_batch(self, batch: Mapping[str, list[Any]], indices: list[int]) -> pa.Table:
+        flat = self.tokenizer_stage(batch, indices)
+        table = flat.to_arrow()
+        keys = batch_keys(flat.input_ids, flat.doc_offsets, self.config.num_reduce_chunks)
+        index = np.asarray(indices, dtype=np.int64)[flat.kept]
+        return table.append_column(KEY_COLUMN, pa.array(keys)).append_column(INDEX_COLUMN, pa.array(index))
+
+    def map_features(self):
+        from datasets import Value
+
+        feats = tokenized_features()
+        feats[KEY_COLUMN] = Value("int64")
+        feats[INDEX_COLUMN] = Value("int64")
+        return feats
+
+    # --- reduce side ------------------------------------------------------------------------------------------
+
+    def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
+        packed = pack_table(table, self.config.seq_len, self.pad_token_id, self.packer, self.config.packing_kwargs)
+        return packed[0], packed[1].as_dict()
+
+    def output_features(self):
+        return tokenized_features()
+
+    def group_bytes(self, table: pa.Table, bounds: np.ndarray, order: np.ndarray) -> np.ndarray:
+        lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
+        tokens = np.add.reduceat(lengths[order], bounds[:-1]) if len(order) else np.zeros(0)
+        return tokens.astype(np.float64) * BYTES_PER_TOKEN_IN_GROUP
+
+    def check_group_bytes(self, group_bytes: np.ndarray, keys: list[Any]) -> None:
+        if not len(group_bytes):
+            return
+        big = int(np.argmax(group_bytes))
+        if group_bytes[big] > self.reduce_memory_budget:
+            need = int(np.ceil(group_bytes.sum() / (self.reduce_memory_budget * 0.5)))
+            raise ConfigError(
+                f"reduce group {keys[big]} holds ~{group_bytes[big] / 2**20:.0f} MiB of tokens, over the "
+                f"reduce_memory_budget of {self.reduce_memory_budget / 2**20:.0f} MiB; raise num_reduce_chunks "
+                f"to at least {need} (or raise reduce_memory_budget)"
+            )
+
+    # --- driver -----------------------------------------------------------------------------------------------
+
+    def run(self, data: Any, num_proc: int | None = None, batch_size: int = 1000) -> Any:
+        from .mapreduce import to_dataset
+
+        ds = to_dataset(data)
+        self.rows_in = len(ds)
+        if self.rows_in:
+            missing = [c for c in self.tokenizer_stage.config.input_columns() if c not in ds.column_names]
+            if missing:
+                raise DataError(
+                    f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but the data has "
+                    f"{ds.column_names}; set text_column / fim_kwargs column names"
+                )
+        out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
+        return out if isinstance(data, type(ds)) else out.to_list()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Merged packing stats of the last run, with tokenization counts."""
+        merged = PackStats()
+        for s in self.last_stats:
+            merged = merged.merge(stats_from_dict(s))
+        d = merged.as_dict()
+        d["rows_in"] = self.rows_in
+        d["docs_dropped_by_tokenizer"] = self.rows_in - merged.docs_in
+        return d
+
+
+def stats_from_dict(d: Mapping[str, Any]) -> PackStats:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(PackStats)} - {"extra"}
+    s = PackStats(**{k: int(v) for k, v in d.items() if k in names})
+    s.extra = {k: int(v) for k, v in d.items() if k not in names and k != "fill_ratio"}
+    return s
+
+
+def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenized Arrow table -> ``(input_ids, position_ids, loss_mask, doc_offsets)`` flat numpy arrays."""
+    ids_col = table.column("input_ids").combine_chunks()
+    lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    cols = []
+    for name, dtype in (("input_ids", np.uint32), ("position_ids", np.uint32), ("loss_mask", np.bool_)):
+        arr = ids_col if name == "input_ids" else table.column(name).combine_chunks()
+        cols.append(np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype))
+    return cols[0], cols[1], cols[2], offsets
+
+
+def pack_table(table: pa.Table, seq_len: int, pad_token_id: int, packer, packing_kwargs=None):
+    """Pack one group (an Arrow table of tokenized rows, input order) -> ``(Arrow table, PackStats)``."""
+    ids, pos, mask, offsets = table_to_flat(table)
+    packed = packer(ids, pos, mask, offsets, seq_len, pad_token_id, **(packing_kwargs or {}))
+    return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), packed.stats
+
+
+def warn_once(msg: str) -> None:
+    warnings.warn(msg, stacklevel=3)

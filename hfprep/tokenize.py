@@ -1,0 +1,484 @@
+"""Tokenize stage: raw rows -> ``input_ids`` (uint32), ``position_ids`` (uint32), ``loss_mask`` (bool).
+
+Three strategies (DESIGN.md §2), one implementation each, usable three ways:
+
+* the seed's row functions: :func:`pretrain_processing`, :func:`fim_processing`, :func:`sft_processing`,
+  :func:`process_row`;
+* a batched ``Dataset.map`` function: :func:`make_tokenize_fn` (one backend call per batch, Arrow output);
+* the flat-array core every path goes through: :func:`tokenize_batch`.
+
+Every strategy describes a document as a list of *pieces* (a special token or a span of encoded text, each with
+a loss flag); :func:`assemble_pieces` turns the pieces of a whole batch into flat arrays without a per-token loop.
+
+Example:
+    >>> rows = tokenize_batch({"content": ["a b", "c"]}, tokenizer, TokenizeConfig(strategy="pretrain"))  # doctest: +SKIP
+    >>> rows.input_ids, rows.doc_offsets  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pydantic
+from jaxtyping import Bool, Int64, UInt32
+
+from .backends import TokenizerBackend, get_backend
+from .errors import ConfigError, DataError
+from .tokenizer import eos_token_id, single_token_id
+from .types import Row, TokenizedRow
+
+ProcessingStrategy = Literal["pretrain", "fim", "sft"]
+STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
+
+ROW_FEATURES_SPEC = {"input_ids": "uint32", "position_ids": "uint32", "loss_mask": "bool"}
+
+
+class TokenizeConfig(pydantic.BaseModel):
+    """How to turn raw rows into tokenized rows.
+
+    Attributes:
+        strategy: ``pretrain`` (text + eos), ``fim`` (prefix/middle/suffix columns) or ``sft`` (a list of turns).
+        text_column: column with the text (pretrain) or the conversation (sft). Seed default ``content``.
+        prefix_column, middle_column, suffix_column: FIM columns.
+        fim_format: ``psm`` or ``spm`` (the seed's SPM: ``<fim_suffix> suffix <fim_prefix> prefix <fim_middle>``).
+        only_middle_not_masked: FIM loss only on the middle tokens and the final eos.
+        on_empty: what to do with an empty pretrain text: ``error`` (default) or ``drop`` (counted as dropped).
+        backend: tokenizer backend name (``hf``).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    strategy: ProcessingStrategy = "pretrain"
+    text_column: str = "content"
+    prefix_column: str = "prefix"
+    middle_column: str = "middle"
+    suffix_column: str = "suffix"
+    fim_format: Literal["psm", "spm"] = "spm"
+    only_middle_not_masked: bool = False
+    on_empty: Literal["error", "drop"] = "error"
+    backend: str = "hf"
+
+    def input_columns(self) -> list[str]:
+        if self.strategy == "fim":
+            return [self.prefix_column, self.middle_column, self.suffix_column]
+        return [self.text_column]
+
+
+@dataclass
+class FlatRows:
+    """A batch of tokenized documents as flat arrays + offsets (the Arrow list layout, without Arrow).
+
+    ``doc_offsets[i]:doc_offsets[i+1]`` is document ``i``; ``kept`` holds the input-row index of each document
+    (rows dropped by the strategy are absent).
+    """
+
+    input_ids: UInt32[np.ndarray, " total"]
+    position_ids: UInt32[np.ndarray, " total"]
+    loss_mask: Bool[np.ndarray, " total"]
+    doc_offsets: Int64[np.ndarray, " n_plus_1"]
+    kept: Int64[np.ndarray, " n"]
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    def row(self, i: int) -> TokenizedRow:
+        a, b = int(self.doc_offsets[i]), int(self.doc_offsets[i + 1])
+        return {
+            "input_ids": self.input_ids[a:b],
+            "position_ids": self.position_ids[a:b],
+            "loss_mask": self.loss_mask[a:b],
+        }
+
+    def to_arrow(self) -> pa.Table:
+        """Arrow table with ``list<uint32>``, ``list<uint32>``, ``list<bool>`` columns (zero-copy for the values)."""
+        return flat_to_table(self.input_ids, self.position_ids, self.loss_mask, self.doc_offsets)
+
+
+def flat_to_table(
+    input_ids: np.ndarray, position_ids: np.ndarray, loss_mask: np.ndarray, offsets: np.ndarray
+) -> pa.Table:
+    """Build the tokenized-row Arrow table from flat arrays and row offsets."""
+    off = pa.array(np.asarray(offsets, dtype=np.int32))
+    return pa.table(
+        {
+            "input_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(input_ids, dtype=np.uint32))),
+            "position_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(position_ids, dtype=np.uint32))),
+            "loss_mask": pa.ListArray.from_arrays(off, pa.array(np.asarray(loss_mask, dtype=np.bool_))),
+        }
+    )
+
+
+def positions_from_offsets(offsets: Int64[np.ndarray, " n_plus_1"]) -> UInt32[np.ndarray, " total"]:
+    """``arange`` restarted at every offset: the position ids of documents laid end to end."""
+    total = int(offsets[-1])
+    lengths = np.diff(offsets)
+    return (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
+
+
+def assemble_pieces(
+    source: UInt32[np.ndarray, " src"],
+    piece_start: Int64[np.ndarray, " p"],
+    piece_len: Int64[np.ndarray, " p"],
+    piece_loss: Bool[np.ndarray, " p"],
+    pieces_per_doc: Int64[np.ndarray, " n"],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate pieces (slices of ``source``) into documents, with one gather and no per-token loop.
+
+    Piece ``j`` is ``source[piece_start[j] : piece_start[j] + piece_len[j]]`` with loss flag ``piece_loss[j]``;
+    the first ``pieces_per_doc[0]`` pieces form document 0, and so on.
+
+    Returns ``(input_ids, position_ids, loss_mask, doc_offsets)``.
+    """
+    piece_len = np.asarray(piece_len, dtype=np.int64)
+    out_starts = np.zeros(len(piece_len) + 1, dtype=np.int64)
+    np.cumsum(piece_len, out=out_starts[1:])
+    total = int(out_starts[-1])
+    gather = np.arange(total, dtype=np.int64) + np.repeat(np.asarray(piece_start, np.int64) - out_starts[:-1], piece_len)
+    input_ids = source[gather]
+    loss_mask = np.repeat(np.asarray(piece_loss, dtype=np.bool_), piece_len)
+    piece_ends = np.zeros(len(pieces_per_doc) + 1, dtype=np.int64)
+    np.cumsum(pieces_per_doc, out=piece_ends[1:])
+    doc_offsets = out_starts[piece_ends]
+    return input_ids, positions_from_offsets(doc_offsets), loss_mask, doc_offsets
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _column(batch: Mapping[str, Sequence[Any]], name: str, strategy: str) -> Sequence[Any]:
+    if name not in batch:
+        raise DataError(
+            f"strategy {strategy!r} needs column {name!r}, but the data has columns {sorted(batch)}; "
+            "set the column mapping (e.g. text_column) to the right name"
+        )
+    return batch[name]
+
+
+def _check_strings(values: Sequence[Any], column: str, indices: Sequence[int]) -> list[str]:
+    values = list(values)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise DataError(
+                f"row {indices[i]}: column {column!r} must be a string, got {type(v).__name__} ({v!r:.60}); "
+                "clean or filter the source"
+            )
+    return values
+
+
+# ----------------------------------------------------------------------------------------------- strategies
+
+
+class _Specials:
+    """The special ids one strategy needs, looked up once (with clear errors) per tokenizer."""
+
+    def __init__(self, tokenizer, config: TokenizeConfig) -> None:
+        self.eos = eos_token_id(tokenizer)
+        if config.strategy == "fim":
+            self.fim_prefix = single_token_id(tokenizer, "<fim_prefix>", "FIM")
+            self.fim_middle = single_token_id(tokenizer, "<fim_middle>", "FIM")
+            self.fim_suffix = single_token_id(tokenizer, "<fim_suffix>", "FIM")
+        if config.strategy == "sft":
+            self.roles = {
+                "user": (single_token_id(tokenizer, "<user>", "SFT"), single_token_id(tokenizer, "</user>", "SFT")),
+                "assistant": (
+                    single_token_id(tokenizer, "<assistant>", "SFT"),
+                    single_token_id(tokenizer, "</assistant>", "SFT"),
+                ),
+            }
+            try:
+                self.roles["system"] = (
+                    single_token_id(tokenizer, "<system>", "SFT system turns"),
+                    single_token_id(tokenizer, "</system>", "SFT system turns"),
+                )
+            except Exception:  # system turns are optional; using one without the tokens is reported per row
+                pass
+
+
+def _empty_flat() -> FlatRows:
+    z = np.zeros(0, dtype=np.uint32)
+    return FlatRows(z, z.copy(), np.zeros(0, dtype=np.bool_), np.zeros(1, dtype=np.int64), np.zeros(0, np.int64))
+
+
+def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
+    texts = _check_strings(_column(batch, config.text_column, "pretrain"), config.text_column, indices)
+    kept = np.arange(len(texts), dtype=np.int64)
+    if any(not t for t in texts):
+        empty = [i for i, t in enumerate(texts) if not t]
+        if config.on_empty == "error":
+            raise DataError(
+                f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
+                f"({len(empty)} empty in this batch); set on_empty: drop to skip them (they are counted)"
+            )
+        keep_mask = np.array([bool(t) for t in texts])
+        kept = kept[keep_mask]
+        texts = [t for t in texts if t]
+    if not texts:
+        return _empty_flat()
+    values, offsets = backend.encode_batch(texts)
+    n = len(texts)
+    # Each document is [text span, eos]: two pieces, eos read from the end of the source array.
+    source = np.append(values, np.uint32(specials.eos))
+    piece_start = np.empty(2 * n, dtype=np.int64)
+    piece_start[0::2] = offsets[:-1]
+    piece_start[1::2] = len(values)
+    piece_len = np.ones(2 * n, dtype=np.int64)
+    piece_len[0::2] = np.diff(offsets)
+    ids, pos, mask, doc_off = assemble_pieces(
+        source, piece_start, piece_len, np.ones(2 * n, np.bool_), np.full(n, 2, np.int64)
+    )
+    return FlatRows(ids, pos, mask, doc_off, kept)
+
+
+def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
+    cols = {}
+    for part, name in (("prefix", config.prefix_column), ("middle", config.middle_column), ("suffix", config.suffix_column)):
+        cols[part] = _check_strings(_column(batch, name, "fim"), name, indices)
+    n = len(cols["prefix"])
+    if n == 0:
+        return _empty_flat()
+    values, offsets = backend.encode_batch(cols["prefix"] + cols["middle"] + cols["suffix"])
+    return fim_pieces_to_flat(
+        values, offsets, n, specials, np.full(n, config.fim_format == "spm"), config.only_middle_not_masked
+    )
+
+
+def fim_pieces_to_flat(
+    values: np.ndarray,
+    offsets: np.ndarray,
+    n: int,
+    specials: Any,
+    spm: Bool[np.ndarray, " n"],
+    only_middle_not_masked: bool,
+    kept: np.ndarray | None = None,
+) -> FlatRows:
+    """Assemble FIM documents from encoded ``prefixes + middles + suffixes`` (3n spans, in that order).
+
+    ``spm[i]`` picks SPM for document ``i`` (else PSM), so raw-document FIM can mix formats in one batch.
+    """
+    base = len(values)
+    source = np.concatenate(
+        [values, np.array([specials.fim_prefix, specials.fim_suffix, specials.fim_middle, specials.eos], np.uint32)]
+    )
+    FP, FS, FM, EOS = base, base + 1, base + 2, base + 3
+    starts = offsets[:-1]
+    lens = np.diff(offsets)
+    pre_s, mid_s, suf_s = starts[:n], starts[n : 2 * n], starts[2 * n :]
+    pre_l, mid_l, suf_l = lens[:n], lens[n : 2 * n], lens[2 * n :]
+    one = np.ones(n, np.int64)
+    spm = np.asarray(spm, dtype=np.bool_)
+    # Piece order per document; SPM swaps the (<fim_prefix>, prefix) and (<fim_suffix>, suffix) pairs.
+    first_tok = np.where(spm, FS, FP)
+    first_s, first_l = np.where(spm, suf_s, pre_s), np.where(spm, suf_l, pre_l)
+    second_tok = np.where(spm, FP, FS)
+    second_s, second_l = np.where(spm, pre_s, suf_s), np.where(spm, pre_l, suf_l)
+    piece_start = np.stack([first_tok, first_s, second_tok, second_s, np.full(n, FM), mid_s, np.full(n, EOS)], 1)
+    piece_len = np.stack([one, first_l, one, second_l, one, mid_l, one], 1)
+    loss_row = (
+        np.array([0, 0, 0, 0, 0, 1, 1], np.bool_) if only_middle_not_masked else np.ones(7, np.bool_)
+    )
+    piece_loss = np.broadcast_to(loss_row, (n, 7))
+    ids, pos, mask, doc_off = assemble_pieces(
+        source, piece_start.ravel(), piece_len.ravel(), piece_loss.ravel(), np.full(n, 7, np.int64)
+    )
+    return FlatRows(ids, pos, mask, doc_off, np.arange(n, dtype=np.int64) if kept is None else kept)
+
+
+def _sft(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
+    conversations = _column(batch, config.text_column, "sft")
+    texts: list[str] = []
+    roles: list[str] = []
+    turns_per_doc = np.zeros(len(conversations), dtype=np.int64)
+    for i, conv in enumerate(conversations):
+        if not isinstance(conv, list | tuple) or len(conv) == 0:
+            what = "an empty conversation" if isinstance(conv, list | tuple) else f"a {type(conv).__name__}"
+            raise DataError(
+                f"row {indices[i]}: column {config.text_column!r} must be a non-empty list of "
+                f"{{'role', 'content'}} turns, got {what}"
+            )
+        for t, turn in enumerate(conv):
+            if not isinstance(turn, Mapping) or "role" not in turn or "content" not in turn:
+                raise DataError(f"row {indices[i]}, turn {t}: a turn must be a dict with 'role' and 'content'")
+            role, content = turn["role"], turn["content"]
+            if role not in specials.roles:
+                known = sorted(specials.roles)
+                hint = (
+                    " (the tokenizer has no <system>/</system> tokens)"
+                    if role == "system"
+                    else ""
+                )
+                raise DataError(f"row {indices[i]}, turn {t}: unknown role {role!r}; expected one of {known}{hint}")
+            if not isinstance(content, str):
+                raise DataError(
+                    f"row {indices[i]}, turn {t}: 'content' must be a string, got {type(content).__name__}"
+                )
+            texts.append(content)
+            roles.append(role)
+        turns_per_doc[i] = len(conv)
+    if not len(conversations):
+        return _empty_flat()
+    values, offsets = backend.encode_batch(texts)
+    # Source = encoded turn texts, then every role's start/end token, then eos.
+    role_names = sorted(specials.roles)
+    role_tok = np.array([tok for r in role_names for tok in specials.roles[r]] + [specials.eos], np.uint32)
+    source = np.concatenate([values, role_tok])
+    base = len(values)
+    role_idx = np.array([role_names.index(r) for r in roles], dtype=np.int64)
+    is_asst = np.array([r == "assistant" for r in roles], dtype=np.bool_)
+    nturns = len(texts)
+    # Each turn is [start, text, end]; each document ends with one eos piece after its last turn.
+    turn_start = np.stack([base + 2 * role_idx, offsets[:-1], base + 2 * role_idx + 1], 1)
+    turn_len = np.stack([np.ones(nturns, np.int64), np.diff(offsets), np.ones(nturns, np.int64)], 1)
+    turn_loss = np.repeat(is_asst[:, None], 3, axis=1)
+    # Interleave the eos piece after each document's turns.
+    doc_of_turn = np.repeat(np.arange(len(conversations)), turns_per_doc)
+    last_turn = np.r_[doc_of_turn[1:] != doc_of_turn[:-1], True]
+    pieces_per_turn = np.where(last_turn, 4, 3)
+    total_pieces = int(pieces_per_turn.sum())
+    piece_start = np.empty(total_pieces, np.int64)
+    piece_len = np.empty(total_pieces, np.int64)
+    piece_loss = np.empty(total_pieces, np.bool_)
+    first = np.zeros(nturns + 1, np.int64)
+    np.cumsum(pieces_per_turn, out=first[1:])
+    for k in range(3):
+        piece_start[first[:-1] + k] = turn_start[:, k]
+        piece_len[first[:-1] + k] = turn_len[:, k]
+        piece_loss[first[:-1] + k] = turn_loss[:, k]
+    eos_slot = first[:-1][last_turn] + 3
+    piece_start[eos_slot] = base + len(role_tok) - 1
+    piece_len[eos_slot] = 1
+    piece_loss[eos_slot] = True
+    pieces_per_doc = np.bincount(doc_of_turn, weights=pieces_per_turn, minlength=len(conversations)).astype(np.int64)
+    ids, pos, mask, doc_off = assemble_pieces(source, piece_start, piece_len, piece_loss, pieces_per_doc)
+    return FlatRows(ids, pos, mask, doc_off, np.arange(len(conversations), dtype=np.int64))
+
+
+_STRATEGY_FNS: dict[str, Callable[..., FlatRows]] = {"pretrain": _pretrain, "fim": _fim, "sft": _sft}
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in _STRATEGY_FNS:
+        raise ConfigError(f"strategy {strategy!r} is not supported; choose one of {list(_STRATEGY_FNS)}")
+
+
+class Tokenizer:
+    """A strategy bound to a tokenizer and a backend: the reusable, picklable unit engines call.
+
+    Example:
+        >>> tk = Tokenizer(tokenizer, TokenizeConfig(strategy="pretrain"))  # doctest: +SKIP
+        >>> flat = tk({"content": ["hello"]})  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer, config: TokenizeConfig, backend: TokenizerBackend | None = None) -> None:
+        _check_strategy(config.strategy)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.specials = _Specials(tokenizer, config)
+        self.backend = backend if backend is not None else get_backend(tokenizer, config.backend)
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], indices: Sequence[int] | None = None) -> FlatRows:
+        n = len(next(iter(batch.values()))) if batch else 0
+        if indices is None:
+            indices = range(n)
+        return _STRATEGY_FNS[self.config.strategy](batch, self.config, self.specials, self.backend, indices)
+
+
+def tokenize_batch(
+    batch: Mapping[str, Sequence[Any]],
+    tokenizer,
+    config: TokenizeConfig,
+    indices: Sequence[int] | None = None,
+) -> FlatRows:
+    """Tokenize a batch (a dict of columns) with one backend call; see :class:`Tokenizer` to reuse the setup."""
+    return Tokenizer(tokenizer, config)(batch, indices)
+
+
+def make_tokenize_fn(tokenizer, config: TokenizeConfig, backend: TokenizerBackend | None = None):
+    """A ``Dataset.map(batched=True, with_indices=True)`` function returning the tokenized Arrow table.
+
+    Example:
+        >>> fn = make_tokenize_fn(tokenizer, TokenizeConfig(strategy="pretrain"))  # doctest: +SKIP
+        >>> ds.map(fn, batched=True, with_indices=True, remove_columns=ds.column_names,
+        ...        features=tokenized_features())  # doctest: +SKIP
+    """
+    tk = Tokenizer(tokenizer, config, backend)
+
+    def tokenize_fn(batch: Mapping[str, Sequence[Any]], indices: Sequence[int]) -> pa.Table:
+        return tk(batch, indices).to_arrow()
+
+    return tokenize_fn
+
+
+def tokenized_features():
+    """``datasets.Features`` of tokenized rows (explicit, so ``input_ids`` is not stored as int32)."""
+    from datasets import Features, List, Value
+
+    return Features({name: List(Value(dtype)) for name, dtype in ROW_FEATURES_SPEC.items()})
+
+
+# ----------------------------------------------------------------------------------------------- seed API
+
+
+def _one(row: Row, tokenizer, config: TokenizeConfig) -> TokenizedRow:
+    batch = {k: [v] for k, v in row.items()}
+    flat = tokenize_batch(batch, tokenizer, config)
+    if flat.num_docs == 0:
+        raise DataError("the row was dropped by the strategy (empty text)")
+    return flat.row(0)
+
+
+def pretrain_processing(row: Row, tokenizer, text_column: str = "content") -> TokenizedRow:
+    """Tokenize one pre-training row: ``encode(text) + [eos]``, positions ``arange``, loss everywhere.
+
+    Example:
+        >>> r = pretrain_processing({"content": "A sample text"}, tokenizer)  # doctest: +SKIP
+        >>> r["input_ids"][-1] == tokenizer.eos_token_id  # doctest: +SKIP
+        True
+    """
+    return _one(row, tokenizer, TokenizeConfig(strategy="pretrain", text_column=text_column))
+
+
+def fim_processing(
+    row: Row,
+    tokenizer,
+    only_middle_not_masked: bool = False,
+    fim_format: Literal["spm", "psm"] = "spm",
+) -> TokenizedRow:
+    """Tokenize one FIM row (``prefix``, ``middle``, ``suffix``).
+
+    PSM: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle <eos>``;
+    SPM: ``<fim_suffix> suffix <fim_prefix> prefix <fim_middle> middle <eos>``.
+    With ``only_middle_not_masked`` the loss is only on the middle tokens and the final eos.
+
+    Example:
+        >>> r = fim_processing({"prefix": "a", "middle": "b", "suffix": "c"}, tokenizer, fim_format="psm")  # doctest: +SKIP
+    """
+    cfg = TokenizeConfig(strategy="fim", fim_format=fim_format, only_middle_not_masked=only_middle_not_masked)
+    return _one(row, tokenizer, cfg)
+
+
+def sft_processing(row: Row, tokenizer, text_column: str = "content") -> TokenizedRow:
+    """Tokenize one chat row: ``<user> text </user>`` / ``<assistant> text </assistant>`` turns, then eos.
+
+    Loss on every token of assistant turns (role tokens included) and on the final eos.
+
+    Example:
+        >>> conv = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello"}]
+        >>> r = sft_processing({"content": conv}, tokenizer)  # doctest: +SKIP
+    """
+    return _one(row, tokenizer, TokenizeConfig(strategy="sft", text_column=text_column))
+
+
+def process_row(row: Row, tokenizer, strategy: ProcessingStrategy, **kwargs: Any) -> TokenizedRow:
+    """Dispatch one row to the strategy's row function (the seed's ``process_row``)."""
+    if strategy == "pretrain":
+        return pretrain_processing(row, tokenizer, **kwargs)
+    if strategy == "fim":
+        return fim_processing(row, tokenizer, **kwargs)
+    if strategy == "sft":
+        return sft_processing(row, tokenizer, **kwargs)
+    raise ConfigError(f"strategy {strategy!r} is not supported; choose one of {list(STRATEGIES)}")

@@ -1,0 +1,141 @@
+"""Loading tokenizers, looking up the special tokens a strategy needs, and training small local tokenizers.
+
+Everything that touches the tokenizer's *identity* lives here (fingerprint, vocab size, special ids), so cards,
+KD caches and validation all describe a tokenizer the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import TokenizerError
+
+DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<fim_prefix>",
+    "<fim_middle>",
+    "<fim_suffix>",
+    "<user>",
+    "</user>",
+    "<assistant>",
+    "</assistant>",
+    "<system>",
+    "</system>",
+)
+"""Special tokens of the tokenizers hfprep trains: eos, the FIM triple and the seed's chat role tokens."""
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any):
+    """Load a *fast* tokenizer by Hub id or local path.
+
+    Example:
+        >>> tok = load_tokenizer("path/to/tokenizer")  # doctest: +SKIP
+        >>> tok.eos_token_id  # doctest: +SKIP
+        0
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local folder" if os.path.isdir(name_or_path) else "Hub id or local path"
+        raise TokenizerError(
+            f"could not load tokenizer {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
+            "-- check the name/revision, or pass a local folder with tokenizer.json"
+        ) from e
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(
+            f"tokenizer {name_or_path!r} is a slow (Python) tokenizer; hfprep needs a fast one (tokenizer.json)"
+        )
+    return tok
+
+
+def backend_tokenizer(tokenizer):
+    """The Rust ``tokenizers.Tokenizer`` behind a transformers fast tokenizer (or the object itself)."""
+    from tokenizers import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    inner = getattr(tokenizer, "backend_tokenizer", None)
+    if inner is None:
+        raise TokenizerError(f"{type(tokenizer).__name__} is not a fast tokenizer (no backend_tokenizer)")
+    return inner
+
+
+def single_token_id(tokenizer, token: str, purpose: str) -> int:
+    """Id of ``token`` if the tokenizer encodes it as exactly one token, else a clear :class:`TokenizerError`.
+
+    This is the seed's ``len(tokenizer.encode("<fim_prefix>")) == 1`` check, with an error that says what to do.
+    """
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise TokenizerError(
+            f"tokenizer has no single-token {token!r} (it encodes to {len(ids)} tokens), needed for {purpose}; "
+            f"use a tokenizer with {token!r} as a special token or add it with tokenizer.add_special_tokens"
+        )
+    return int(ids[0])
+
+
+def eos_token_id(tokenizer) -> int:
+    """The tokenizer's eos id; a clear error when it has none."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise TokenizerError(
+            "tokenizer has no eos_token; every strategy ends a document with eos -- set tokenizer.eos_token"
+        )
+    return int(eos)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the serialized ``tokenizer.json``: two tokenizers with the same fingerprint encode identically."""
+    return hashlib.sha256(backend_tokenizer(tokenizer).to_str().encode()).hexdigest()
+
+
+def vocab_size(tokenizer) -> int:
+    """Number of ids the tokenizer can emit, added tokens included (``len(tokenizer)``)."""
+    return len(tokenizer)
+
+
+def train_tiny_tokenizer(
+    texts: Iterable[str],
+    output_dir: str | os.PathLike,
+    vocab_size: int = 1024,
+    special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+    eos_token: str = "<|endoftext|>",
+    chat_template: str | None = None,
+):
+    """Train a byte-level BPE tokenizer on ``texts`` in seconds and save it as a transformers tokenizer folder.
+
+    Used by the offline quickstart and the tests: the real loading code (``AutoTokenizer.from_pretrained``) runs
+    on the saved folder. Special tokens get the first ids, in order (``<|endoftext|>`` = 0).
+
+    Example:
+        >>> import tempfile
+        >>> tok = train_tiny_tokenizer(["hello world"] * 10, tempfile.mkdtemp(), vocab_size=300)
+        >>> tok.decode(tok.encode("hello world"))
+        'hello world'
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    return load_tokenizer(str(out))

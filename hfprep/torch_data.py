@@ -1,0 +1,96 @@
+"""The seed's plain-PyTorch side: attention masks from positions, ``LMDataset`` and ``collate_lm``.
+
+The mask is the dense (L, L) block-diagonal causal mask; for training with transformers prefer
+:class:`hfprep.collator.DataCollatorForPackedLM`, which never materialises it.
+
+Example:
+    >>> import numpy as np
+    >>> make_attention_mask_from_positions(np.array([0, 1, 0], np.uint32)).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, UInt32
+from torch.utils.data import Dataset
+
+from .types import TokenizedRow
+
+LMExample = dict[str, torch.Tensor]
+LMExampleBatch = dict[str, torch.Tensor]
+
+
+def segment_ids_from_positions(position_ids: np.ndarray) -> np.ndarray:
+    """Segment index of every token: a segment starts where ``position_ids == 0`` (works on (..., L))."""
+    pos = np.asarray(position_ids)
+    starts = pos == 0
+    if pos.shape[-1]:
+        starts[..., 0] = True
+    return np.cumsum(starts, axis=-1)
+
+
+def make_attention_mask_from_positions(
+    position_ids: UInt32[np.typing.ArrayLike, "*batch seq_len"],
+) -> Bool[np.ndarray, "*batch seq_len seq_len"]:
+    """Block-diagonal causal mask: token i attends to j iff j <= i and both are in the same segment.
+
+    Segments start where ``position_ids == 0``. Accepts one row (L,) -> (L, L) or a batch (B, L) -> (B, L, L),
+    vectorised (no Python loop over rows).
+    """
+    seg = segment_ids_from_positions(position_ids)
+    L = seg.shape[-1]
+    causal = np.tril(np.ones((L, L), dtype=np.bool_))
+    same = seg[..., :, None] == seg[..., None, :]
+    return same & causal
+
+
+class LMDataset(Dataset):
+    """Next-token examples from packed rows (the seed's dataset).
+
+    ``tokens = input_ids[:-1]``, ``labels = input_ids[1:]``, ``loss_mask = loss_mask[1:]``,
+    ``position_ids = position_ids[:-1]``, ``attention_mask`` (L, L) from those positions; all torch tensors.
+
+    ``rows`` is a list of row dicts or a ``datasets.Dataset`` (read with the numpy format, no copy to lists).
+
+    Example:
+        >>> ds = LMDataset(packed_dataset)  # doctest: +SKIP
+        >>> ds[0]["tokens"].shape  # doctest: +SKIP
+        torch.Size([1023])
+    """
+
+    def __init__(self, rows: Sequence[TokenizedRow] | Any) -> None:
+        super().__init__()
+        try:
+            from datasets import Dataset as HFDataset
+        except ImportError:  # pragma: no cover
+            HFDataset = ()
+        if isinstance(rows, HFDataset):
+            rows = rows.with_format("numpy", columns=["input_ids", "position_ids", "loss_mask"])
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: int) -> LMExample:
+        record = self.rows[idx]
+        ids = np.asarray(record["input_ids"]).astype(np.int64)
+        pos = np.asarray(record["position_ids"]).astype(np.int64)
+        mask = np.asarray(record["loss_mask"]).astype(np.bool_)
+        position_ids = pos[:-1]
+        return {
+            "tokens": torch.from_numpy(np.ascontiguousarray(ids[:-1])),
+            "labels": torch.from_numpy(np.ascontiguousarray(ids[1:])),
+            "attention_mask": torch.from_numpy(make_attention_mask_from_positions(position_ids)),
+            "loss_mask": torch.from_numpy(np.ascontiguousarray(mask[1:])),
+            "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids)),
+        }
+
+
+def collate_lm(batch: list[LMExample]) -> LMExampleBatch:
+    """Stack ``LMDataset`` examples: (bs, L) tensors and an (bs, L, L) attention mask."""
+    return {k: torch.stack([ex[k] for ex in batch]) for k in batch[0]}

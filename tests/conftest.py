@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer trained locally (no network), saved and reloaded by path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import pytest
+
+from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_tiny_tokenizer
+
+CORPUS = [
+    "A sample text. Hello, World! A test string.",
+    "import numpy as np\nimport pandas as pd\n",
+    "def f(x):\n    return x * 2\n",
+    "How can I help you? Hi! I am fine, thanks.",
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "for i in range(10):\n    print(i)\n",
+    "Unicode: café, naïve, 東京, emoji 🙂.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_tokenizer(CORPUS * 20, path, vocab_size=400, special_tokens=DEFAULT_SPECIAL_TOKENS)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_path):
+    return load_tokenizer(tokenizer_path)
