@@ -22,12 +22,12 @@ class TokenizerBackend(Protocol):
 
     name: str
 
-    def encode_batch(self, texts: Sequence[str]) -> tuple[UInt32[np.ndarray, "total"], Int64[np.ndarray, "n_plus_1"]]:
+    def encode_batch(self, texts: Sequence[str]) -> tuple[UInt32[np.ndarray, " total"], Int64[np.ndarray, " n_plus_1"]]:
         """Encode ``texts`` without adding special tokens; return flat ids and offsets."""
         ...
 
 
-def lists_to_flat(lists: Sequence[Sequence[int]]) -> tuple[UInt32[np.ndarray, "total"], Int64[np.ndarray, "n_plus_1"]]:
+def lists_to_flat(lists: Sequence[Sequence[int]]) -> tuple[UInt32[np.ndarray, " total"], Int64[np.ndarray, " n_plus_1"]]:
     """Flatten a list of id lists into ``(values, offsets)`` with one C-level pass."""
     lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)

@@ -57,13 +57,13 @@ class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
     tokenizer_name: str
     seq_len: int
     pad_token_id: int | None = None
-    fim_kwargs: dict[str, Any] = {}
+    fim_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
     num_reduce_chunks: int
     tokenizer_revision: str | None = None
     text_column: str = "content"
     on_empty: str = "error"
     backend: str = "hf"
-    packing_kwargs: dict[str, Any] = {}
+    packing_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
     reduce_memory_budget: int = DEFAULT_REDUCE_MEMORY_BUDGET
 
     @pydantic.field_validator("seq_len")

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,7 +28,7 @@ import pydantic
 from jaxtyping import Bool, Int64, UInt32
 
 from .backends import TokenizerBackend, get_backend
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TokenizerError
 from .tokenizer import eos_token_id, single_token_id
 from .types import Row, TokenizedRow
 
@@ -190,13 +191,12 @@ class _Specials:
                     single_token_id(tokenizer, "</assistant>", "SFT"),
                 ),
             }
-            try:
+            # System turns are optional; using one without the tokens is reported per row.
+            with contextlib.suppress(TokenizerError):
                 self.roles["system"] = (
                     single_token_id(tokenizer, "<system>", "SFT system turns"),
                     single_token_id(tokenizer, "</system>", "SFT system turns"),
                 )
-            except Exception:  # system turns are optional; using one without the tokens is reported per row
-                pass
 
 
 def _empty_flat() -> FlatRows:

@@ -10,7 +10,7 @@ from jaxtyping import Bool, UInt32
 Row = dict[Any, Any]
 """A raw input row, as the seed notebook calls it."""
 
-TokenizedRow = dict[str, UInt32[np.ndarray, "example_len"] | Bool[np.ndarray, "example_len"]]
+TokenizedRow = dict[str, UInt32[np.ndarray, " example_len"] | Bool[np.ndarray, " example_len"]]
 """``{"input_ids": uint32, "position_ids": uint32, "loss_mask": bool}``, all the same length."""
 
 TOKEN_DTYPE = np.uint32

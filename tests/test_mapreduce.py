@@ -1,0 +1,148 @@
+"""The seed's map-reduce examples (ChangeCaseTransform, CountCharsTransform) expressed on hfprep's framework."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import pytest
+from datasets import Dataset
+
+from hfprep import (
+    MapReduceTransformBase,
+    MapReduceTransformConfigBase,
+    MapTransformBase,
+    MapTransformConfigBase,
+)
+from hfprep.mapreduce import plan_reduce_ranges
+
+
+class ChangeCaseTransformConfig(MapTransformConfigBase):
+    type: Literal["change_case"] = "change_case"
+    column: str
+    to_lower: bool = False
+
+
+class ChangeCaseTransform(MapTransformBase):
+    """Changes the case of the value under ``column``."""
+
+    class _MapFn:
+        def __init__(self, config: ChangeCaseTransformConfig):
+            self.config = config
+
+        def __call__(self, row: dict) -> Iterator[dict]:
+            value = row[self.config.column]
+            yield {**row, self.config.column: value.lower() if self.config.to_lower else value.upper()}
+
+    def __init__(self, config: ChangeCaseTransformConfig) -> None:
+        super().__init__(self._MapFn(config), config)
+
+
+class CountCharsTransformConfig(MapReduceTransformConfigBase):
+    lowercase: bool = False
+    column: str
+
+
+class CountCharsTransform(MapReduceTransformBase):
+    """Counts every character of ``column`` over the whole table: ``letter``, ``cnt`` rows."""
+
+    class _MapFn:
+        def __init__(self, config: CountCharsTransformConfig):
+            self.config = config
+
+        def __call__(self, row: dict) -> Iterator[tuple[str, dict]]:
+            text = row[self.config.column]
+            if self.config.lowercase:
+                text = text.lower()
+            for letter, cnt in Counter(text).items():
+                yield letter, {"cnt": cnt}
+
+    class _ReduceFn:
+        def __init__(self, config: CountCharsTransformConfig):
+            self.config = config
+
+        def __call__(self, key: str, rows: Iterable[dict]) -> Iterator[dict]:
+            yield {"letter": key, "cnt": sum(r["cnt"] for r in rows)}
+
+    def __init__(self, config: CountCharsTransformConfig) -> None:
+        super().__init__(self._MapFn(config), self._ReduceFn(config), config)
+
+
+SEED_INPUT = [{"content": "A String"}, {"content": "abcc"}, {"content": "BCD"}]
+
+
+def test_change_case_seed_assert():
+    out = ChangeCaseTransform(ChangeCaseTransformConfig(column="content", to_lower=True)).run(SEED_INPUT)
+    assert out == [{"content": "a string"}, {"content": "abcc"}, {"content": "bcd"}]
+
+
+def test_count_chars_seed_assert():
+    out = CountCharsTransform(CountCharsTransformConfig(column="content", lowercase=True)).run(SEED_INPUT)
+    assert out == [
+        {"letter": " ", "cnt": 1},
+        {"letter": "a", "cnt": 2},
+        {"letter": "b", "cnt": 2},
+        {"letter": "c", "cnt": 3},
+        {"letter": "d", "cnt": 1},
+        {"letter": "g", "cnt": 1},
+        {"letter": "i", "cnt": 1},
+        {"letter": "n", "cnt": 1},
+        {"letter": "r", "cnt": 1},
+        {"letter": "s", "cnt": 1},
+        {"letter": "t", "cnt": 1},
+    ]
+
+
+def test_dataset_in_dataset_out_and_num_proc_invariance():
+    texts = [f"row {i} " + "xyz"[: i % 4] * (i % 7) for i in range(300)]
+    ds = Dataset.from_dict({"content": texts})
+    t = CountCharsTransform(CountCharsTransformConfig(column="content"))
+    one = t.run(ds, num_proc=1)
+    two = t.run(ds, num_proc=2)
+    assert isinstance(one, Dataset)
+    assert one.to_list() == two.to_list()
+    expected = Counter("".join(texts))
+    assert {r["letter"]: r["cnt"] for r in one} == dict(expected)
+    assert [r["letter"] for r in one] == sorted(expected)
+
+
+class GroupEchoConfig(MapReduceTransformConfigBase):
+    num_keys: int
+
+
+class GroupEcho(MapReduceTransformBase):
+    """Emits, per key, the list of input values in the order the reducer saw them."""
+
+    def __init__(self, config: GroupEchoConfig) -> None:
+        def map_fn(row):
+            yield row["v"] % config.num_keys, {"v": row["v"]}
+
+        def reduce_fn(key, rows):
+            yield {"key": key, "values": [r["v"] for r in rows]}
+
+        super().__init__(map_fn, reduce_fn, config)
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_keys_ascending_and_input_order_within_group(num_proc):
+    values = [(i * 7919) % 1000 for i in range(500)]  # a permutation-ish sequence
+    t = GroupEcho(GroupEchoConfig(num_keys=13))
+    t.reduce_memory_budget = 64  # force many reduce ranges
+    out = t.run(Dataset.from_dict({"v": values}), num_proc=num_proc).to_list()
+    assert [r["key"] for r in out] == sorted({v % 13 for v in values})
+    for r in out:
+        assert r["values"] == [v for v in values if v % 13 == r["key"]]
+
+
+def test_empty_input():
+    assert CountCharsTransform(CountCharsTransformConfig(column="content")).run([]) == []
+
+
+def test_plan_reduce_ranges():
+    import numpy as np
+
+    assert plan_reduce_ranges(np.array([5, 5, 5, 5]), budget=10) == [(0, 2), (2, 4)]
+    assert plan_reduce_ranges(np.array([50, 1, 1]), budget=10) == [(0, 1), (1, 3)]
+    assert plan_reduce_ranges(np.array([1, 1, 1, 1]), budget=100, min_ranges=2) == [(0, 2), (2, 4)]
+    assert plan_reduce_ranges(np.array([]), budget=10) == []

@@ -1,0 +1,174 @@
+"""PrepareForTrainingTransform: the seed's map-reduce packing test against an independent slow reference."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from hfprep import (
+    ConfigError,
+    DataError,
+    PrepareForTrainingTransform,
+    PrepareForTrainingTransformConfig,
+)
+
+SEED_ROWS = [
+    {"content": "Hello, World!"},
+    {"content": "A test string"},
+    {"content": "import numpy as np"},
+    {"content": "import pandas as pd"},
+]
+
+
+def ref_key(ids: list[int], n: int) -> int:
+    arr = np.array(ids, dtype=np.uint32)
+    digest = hashlib.sha256(f"({len(ids)},)-uint32".encode() + arr.tobytes()).digest()
+    return int.from_bytes(digest, "big") % n
+
+
+def ref_prepare_dense(texts, tokenizer, seq_len, n_chunks):
+    """Plain Python: encode + eos, key by sha256, group (ascending keys, input order), concat + cut + rebase."""
+    groups: dict[int, list[list[int]]] = {}
+    for t in texts:
+        ids = [*tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id]
+        groups.setdefault(ref_key(ids, n_chunks), []).append(ids)
+    rows = []
+    for key in sorted(groups):
+        ids = [i for doc in groups[key] for i in doc]
+        pos = [p for doc in groups[key] for p in range(len(doc))]
+        for r in range(len(ids) // seq_len):
+            p = pos[r * seq_len : (r + 1) * seq_len]
+            base, out = p[0], []
+            for i, v in enumerate(p):
+                if i and v < p[i - 1]:
+                    base = v
+                out.append(v - base)
+            rows.append((ids[r * seq_len : (r + 1) * seq_len], out))
+    return rows
+
+
+def config(tokenizer_path, **kw):
+    base = dict(
+        processing_strategy="pretrain",
+        packing_strategy="dense",
+        tokenizer_name=tokenizer_path,
+        seq_len=8,
+        num_reduce_chunks=2,
+    )
+    base.update(kw)
+    return PrepareForTrainingTransformConfig(**base)
+
+
+def test_seed_prepare_for_training(tokenizer_path, tokenizer):
+    result = PrepareForTrainingTransform(config(tokenizer_path)).run(SEED_ROWS)
+    ref = ref_prepare_dense([r["content"] for r in SEED_ROWS], tokenizer, 8, 2)
+    assert [(r["input_ids"], r["position_ids"]) for r in result] == ref
+    assert all(len(r["input_ids"]) == 8 for r in result)
+
+
+def corpus(n=400):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "import", "numpy", "as", "np", "def", "return", "\n", "🙂"]
+    return [" ".join(rng.choice(words, size=int(rng.integers(1, 60)))) for _ in range(n)]
+
+
+def test_real_ish_corpus_matches_reference_and_num_proc(tokenizer_path, tokenizer):
+    texts = corpus()
+    ds = Dataset.from_dict({"content": texts})
+    cfg = config(tokenizer_path, seq_len=33, num_reduce_chunks=4)
+    t = PrepareForTrainingTransform(cfg)
+    one = t.run(ds, num_proc=1)
+    stats = t.stats
+    two = PrepareForTrainingTransform(cfg).run(ds, num_proc=2)
+    assert one.to_list() == two.to_list()
+    ref = ref_prepare_dense(texts, tokenizer, 33, 4)
+    assert [(r["input_ids"], r["position_ids"]) for r in one] == ref
+    assert str(one.features["input_ids"].feature.dtype) == "uint32"
+    assert str(one.features["loss_mask"].feature.dtype) == "bool"
+    total = sum(len(tokenizer.encode(t, add_special_tokens=False)) + 1 for t in texts)
+    assert stats["tokens_in"] == total
+    assert stats["tokens_out"] == len(one) * 33
+    assert stats["tokens_in"] == stats["tokens_out"] + stats["tokens_dropped"]
+    assert stats["rows_in"] == len(texts)
+
+
+def test_no_incomplete_keeps_documents_whole(tokenizer_path, tokenizer):
+    texts = corpus(200)
+    seq_len = 40
+    t = PrepareForTrainingTransform(config(tokenizer_path, packing_strategy="no_incomplete", seq_len=seq_len))
+    out = t.run(Dataset.from_dict({"content": texts}), num_proc=2)
+    docs = [[*tokenizer.encode(x, add_special_tokens=False), tokenizer.eos_token_id] for x in texts]
+    kept = [d for d in docs if len(d) <= seq_len]
+    # Every row: segments (split at position 0, ignoring padding) are exactly kept documents.
+    seen = []
+    for r in out:
+        ids, pos, mask = (np.array(r[k]) for k in ("input_ids", "position_ids", "loss_mask"))
+        assert len(ids) == seq_len
+        real = int(np.flatnonzero(mask)[-1]) + 1  # pretrain: every real token has loss, padding none
+        assert (ids[real:] == tokenizer.eos_token_id).all() and (pos[real:] == 0).all()
+        starts = [*np.flatnonzero(pos[:real] == 0).tolist(), real]
+        seen += [ids[a:b].tolist() for a, b in itertools.pairwise(starts)]
+    assert sorted(map(tuple, seen)) == sorted(map(tuple, kept))
+    assert t.stats["docs_dropped"] == len(docs) - len(kept)
+    assert t.stats["tokens_dropped"] == sum(len(d) for d in docs if len(d) > seq_len)
+
+
+def test_pad_token_defaults_to_eos_and_can_be_set(tokenizer_path, tokenizer):
+    t = PrepareForTrainingTransform(config(tokenizer_path, packing_strategy="no_incomplete", seq_len=64))
+    assert t.pad_token_id == tokenizer.eos_token_id
+    t2 = PrepareForTrainingTransform(config(tokenizer_path, packing_strategy="no_incomplete", seq_len=64, pad_token_id=3))
+    out = t2.run([{"content": "hi"}])
+    assert out[0]["input_ids"][-1] == 3
+
+
+@pytest.mark.parametrize("strategy", ["fim", "sft"])
+def test_other_strategies_through_prepare(tokenizer_path, tokenizer, strategy):
+    if strategy == "fim":
+        rows = [{"prefix": f"a{i}", "middle": "b", "suffix": "c"} for i in range(20)]
+        kw = {"fim_kwargs": {"only_middle_not_masked": True, "fim_format": "psm"}}
+    else:
+        rows = [{"content": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(20)]
+        kw = {}
+    t = PrepareForTrainingTransform(config(tokenizer_path, processing_strategy=strategy, packing_strategy="no_incomplete", seq_len=64, **kw))
+    out = t.run(rows)
+    assert sum(np.count_nonzero(np.array(r["position_ids"]) == 0) for r in out) >= 20
+    assert t.stats["docs_in"] == 20 and t.stats["docs_dropped"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_config_values(tokenizer_path):
+    with pytest.raises(ValueError, match="seq_len"):
+        config(tokenizer_path, seq_len=1)
+    with pytest.raises(ValueError, match="num_reduce_chunks"):
+        config(tokenizer_path, num_reduce_chunks=0)
+    with pytest.raises(ValueError, match="processing_strategy"):
+        config(tokenizer_path, processing_strategy="dpo")
+    with pytest.raises(ConfigError, match="packing strategy 'zigzag'"):
+        PrepareForTrainingTransform(config(tokenizer_path, packing_strategy="zigzag"))
+    with pytest.raises(ValueError, match="Extra inputs"):
+        config(tokenizer_path, bogus=1)
+    with pytest.raises(ConfigError, match="unknown fim_kwargs"):
+        PrepareForTrainingTransform(config(tokenizer_path, processing_strategy="fim", fim_kwargs={"rate": 1}))
+
+
+def test_bad_data(tokenizer_path):
+    t = PrepareForTrainingTransform(config(tokenizer_path))
+    with pytest.raises(DataError, match="needs column\\(s\\) \\['content'\\]"):
+        t.run([{"text": "x"}])
+    with pytest.raises(DataError, match="row 1: column 'content' must be a string"):
+        t.run(Dataset.from_dict({"content": ["ok", None]}))
+    assert t.run([]) == []
+    empty = t.run(Dataset.from_dict({"content": []}))
+    assert len(empty) == 0 and "input_ids" in empty.features
+
+
+def test_group_over_memory_budget_is_a_clear_error(tokenizer_path):
+    t = PrepareForTrainingTransform(config(tokenizer_path, num_reduce_chunks=1, reduce_memory_budget=100))
+    with pytest.raises(ConfigError, match="raise num_reduce_chunks"):
+        t.run([{"content": "some words " * 20}])
