@@ -49,6 +49,11 @@ class TokenizeConfig(pydantic.BaseModel):
         only_middle_not_masked: FIM loss only on the middle tokens and the final eos.
         on_empty: what to do with an empty pretrain text: ``error`` (default) or ``drop`` (counted as dropped).
         backend: tokenizer backend name (``hf``).
+        fim_rate: pretrain only: probability that a document becomes a FIM row (0 = off), see :mod:`hfprep.fim`.
+        fim_spm_rate: probability that a raw-document FIM row uses SPM (else PSM).
+        fim_seed: recipe seed of raw-document FIM; each document's draw is seeded by it + a hash of its text.
+        chat_template: sft only: ``auto`` uses the tokenizer's chat template when it has one, ``always`` requires
+            it, ``never`` uses the seed's role tokens; see :mod:`hfprep.chat`.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -62,6 +67,10 @@ class TokenizeConfig(pydantic.BaseModel):
     only_middle_not_masked: bool = False
     on_empty: Literal["error", "drop"] = "error"
     backend: str = "hf"
+    fim_rate: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+    fim_spm_rate: float = pydantic.Field(default=0.5, ge=0.0, le=1.0)
+    fim_seed: int = 0
+    chat_template: Literal["auto", "always", "never"] = "auto"
 
     def input_columns(self) -> list[str]:
         if self.strategy == "fim":
@@ -179,11 +188,16 @@ class _Specials:
 
     def __init__(self, tokenizer, config: TokenizeConfig) -> None:
         self.eos = eos_token_id(tokenizer)
-        if config.strategy == "fim":
+        self.chat = None
+        if config.strategy == "fim" or (config.strategy == "pretrain" and config.fim_rate > 0):
             self.fim_prefix = single_token_id(tokenizer, "<fim_prefix>", "FIM")
             self.fim_middle = single_token_id(tokenizer, "<fim_middle>", "FIM")
             self.fim_suffix = single_token_id(tokenizer, "<fim_suffix>", "FIM")
         if config.strategy == "sft":
+            from .chat import chat_encoder_for
+
+            self.chat = chat_encoder_for(tokenizer, config)
+        if config.strategy == "sft" and self.chat is None:
             self.roles = {
                 "user": (single_token_id(tokenizer, "<user>", "SFT"), single_token_id(tokenizer, "</user>", "SFT")),
                 "assistant": (
@@ -219,6 +233,10 @@ def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: Token
         texts = [t for t in texts if t]
     if not texts:
         return _empty_flat()
+    if config.fim_rate > 0:
+        from .fim import pretrain_with_fim
+
+        return pretrain_with_fim(texts, kept, config, specials, backend)
     values, offsets = backend.encode_batch(texts)
     n = len(texts)
     # Each document is [text span, eos]: two pieces, eos read from the end of the source array.
@@ -290,6 +308,8 @@ def fim_pieces_to_flat(
 
 def _sft(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
     conversations = _column(batch, config.text_column, "sft")
+    if specials.chat is not None:
+        return specials.chat(conversations, indices)
     texts: list[str] = []
     roles: list[str] = []
     turns_per_doc = np.zeros(len(conversations), dtype=np.int64)
