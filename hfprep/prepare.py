@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
+from .backends import resolve_backend, sample_texts
 from .errors import ConfigError, DataError
 from .hashing import array_hash, batch_keys
 from .mapreduce import (
@@ -103,7 +104,9 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     ``run(dataset, num_proc=N)`` returns a ``datasets.Dataset`` of packed rows (``input_ids`` uint32,
     ``position_ids`` uint32, ``loss_mask`` bool); groups come in ascending key order and documents keep input
     order inside a group, so the rows are the same for every ``num_proc``. After a run, :attr:`stats` holds the
-    merged :class:`~hfprep.packing.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization).
+    merged :class:`~hfprep.packing.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization) and
+    :attr:`backend_report` the tokenizer backend actually used with its exactness-guard result
+    (:func:`~hfprep.backends.resolve_backend`).
     """
 
     class _MapFn:
@@ -136,7 +139,9 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         )
         self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else eos_token_id(self.tokenizer)
         self.packer = get_packer(config.packing_strategy)
-        self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config())
+        # The backend is resolved again in run() with a sample of the input; here the guard sees its stress set.
+        backend, self.backend_report = resolve_backend(self.tokenizer, config.backend)
+        self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config(), backend)
         super().__init__(self._MapFn(self), self._ReduceFn(self), config)
         self.reduce_memory_budget = config.reduce_memory_budget
         self.rows_in = 0
@@ -199,6 +204,10 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
                     f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but the data has "
                     f"{ds.column_names}; set text_column / fim_kwargs column names"
                 )
+        if self.backend_report["backend"] != "hf":  # a fallback at __init__ stays one (and warns once)
+            sample = sample_texts(ds, self.tokenizer_stage.config.input_columns())
+            backend, self.backend_report = resolve_backend(self.tokenizer, self.config.backend, sample)
+            self.tokenizer_stage = Tokenizer(self.tokenizer, self.tokenizer_stage.config, backend)
         out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
         return out if isinstance(data, type(ds)) else out.to_list()
 
