@@ -260,7 +260,7 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None) -> Iterator[None
             ) from e
         if status == 400 and "README" in str(e):
             raise HubError(f"the Hub at {endpoint} rejected README.md ({detail}); fix the card's YAML") from e
-        raise HubError(f"push to {repo_id!r} on {endpoint} failed ({status} {detail}); retry later").strip() from e
+        raise HubError(f"push to {repo_id!r} on {endpoint} failed ({status} {detail or 'error'}); retry later") from e
     except _transport_errors() as e:
         hint = "; set HF_HUB_DISABLE_XET=1 for non-Hub endpoints" if "xet" in str(e).lower() else ""
         raise HubError(

@@ -130,9 +130,17 @@ class CommitRecord:
 
 
 class HubHTTPError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.extra = extra or {}
 
 
 class HubServer:
@@ -258,7 +266,7 @@ class HubServer:
             raise HubHTTPError(403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"')
         with self.lock:
             if (repo_type, repo_id) in self.repos:
-                raise HubHTTPError(409, f"You already created this {repo_type} repo", headers={"X-Url": url})
+                raise HubHTTPError(409, f"You already created this {repo_type} repo", extra={"url": url})
             repo = Repo(
                 repo_type, repo_id, payload.get("visibility") == "private" or bool(payload.get("private")), _now()
             )
@@ -474,7 +482,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             headers = {"X-Error-Message": e.message, **e.headers}
             if e.code:
                 headers["X-Error-Code"] = e.code
-            self._send(e.status, json.dumps({"error": e.message}).encode(), headers=headers, head=head)
+            self._send(e.status, json.dumps({"error": e.message, **e.extra}).encode(), headers=headers, head=head)
 
         def _dispatch(self) -> None:
             head = self.command == "HEAD"
