@@ -1,0 +1,327 @@
+"""The proof that training on packed rows is training on the documents one by one.
+
+A tiny random LlamaForCausalLM (fp32, eval) is saved and loaded by path. For rows packed by the real packers
+(dense with mid-document cuts, no_incomplete with padding, FIM and SFT loss masks), the loss of the packed batch
+from ``DataCollatorForPackedLM`` must equal the token-weighted mean of the losses of the same documents run one
+by one, unpacked. The reference below is plain Python: it splits rows at ``position_ids == 0`` itself and scores
+token t of a document (t >= 1) iff ``loss_mask[t]``.
+
+Deliberately broken collators (positions, labels, segment starts, padding, a 2D attention mask) must fail the
+same check, so the check is shown to be able to fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hfprep.collator import DataCollatorForPackedLM
+from hfprep.packing import pack_dense, pack_no_incomplete
+from hfprep.tokenize import fim_processing, pretrain_processing, sft_processing
+
+transformers = pytest.importorskip("transformers")
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.masking_utils import find_packed_sequence_indices  # noqa: E402
+
+RTOL = 1e-5
+
+TEXTS = [
+    "Hello, World!",
+    "The quick brown fox jumps over the lazy dog.",
+    "import numpy as np",
+    "A sample text. A test string. How can I help you?",
+    "def f(x):\n    return x * 2\n",
+    "Hi!",
+    "for i in range(10):\n    print(i)\n",
+    "Unicode: café, naïve.",
+    "I am fine, thanks. The quick brown fox.",
+    "import pandas as pd\nimport numpy as np\n",
+]
+FIM = [
+    {"prefix": "def f(x):\n", "middle": "    return x", "suffix": " * 2\n"},
+    {"prefix": "import ", "middle": "numpy", "suffix": " as np\n"},
+    {"prefix": "The quick ", "middle": "brown fox", "suffix": " jumps."},
+]
+CHATS = [
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, World!"}],
+    [
+        {"role": "user", "content": "How can I help you?"},
+        {"role": "assistant", "content": "I am fine, thanks."},
+        {"role": "user", "content": "A test string."},
+        {"role": "assistant", "content": "A sample text."},
+    ],
+    [{"role": "user", "content": "import numpy"}, {"role": "assistant", "content": "as np"}],
+]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, tokenizer) -> str:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        # A larger init than the default 0.02 makes attention far from uniform, so any leak between documents
+        # or any position error moves the loss well above the tolerance.
+        initializer_range=0.3,
+        tie_word_embeddings=False,
+    )
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def model(request, model_path):
+    m = LlamaForCausalLM.from_pretrained(model_path, attn_implementation=request.param, dtype=torch.float32)
+    assert m.config._attn_implementation == request.param
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def docs(tokenizer) -> dict[str, list[dict]]:
+    pre = [pretrain_processing({"content": t}, tokenizer) for t in TEXTS]
+    fim = [fim_processing(r, tokenizer, only_middle_not_masked=True, fim_format=f)
+           for r in FIM for f in ("psm", "spm")]
+    sft = [sft_processing({"content": c}, tokenizer) for c in CHATS]
+    return {"pretrain": pre, "fim_sft": [d for pair in zip(fim, sft * 2, strict=False) for d in pair]}
+
+
+@pytest.fixture(scope="module")
+def packed(docs, tokenizer) -> dict[str, list[dict]]:
+    eos = tokenizer.eos_token_id
+    out = {
+        "dense": pack_dense(docs["pretrain"], 24),
+        "no_incomplete": pack_no_incomplete(docs["pretrain"], 32, eos),
+        "dense_fim_sft": pack_dense(docs["fim_sft"], 40),
+        "no_incomplete_fim_sft": pack_no_incomplete(docs["fim_sft"], 48, eos),
+    }
+    # The cases must really contain what they claim to test.
+    assert _has_mid_document_cut(docs["pretrain"], 24)
+    assert any(not r["loss_mask"][-1] for r in out["no_incomplete"])  # padding present
+    assert any(not r["loss_mask"][i] and r["position_ids"][i] > 0 for r in out["dense_fim_sft"]
+               for i in range(len(r["loss_mask"])))  # masked tokens inside documents
+    return out
+
+
+def _has_mid_document_cut(docs: list[dict], seq_len: int) -> bool:
+    ends = np.cumsum([len(d["input_ids"]) for d in docs])
+    return bool(np.any(ends % seq_len != 0))
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+def reference_segments(pos: list[int], loss: list[bool]) -> list[int]:
+    """Segment index per token: documents start at position 0; the trailing padding (position 0, no loss) is one."""
+    n = len(pos)
+    pad_from = n
+    while pad_from > 0 and pos[pad_from - 1] == 0 and not loss[pad_from - 1]:
+        pad_from -= 1
+    seg, cur = [], -1
+    for t in range(n):
+        if pos[t] == 0 and not (t > pad_from):
+            cur += 1
+        seg.append(cur)
+    return seg
+
+
+_REFERENCE_CACHE: dict[tuple[int, int], tuple[float, int]] = {}
+
+
+def reference_loss(model, rows: list[dict]) -> tuple[float, int]:
+    """Token-weighted mean loss of every document of every row, each run alone (cached per model and rows)."""
+    key = (id(model), id(rows))
+    if key not in _REFERENCE_CACHE:
+        _REFERENCE_CACHE[key] = _reference_loss(model, rows)
+    return _REFERENCE_CACHE[key]
+
+
+@torch.no_grad()
+def _reference_loss(model, rows: list[dict]) -> tuple[float, int]:
+    total, count = 0.0, 0
+    for row in rows:
+        ids = [int(x) for x in row["input_ids"]]
+        pos = [int(x) for x in row["position_ids"]]
+        loss = [bool(x) for x in row["loss_mask"]]
+        starts = [t for t in range(len(ids)) if pos[t] == 0] + [len(ids)]
+        for a, b in itertools.pairwise(starts):
+            scored = [t for t in range(a + 1, b) if loss[t]]
+            if not scored:
+                continue
+            logp = model(input_ids=torch.tensor([ids[a:b]])).logits[0].double().log_softmax(-1)
+            for t in scored:
+                total -= float(logp[t - a - 1, ids[t]])
+                count += 1
+    return total / count, count
+
+
+def check_packed_batch(model, rows: list[dict], collator) -> list[str]:
+    """Every way the packed batch can disagree with the documents run alone (empty list = equivalent)."""
+    problems = []
+    batch = collator(rows)
+    ref, count = reference_loss(model, rows)
+    model_inputs = {k: v for k, v in batch.items() if not k.startswith(("cu_seq", "max_length"))}
+    with torch.no_grad():
+        got = float(model(**model_inputs).loss)
+    if not math.isclose(got, ref, rel_tol=RTOL):
+        problems.append(f"loss {got:.8f} != reference {ref:.8f}")
+    scored = int((batch["labels"][:, 1:] != -100).sum())
+    if scored != count:
+        problems.append(f"{scored} scored tokens, reference {count}")
+    # What transformers will see as documents must be the reference documents, padding as one segment.
+    expected = [reference_segments([int(p) for p in r["position_ids"]], [bool(x) for x in r["loss_mask"]])
+                for r in rows]
+    if "cu_seq_lens_q" in batch:
+        starts, offset = [], 0
+        for seg in expected:
+            starts += [offset + t for t in range(len(seg)) if t == 0 or seg[t] != seg[t - 1]]
+            offset += len(seg)
+        if batch["cu_seq_lens_q"].tolist() != [*starts, offset]:
+            problems.append("cu_seq_lens differ from the reference documents")
+        if batch["max_length_q"] != max(np.diff([*starts, offset])):
+            problems.append("max_length differs from the longest reference document")
+    elif "attention_mask" in batch and batch["attention_mask"].ndim == 4:
+        for r, seg in enumerate(expected):
+            want = [[j <= i and seg[i] == seg[j] for j in range(len(seg))] for i in range(len(seg))]
+            m = batch["attention_mask"][r, 0]
+            allowed = m if m.dtype == torch.bool else m == 0
+            if allowed.tolist() != want:
+                problems.append(f"4d mask of row {r} is not the reference block-diagonal causal mask")
+    else:
+        detected = find_packed_sequence_indices(batch["position_ids"])
+        detected = torch.zeros_like(batch["position_ids"]) if detected is None else detected
+        if detected.tolist() != expected:
+            problems.append("transformers' packed-sequence detection differs from the reference documents")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------- tests
+
+CASES = ["dense", "no_incomplete", "dense_fim_sft", "no_incomplete_fim_sft"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode", ["position_ids", "4d", "flash_varlen"])
+def test_packed_loss_equals_unpacked(model, packed, case, mode):
+    # flash_varlen's flattened (1, total) batch runs here through eager/sdpa's own detection from position_ids;
+    # its cu_seq_lens are checked against the reference documents.
+    collator = DataCollatorForPackedLM(attention=mode)
+    assert check_packed_batch(model, packed[case], collator) == []
+
+
+def test_packed_loss_equals_unpacked_bool_4d_mask(model, packed):
+    if model.config._attn_implementation != "sdpa":
+        pytest.skip("eager adds the mask to its scores, so it takes the additive float mask (tested above)")
+    collator = DataCollatorForPackedLM(attention="4d", mask_dtype=torch.bool)
+    for case in CASES:
+        assert check_packed_batch(model, packed[case], collator) == [], case
+
+
+def test_flash_varlen_drop_padding_same_loss(model, packed):
+    rows = packed["no_incomplete"]
+    collator = DataCollatorForPackedLM(attention="flash_varlen", drop_padding=True)
+    batch = collator(rows)
+    assert batch["input_ids"].shape[1] < sum(len(r["input_ids"]) for r in rows)
+    with torch.no_grad():
+        got = float(model(input_ids=batch["input_ids"], labels=batch["labels"],
+                          position_ids=batch["position_ids"], use_cache=batch["use_cache"]).loss)
+    assert math.isclose(got, reference_loss(model, rows)[0], rel_tol=RTOL)
+
+
+def test_reference_is_not_trivially_satisfied(model, packed):
+    """Running the packed rows as plain sequences (documents see each other) gives another loss."""
+    rows = packed["dense"]
+    ids = torch.tensor(np.stack([r["input_ids"] for r in rows]).astype(np.int64))
+    labels = DataCollatorForPackedLM()(rows)["labels"]
+    with torch.no_grad():
+        leaky = float(model(input_ids=ids, labels=labels).loss)
+    ref = reference_loss(model, rows)[0]
+    assert not math.isclose(leaky, ref, rel_tol=1e-3)
+
+
+def _pad_from(row: dict) -> int:
+    loss, pos = np.asarray(row["loss_mask"]), np.asarray(row["position_ids"])
+    t = len(loss)
+    while t > 0 and not loss[t - 1] and pos[t - 1] == 0:
+        t -= 1
+    return t
+
+
+class BrokenCollator(DataCollatorForPackedLM):
+    """The real collator with one deliberate bug, to show the equivalence check catches it."""
+
+    def __init__(self, bug: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bug = bug
+
+    def __call__(self, features, return_tensors=None):
+        batch = super().__call__(features, return_tensors)
+        pos, labels, ids = batch["position_ids"], batch["labels"], batch["input_ids"]
+        if self.bug == "positions_not_restarted":  # one running position per row
+            batch["position_ids"] = torch.arange(pos.shape[1]).expand_as(pos).clone()
+        elif self.bug == "positions_restart_late":  # each document's positions shifted into the next one
+            batch["position_ids"] = torch.roll(pos, 1, dims=1)
+            batch["position_ids"][:, 0] = 0
+        elif self.bug == "labels_pre_shifted":
+            batch["labels"] = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        elif self.bug == "labels_ignore_loss_mask":
+            batch["labels"] = torch.where(pos == 0, torch.full_like(ids, -100), ids)
+        elif self.bug == "segment_starts_scored":
+            rebuilt = DataCollatorForPackedLM(attention=self.attention, cross_document_labels=True)(features)
+            batch["labels"] = rebuilt["labels"]
+        elif self.bug == "padding_one_segment_per_token":
+            for r, f in enumerate(features):
+                batch["position_ids"][r, _pad_from(f) :] = 0
+        elif self.bug == "padding_scored":
+            for r, f in enumerate(features):
+                batch["labels"][r, _pad_from(f) :] = ids[r, _pad_from(f) :]
+        elif self.bug == "attention_mask_2d":
+            batch["attention_mask"] = torch.ones_like(ids)
+        elif self.bug == "kv_cache_left_on":
+            del batch["use_cache"]
+        elif self.bug == "4d_plain_causal":
+            L = ids.shape[1]
+            causal = torch.ones(L, L, dtype=torch.bool).tril()
+            batch["attention_mask"] = torch.zeros_like(batch["attention_mask"]).masked_fill_(
+                ~causal, torch.finfo(torch.float32).min
+            )
+        else:
+            raise ValueError(self.bug)
+        return batch
+
+
+BUGS = [
+    ("position_ids", "positions_not_restarted"),
+    ("position_ids", "positions_restart_late"),
+    ("position_ids", "labels_pre_shifted"),
+    ("position_ids", "labels_ignore_loss_mask"),
+    ("position_ids", "segment_starts_scored"),
+    ("position_ids", "padding_one_segment_per_token"),
+    ("position_ids", "padding_scored"),
+    ("position_ids", "attention_mask_2d"),
+    ("position_ids", "kv_cache_left_on"),
+    ("flash_varlen", "labels_pre_shifted"),
+    ("flash_varlen", "segment_starts_scored"),
+    ("4d", "positions_restart_late"),
+    ("4d", "segment_starts_scored"),
+    ("4d", "4d_plain_causal"),
+]
+
+
+@pytest.mark.parametrize(("mode", "bug"), BUGS)
+def test_deliberate_bugs_are_caught(model, packed, mode, bug):
+    collator = BrokenCollator(bug, attention=mode)
+    caught = {case: check_packed_batch(model, packed[case], collator) for case in CASES}
+    assert any(caught.values()), f"bug {bug!r} in mode {mode!r} went unnoticed"
