@@ -16,10 +16,11 @@ encoded once (the ids equal ``apply_chat_template(conversation)``); the loss mas
   role header does not.
 * **offsets** (no markers): for assistant message ``i`` the span runs from the end of
   ``render(messages[:i], add_generation_prompt=True)`` (the prompt, which ends with the assistant header) to the
-  end of ``render(messages[:i + 1])``: the assistant content and everything the template writes after it for that
-  turn, i.e. the end-of-turn token(s). The template must render a conversation's prefixes as prefixes of its full
-  rendering; a template that does not (one that rewrites earlier turns) is reported with a clear error and needs
-  generation markers.
+  point where ``render(messages[:i + 1])`` stops agreeing with the full rendering: the assistant content and what
+  the template writes after it for that turn, i.e. the end-of-turn token(s); for the last turn also whatever the
+  template appends at the end of a conversation (e.g. an eos). A token gets loss when its last character is in
+  the span (so a token holding text of the next turn does not). The prompt must be a prefix of the full
+  rendering; a template that rewrites earlier turns is reported with a clear error and needs generation markers.
 
 Final tokens: if the rendered conversation does not already end with the eos token, eos is appended with loss, as
 the seed's final eos (it ends the document for pretraining-style packing). System and user tokens, role headers
@@ -37,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Int64
@@ -104,14 +105,21 @@ def spans_to_token_mask(
     span_starts: Int64[np.ndarray, " s"],
     span_ends: Int64[np.ndarray, " s"],
     num_chars: int,
+    rule: Literal["overlap", "last_char"] = "overlap",
 ) -> Bool[np.ndarray, " total"]:
-    """True for every token whose character range overlaps one of the spans (all positions global, half-open).
+    """Which tokens fall in the character spans (all positions global, half-open).
 
-    A token with an empty character range (``start == end``) counts as covering the character at ``start``.
+    ``overlap``: the token's characters overlap a span (``apply_chat_template``'s rule for generation markers).
+    ``last_char``: the token's last character lies in a span, so a token straddling a span's end (one that also
+    holds text of the next turn) is left out, while one straddling its start is kept. A token with an empty
+    character range (``start == end``) counts as covering the character at ``start``.
 
     Example:
         >>> spans_to_token_mask(np.array([0, 2, 4]), np.array([2, 4, 6]), np.array([3]), np.array([5]), 6).tolist()
         [False, True, True]
+        >>> spans_to_token_mask(np.array([0, 2, 4]), np.array([2, 4, 6]), np.array([3]), np.array([5]), 6,
+        ...                     rule="last_char").tolist()
+        [False, True, False]
     """
     marks = np.zeros(num_chars + 2, dtype=np.int64)
     np.add.at(marks, np.asarray(span_starts, np.int64), 1)
@@ -119,8 +127,23 @@ def spans_to_token_mask(
     covered = np.cumsum(marks[: num_chars + 1]) > 0
     prefix = np.zeros(num_chars + 2, dtype=np.int64)
     np.cumsum(covered, out=prefix[1:])
-    ends = np.maximum(np.asarray(token_ends, np.int64), np.asarray(token_starts, np.int64) + 1)
-    return (prefix[ends] - prefix[np.asarray(token_starts, np.int64)]) > 0
+    starts = np.asarray(token_starts, np.int64)
+    ends = np.maximum(np.asarray(token_ends, np.int64), starts + 1)
+    if rule == "last_char":
+        return covered[np.minimum(ends - 1, num_chars)]
+    return (prefix[ends] - prefix[starts]) > 0
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings (bisection on slices: C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class ChatTemplateEncoder:
@@ -171,13 +194,15 @@ class ChatTemplateEncoder:
                 continue
             prompt, _ = self._render(messages[:i], row, add_generation_prompt=True)
             through, _ = self._render(messages[: i + 1], row)
-            if not (through.startswith(prompt) and full.startswith(through)):
+            if not (through.startswith(prompt) and full.startswith(prompt)):
                 raise TokenizerError(
                     f"row {row}, turn {i}: the chat template does not render conversation prefixes as prefixes "
                     "of the full conversation, so assistant spans cannot be found from offsets; add "
                     "{% generation %}...{% endgeneration %} around the assistant output in the template"
                 )
-            spans.append((len(prompt), len(through)))
+            # The turn ends where the conversation-so-far stops agreeing with the full rendering: text a
+            # template writes only at the very end (a final eos) belongs to the last turn only.
+            spans.append((len(prompt), _common_prefix_len(through, full)))
         return full, spans
 
     # --- batch --------------------------------------------------------------------------------------------
@@ -217,6 +242,7 @@ class ChatTemplateEncoder:
         mask = spans_to_token_mask(
             char_off[:, 0] + shift, char_off[:, 1] + shift, np.array(span_lo, np.int64), np.array(span_hi, np.int64),
             int(doc_char_base[-1]),
+            rule="overlap" if self.uses_generation_markers else "last_char",
         )
         # Append eos (with loss, like the seed's final eos) to documents that do not already end with it.
         ends_with_eos = np.zeros(n, dtype=np.bool_)
