@@ -166,7 +166,7 @@ class HubServer:
         return f"http://{host}:{port}"
 
     def start(self) -> HubServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True)
         self._thread.start()
         return self
 
@@ -263,7 +263,9 @@ class HubServer:
         repo_id = f"{namespace}/{name}"
         url = f"{self.url}/{URL_PREFIXES[repo_type]}{repo_id}"
         if namespace != who[0] or who[1] != "write":
-            raise HubHTTPError(403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"')
+            raise HubHTTPError(
+                403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"'
+            )
         with self.lock:
             if (repo_type, repo_id) in self.repos:
                 raise HubHTTPError(409, f"You already created this {repo_type} repo", extra={"url": url})

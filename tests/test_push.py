@@ -28,7 +28,7 @@ from hfprep.layout import write_split
 from hfprep.tokenize import tokenized_features
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubServer  # noqa: E402
+from hub_server import HubServer
 
 WRITE_TOKEN = "hf_test_write_token_0123456789"
 READ_TOKEN = "hf_test_read_token_0123456789"
