@@ -1,0 +1,582 @@
+"""The Ray Data engine: the same map-reduce as :mod:`hfprep.mapreduce`, spread over a Ray cluster.
+
+The engine only moves data; the work is the transform's own functions, so the rows are the same as the datasets
+engine's, in the same order:
+
+* **read + map** (one Ray task per Parquet row group / JSONL file, on the workers): each batch of
+  ``MAP_BATCH_ROWS`` input rows goes through ``transform.map_batch(batch, indices)`` with the *global* input row
+  numbers as ``indices``, so every document carries ``__index__`` (its input row) next to ``__key__``.
+* **group** (Ray's shuffle): ``groupby("__key__").map_groups(...)``. Ray does not keep input order inside a group,
+  so each group is sorted by ``__index__`` first; then the group size is checked against
+  ``reduce_memory_budget`` (the same ``check_group_bytes`` as the datasets engine) and
+  ``transform.reduce_group(key, rows)`` packs it.
+* **collect** (driver): the packed rows stream into one Arrow file in a cache folder, in ascending key order, and
+  come back as a memory-mapped ``datasets.Dataset`` (never one big in-memory table). Per-group stats travel as
+  extra rows and are merged exactly as the datasets engine merges them.
+
+Input order: Parquet files are numbered in the order given, then by row group and row, exactly like
+``load_dataset("parquet", data_files=[...])``. JSONL files have no row count in a footer, so their documents are
+numbered ``file_number * 2**40 + line`` (the same order; only the numbers in error messages differ).
+
+Example:
+    >>> from hfprep.prepare import PrepareForTrainingTransformConfig
+    >>> cfg = PrepareForTrainingTransformConfig(processing_strategy="pretrain", packing_strategy="dense",
+    ...     tokenizer_name="path/to/tokenizer", seq_len=2048, num_reduce_chunks=64)  # doctest: +SKIP
+    >>> ds, stats = prepare_with_ray(cfg, ["data/part-0.parquet", "data/part-1.parquet"])  # doctest: +SKIP
+    >>> stats["tokens_out"], ds.features["input_ids"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigError, DataError, HfprepError
+from ..mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase
+from ..prepare import BYTES_PER_TOKEN_IN_GROUP, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+
+RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
+TESTED_RAY_VERSIONS = ">=2.50,<2.61"
+"""Ray versions the engine is tested with (the ``ray`` extra pins the same range)."""
+
+MAP_BATCH_ROWS = 1000
+"""Input rows per ``map_batch`` call (the datasets engine's default ``batch_size``)."""
+
+TEXT_BYTES_PER_TOKEN = 3.0
+"""Conservative text bytes per token for the pre-flight group-size estimate (byte-level BPE averages ~3.5-4.5)."""
+
+JSON_FILE_STRIDE = 2**40
+"""Document numbers of JSONL file ``i`` start at ``i * JSON_FILE_STRIDE`` (no row counts are known up front)."""
+
+SHUFFLE_STRATEGIES = {"sort": "sort_shuffle_pull_based", "hash": "shuffle_v2"}
+"""Ray Data shuffles for the group step. ``sort`` (default) starts at once and emits groups in key order; ``hash``
+runs aggregator actors (slower to start, no range sampling)."""
+
+ROWS_COLUMN = "__rows__"
+SEQ_COLUMN = "__seq__"
+STATS_COLUMN = "__stats__"
+META_KEY = -1
+"""Key of the bookkeeping rows (input rows read per task); real keys are >= 0."""
+
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson")
+
+_transform_cache: dict[str, Any] = {}
+
+
+def import_ray():
+    """Import Ray (an optional extra) or fail with the install command.
+
+    Example:
+        >>> ray = import_ray()  # doctest: +SKIP
+    """
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise ConfigError(f"the 'ray' engine needs Ray Data, which is not installed; run: {RAY_INSTALL_HINT}") from e
+    return ray
+
+
+def recommended_num_reduce_chunks(total_tokens: int, reduce_memory_budget: int) -> int:
+    """The smallest ``num_reduce_chunks`` that keeps every group well under ``reduce_memory_budget``.
+
+    A group holds ~``BYTES_PER_TOKEN_IN_GROUP`` (9) bytes per token while it is packed, and keys spread documents
+    evenly, so the rule is ``ceil(2 * 9 * total_tokens / budget)``: the factor 2 leaves room for hash imbalance
+    and long documents. It is the same number the budget error of the datasets engine suggests.
+
+    Example:
+        >>> recommended_num_reduce_chunks(10**9, 512 * 2**20)  # 1B tokens, 512 MiB groups
+        34
+    """
+    return max(1, math.ceil(2 * BYTES_PER_TOKEN_IN_GROUP * total_tokens / reduce_memory_budget))
+
+
+# --- sources ---------------------------------------------------------------------------------------------------
+
+
+def _format_of(files: Sequence[str], fmt: str | None) -> str:
+    if fmt is not None:
+        f = fmt.lower()
+        if f == "parquet":
+            return "parquet"
+        if f in ("json", "jsonl", "ndjson"):
+            return "json"
+        raise ConfigError(f"source format {fmt!r} is not supported by the 'ray' engine; use 'parquet' or 'json'")
+    kinds = set()
+    for path in files:
+        name = path.lower()
+        if name.endswith(_PARQUET_SUFFIXES):
+            kinds.add("parquet")
+        elif name.endswith(_JSON_SUFFIXES):
+            kinds.add("json")
+        else:
+            raise ConfigError(f"cannot tell the format of {path!r}; pass format='parquet' or format='json'")
+    if len(kinds) > 1:
+        raise ConfigError(f"the source mixes Parquet and JSON files ({files[0]!r}, ...); use one format per run")
+    return kinds.pop()
+
+
+def _expand(path: str) -> list[str]:
+    if "://" in path or not os.path.isdir(path):
+        return [path]
+    found = sorted(str(p) for p in Path(path).rglob("*") if p.name.lower().endswith(_PARQUET_SUFFIXES + _JSON_SUFFIXES))
+    if not found:
+        raise ConfigError(f"folder {path!r} holds no .parquet or .jsonl files")
+    return found
+
+
+def dataset_to_parquet(dataset, folder: str | os.PathLike, num_files_hint: int = 4) -> str:
+    """Write a ``datasets.Dataset`` as one Parquet file with ~``num_files_hint`` row groups (one read task each)."""
+    import pyarrow.parquet as pq
+
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table
+    path = Path(folder) / "source.parquet"
+    rows_per_group = max(1, min(100_000, math.ceil(table.num_rows / max(1, num_files_hint))))
+    pq.write_table(table, str(path), row_group_size=rows_per_group)
+    return str(path)
+
+
+def resolve_source(source: Any, fmt: str | None = None, scratch: str | None = None) -> tuple[list[str], str]:
+    """``(files, format)`` of a source: paths (local, ``hf://``, folders), a spec with ``files``/``format``
+    attributes, or a ``datasets.Dataset`` (written to Parquet under ``scratch`` first).
+
+    Example:
+        >>> resolve_source(["a.parquet", "b.parquet"])
+        (['a.parquet', 'b.parquet'], 'parquet')
+    """
+    from datasets import Dataset
+
+    if isinstance(source, Dataset):
+        if scratch is None:
+            raise ConfigError("a datasets.Dataset source needs a scratch folder to be written to Parquet")
+        hint = 4
+        ray = import_ray()
+        if ray.is_initialized():
+            hint = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return [dataset_to_parquet(source, scratch, hint)], "parquet"
+    for attr in ("files", "data_files", "paths"):
+        if hasattr(source, attr) and not isinstance(source, str | os.PathLike):
+            fmt = fmt or getattr(source, "format", None)
+            source = getattr(source, attr)
+            break
+    if isinstance(source, str | os.PathLike):
+        source = [source]
+    try:
+        files = [f for p in source for f in _expand(os.fspath(p))]
+    except TypeError as e:
+        raise ConfigError(
+            f"the 'ray' engine reads files: pass a list of Parquet/JSONL paths, got {type(source).__name__}"
+        ) from e
+    if not files:
+        raise ConfigError("the 'ray' engine got an empty list of input files")
+    return files, _format_of(files, fmt)
+
+
+def _open(path: str):
+    """A binary file object for a local path or any fsspec URL (``hf://``, ``s3://`` ...)."""
+    if "://" not in path:
+        return open(path, "rb")
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.open(inner, "rb")
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    if "://" not in path:
+        return pq.ParquetFile(path, memory_map=True)
+    return pq.ParquetFile(_open(path))
+
+
+def plan_reads(files: Sequence[str], fmt: str) -> tuple[list[dict[str, Any]], int, list[str] | None]:
+    """One read item per Parquet row group (from the footers only) or per JSONL file.
+
+    Returns ``(items, estimated input bytes, column names of the first Parquet file or None)``.
+    """
+    items: list[dict[str, Any]] = []
+    start, nbytes, columns = 0, 0, None
+    for i, path in enumerate(files):
+        if fmt == "parquet":
+            try:
+                pf = _parquet_file(path)
+            except (OSError, ValueError) as e:
+                raise DataError(f"cannot read Parquet file {path!r}: {e}") from e
+            md = pf.metadata
+            if columns is None:
+                columns = list(pf.schema_arrow.names)
+            for g in range(md.num_row_groups):
+                rg = md.row_group(g)
+                items.append({"path": path, "format": fmt, "row_group": g, "start": start})
+                start += rg.num_rows
+                nbytes += rg.total_byte_size
+        else:
+            items.append({"path": path, "format": fmt, "row_group": -1, "start": i * JSON_FILE_STRIDE})
+            try:
+                nbytes += os.path.getsize(path) if "://" not in path else int(_fs_size(path))
+            except OSError as e:
+                raise DataError(f"cannot read JSON file {path!r}: {e}") from e
+    return items, nbytes, columns
+
+
+def _fs_size(path: str) -> int:
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.size(inner)
+
+
+def read_item(item: dict[str, Any]) -> pa.Table:
+    """Read one planned item (a Parquet row group or a whole JSONL file) on a worker."""
+    if item["format"] == "parquet":
+        return _parquet_file(item["path"]).read_row_group(int(item["row_group"]))
+    import pyarrow.json as pj
+
+    with _open(item["path"]) as f:
+        try:
+            return pj.read_json(f)
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{item['path']}: not valid JSON Lines ({e})") from e
+
+
+# --- worker side -----------------------------------------------------------------------------------------------
+
+
+def _get_transform(holder: list) -> MapReduceTransformBase:
+    """The transform, deserialized once per worker process (a Ray object ref wrapped in a list, so Ray does not
+    resolve it on every task)."""
+    import ray
+
+    ref = holder[0]
+    key = ref.hex()
+    t = _transform_cache.get(key)
+    if t is None:
+        _transform_cache.clear()
+        t = _transform_cache[key] = ray.get(ref)
+    return t
+
+
+def _map_schema(transform: MapReduceTransformBase) -> pa.Schema:
+    feats = transform.map_features()
+    if feats is None:
+        raise ConfigError(f"{type(transform).__name__} must declare map_features() to run on the 'ray' engine")
+    return feats.arrow_schema.append(pa.field(ROWS_COLUMN, pa.int64()))
+
+
+def _out_schema(transform: MapReduceTransformBase) -> pa.Schema:
+    feats = transform.output_features()
+    if feats is None:
+        raise ConfigError(f"{type(transform).__name__} must declare output_features() to run on the 'ray' engine")
+    return feats.arrow_schema
+
+
+def _null_row(schema: pa.Schema, values: dict[str, Any]) -> pa.Table:
+    return pa.table({f.name: pa.array([values.get(f.name)], type=f.type) for f in schema}, schema=schema)
+
+
+def _conform(table: pa.Table, schema: pa.Schema, extra: dict[str, pa.Array]) -> pa.Table:
+    cols = [table.column(f.name) if f.name in table.column_names else extra[f.name] for f in schema]
+    return pa.Table.from_arrays(cols, names=schema.names).cast(schema)
+
+
+def _map_task(plan: pa.Table, holder: list, batch_rows: int) -> Iterator[pa.Table]:
+    transform = _get_transform(holder)
+    schema = _map_schema(transform)
+    arrow_input = getattr(transform, "map_input_format", None) == "arrow"
+    for item in plan.to_pylist():
+        table = read_item(item)
+        for a in range(0, table.num_rows, batch_rows):
+            part = table.slice(a, batch_rows)
+            indices = list(range(item["start"] + a, item["start"] + a + part.num_rows))
+            out = transform.map_batch(part if arrow_input else part.to_pydict(), indices)
+            if not isinstance(out, pa.Table):
+                out = pa.Table.from_pydict(out)
+            if out.num_rows:
+                yield _conform(out, schema, {ROWS_COLUMN: pa.array(np.zeros(out.num_rows, np.int64))})
+        # The bookkeeping row: how many input rows this task read (docs dropped by tokenization have no row).
+        yield _null_row(schema, {KEY_COLUMN: META_KEY, INDEX_COLUMN: -1, ROWS_COLUMN: table.num_rows})
+
+
+def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
+    transform = _get_transform(holder)
+    schema = _out_schema(transform).append(pa.field(KEY_COLUMN, pa.int64()))
+    schema = schema.append(pa.field(SEQ_COLUMN, pa.int64())).append(pa.field(STATS_COLUMN, pa.string()))
+    key = group.column(KEY_COLUMN)[0].as_py()
+    if key == META_KEY:
+        rows_in = int(pc.sum(group.column(ROWS_COLUMN)).as_py() or 0)
+        return _null_row(schema, {KEY_COLUMN: META_KEY, STATS_COLUMN: json.dumps({"rows_in": rows_in})})
+    # Ray's shuffle does not keep input order: restore it before packing (the datasets engine's order).
+    group = group.take(pc.sort_indices(group.column(INDEX_COLUMN)))
+    group = group.select([c for c in group.column_names if c not in (KEY_COLUMN, ROWS_COLUMN)])
+    n = group.num_rows
+    transform.check_group_bytes(transform.group_bytes(group, np.array([0, n]), np.arange(n)), [key])
+    out, stats = transform.reduce_group(key, group)
+    m = out.num_rows
+    data = _conform(
+        out,
+        schema,
+        {
+            KEY_COLUMN: pa.array(np.full(m, key, np.int64)),
+            SEQ_COLUMN: pa.array(np.arange(m, dtype=np.int64)),
+            STATS_COLUMN: pa.nulls(m, pa.string()),
+        },
+    )
+    return pa.concat_tables([data, _null_row(schema, {KEY_COLUMN: key, STATS_COLUMN: json.dumps(stats)})])
+
+
+# --- driver ------------------------------------------------------------------------------------------------------
+
+
+def _connect(ray, address: str | None, num_cpus: int | None, ray_init_kwargs: dict[str, Any] | None) -> bool:
+    """Join ``address`` (or the already connected cluster) or start a local one; True when we started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, **(ray_init_kwargs or {})}
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}; check the address (ray status)") from e
+    return True
+
+
+def _user_error(exc: BaseException) -> HfprepError | None:
+    """The :class:`HfprepError` a worker raised, dug out of Ray's wrappers (which carry whole tracebacks)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(e, HfprepError) and not isinstance(cause, BaseException):
+            return e
+        stack.extend([cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__])
+    return None
+
+
+class _OrderedSink:
+    """Streams packed rows to an Arrow file; puts them in (key, row) order at the end if they came unordered."""
+
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.schema = schema
+        self.spill = folder / "unordered.arrow"
+        self.writer = pa.ipc.new_stream(str(self.spill), schema)
+        self.keys: list[np.ndarray] = []
+        self.seqs: list[np.ndarray] = []
+        self.stats: dict[int, dict[str, Any]] = {}
+
+    def add(self, batch: pa.Table) -> None:
+        is_stats = pc.is_valid(batch.column(STATS_COLUMN))
+        if pc.any(is_stats).as_py():
+            st = batch.filter(is_stats)
+            for k, s in zip(st.column(KEY_COLUMN).to_pylist(), st.column(STATS_COLUMN).to_pylist()):
+                if k in self.stats:
+                    raise RuntimeError(f"reduce group {k} was emitted twice; the Ray shuffle split a group")
+                self.stats[k] = json.loads(s)
+            batch = batch.filter(pc.invert(is_stats))
+        if batch.num_rows:
+            self.keys.append(batch.column(KEY_COLUMN).to_numpy())
+            self.seqs.append(batch.column(SEQ_COLUMN).to_numpy())
+            self.writer.write_table(batch.select(self.schema.names).cast(self.schema))
+
+    def finish(self, final: Path) -> None:
+        self.writer.close()
+        keys = np.concatenate(self.keys) if self.keys else np.zeros(0, np.int64)
+        seqs = np.concatenate(self.seqs) if self.seqs else np.zeros(0, np.int64)
+        dk, ds = np.diff(keys), np.diff(seqs)
+        if np.all((dk > 0) | ((dk == 0) & (ds > 0))):
+            os.replace(self.spill, final)
+            return
+        perm = np.lexsort((seqs, keys))
+        # Runs of consecutive rows in the spill become one slice each: a few per group, not one per row.
+        breaks = np.flatnonzero(np.diff(perm) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [len(perm)]])
+        with pa.memory_map(str(self.spill)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+            with pa.ipc.new_stream(str(final), self.schema) as w:
+                for a, b in zip(starts.tolist(), ends.tolist()):
+                    w.write_table(table.slice(int(perm[a]), b - a))
+            del table
+        self.spill.unlink()
+
+
+def run_on_ray(
+    transform: MapReduceTransformBase,
+    source: Any,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    format: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_rows: int = MAP_BATCH_ROWS,
+    shuffle: str = "sort",
+    ray_init_kwargs: dict[str, Any] | None = None,
+):
+    """Run ``transform`` (map -> group -> reduce) on Ray Data; returns the output as a memory-mapped Dataset.
+
+    After the run ``transform.last_stats`` holds the per-group stats in key order and ``transform.rows_in`` the
+    number of input rows, exactly as after :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`.
+
+    ``cache_dir`` receives the output Arrow file (default: a new temporary folder); delete it once the Dataset
+    is written elsewhere. Transforms whose ``map_input_format`` is ``"arrow"`` get ``pyarrow.Table`` batches,
+    the others column dicts of Python values (what ``Dataset.map`` passes).
+
+    Example:
+        >>> packed = run_on_ray(transform, ["part-0.parquet"], num_cpus=2)  # doctest: +SKIP
+    """
+    ray = import_ray()
+    from datasets import Dataset, DatasetInfo
+
+    if shuffle not in SHUFFLE_STRATEGIES:
+        raise ConfigError(f"shuffle {shuffle!r} is not supported; choose one of {sorted(SHUFFLE_STRATEGIES)}")
+
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="hfprep-ray-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out_feats = transform.output_features()
+    out_schema = _out_schema(transform)
+    _map_schema(transform)  # fail in the driver, not on the workers
+    started = _connect(ray, address, num_cpus, ray_init_kwargs)
+    try:
+        with tempfile.TemporaryDirectory(prefix="scratch-", dir=folder) as scratch:
+            files, fmt = resolve_source(source, format, scratch)
+            items, nbytes, _ = plan_reads(files, fmt)
+            _preflight(transform, nbytes)
+            holder = [ray.put(transform)]
+            ctx = ray.data.DataContext.get_current()
+            saved_strategy = ctx.shuffle_strategy
+            ctx.shuffle_strategy = SHUFFLE_STRATEGIES[shuffle]
+            plan = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+            mapped = plan.map_batches(
+                _map_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"holder": holder, "batch_rows": batch_rows}
+            )
+            # One shuffle partition per key (+1 for the bookkeeping key): a reduce task holds ~one group, not many.
+            chunks = getattr(transform.config, "num_reduce_chunks", None) or 64
+            reduced = mapped.groupby(KEY_COLUMN, num_partitions=chunks + 1).map_groups(
+                _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": holder}
+            )
+            sink = _OrderedSink(folder, out_schema)
+            try:
+                for batch in reduced.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    sink.add(batch)
+            except Exception as e:
+                err = _user_error(e)
+                if err is not None:
+                    raise err from None
+                raise
+            finally:
+                ctx.shuffle_strategy = saved_strategy
+            final = folder / "packed.arrow"
+            sink.finish(final)
+    finally:
+        if started:
+            ray.shutdown()
+    meta = sink.stats.pop(META_KEY, {"rows_in": 0})
+    transform.last_stats = [sink.stats[k] for k in sorted(sink.stats)]
+    transform.rows_in = int(meta["rows_in"])
+    return Dataset.from_file(str(final), info=DatasetInfo(features=out_feats))
+
+
+def _preflight(transform: MapReduceTransformBase, input_bytes: int) -> None:
+    """Warn before reading when the input looks too big for ``num_reduce_chunks`` (the exact check runs per group)."""
+    chunks = getattr(transform.config, "num_reduce_chunks", None)
+    budget = getattr(transform, "reduce_memory_budget", None)
+    if not chunks or not budget:
+        return
+    need = recommended_num_reduce_chunks(int(input_bytes / TEXT_BYTES_PER_TOKEN), budget)
+    if need > chunks:
+        warnings.warn(
+            f"~{input_bytes / 2**30:.1f} GiB of input may give reduce groups over the reduce_memory_budget of "
+            f"{budget / 2**20:.0f} MiB with num_reduce_chunks={chunks}; consider num_reduce_chunks >= {need}",
+            stacklevel=3,
+        )
+
+
+def prepare_with_ray(
+    config: PrepareForTrainingTransformConfig,
+    source: Any,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    format: str | None = None,
+    tokenizer: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+    ray_init_kwargs: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Tokenize -> key -> group -> pack on Ray Data; the same rows, order and stats as the datasets engine.
+
+    Args:
+        config: the transform config (the recipe's tokenize + packing sections).
+        source: Parquet / JSONL paths (local, ``hf://``, folders), a source spec with ``files`` and ``format``
+            attributes, or a ``datasets.Dataset`` (written to Parquet first; for tests and small data).
+        address: an existing cluster to join (``ray.init(address=...)``, e.g. ``"auto"`` on a cluster node or
+            ``"ray://head:10001"``); by default a local cluster (or the one this process is connected to).
+        num_cpus: CPUs of the local cluster (ignored when joining one).
+        format: ``parquet`` or ``json`` when the file names do not tell.
+        tokenizer: an already loaded tokenizer (else ``config.tokenizer_name`` is loaded in the driver and
+            shipped to the workers, so worker nodes need no copy of it).
+        cache_dir: where the output Arrow file goes (default: a new temporary folder).
+        ray_init_kwargs: extra ``ray.init`` arguments (e.g. ``runtime_env``).
+
+    Returns:
+        ``(dataset, stats)``: packed rows as a memory-mapped ``datasets.Dataset`` and the dict of
+        :attr:`~hfprep.prepare.PrepareForTrainingTransform.stats`.
+
+    Example:
+        >>> ds, stats = prepare_with_ray(cfg, ["train-0.parquet"], num_cpus=2)  # doctest: +SKIP
+        >>> stats["fill_ratio"]  # doctest: +SKIP
+        1.0
+    """
+    transform = PrepareForTrainingTransform(config, tokenizer=tokenizer)
+    with tempfile.TemporaryDirectory(prefix="hfprep-ray-check-") as tmp:
+        files, fmt = (None, None)
+        from datasets import Dataset
+
+        if not isinstance(source, Dataset):
+            files, fmt = resolve_source(source, format, tmp)
+            if fmt == "parquet":
+                _, _, columns = plan_reads(files[:1], fmt)
+                _check_columns(transform, columns or [], files[0])
+        else:
+            _check_columns(transform, source.column_names, "the dataset")
+    out = run_on_ray(
+        transform,
+        source if files is None else files,
+        address=address,
+        num_cpus=num_cpus,
+        format=fmt or format,
+        cache_dir=cache_dir,
+        ray_init_kwargs=ray_init_kwargs,
+    )
+    return out, transform.stats
+
+
+def _check_columns(transform: PrepareForTrainingTransform, columns: Sequence[str], where: str) -> None:
+    if not columns:
+        return
+    missing = [c for c in transform.tokenizer_stage.config.input_columns() if c not in columns]
+    if missing:
+        raise DataError(
+            f"strategy {transform.config.processing_strategy!r} needs column(s) {missing}, but {where} has "
+            f"{list(columns)}; set text_column / fim_kwargs column names"
+        )
