@@ -555,6 +555,30 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
     (work / DATA_DIR).mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(identity, sort_keys=True))
 
+    static = {
+        "format_version": FORMAT_VERSION,
+        "k": cfg.k,
+        "selection": "top-k of the full-vocabulary log-softmax, sorted descending",
+        "temperature": cfg.temperature,
+        "alignment": ALIGNMENT,
+        "normalisation": NORMALISATION,
+        "logprob_dtype": cfg.logprob_dtype,
+        "fill": {"topk_ids": FILL_ID, "topk_logprobs": FILL_LOGPROB, "hidden": FILL_HIDDEN},
+        "teacher": {
+            "id": teacher.id,
+            "revision": teacher.revision,
+            "logits_width": teacher.logits_width,
+            "num_hidden_layers": teacher.num_layers,
+            "hidden_size": teacher.hidden_size,
+            "masking": teacher.masking,
+        },
+        "tokenizer": {"fingerprint": fp, "vocab_size": vocab, "pad_token_id": pad_id},
+        "hidden_states": {
+            "layers": list(cfg.hidden_layers),
+            "dtype": cfg.hidden_dtype,
+            "convention": HIDDEN_CONVENTION,
+        },
+    }
     hidden_spec = {i: (teacher.hidden_size, cfg.hidden_dtype) for i in cfg.hidden_layers}
     features = cache_features(cfg.k, cfg.logprob_dtype, hidden_spec)
     from tqdm.auto import tqdm
@@ -567,7 +591,14 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
             h = rows_sha256(chunk)
             plan.shard_hashes.append(h)
             path = work / shard_filename(split, i, plan.num_shards)
-            shard_meta = {**identity, "split": split, "shard": i, "num_shards": plan.num_shards, "input_sha256": h}
+            shard_meta = {
+                **static,
+                **identity,
+                "split": split,
+                "shard": i,
+                "num_shards": plan.num_shards,
+                "input_sha256": h,
+            }
             if _shard_is_complete(path, shard_meta):
                 md = pq.read_metadata(path).metadata[META_KEY]
                 done = json.loads(md)
@@ -591,28 +622,7 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
     data_bytes = sum(p.stat().st_size for p in (work / DATA_DIR).glob("*.parquet"))
     input_sha = hashlib.sha256("".join(h for p in plans.values() for h in p.shard_hashes).encode()).hexdigest()
     meta = {
-        "format_version": FORMAT_VERSION,
-        "k": cfg.k,
-        "selection": "top-k of the full-vocabulary log-softmax, sorted descending",
-        "temperature": cfg.temperature,
-        "alignment": ALIGNMENT,
-        "normalisation": NORMALISATION,
-        "logprob_dtype": cfg.logprob_dtype,
-        "fill": {"topk_ids": FILL_ID, "topk_logprobs": FILL_LOGPROB, "hidden": FILL_HIDDEN},
-        "teacher": {
-            "id": teacher.id,
-            "revision": teacher.revision,
-            "logits_width": teacher.logits_width,
-            "num_hidden_layers": teacher.num_layers,
-            "hidden_size": teacher.hidden_size,
-            "masking": teacher.masking,
-        },
-        "tokenizer": {"fingerprint": fp, "vocab_size": vocab, "pad_token_id": pad_id},
-        "hidden_states": {
-            "layers": list(cfg.hidden_layers),
-            "dtype": cfg.hidden_dtype,
-            "convention": HIDDEN_CONVENTION,
-        },
+        **static,
         "input": {
             "name": Path(cfg.input.folder).name,
             "splits": {
