@@ -1,0 +1,132 @@
+"""Dataset cards: the ``README.md`` of a prepared dataset, rendered from ``cards/dataset_card.md``.
+
+The YAML front matter carries what the Hub and ``load_dataset`` read (``configs``, ``dataset_info``, license,
+task_categories, size_categories, source_datasets, tags) plus an ``hfprep`` block that says exactly how the rows
+were made (tokenizer id + revision + vocab size + fingerprint, eos/pad ids, strategy, seq_len, packing,
+num_reduce_chunks) and what they hold (per-split rows, tokens, padding, loss tokens, segments) — the numbers
+``hfprep validate`` checks against the data. The prose explains how to load and train, shows the figures,
+embeds the exact recipe and the provenance.
+
+The template uses ``string.Template`` placeholders (``${name}``); no other dependency.
+
+Example:
+    >>> meta = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]}
+    >>> text = "---\\n" + dump_yaml(meta) + "---\\n# hi\\n"
+    >>> parse_card_metadata(text)["configs"][0]["data_files"][0]["split"]
+    'train'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md"
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``n`` rows."""
+    buckets = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+        (10_000_000_000, "1B<n<10B"),
+    ]
+    for limit, name in buckets:
+        if n < limit:
+            return name
+    return "n>1T" if n >= 10**12 else "10B<n<100B" if n < 10**11 else "100B<n<1T"
+
+
+def dump_yaml(data: Any) -> str:
+    """Stable, readable YAML (key order kept, no aliases, unicode as is)."""
+
+    class _NoAlias(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(data, Dumper=_NoAlias, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
+
+
+def parse_card_metadata(text: str) -> dict[str, Any]:
+    """The YAML front matter of a card as a dict (``ValueError`` with the reason when absent or invalid)."""
+    if not text.startswith("---"):
+        raise ValueError("no YAML front matter (the card must start with a '---' line)")
+    end = text.find("\n---", 3)
+    if end < 0:
+        raise ValueError("YAML front matter is not closed by a '---' line")
+    try:
+        data = yaml.safe_load(text[3:end])
+    except yaml.YAMLError as e:
+        raise ValueError(f"invalid YAML front matter ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ValueError("the YAML front matter must be a mapping")
+    return data
+
+
+def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`parse_card_metadata` of a card file."""
+    return parse_card_metadata(Path(path).read_text(encoding="utf-8"))
+
+
+def dataset_info_yaml(features, split_rows: Mapping[str, int], split_bytes: Mapping[str, int]) -> dict[str, Any]:
+    """``dataset_info`` exactly as ``push_to_hub`` writes it (features, splits, sizes)."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+
+    info = DatasetInfo(features=features)
+    info.splits = SplitDict()
+    for split, rows in split_rows.items():
+        info.splits.add(SplitInfo(name=split, num_bytes=int(split_bytes.get(split, 0)), num_examples=int(rows)))
+    info.download_size = int(sum(split_bytes.values()))
+    info.dataset_size = int(sum(split_bytes.values()))
+    return info._to_yaml_dict()
+
+
+def _fmt(n: float | int) -> str:
+    return f"{n:,}" if isinstance(n, int) else f"{n:.4f}"
+
+
+def stats_table(stats: Mapping[str, Mapping[str, Any]], seq_len: int) -> str:
+    """Markdown table of per-split counts (rows, tokens, padding, loss tokens, documents in/out, dropped)."""
+    head = (
+        "| split | rows | tokens | padding | tokens with loss | fill | documents in | dropped documents "
+        "| dropped tokens |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for split, s in stats.items():
+        lines.append(
+            f"| {split} | {_fmt(int(s['rows']))} | {_fmt(int(s['tokens']))} | {_fmt(int(s['pad_tokens']))} "
+            f"| {_fmt(int(s['loss_tokens']))} | {float(s['fill_ratio']):.2%} | {_fmt(int(s.get('docs_in', 0)))} "
+            f"| {_fmt(int(s.get('docs_dropped', 0)))} | {_fmt(int(s.get('tokens_dropped', 0)))} |"
+        )
+    return "\n".join(lines)
+
+
+def render_card(context: Mapping[str, Any], template: str | os.PathLike | None = None) -> str:
+    """Fill the card template with ``context`` (every ``${name}`` must be given: a missing one is an error)."""
+    path = Path(template) if template is not None else DEFAULT_TEMPLATE
+    if not path.is_file():
+        raise ConfigError(
+            f"dataset card template {str(path)!r} not found; set output.card_template to a template file"
+        )
+    tmpl = string.Template(path.read_text(encoding="utf-8"))
+    try:
+        return tmpl.substitute({k: str(v) for k, v in context.items()})
+    except KeyError as e:
+        raise ConfigError(f"card template {str(path)!r} uses ${{{e.args[0]}}}, which hfprep does not provide") from None
+
+
+def compact_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,216 @@
+"""The ``hfprep`` command line (also ``python -m hfprep``).
+
+Exit codes: 0 success; 1 a runtime or data error (one line on stderr, no traceback); 2 a usage error (bad
+arguments, invalid recipe); 130 interrupted (Ctrl-C; no partial output is left behind).
+
+Example:
+    >>> main(["validate", "out/quickstart"])  # doctest: +SKIP
+    ok: out/quickstart (train: 146 rows, ...)
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import HfprepError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DESCRIPTION = """\
+Prepare language-model training data on Hugging Face datasets:
+tokenize -> pack -> write a Hub-layout folder with a dataset card -> push.
+
+  hfprep run recipes/quickstart.yaml           # offline demo, under a minute
+  hfprep validate out/quickstart               # recheck every invariant
+  hfprep inspect out/quickstart --row 3        # schema, stats, a decoded row
+  hfprep push out/quickstart --repo-id me/quickstart
+"""
+
+EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recipe, 130 interrupted."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="hfprep", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"hfprep {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run a recipe: source -> packed dataset folder (+ card, + push)",
+                         description="Run a recipe end to end and print a summary.", epilog=EPILOG, formatter_class=fmt)
+    run.add_argument("recipe", metavar="RECIPE", help="recipe YAML file (see recipes/)")
+    run.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    run.add_argument("--engine", choices=["datasets", "ray"], help="override the recipe's engine")
+    run.add_argument("--num-proc", type=int, metavar="N", help="worker processes (datasets engine)")
+    run.add_argument("--no-push", action="store_true", help="do not push even if the recipe has hub.repo_id")
+    run.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+
+    push = sub.add_parser("push", help="upload a prepared folder to a Hub dataset repo",
+                          description="Upload a prepared folder (data/, README.md, images/) to the Hub.",
+                          epilog=EPILOG, formatter_class=fmt)
+    push.add_argument("folder", metavar="FOLDER")
+    push.add_argument("--repo-id", required=True, metavar="ID", help="user/name of the dataset repo")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (default main)")
+    push.add_argument("--message", help="commit message")
+    push.add_argument("--json", action="store_true", help="JSON line on stdout")
+
+    insp = sub.add_parser("inspect", help="schema, stats and a decoded row of a folder or Hub repo",
+                          description="Show schema, statistics and one decoded row with segment boundaries "
+                          "(text without loss between \u2039 and \u203a).", epilog=EPILOG, formatter_class=fmt)
+    insp.add_argument("target", metavar="FOLDER|REPO")
+    insp.add_argument("--split", help="split to sample (default train)")
+    insp.add_argument("--row", type=int, default=0, help="row index (default 0)")
+    insp.add_argument("--tokenizer", help="tokenizer for decoding (default: the dataset's own)")
+    insp.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    val = sub.add_parser("validate", help="recheck lengths, dtypes, positions, padding and card stats",
+                         description="Recompute every invariant of a prepared folder; exit 1 listing violations.",
+                         epilog=EPILOG, formatter_class=fmt)
+    val.add_argument("folder", metavar="FOLDER")
+    val.add_argument("--max-violations", type=int, default=50, metavar="N")
+    val.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    kd = sub.add_parser("kd-cache", help="build a knowledge-distillation cache from a KD recipe",
+                        description="Run a teacher over packed rows and store its top-k log-probs.",
+                        epilog=EPILOG, formatter_class=fmt)
+    kd.add_argument("recipe", metavar="RECIPE")
+    kd.add_argument("--overwrite", action="store_true")
+    kd.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    return p
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def _human_event(e: dict[str, Any]) -> None:
+    kind = e.get("event")
+    if kind == "summary":
+        return
+    detail = ", ".join(str(v) if k == kind else f"{k} {v}" for k, v in e.items() if k != "event")
+    print(f"[hfprep] {kind}: {detail}", file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import format_summary, run_recipe
+
+    if args.num_proc is not None and args.num_proc < 1:
+        raise _UsageError("--num-proc must be >= 1")
+    if args.json:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    summary = run_recipe(
+        args.recipe,
+        overwrite=True if args.overwrite else None,
+        engine=args.engine,
+        num_proc=args.num_proc,
+        push=False if args.no_push else None,
+        log=_emit if args.json else _human_event,
+    )
+    if not args.json:
+        print(format_summary(summary))
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.message)
+    if args.json:
+        _emit({"event": "pushed", "folder": args.folder, "repo_id": args.repo_id, "url": url})
+    else:
+        print(f"pushed {args.folder} -> {url}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_cmd import inspect_target, to_json
+
+    result = inspect_target(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
+    print(to_json(result) if args.json else result["text"])
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_folder
+
+    report = validate_folder(args.folder, max_violations=args.max_violations)
+    if args.json:
+        _emit({"event": "validate", "folder": report.folder, "ok": report.ok, "violations": report.violations,
+               "stats": report.stats})
+    elif report.ok:
+        parts = ", ".join(f"{s}: {v['rows']:,} rows, {v['tokens']:,} tokens" for s, v in report.stats.items())
+        print(f"ok: {report.folder} ({parts})")
+    else:
+        print(f"invalid: {report.folder}: {len(report.violations)} violation(s)", file=sys.stderr)
+        for v in report.violations:
+            print(f"  {v}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_kd_cache(args: argparse.Namespace) -> int:
+    try:
+        from .kd.builder import run_kd_recipe
+    except ImportError as e:
+        raise HfprepError(f"kd-cache is not available in this installation ({e})") from e
+    result = run_kd_recipe(args.recipe, overwrite=args.overwrite)
+    if args.json:
+        _emit({"event": "summary", **result})
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    pass
+
+
+COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate": cmd_validate,
+            "kd-cache": cmd_kd_cache}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (the console script exits with it)."""
+    from .recipe import RecipeError
+
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+
+    def fail(code: int, err: BaseException, kind: str) -> int:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if as_json:
+            _emit({"event": "error", "kind": kind, "error": type(err).__name__, "message": message, "exit_code": code})
+        else:
+            print(f"hfprep {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        return COMMANDS[args.command](args)
+    except (RecipeError, _UsageError) as e:
+        return fail(EXIT_USAGE, e, "usage")
+    except HfprepError as e:
+        return fail(EXIT_ERROR, e, "error")
+    except KeyboardInterrupt as e:
+        e.args = ("interrupted; no partial output was written (re-run the command to finish)",)
+        return fail(EXIT_INTERRUPTED, e, "interrupted")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

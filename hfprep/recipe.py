@@ -1,0 +1,363 @@
+"""Recipes: one YAML file that says everything about a prepared dataset, validated by pydantic models.
+
+A recipe has these sections (only ``source``, ``tokenizer``, ``packing`` and ``output`` are required)::
+
+    name: quickstart                  # free text, shown in the card
+    source:   {text_dir: "{stdlib}", glob: "**/*.py", max_files: 400}   # or hub: / files:
+    tokenizer: {train: {vocab_size: 2048}}                             # or name_or_path: + revision:
+    tokenize: {strategy: pretrain, on_empty: drop}                    # any TokenizeConfig field
+    packing:  {seq_len: 512, strategy: dense, num_reduce_chunks: 4}
+    splits:   {heldout_fraction: 0.05, heldout_name: test}
+    output:   {folder: ../out/quickstart}
+    hub:      {repo_id: user/name, private: true, license: apache-2.0, tags: [code]}
+    engine:   {name: datasets, num_proc: 2}
+    seed: 0
+
+Unknown keys, wrong types and missing fields are one :class:`RecipeError` line naming the file and the key.
+Relative paths resolve against the recipe file's folder; ``{stdlib}`` in ``source.text_dir`` is the running
+Python's standard-library folder (``sysconfig.get_paths()["stdlib"]``), so the quickstart needs no download.
+
+Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.yaml")
+    >>> _ = open(path, "w").write("source: {files: [a.jsonl]}\\ntokenizer: {name_or_path: gpt2}\\n"
+    ...                           "packing: {seq_len: 8}\\noutput: {folder: out}\\n")
+    >>> r = load_recipe(path)
+    >>> r.packing.seq_len, os.path.basename(r.output.folder)
+    (8, 'out')
+    >>> _ = open(path, "w").write("source: {files: [a.jsonl]}\\ntokenizer: {name_or_path: gpt2}\\n"
+    ...                           "packing: {seq_len: eight}\\noutput: {folder: out}\\n")
+    >>> load_recipe(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hfprep.recipe.RecipeError: ...r.yaml: packing.seq_len: Input should be a valid integer...
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from .errors import ConfigError
+from .layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
+from .tokenize import TokenizeConfig
+
+STDLIB_PLACEHOLDER = "{stdlib}"
+"""Placeholder in ``source.text_dir``: the running Python's standard-library folder."""
+
+SourceFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "text"]
+
+
+class RecipeError(ConfigError):
+    """The recipe file is invalid (the CLI exits with code 2, a usage error)."""
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Section):
+    """Where the raw rows come from: exactly one of ``hub``, ``files`` or ``text_dir``.
+
+    Attributes:
+        hub: Hub dataset id (``HuggingFaceFW/fineweb-edu``), with ``config``, ``split`` and ``revision``.
+        files: local jsonl/json/parquet/csv/text files or glob patterns (relative to the recipe).
+        text_dir: a folder of text files, one document per file (column ``text``, plus ``path``), read in
+            sorted path order; ``glob`` picks the files and ``max_files`` keeps the first N of them.
+        format: file format; ``auto`` picks it from the file extension.
+        streaming: read without downloading/caching the whole source first (needs the streaming engine).
+        max_rows: keep only the first N rows of the source (before the split).
+        columns: renames applied to the source, ``{source_column: new_name}`` (e.g. ``{text: content}``).
+    """
+
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    files: list[str] | None = None
+    text_dir: str | None = None
+    glob: str = "**/*"
+    max_files: int | None = pydantic.Field(default=None, ge=1)
+    encoding: str = "utf-8"
+    format: SourceFormat = "auto"
+    streaming: bool = False
+    max_rows: int | None = pydantic.Field(default=None, ge=1)
+    columns: dict[str, str] = pydantic.Field(default_factory=dict)
+
+    @pydantic.field_validator("files", mode="before")
+    @classmethod
+    def _one_file(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> SourceConfig:
+        kinds = [k for k in ("hub", "files", "text_dir") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            got = f"got {kinds}" if kinds else "got none"
+            raise ValueError(f"give exactly one of 'hub', 'files' or 'text_dir' ({got})")
+        if self.files is not None and not self.files:
+            raise ValueError("'files' is empty; list at least one file or glob")
+        return self
+
+    @property
+    def kind(self) -> Literal["hub", "files", "text_dir"]:
+        return "hub" if self.hub is not None else "files" if self.files is not None else "text_dir"
+
+
+class TrainTokenizerConfig(_Section):
+    """Train a small byte-level BPE on the first documents of the source (offline quickstarts, tests).
+
+    The trained tokenizer is cached (keyed by a hash of its training texts and options) and copied into the
+    output folder under ``tokenizer/``, so the dataset ships with the tokenizer that made it.
+    """
+
+    vocab_size: int = pydantic.Field(default=2048, ge=300)
+    max_docs: int = pydantic.Field(default=2000, ge=1)
+    max_chars: int = pydantic.Field(default=5_000_000, ge=1)
+    cache_dir: str | None = None
+
+
+class TokenizerSection(_Section):
+    """The tokenizer: a Hub id or local folder (``name_or_path`` + ``revision``), or ``train`` one here.
+
+    ``backend`` picks the encoder: ``hf`` (Rust tokenizers, default), ``gigatoken`` (fast, where installed and
+    exact for this tokenizer) or ``auto`` (the fastest backend that passes an exactness check on a sample).
+    """
+
+    name_or_path: str | None = None
+    revision: str | None = None
+    train: TrainTokenizerConfig | None = None
+    backend: Literal["auto", "hf", "gigatoken"] = "hf"
+
+    @pydantic.model_validator(mode="after")
+    def _one(self) -> TokenizerSection:
+        if (self.name_or_path is None) == (self.train is None):
+            raise ValueError("give exactly one of 'name_or_path' or 'train'")
+        return self
+
+
+class PackingSection(_Section):
+    """How tokenized documents become ``seq_len`` rows.
+
+    Attributes:
+        seq_len: row length (>= 2).
+        strategy: ``dense``, ``no_incomplete`` or any registered packer (``bfd``).
+        num_reduce_chunks: hash keys of the map-reduce; scale it with the input (each group is held in memory).
+        pad_token_id: padding id; defaults to the tokenizer's eos id.
+        packing_kwargs: packer options (e.g. bfd's ``overflow``/``pad``).
+        reduce_memory_budget: bytes of tokens one reduce task may hold.
+    """
+
+    seq_len: int = pydantic.Field(ge=2)
+    strategy: str = "dense"
+    num_reduce_chunks: int = pydantic.Field(default=4, ge=1)
+    pad_token_id: int | None = pydantic.Field(default=None, ge=0)
+    packing_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
+    reduce_memory_budget: int | None = pydantic.Field(default=None, ge=1)
+
+
+class SplitsSection(_Section):
+    """Held-out split by document content hash (the same rule on every engine, independent of order).
+
+    A row goes to ``heldout_name`` when ``sha256(canonical JSON of its strategy input columns)`` read as a
+    fraction in [0, 1) is below ``heldout_fraction``; everything else goes to ``train_name``.
+    """
+
+    heldout_fraction: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
+    train_name: str = pydantic.Field(default="train", pattern=r"^[A-Za-z0-9_]+$")
+    heldout_name: str = pydantic.Field(default="test", pattern=r"^[A-Za-z0-9_]+$")
+
+    @pydantic.model_validator(mode="after")
+    def _distinct(self) -> SplitsSection:
+        if self.train_name == self.heldout_name:
+            raise ValueError("train_name and heldout_name must differ")
+        return self
+
+
+class OutputSection(_Section):
+    """The output folder (Hub dataset layout) and its shard sizes."""
+
+    folder: str
+    overwrite: bool = False
+    max_shard_bytes: int | None = pydantic.Field(default=DEFAULT_MAX_SHARD_BYTES, ge=1)
+    max_rows_per_shard: int | None = pydantic.Field(default=None, ge=1)
+    row_group_rows: int = pydantic.Field(default=DEFAULT_ROW_GROUP_ROWS, ge=1)
+    card_template: str | None = None
+    plots: bool = True
+
+
+class HubSection(_Section):
+    """Hub target and card metadata. ``hfprep run`` pushes when ``repo_id`` is set and ``push`` is true."""
+
+    repo_id: str | None = None
+    private: bool = False
+    push: bool = True
+    revision: str | None = None
+    license: str | None = None
+    tags: list[str] = pydantic.Field(default_factory=list)
+    pretty_name: str | None = None
+
+
+class EngineSection(_Section):
+    """``datasets`` (one machine, ``num_proc`` workers) or ``ray`` (a Ray cluster at ``address``)."""
+
+    name: Literal["datasets", "ray"] = "datasets"
+    num_proc: int | None = pydantic.Field(default=None, ge=1)
+    address: str | None = None
+    num_cpus: int | None = pydantic.Field(default=None, ge=1)
+
+
+class Recipe(_Section):
+    """A whole recipe. Build it with :func:`load_recipe` (paths resolved) or :func:`parse_recipe`."""
+
+    name: str | None = None
+    description: str | None = None
+    source: SourceConfig
+    tokenizer: TokenizerSection
+    tokenize: TokenizeConfig = pydantic.Field(default_factory=TokenizeConfig)
+    packing: PackingSection
+    splits: SplitsSection = pydantic.Field(default_factory=SplitsSection)
+    output: OutputSection
+    hub: HubSection = pydantic.Field(default_factory=HubSection)
+    engine: EngineSection = pydantic.Field(default_factory=EngineSection)
+    seed: int = 0
+
+    # Set by load_recipe: the file and its exact text (embedded in the card).
+    path: str | None = pydantic.Field(default=None, exclude=True)
+    text: str | None = pydantic.Field(default=None, exclude=True)
+
+    @pydantic.field_validator("engine", mode="before")
+    @classmethod
+    def _engine_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @pydantic.field_validator("tokenize", mode="before")
+    @classmethod
+    def _no_backend_here(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "backend" in v:
+            raise ValueError("set the backend under tokenizer.backend, not tokenize.backend")
+        return v
+
+    @property
+    def where(self) -> str:
+        return self.path or "<recipe>"
+
+    def splits_to_write(self) -> list[str]:
+        if self.splits.heldout_fraction > 0:
+            return [self.splits.train_name, self.splits.heldout_name]
+        return [self.splits.train_name]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "<top level>"
+
+
+def format_validation_error(err: pydantic.ValidationError, where: str) -> str:
+    """One line: ``file: key: message (got value)`` for each problem, ``;``-separated."""
+    msgs = []
+    for e in err.errors():
+        # Skip pydantic's internal union/validator tags in the location (e.g. 'function-after[...]').
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the recipe reference in hfprep.recipe)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = e.get("input")
+        suffix = f" (got {got!r:.60})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict) else ""
+        msgs.append(f"{_loc(loc)}: {msg}{suffix}")
+    return f"{where}: " + "; ".join(msgs)
+
+
+def parse_recipe(data: Any, where: str = "<recipe>") -> Recipe:
+    """Validate a recipe dict (no path resolution); errors are one :class:`RecipeError` line."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a YAML mapping of sections, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise RecipeError(format_validation_error(e, where)) from None
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _looks_local(name: str, base: Path) -> bool:
+    """A tokenizer name is a local path when it says so (./, ../, /, ~) or exists next to the recipe."""
+    return name.startswith((".", "/", "~")) or (base / name).exists()
+
+
+def stdlib_dir() -> str:
+    """The running Python's standard-library folder (the offline quickstart corpus)."""
+    return sysconfig.get_paths()["stdlib"]
+
+
+def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Resolve relative paths against ``base`` (the recipe's folder) and expand ``{stdlib}``."""
+    src = recipe.source
+    if src.files is not None:
+        src.files = [_resolve(f, base) for f in src.files]
+    if src.text_dir is not None:
+        src.text_dir = _resolve(src.text_dir.replace(STDLIB_PLACEHOLDER, stdlib_dir()), base)
+    recipe.output.folder = _resolve(recipe.output.folder, base)
+    if recipe.output.card_template is not None:
+        recipe.output.card_template = _resolve(recipe.output.card_template, base)
+    tok = recipe.tokenizer
+    if tok.name_or_path is not None and _looks_local(tok.name_or_path, base):
+        tok.name_or_path = _resolve(tok.name_or_path, base)
+    if tok.train is not None and tok.train.cache_dir is not None:
+        tok.train.cache_dir = _resolve(tok.train.cache_dir, base)
+    return recipe
+
+
+def check_packing_strategy(recipe: Recipe) -> None:
+    """The packing strategy must be registered (importing the optional packers first)."""
+    import importlib
+
+    from .packing import PACKERS
+
+    if recipe.packing.strategy not in PACKERS:
+        for mod in ("hfprep.bfd", "hfprep.pack"):
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                continue
+    if recipe.packing.strategy not in PACKERS:
+        raise RecipeError(
+            f"{recipe.where}: packing.strategy: unknown packer {recipe.packing.strategy!r}; "
+            f"choose one of {sorted(PACKERS)}"
+        )
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read, validate and resolve a recipe file. Errors name the file and the key (:class:`RecipeError`)."""
+    p = Path(path)
+    where = str(path)
+    if not p.is_file():
+        raise RecipeError(f"{where}: recipe file not found (check the path)")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}: invalid YAML{at}: {problem}") from None
+    recipe = parse_recipe(data, where)
+    recipe.path = str(p.absolute())
+    recipe.text = text
+    check_packing_strategy(recipe)
+    return resolve_paths(recipe, p.absolute().parent)

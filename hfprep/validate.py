@@ -1,0 +1,316 @@
+"""Check a prepared dataset folder: recompute the row invariants and the card's statistics from the Parquet shards.
+
+Checked, per row (vectorised over each record batch):
+
+* schema: exactly ``input_ids`` list<uint32>, ``position_ids`` list<uint32>, ``loss_mask`` list<bool>, with
+  datasets' feature metadata;
+* lengths: the three lists have the same length, equal to the card's ``seq_len``;
+* positions: 0 at the row start; every other position is either 0 (a segment starts) or previous + 1;
+* ids below the tokenizer's vocabulary size;
+* padding never carries loss. Padding is what the padded packers write at the end of a row: the trailing run of
+  one-token segments equal to ``pad_token_id`` (position 0) after the row's first token (a ``dense`` dataset has
+  no padding);
+* the card: shard names complete (``-XXXXX-of-YYYYY``), the ``configs`` splits present, and rows, tokens, padding,
+  loss tokens and segments per split equal to what the card says.
+
+Example:
+    >>> report = validate_folder("out/quickstart")  # doctest: +SKIP
+    >>> report.ok, report.violations[:1]  # doctest: +SKIP
+    (True, [])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .layout import CARD_NAME, DATA_DIR
+from .prepare import table_to_flat
+from .tokenize import ROW_FEATURES_SPEC
+
+EXPECTED_TYPES = {
+    "input_ids": pa.list_(pa.uint32()),
+    "position_ids": pa.list_(pa.uint32()),
+    "loss_mask": pa.list_(pa.bool_()),
+}
+STAT_KEYS = ("rows", "tokens", "pad_tokens", "loss_tokens", "segments")
+SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
+
+
+@dataclasses.dataclass
+class SplitStats:
+    """What a split holds: rows, real tokens, padding, tokens with loss, segments (documents or their pieces)."""
+
+    rows: int = 0
+    tokens: int = 0
+    pad_tokens: int = 0
+    loss_tokens: int = 0
+    segments: int = 0
+
+    def add(self, other: SplitStats) -> None:
+        for k in STAT_KEYS:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    @property
+    def fill_ratio(self) -> float:
+        slots = self.tokens + self.pad_tokens
+        return self.tokens / slots if slots else 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        d: dict[str, int | float] = {k: getattr(self, k) for k in STAT_KEYS}
+        d["fill_ratio"] = round(self.fill_ratio, 6)
+        return d
+
+
+def padding_mask(
+    input_ids: np.ndarray, position_ids: np.ndarray, row_offsets: np.ndarray, pad_token_id: int | None
+) -> np.ndarray:
+    """True on padding: per row, the trailing run of ``pad_token_id`` tokens at position 0, first token excluded."""
+    n = len(input_ids)
+    if pad_token_id is None or n == 0:
+        return np.zeros(n, dtype=np.bool_)
+    starts = np.asarray(row_offsets[:-1], dtype=np.int64)
+    lengths = np.diff(row_offsets)
+    candidate = (input_ids == pad_token_id) & (position_ids == 0)
+    data = ~candidate
+    nonempty = starts[lengths > 0]
+    data[nonempty] = True  # a row's first token is always data
+    idx = np.where(data, np.arange(n, dtype=np.int64), -1)
+    last_data = np.full(len(starts), -1, dtype=np.int64)
+    if len(nonempty):
+        last_data[lengths > 0] = np.maximum.reduceat(idx, nonempty)
+    row_of = np.repeat(np.arange(len(starts)), lengths)
+    return np.arange(n, dtype=np.int64) > last_data[row_of]
+
+
+def batch_stats(
+    table: pa.Table, pad_token_id: int | None, padded: bool
+) -> tuple[SplitStats, np.ndarray, np.ndarray]:
+    """Stats of packed rows, plus each row's fill (real tokens / length) and every segment's length."""
+    ids, pos, mask, offsets = table_to_flat(table)
+    pad = padding_mask(ids, pos, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
+    lengths = np.diff(offsets)
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    real_per_row = np.bincount(row_of[~pad], minlength=len(lengths))
+    fill = np.divide(real_per_row, lengths, out=np.zeros(len(lengths)), where=lengths > 0)
+    starts = (pos == 0) & ~pad
+    starts[offsets[:-1][lengths > 0]] = True
+    seg_start_idx = np.flatnonzero(starts)
+    # A segment ends at the next segment start, the first padding token, or the row end.
+    real_idx = np.flatnonzero(~pad)
+    seg_id = np.cumsum(starts)[real_idx] - 1
+    seg_lengths = np.bincount(seg_id, minlength=len(seg_start_idx)) if len(real_idx) else np.zeros(0, np.int64)
+    stats = SplitStats(
+        rows=len(lengths),
+        tokens=int((~pad).sum()),
+        pad_tokens=int(pad.sum()),
+        loss_tokens=int(mask.sum()),
+        segments=len(seg_start_idx),
+    )
+    return stats, fill, seg_lengths
+
+
+def check_batch(
+    table: pa.Table,
+    *,
+    seq_len: int | None,
+    pad_token_id: int | None,
+    padded: bool,
+    vocab_size: int | None,
+    where: str,
+    row_base: int,
+    limit: int,
+) -> list[str]:
+    """Row invariants of one record batch; returns up to ``limit`` violation lines (``where row N: ...``)."""
+    out: list[str] = []
+    cols = {n: table.column(n).combine_chunks() for n in ROW_FEATURES_SPEC}
+    lens = {n: np.asarray(pa.compute.list_value_length(c).to_numpy(zero_copy_only=False)) for n, c in cols.items()}
+    bad_len = np.flatnonzero((lens["input_ids"] != lens["position_ids"]) | (lens["input_ids"] != lens["loss_mask"]))
+    for r in bad_len[:limit]:
+        out.append(f"{where} row {row_base + r}: input_ids/position_ids/loss_mask lengths differ "
+                   f"({lens['input_ids'][r]}/{lens['position_ids'][r]}/{lens['loss_mask'][r]})")
+    if len(bad_len):
+        return out  # the flat checks below need aligned lists
+    if seq_len is not None:
+        for r in np.flatnonzero(lens["input_ids"] != seq_len)[:limit]:
+            out.append(f"{where} row {row_base + r}: length {lens['input_ids'][r]} != seq_len {seq_len}")
+    ids, pos, mask, offsets = table_to_flat(table)
+    pos64 = pos.astype(np.int64)
+    starts = offsets[:-1][np.diff(offsets) > 0]
+    for r in np.flatnonzero(pos64[starts] != 0)[:limit]:
+        row = int(np.searchsorted(offsets, starts[r], side="right") - 1)
+        out.append(f"{where} row {row_base + row}: position_ids start at {pos64[starts[r]]}, not 0")
+    prev_ok = np.ones(len(pos64), dtype=np.bool_)
+    if len(pos64) > 1:
+        prev_ok[1:] = (pos64[1:] == 0) | (pos64[1:] == pos64[:-1] + 1)
+    prev_ok[starts] = True
+    for i in np.flatnonzero(~prev_ok)[:limit]:
+        row = int(np.searchsorted(offsets, i, side="right") - 1)
+        out.append(
+            f"{where} row {row_base + row}, token {i - offsets[row]}: position {pos64[i]} after {pos64[i - 1]} "
+            "(positions must restart at 0 or count up by 1)"
+        )
+    if vocab_size is not None:
+        for i in np.flatnonzero(ids >= vocab_size)[:limit]:
+            row = int(np.searchsorted(offsets, i, side="right") - 1)
+            out.append(f"{where} row {row_base + row}, token {i - offsets[row]}: id {ids[i]} >= vocab size {vocab_size}")
+    if padded:
+        pad = padding_mask(ids, pos, offsets, pad_token_id)
+        for i in np.flatnonzero(pad & mask)[:limit]:
+            row = int(np.searchsorted(offsets, i, side="right") - 1)
+            out.append(f"{where} row {row_base + row}, token {i - offsets[row]}: loss_mask is True on padding")
+    return out[:limit]
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    """Result of :func:`validate_folder`: ``violations`` is empty when the folder is valid."""
+
+    folder: str
+    violations: list[str]
+    stats: dict[str, dict[str, int | float]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _check_schema(pf: pq.ParquetFile, where: str) -> list[str]:
+    out = []
+    schema = pf.schema_arrow
+    names = [f.name for f in schema]
+    if sorted(names) != sorted(EXPECTED_TYPES):
+        out.append(f"{where}: columns {names}, expected {list(EXPECTED_TYPES)}")
+        return out
+    for name, typ in EXPECTED_TYPES.items():
+        got = schema.field(name).type
+        if not got.equals(typ) and not (pa.types.is_list(got) and got.value_type.equals(typ.value_type)):
+            out.append(f"{where}: column {name!r} has type {got}, expected {typ}")
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if meta is None:
+        out.append(f"{where}: no datasets feature metadata (load_dataset would infer int32/int64 ids)")
+    else:
+        feats = json.loads(meta).get("info", {}).get("features", {})
+        for name, dtype in ROW_FEATURES_SPEC.items():
+            inner = feats.get(name, {}).get("feature", {}).get("dtype")
+            if inner != dtype:
+                out.append(f"{where}: feature {name!r} stored as {inner!r} in the metadata, expected {dtype!r}")
+    return out
+
+
+def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    problems: list[str] = []
+    by_split: dict[str, list[tuple[int, int, Path]]] = {}
+    data = folder / DATA_DIR
+    for p in sorted(data.glob("*.parquet")) if data.is_dir() else []:
+        m = SHARD_RE.match(p.name)
+        if not m:
+            problems.append(f"{DATA_DIR}/{p.name}: not named <split>-XXXXX-of-YYYYY.parquet")
+            continue
+        by_split.setdefault(m["split"], []).append((int(m["i"]), int(m["n"]), p))
+    out: dict[str, list[Path]] = {}
+    for split, items in by_split.items():
+        counts = {n for _, n, _ in items}
+        idx = sorted(i for i, _, _ in items)
+        if len(counts) != 1 or idx != list(range(next(iter(counts)))):
+            problems.append(f"split {split!r}: shards {idx} of {sorted(counts)} are incomplete or inconsistent")
+        out[split] = [p for _, _, p in sorted(items)]
+    return out, problems
+
+
+def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> ValidationReport:
+    """Recompute every invariant of a prepared dataset folder; see the module docstring for the list."""
+    from .card import read_card_metadata
+
+    root = Path(folder)
+    violations: list[str] = []
+    if not root.is_dir():
+        return ValidationReport(str(folder), [f"{folder}: not a folder"], {})
+    meta: dict[str, Any] = {}
+    if not (root / CARD_NAME).is_file():
+        violations.append(f"{CARD_NAME}: missing (no dataset card)")
+    else:
+        try:
+            meta = read_card_metadata(root / CARD_NAME)
+        except ValueError as e:
+            violations.append(f"{CARD_NAME}: {e}")
+    hf = meta.get("hfprep", {}) or {}
+    tok = hf.get("tokenizer", {}) or {}
+    seq_len = hf.get("seq_len")
+    pad_id = tok.get("pad_token_id")
+    vocab = tok.get("vocab_size")
+    padded = hf.get("packing") != "dense"
+    shards, problems = _shards(root)
+    violations.extend(problems)
+    if not shards:
+        violations.append(f"{DATA_DIR}/: no Parquet shards")
+    config_splits = _config_splits(meta)
+    for split in config_splits:
+        if split not in shards:
+            violations.append(f"{CARD_NAME}: configs lists split {split!r} but {DATA_DIR}/ has no shard for it")
+    all_stats: dict[str, dict[str, int | float]] = {}
+    for split, paths in shards.items():
+        total = SplitStats()
+        row_base = 0
+        for p in paths:
+            where = f"{DATA_DIR}/{p.name}"
+            try:
+                pf = pq.ParquetFile(p)
+            except Exception as e:  # a truncated or foreign file: report, keep checking the rest
+                violations.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
+                continue
+            schema_problems = _check_schema(pf, where)
+            violations.extend(schema_problems)
+            if schema_problems:
+                continue
+            for batch in pf.iter_batches(batch_size=1024):
+                table = pa.Table.from_batches([batch])
+                room = max_violations - len(violations)
+                if room > 0:
+                    violations.extend(
+                        check_batch(
+                            table, seq_len=seq_len, pad_token_id=pad_id, padded=padded, vocab_size=vocab,
+                            where=where, row_base=row_base, limit=room,
+                        )
+                    )
+                s, _, _ = batch_stats(table, pad_id, padded)
+                total.add(s)
+                row_base += table.num_rows
+        all_stats[split] = total.as_dict()
+        violations.extend(_check_card_stats(meta, split, total))
+    return ValidationReport(str(folder), violations[:max_violations] + _more(violations, max_violations), all_stats)
+
+
+def _more(violations: list[str], limit: int) -> list[str]:
+    return [f"... and {len(violations) - limit} more"] if len(violations) > limit else []
+
+
+def _config_splits(meta: dict[str, Any]) -> list[str]:
+    out = []
+    for cfg in meta.get("configs", []) or []:
+        for df in cfg.get("data_files", []) or []:
+            if isinstance(df, dict) and "split" in df:
+                out.append(df["split"])
+    return out
+
+
+def _check_card_stats(meta: dict[str, Any], split: str, got: SplitStats) -> list[str]:
+    out = []
+    card_stats = ((meta.get("hfprep") or {}).get("stats") or {}).get(split)
+    if card_stats is None:
+        return [f"{CARD_NAME}: no hfprep.stats for split {split!r}"] if meta else []
+    for k in STAT_KEYS:
+        if k in card_stats and int(card_stats[k]) != getattr(got, k):
+            out.append(f"{CARD_NAME}: split {split!r} {k} = {card_stats[k]} in the card, {getattr(got, k)} in the data")
+    for s in ((meta.get("dataset_info") or {}).get("splits")) or []:
+        if s.get("name") == split and s.get("num_examples") != got.rows:
+            out.append(f"{CARD_NAME}: dataset_info says {s.get('num_examples')} rows in {split!r}, data has {got.rows}")
+    return out
