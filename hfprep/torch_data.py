@@ -56,14 +56,19 @@ class LMDataset(Dataset):
     ``position_ids = position_ids[:-1]``, ``attention_mask`` (L, L) from those positions; all torch tensors.
 
     ``rows`` is a list of row dicts or a ``datasets.Dataset`` (read with the numpy format, no copy to lists).
+    With ``attention_mask=False`` items carry no mask and :func:`collate_lm` builds the (bs, L, L) masks of the
+    whole batch in one vectorised call instead of one per item.
 
     Example:
-        >>> ds = LMDataset(packed_dataset)  # doctest: +SKIP
-        >>> ds[0]["tokens"].shape  # doctest: +SKIP
-        torch.Size([1023])
+        >>> import numpy as np
+        >>> row = {"input_ids": np.array([5, 6, 0, 7], np.uint32), "position_ids": np.array([0, 1, 2, 0], np.uint32),
+        ...        "loss_mask": np.ones(4, bool)}
+        >>> ex = LMDataset([row])[0]
+        >>> ex["tokens"].tolist(), ex["labels"].tolist(), ex["position_ids"].tolist()
+        ([5, 6, 0], [6, 0, 7], [0, 1, 2])
     """
 
-    def __init__(self, rows: Sequence[TokenizedRow] | Any) -> None:
+    def __init__(self, rows: Sequence[TokenizedRow] | Any, attention_mask: bool = True) -> None:
         super().__init__()
         try:
             from datasets import Dataset as HFDataset
@@ -72,6 +77,7 @@ class LMDataset(Dataset):
         if isinstance(rows, HFDataset):
             rows = rows.with_format("numpy", columns=["input_ids", "position_ids", "loss_mask"])
         self.rows = rows
+        self.attention_mask = attention_mask
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,15 +88,29 @@ class LMDataset(Dataset):
         pos = np.asarray(record["position_ids"]).astype(np.int64)
         mask = np.asarray(record["loss_mask"]).astype(np.bool_)
         position_ids = pos[:-1]
-        return {
+        example = {
             "tokens": torch.from_numpy(np.ascontiguousarray(ids[:-1])),
             "labels": torch.from_numpy(np.ascontiguousarray(ids[1:])),
-            "attention_mask": torch.from_numpy(make_attention_mask_from_positions(position_ids)),
             "loss_mask": torch.from_numpy(np.ascontiguousarray(mask[1:])),
             "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids)),
         }
+        if self.attention_mask:
+            example["attention_mask"] = torch.from_numpy(make_attention_mask_from_positions(position_ids))
+        return example
 
 
 def collate_lm(batch: list[LMExample]) -> LMExampleBatch:
-    """Stack ``LMDataset`` examples: (bs, L) tensors and an (bs, L, L) attention mask."""
-    return {k: torch.stack([ex[k] for ex in batch]) for k in batch[0]}
+    """Stack ``LMDataset`` examples: (bs, L) tensors and an (bs, L, L) attention mask.
+
+    When the examples carry no ``attention_mask`` (``LMDataset(..., attention_mask=False)``), the masks of the
+    whole batch are built at once from the stacked ``position_ids`` (no Python loop over rows).
+
+    Example:
+        >>> ex = {"tokens": torch.tensor([1, 2]), "position_ids": torch.tensor([0, 0])}
+        >>> collate_lm([ex, ex])["attention_mask"].shape
+        torch.Size([2, 2, 2])
+    """
+    out = {k: torch.stack([ex[k] for ex in batch]) for k in batch[0]}
+    if "attention_mask" not in out:
+        out["attention_mask"] = torch.from_numpy(make_attention_mask_from_positions(out["position_ids"].numpy()))
+    return out

@@ -325,3 +325,60 @@ def test_deliberate_bugs_are_caught(model, packed, mode, bug):
     collator = BrokenCollator(bug, attention=mode)
     caught = {case: check_packed_batch(model, packed[case], collator) for case in CASES}
     assert any(caught.values()), f"bug {bug!r} in mode {mode!r} went unnoticed"
+
+
+# ---------------------------------------------------------------------------------------- Trainer smoke
+
+
+@pytest.fixture(scope="module")
+def prepared_parquet(tmp_path_factory, tokenizer_path) -> str:
+    """A dataset prepared by hfprep, written to Parquet and read back with load_dataset (the round trip)."""
+    from datasets import Dataset
+
+    from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+
+    cfg = PrepareForTrainingTransformConfig(
+        processing_strategy="pretrain", packing_strategy="no_incomplete", tokenizer_name=tokenizer_path,
+        seq_len=32, num_reduce_chunks=2,
+    )
+    ds = PrepareForTrainingTransform(cfg).run(Dataset.from_dict({"content": TEXTS * 3}))
+    path = tmp_path_factory.mktemp("prepared") / "train.parquet"
+    ds.to_parquet(str(path))
+    return str(path)
+
+
+def _trainer(model_path, dataset, tmp_path, remove_unused_columns: bool):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=12, learning_rate=3e-3,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
+        remove_unused_columns=remove_unused_columns, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForPackedLM())
+
+
+@pytest.mark.parametrize("fmt", [None, "torch"])
+def test_trainer_runs_and_loss_decreases(model_path, prepared_parquet, tmp_path, fmt):
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files=prepared_parquet, split="train").with_format(fmt)
+    assert set(ds.column_names) == {"input_ids", "position_ids", "loss_mask"}
+    trainer = _trainer(model_path, ds, tmp_path, remove_unused_columns=False)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+
+
+def test_trainer_dropping_loss_mask_is_a_clear_error(model_path, prepared_parquet, tmp_path):
+    from datasets import load_dataset
+
+    from hfprep.errors import DataError
+
+    ds = load_dataset("parquet", data_files=prepared_parquet, split="train")
+    trainer = _trainer(model_path, ds, tmp_path, remove_unused_columns=True)
+    with pytest.raises(DataError, match="remove_unused_columns=False"):
+        trainer.train()
