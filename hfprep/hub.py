@@ -106,7 +106,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
 
     Example:
         >>> import tempfile
-        >>> validate_folder_for_push(tempfile.mkdtemp())
+        >>> validate_folder_for_push(tempfile.mkdtemp())  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         hfprep.errors.DataError: ... has no README.md (the dataset card); ...
@@ -250,8 +250,8 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None) -> Iterator[None
         detail = _one_line(_server_message(e), token)
         if status == 401:
             raise HubError(
-                f"the Hub at {endpoint} rejected the token (401 {detail or 'unauthorized'}); pass a valid write "
-                "token with --token or set HF_TOKEN"
+                f"the Hub at {endpoint} rejected the token (401 {detail or 'unauthorized'}); use a valid write "
+                "token: set HF_TOKEN or run `hf auth login`"
             ) from e
         if status == 403:
             raise HubError(
@@ -316,7 +316,7 @@ def push_folder(
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     token = token or get_token()
     if not token:
-        raise HubError("no Hugging Face token found: run `hf auth login`, set HF_TOKEN or pass --token")
+        raise HubError("no Hugging Face token found: set HF_TOKEN or run `hf auth login` (a write token)")
     for rel in plan.files:
         # Shards are written from token ids; the card, images and other files could carry a pasted token.
         if not rel.startswith(f"{DATA_DIR}/") and token.encode() in (plan.folder / rel).read_bytes():
