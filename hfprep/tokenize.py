@@ -127,7 +127,44 @@ def positions_from_offsets(offsets: Int64[np.ndarray, " n_plus_1"]) -> UInt32[np
     """``arange`` restarted at every offset: the position ids of documents laid end to end."""
     total = int(offsets[-1])
     lengths = np.diff(offsets)
+    if total < 2**32:  # uint32 arithmetic: half the memory traffic of int64, exact below 2**32 tokens
+        positions = np.arange(total, dtype=np.uint32)
+        positions -= np.repeat(np.asarray(offsets[:-1]).astype(np.uint32), lengths)
+        return positions
     return (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
+
+
+def _gather_pieces(
+    source: np.ndarray, piece_start: np.ndarray, piece_len: np.ndarray, out_starts: np.ndarray, total: int
+) -> np.ndarray:
+    """``concat(source[s : s + n] for s, n in pieces)``.
+
+    Fast path (pretrain, sft): when the multi-token pieces appear in source order and do not overlap, they are
+    moved with boolean masks built from run lengths and the single tokens (specials) are scattered, instead of
+    building an int64 index per token (several times less memory traffic). Otherwise one int64 gather.
+    """
+    multi = piece_len > 1
+    ms, ml = piece_start[multi], piece_len[multi]
+    if len(ms) == 0 or not np.all(ms[1:] >= ms[:-1] + ml[:-1]):
+        index = np.arange(total, dtype=np.int64) + np.repeat(piece_start - out_starts[:-1], piece_len)
+        return source[index]
+
+    out = np.empty(total, dtype=source.dtype)
+    end = ms + ml
+    gaps = np.diff(ms, prepend=0) - np.r_[0, ml[:-1]]  # source tokens skipped before each multi piece
+    if not gaps[1:].any():
+        moved = source[ms[0] : end[-1]]
+    else:
+        # Bool masks from run lengths: np.repeat over a few long runs is close to a memset.
+        runs = np.empty(2 * len(ms) + 1, dtype=np.int64)
+        runs[0:-1:2], runs[1:-1:2], runs[-1] = gaps, ml, len(source) - end[-1]
+        flags = np.zeros(len(runs), dtype=np.bool_)
+        flags[1::2] = True
+        moved = source[np.repeat(flags, runs)]
+    out[np.repeat(multi, piece_len)] = moved
+    single = piece_len == 1
+    out[out_starts[:-1][single]] = source[piece_start[single]]
+    return out
 
 
 def assemble_pieces(
@@ -148,8 +185,7 @@ def assemble_pieces(
     out_starts = np.zeros(len(piece_len) + 1, dtype=np.int64)
     np.cumsum(piece_len, out=out_starts[1:])
     total = int(out_starts[-1])
-    gather = np.arange(total, dtype=np.int64) + np.repeat(np.asarray(piece_start, np.int64) - out_starts[:-1], piece_len)
-    input_ids = source[gather]
+    input_ids = _gather_pieces(source, np.asarray(piece_start, np.int64), piece_len, out_starts, total)
     loss_mask = np.repeat(np.asarray(piece_loss, dtype=np.bool_), piece_len)
     piece_ends = np.zeros(len(pieces_per_doc) + 1, dtype=np.int64)
     np.cumsum(pieces_per_doc, out=piece_ends[1:])

@@ -312,3 +312,45 @@ def test_prepare_with_auto_works_without_the_package(tokenizer, monkeypatch, tmp
         out, report = _prepare(tokenizer, "auto", "pretrain", None)
     assert report["backend"] == "hf" and report["requested"] == "auto" and "not installed" in report["reason"]
     assert _parquet_bytes(out, tmp_path / "a.parquet") == _parquet_bytes(ref, tmp_path / "b.parquet")
+
+
+# ----------------------------------------------------------------------------------------------- hot path
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_assemble_pieces_matches_python_concatenation(seed):
+    """Both gather paths (pieces in source order -> masks, any order -> index) against plain slicing."""
+    from hfprep.tokenize import assemble_pieces
+
+    rng = np.random.default_rng(seed)
+    n_src = 300
+    source = rng.integers(0, 50_000, n_src + 4).astype(np.uint32)
+    n_docs = int(rng.integers(1, 12))
+    pieces_per_doc = rng.integers(1, 6, n_docs)
+    p = int(pieces_per_doc.sum())
+    if seed % 2:  # in-order, disjoint text spans with specials (at the end of source) in between
+        cuts = np.sort(rng.choice(np.arange(1, n_src), p - 1, replace=False))
+        starts = np.r_[0, cuts]
+        lens = np.diff(np.r_[starts, n_src]) * (rng.random(p) < 0.9)
+        special = rng.random(p) < 0.3
+        starts = np.where(special, n_src + rng.integers(0, 4, p), starts)
+        lens = np.where(special, 1, lens)
+    else:  # arbitrary, overlapping, out of order
+        starts = rng.integers(0, n_src, p)
+        lens = rng.integers(0, 40, p)
+        lens = np.minimum(lens, n_src + 4 - starts)
+    loss = rng.random(p) < 0.5
+    ids, pos, mask, offsets = assemble_pieces(source, starts, lens, loss, pieces_per_doc)
+    ends = np.cumsum(pieces_per_doc)
+    expect_ids, expect_pos, expect_mask, expect_off = [], [], [], [0]
+    for d in range(n_docs):
+        doc = []
+        for j in range(ends[d] - pieces_per_doc[d], ends[d]):
+            doc += source[starts[j] : starts[j] + lens[j]].tolist()
+            expect_mask += [bool(loss[j])] * int(lens[j])
+        expect_ids += doc
+        expect_pos += list(range(len(doc)))
+        expect_off.append(expect_off[-1] + len(doc))
+    assert ids.tolist() == expect_ids and ids.dtype == np.uint32
+    assert pos.tolist() == expect_pos and pos.dtype == np.uint32
+    assert mask.tolist() == expect_mask and offsets.tolist() == expect_off
