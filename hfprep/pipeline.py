@@ -254,15 +254,36 @@ def run_split_datasets(recipe, info, source_ds, spec: SourceSpec, num_proc: int 
     return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
 
 
-def run_split_ray(recipe, info, spec: SourceSpec, address: str | None, num_cpus: int | None) -> SplitResult:
+def ray_reads_files(spec: SourceSpec) -> bool:
+    """True when the ray engine can read ``spec.paths`` itself (Parquet/JSONL, no row rules to apply)."""
+    return (
+        spec.kind == "files"
+        and spec.format in ("parquet", "jsonl", "json")
+        and not spec.columns
+        and spec.max_rows is None
+        and spec.heldout_fraction <= 0
+    )
+
+
+def ray_source(spec: SourceSpec, source_ds, num_proc: int | None) -> Any:
+    """What the ray engine reads: the spec itself (files read on the workers) when no row rule applies, else the
+    rows with the rules applied here (``max_rows``, renames, split; text folders and csv/text files)."""
+    if ray_reads_files(spec):
+        return spec
+    return select_split(source_ds if source_ds is not None else load_source(spec), spec, num_proc=num_proc)
+
+
+def run_split_ray(recipe, info, spec: SourceSpec, source_ds, address: str | None, num_cpus: int | None) -> SplitResult:
     try:
         from .engines.ray_engine import prepare_with_ray
     except ImportError as e:
         raise ConfigError(f"engine 'ray' is not available ({e}); install it with pip install 'hfprep[ray]'") from e
-    if spec.kind == "hub" or spec.streaming:
-        raise ConfigError("engine 'ray' reads local files (source.files / text_dir); use engine 'datasets' for this source")
+    if spec.streaming:
+        raise ConfigError("engine 'ray' does not read streaming sources; set source.streaming: false or use 'datasets'")
     cfg = transform_config(recipe, info.name_or_path)
-    out, stats = prepare_with_ray(cfg, spec, address=address, num_cpus=num_cpus)
+    out, stats = prepare_with_ray(
+        cfg, ray_source(spec, source_ds, num_cpus), address=address, num_cpus=num_cpus, tokenizer=info.tokenizer
+    )
     stats = dict(stats)
     report = stats.pop("backend_report", None)
     bins = {int(k[len(DOC_BIN_PREFIX) :]): int(v) for k, v in stats.items() if str(k).startswith(DOC_BIN_PREFIX)}
@@ -562,7 +583,7 @@ def run_recipe(
     log({"event": "source", "source": spec.describe()})
 
     source_ds = None
-    if engine == "datasets" or recipe.tokenizer.train is not None:
+    if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
         source_ds = load_source(spec)
     info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
     log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
@@ -575,7 +596,7 @@ def run_recipe(
         log({"event": "split", "split": name})
         part_spec = spec.for_split(keep)
         if engine == "ray":
-            r = run_split_ray(recipe, info, part_spec, recipe.engine.address, recipe.engine.num_cpus)
+            r = run_split_ray(recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus)
         elif engine == "datasets":
             r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
         else:
