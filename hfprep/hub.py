@@ -262,11 +262,13 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None) -> Iterator[None
             raise HubError(f"the Hub at {endpoint} rejected README.md ({detail}); fix the card's YAML") from e
         raise HubError(f"push to {repo_id!r} on {endpoint} failed ({status} {detail or 'error'}); retry later") from e
     except _transport_errors() as e:
-        hint = "; set HF_HUB_DISABLE_XET=1 for non-Hub endpoints" if "xet" in str(e).lower() else ""
-        raise HubError(
-            f"cannot reach the Hub at {endpoint} ({type(e).__name__}: {_one_line(str(e), token)}); check the "
-            f"network or HF_ENDPOINT{hint}"
-        ) from e
+        detail = f"{type(e).__name__}: {_one_line(str(e), token)}"
+        if "xet" in str(e).lower():
+            # hf_xet uploads need the Hub's Xet storage; other endpoints only speak the LFS protocol.
+            raise HubError(
+                f"Xet upload to {endpoint} failed ({detail}); set HF_HUB_DISABLE_XET=1 for endpoints without Xet"
+            ) from e
+        raise HubError(f"cannot reach the Hub at {endpoint} ({detail}); check the network or HF_ENDPOINT") from e
     except (RuntimeError, ValueError) as e:
         # huggingface_hub wraps LFS upload failures in RuntimeError/ValueError; name the cause, not the traceback.
         cause = e.__cause__ or e

@@ -500,3 +500,13 @@ def test_plan_commits_invariants(n_local, n_remote, limit):
     assert all(0 < len(a) + len(d) <= limit for a, d in commits)
     assert len(commits) == math.ceil((len(files) + len(flat_dels)) / limit)
     assert "README.md" in commits[-1][0]
+
+
+def test_xet_against_an_endpoint_without_xet_names_the_fix(hub_in_process, folder, monkeypatch):
+    pytest.importorskip("hf_xet")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    with pytest.raises(HubError) as excinfo:
+        push_folder(folder, "user/x", token=WRITE_TOKEN)
+    assert_one_line_hub_error(excinfo, "HF_HUB_DISABLE_XET=1")
