@@ -1,0 +1,256 @@
+"""Packing quality report: how full the rows are, how many segments they hold, and what was lost and why.
+
+Works on the packed rows alone (a ``datasets.Dataset`` or a ``pyarrow.Table`` with ``input_ids``,
+``position_ids``, ``loss_mask``), plus the packer's stats dict when there is one. Segments are found the way
+training finds them: a segment starts at position 0 (and at the start of a row). In a padded row the trailing run
+of tokens with position 0 and ``loss_mask`` False is one pad region, not many one-token segments (pass
+``pad_token_id`` to also require the pad id there).
+
+Example:
+    >>> import pyarrow as pa
+    >>> t = pa.table({"input_ids": [[5, 6, 7, 0]], "position_ids": [[0, 1, 0, 0]],
+    ...               "loss_mask": [[True, True, True, False]]})
+    >>> r = packing_report(t, seq_len=4)
+    >>> r["fill_ratio"], r["segments"]["per_row_mean"], r["segment_lengths"]["max"]
+    (0.75, 2.0, 2)
+    >>> print(format_report(r).splitlines()[0])
+    rows 1 x seq_len 4: 3 tokens + 1 pad, fill 0.7500
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DataError
+
+REPORT_BATCH_ROWS = 8192
+
+
+def histogram_edges(seq_len: int) -> list[int]:
+    """Fixed segment-length bins: powers of two ``1, 2, 4, ...`` up to ``seq_len`` (last bin ends at ``seq_len``).
+
+    Example:
+        >>> histogram_edges(10)
+        [1, 2, 4, 8, 11]
+    """
+    edges = [1]
+    while edges[-1] * 2 <= seq_len:
+        edges.append(edges[-1] * 2)
+    if edges[-1] <= seq_len:
+        edges.append(seq_len + 1)
+    return edges
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    try:
+        from datasets import Dataset
+    except ImportError:  # pragma: no cover - datasets is a hard dependency
+        Dataset = ()  # type: ignore[assignment]
+    if isinstance(data, Dataset):
+        if data._indices is not None:
+            data = data.flatten_indices()
+        return data.data.table
+    raise DataError(f"packing_report needs a datasets.Dataset or a pyarrow.Table, got {type(data).__name__}")
+
+
+def _flat(column: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _row_offsets(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.nan_to_num(lengths).astype(np.int64), out=offsets[1:])
+    return offsets
+
+
+def _batch_segments(
+    batch: pa.Table, pad_token_id: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """One batch of rows -> (row lengths, pad tokens per row, segments per row, segment lengths, loss tokens)."""
+    offsets = _row_offsets(batch.column("input_ids"))
+    pos = _flat(batch.column("position_ids"), np.int64)
+    loss = _flat(batch.column("loss_mask"), np.bool_)
+    n = len(pos)
+    row_len = np.diff(offsets)
+    if len(loss) != n or not np.array_equal(_row_offsets(batch.column("position_ids")), offsets):
+        raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
+    padish = (pos == 0) & ~loss
+    if pad_token_id is not None:
+        padish &= _flat(batch.column("input_ids"), np.int64) == pad_token_id
+    # Real region of a row ends after its last token that cannot be padding.
+    marker = np.where(padish, -1, np.arange(n, dtype=np.int64))
+    nonempty = row_len > 0
+    last_real = np.full(len(row_len), -1, dtype=np.int64)
+    if n:
+        last_real[nonempty] = np.maximum.reduceat(marker, offsets[:-1][nonempty])
+    real_end = np.maximum(last_real + 1, offsets[:-1])
+    pad_per_row = offsets[1:] - real_end
+    row_of = np.repeat(np.arange(len(row_len)), row_len)
+    is_start = pos == 0
+    is_start[offsets[:-1][nonempty]] = True
+    real = np.arange(n) < real_end[row_of] if n else np.zeros(0, bool)
+    starts = np.flatnonzero(is_start & real)
+    seg_rows = row_of[starts]
+    next_start = np.append(starts[1:], n)
+    seg_len = np.minimum(next_start, real_end[seg_rows]) - starts
+    seg_per_row = np.bincount(seg_rows, minlength=len(row_len))
+    return row_len, pad_per_row, seg_per_row, seg_len, int(np.count_nonzero(loss & real))
+
+
+def packing_report(
+    dataset_or_table: Any, seq_len: int, stats: Mapping[str, Any] | None = None, *, pad_token_id: int | None = None
+) -> dict[str, Any]:
+    """Measure the packed rows and combine with the packer's stats into one JSON-able dict.
+
+    Args:
+        dataset_or_table: packed rows (``datasets.Dataset`` or ``pyarrow.Table``).
+        seq_len: the packing length (fill is measured against ``rows * seq_len``).
+        stats: the packer's stats dict (``PackStats.as_dict()`` or ``PrepareForTrainingTransform.stats``).
+        pad_token_id: if given, a pad token must also carry this id.
+
+    Returns keys ``rows``, ``seq_len``, ``tokens`` (real), ``pad_tokens``, ``fill_ratio`` (real tokens /
+    ``rows * seq_len``), ``padded`` (every row exactly ``seq_len`` long), ``loss_tokens``, ``segments``
+    (``total``, ``per_row_mean/min/max``), ``segment_lengths`` (``mean/min/max`` and ``histogram``: fixed
+    power-of-two bins with ``lo``, ``hi`` (exclusive), ``count``, ``tokens``), ``rows_over_seq_len``, and
+    ``losses`` (by reason, from ``stats``).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> t = pa.table({"input_ids": [[1, 2]], "position_ids": [[0, 1]], "loss_mask": [[True, True]]})
+        >>> packing_report(t, 2, {"tokens_in": 5, "tokens_dropped": 3, "docs_dropped": 1})["losses"]["dropped"]
+        {'docs': 1, 'tokens': 3}
+    """
+    if not isinstance(seq_len, int | np.integer) or seq_len < 1:
+        raise DataError(f"packing_report: seq_len must be a positive integer, got {seq_len!r}")
+    table = _as_table(dataset_or_table)
+    missing = [c for c in ("input_ids", "position_ids", "loss_mask") if c not in table.column_names]
+    if missing:
+        raise DataError(f"packing_report: packed rows lack column(s) {missing}; columns are {table.column_names}")
+    edges = np.array(histogram_edges(int(seq_len)), dtype=np.int64)
+    hist_count = np.zeros(len(edges) - 1, dtype=np.int64)
+    hist_tokens = np.zeros(len(edges) - 1, dtype=np.int64)
+    rows = tokens_all = pad_tokens = loss_tokens = n_segments = over = 0
+    seg_min, seg_max, spr_min, spr_max = None, 0, None, 0
+    padded = True
+    for start in range(0, table.num_rows, REPORT_BATCH_ROWS):
+        batch = table.slice(start, REPORT_BATCH_ROWS).select(["input_ids", "position_ids", "loss_mask"])
+        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, pad_token_id)
+        rows += len(row_len)
+        tokens_all += int(row_len.sum())
+        pad_tokens += int(pad_row.sum())
+        loss_tokens += n_loss
+        n_segments += len(seg_len)
+        over += int(np.count_nonzero(row_len > seq_len))
+        padded &= bool((row_len == seq_len).all())
+        if len(seg_len):
+            bins = np.clip(np.searchsorted(edges, seg_len, side="right") - 1, 0, len(hist_count) - 1)
+            hist_count += np.bincount(bins, minlength=len(hist_count))
+            hist_tokens += np.bincount(bins, weights=seg_len, minlength=len(hist_count)).astype(np.int64)
+            seg_min = int(seg_len.min()) if seg_min is None else min(seg_min, int(seg_len.min()))
+            seg_max = max(seg_max, int(seg_len.max()))
+        if len(seg_row):
+            spr_min = int(seg_row.min()) if spr_min is None else min(spr_min, int(seg_row.min()))
+            spr_max = max(spr_max, int(seg_row.max()))
+    real = tokens_all - pad_tokens
+    slots = rows * int(seq_len)
+    return {
+        "rows": rows,
+        "seq_len": int(seq_len),
+        "tokens": real,
+        "pad_tokens": pad_tokens,
+        "fill_ratio": real / slots if slots else 0.0,
+        "padded": padded and rows > 0,
+        "loss_tokens": loss_tokens,
+        "rows_over_seq_len": over,
+        "segments": {
+            "total": n_segments,
+            "per_row_mean": n_segments / rows if rows else 0.0,
+            "per_row_min": spr_min or 0,
+            "per_row_max": spr_max,
+        },
+        "segment_lengths": {
+            "mean": real / n_segments if n_segments else 0.0,
+            "min": seg_min or 0,
+            "max": seg_max,
+            "histogram": [
+                {"lo": int(edges[i]), "hi": int(edges[i + 1]), "count": int(hist_count[i]),
+                 "tokens": int(hist_tokens[i])}
+                for i in range(len(hist_count))
+            ],
+        },
+        "losses": losses_by_reason(stats),
+    }
+
+
+def losses_by_reason(stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the packer (and tokenizer) did not keep, by reason, from a stats dict; ``{}`` without stats.
+
+    ``dropped``: whole documents left out (too long for ``no_incomplete`` / ``bfd`` with ``drop``, or the
+    incomplete tail of ``dense``); ``truncated``: tokens cut off documents; ``split``: documents cut into pieces
+    (nothing lost); ``empty_or_invalid``: input rows the tokenizer produced no document for.
+
+    Example:
+        >>> losses_by_reason({"tokens_in": 10, "tokens_dropped": 4, "tokens_truncated": 3, "docs_truncated": 1})
+        {'tokens_in': 10, 'tokens_lost': 4, 'lost_fraction': 0.4, 'dropped': {'docs': 0, 'tokens': 1}, \
+'truncated': {'docs': 1, 'tokens': 3}, 'split': {'docs': 0, 'tokens': 0, 'pieces': 0}}
+    """
+    if not stats:
+        return {}
+    g = lambda k: int(stats.get(k, 0) or 0)  # noqa: E731
+    tokens_in, lost, truncated = g("tokens_in"), g("tokens_dropped"), g("tokens_truncated")
+    out: dict[str, Any] = {
+        "tokens_in": tokens_in,
+        "tokens_lost": lost,
+        "lost_fraction": lost / tokens_in if tokens_in else 0.0,
+        "dropped": {"docs": g("docs_dropped"), "tokens": lost - truncated},
+        "truncated": {"docs": g("docs_truncated"), "tokens": truncated},
+        "split": {"docs": g("docs_split"), "tokens": g("tokens_split"), "pieces": g("split_pieces")},
+    }
+    if "docs_dropped_by_tokenizer" in stats:
+        out["empty_or_invalid"] = {"rows": g("docs_dropped_by_tokenizer")}
+    return out
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A few lines for the CLI summary / dataset card (plain text, no trailing newline).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> t = pa.table({"input_ids": [[1, 2, 3]], "position_ids": [[0, 1, 0]], "loss_mask": [[True] * 3]})
+        >>> print(format_report(packing_report(t, 3)))
+        rows 1 x seq_len 3: 3 tokens + 0 pad, fill 1.0000
+        segments per row: mean 2.00, min 2, max 2; segment length mean 1.5, min 1, max 2
+        segment lengths: [1,2) 1 | [2,4) 1
+    """
+    seg, sl = report["segments"], report["segment_lengths"]
+    lines = [
+        f"rows {report['rows']:,} x seq_len {report['seq_len']:,}: {report['tokens']:,} tokens + "
+        f"{report['pad_tokens']:,} pad, fill {report['fill_ratio']:.4f}"
+        + ("" if report["padded"] or not report["rows"] else " (variable-length rows)"),
+        f"segments per row: mean {seg['per_row_mean']:.2f}, min {seg['per_row_min']}, max {seg['per_row_max']}; "
+        f"segment length mean {sl['mean']:.1f}, min {sl['min']}, max {sl['max']}",
+        "segment lengths: "
+        + " | ".join(f"[{b['lo']},{b['hi']}) {b['count']:,}" for b in sl["histogram"] if b["count"]),
+    ]
+    if report.get("rows_over_seq_len"):
+        lines.append(f"WARNING: {report['rows_over_seq_len']:,} rows are longer than seq_len")
+    losses = report.get("losses") or {}
+    if losses:
+        lines.append(
+            f"lost {losses['tokens_lost']:,} of {losses['tokens_in']:,} tokens ({100 * losses['lost_fraction']:.2f}%): "
+            f"dropped {losses['dropped']['docs']:,} docs / {losses['dropped']['tokens']:,} tokens, "
+            f"truncated {losses['truncated']['docs']:,} docs / {losses['truncated']['tokens']:,} tokens; "
+            f"split {losses['split']['docs']:,} docs into {losses['split']['pieces']:,} pieces (kept)"
+        )
+        if "empty_or_invalid" in losses:
+            lines.append(f"input rows without a document: {losses['empty_or_invalid']['rows']:,}")
+    return "\n".join(lines)
