@@ -249,9 +249,13 @@ def _load_raw(spec: SourceSpec):
             return IterableDataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
         return Dataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
     if spec.kind == "files":
+        if not _files_have_rows(spec):
+            raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)")
         try:
             return load_dataset(BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming)
         except Exception as e:  # datasets raises many types for unreadable files
+            if "corresponds to no data" in str(e):  # every file is empty
+                raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)") from e
             raise DataError(
                 f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e)}; "
                 "check source.format and the files"
@@ -265,6 +269,28 @@ def _load_raw(spec: SourceSpec):
             f"could not load Hub dataset {spec.hub_id!r} (config {spec.config_name!r}, split {spec.split!r}): "
             f"{_first_line(e)}; check the id/config/split, your network and HF_TOKEN"
         ) from e
+
+
+def _files_have_rows(spec: SourceSpec) -> bool:
+    """Cheap up-front check so an empty source is one clear error, not a datasets builder failure."""
+    if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return any(pq.read_metadata(p).num_rows > 0 for p in spec.paths)
+        except Exception:  # unreadable: let the loader report it
+            return True
+    if any(p.endswith((".gz", ".zst")) for p in spec.paths):
+        return True
+    need = 2 if spec.format == "csv" else 1  # a csv header alone has no rows
+    for p in spec.paths:
+        with open(p, "rb") as f:
+            lines = 0
+            for line in f:
+                lines += bool(line.strip())
+                if lines >= need:
+                    return True
+    return False
 
 
 def _first_line(e: BaseException) -> str:
