@@ -82,7 +82,9 @@ class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
         return v
 
     def tokenize_config(self) -> TokenizeConfig:
-        allowed = {"only_middle_not_masked", "fim_format", "prefix_column", "middle_column", "suffix_column"}
+        # The seed's FIM options plus every other tokenize option (raw-document FIM, chat template...), so the
+        # whole tokenize section travels with this config to every engine.
+        allowed = set(TokenizeConfig.model_fields) - {"strategy", "text_column", "on_empty", "backend"}
         unknown = set(self.fim_kwargs) - allowed
         if unknown:
             raise ConfigError(f"unknown fim_kwargs {sorted(unknown)}; allowed: {sorted(allowed)}")
