@@ -641,7 +641,8 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
             "bytes_per_token": round(data_bytes / max(tokens, 1), 2),
         },
     }
-    card = render_card(meta, features, split_rows, final.name)
+    split_bytes = {s: sum(f.stat().st_size for f in (work / DATA_DIR).glob(f"{s}-*.parquet")) for s in plans}
+    card = render_card(meta, features, split_rows, split_bytes, final.name)
     with atomic_output(final, overwrite=overwrite) as tmp:
         (tmp / DATA_DIR).mkdir()
         for p in sorted((work / DATA_DIR).glob("*.parquet")):

@@ -28,7 +28,7 @@ def template_path() -> Path:
     raise ConfigError(f"card template {TEMPLATE_NAME!r} not found next to the hfprep package; reinstall hfprep")
 
 
-def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int]) -> str:
+def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int], split_bytes: dict[str, int]) -> str:
     """The YAML front matter (without the ``---`` fences)."""
     doc = {
         "configs": [
@@ -39,7 +39,9 @@ def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int]) -> str
         ],
         "dataset_info": {
             "features": features._to_yaml_list(),
-            "splits": [{"name": s, "num_examples": n} for s, n in sorted(split_rows.items())],
+            "splits": [
+                {"name": s, "num_bytes": split_bytes[s], "num_examples": n} for s, n in sorted(split_rows.items())
+            ],
         },
         "tags": ["hfprep", "knowledge-distillation", "kd-cache"],
         "hfprep_kd": meta,
@@ -47,7 +49,9 @@ def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int]) -> str
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120).rstrip("\n")
 
 
-def render_card(meta: dict[str, Any], features, split_rows: dict[str, int], folder_name: str) -> str:
+def render_card(
+    meta: dict[str, Any], features, split_rows: dict[str, int], split_bytes: dict[str, int], folder_name: str
+) -> str:
     """Fill the template; deterministic (no dates), so the same cache always gets the same README bytes."""
     hidden = meta["hidden_states"]
     if hidden["layers"]:
@@ -67,7 +71,7 @@ def render_card(meta: dict[str, Any], features, split_rows: dict[str, int], fold
         hidden_doc = "This cache stores no hidden states (response-based KD only)."
     stats = meta["stats"]
     values = {
-        "yaml": card_yaml(meta, features, split_rows),
+        "yaml": card_yaml(meta, features, split_rows, split_bytes),
         "title": f"KD cache: {meta['teacher']['id']} on {meta['input']['name']} (top-{meta['k']})",
         "input_name": meta["input"]["name"],
         "teacher_id": meta["teacher"]["id"],

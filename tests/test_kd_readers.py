@@ -1,0 +1,98 @@
+"""KD cache readers: exact rank x worker sharding, zero-copy values equal to a plain read, dtypes, datasets path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hfprep.kd.builder import build_kd_cache
+from hfprep.kd.config import config_from_dict
+from hfprep.kd.example import EXAMPLE_TEXTS, save_tiny_teacher, write_prepared
+from hfprep.kd.readers import FBDataset, RBTopKIterableDataset, load_kd_dataset
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tokenizer, tokenizer_path) -> Path:
+    work = tmp_path_factory.mktemp("kd_readers")
+    write_prepared(tokenizer, work / "prepared", EXAMPLE_TEXTS * 6, seq_len=24, packing="dense", max_rows_per_shard=7)
+    save_tiny_teacher(work / "teacher", len(tokenizer), seed=5)
+    cfg = config_from_dict(
+        {
+            "input": {"folder": str(work / "prepared")},
+            "teacher": {"name_or_path": str(work / "teacher")},
+            "tokenizer": {"name_or_path": tokenizer_path},
+            "output": {"folder": str(work / "kd"), "rows_per_shard": 6, "row_group_rows": 2},
+            "k": 4,
+            "hidden_layers": [1],
+        }
+    )
+    build_kd_cache(cfg, progress=False)
+    return work / "kd"
+
+
+def plain_rows(cache: Path) -> list[dict]:
+    """Independent reference: every row, in file order, through Arrow's own to_pylist."""
+    out = []
+    for f in sorted((cache / "data").glob("*.parquet")):
+        out.extend(pq.read_table(f).to_pylist())
+    return out
+
+
+def key(row: dict) -> tuple:
+    return tuple(np.asarray(row["input_ids"]).tolist()) + tuple(np.asarray(row["topk_ids"]).reshape(-1).tolist())
+
+
+def test_rows_equal_plain_read_and_dtypes(cache, tokenizer):
+    ref = plain_rows(cache)
+    ds = RBTopKIterableDataset(str(cache / "data" / "train-*.parquet"), student_tokenizer=tokenizer, k=4)
+    got = list(ds)
+    assert len(got) == len(ref) and len(ds.units) > 4
+    for g, r in zip(got, ref):
+        assert g["topk_ids"].dtype == torch.int64 and g["topk_logprobs"].dtype == torch.float16
+        assert g["input_ids"].dtype == torch.int64 and g["attn_mask"].dtype == torch.uint8
+        assert g["topk_ids"].tolist() == r["topk_ids"]
+        np.testing.assert_array_equal(g["topk_logprobs"].numpy(), np.asarray(r["topk_logprobs"], np.float16))
+        for c in ("input_ids", "attn_mask", "position_ids", "loss_mask", "target_mask"):
+            assert g[c].tolist() == r[c], c
+
+
+def test_fbdataset_reads_hidden_layer(cache):
+    ref = plain_rows(cache)
+    got = list(FBDataset(str(cache / "data" / "train-*.parquet"), teacher_layer=1))
+    assert set(got[0]) >= {"input_ids", "attn_mask", "hidden_L1"}
+    np.testing.assert_array_equal(got[3]["hidden_L1"].numpy(), np.asarray(ref[3]["hidden_L1"], np.float16))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_sharding_over_ranks_and_workers_is_exact(cache, world_size):
+    ref = [key(r) for r in plain_rows(cache)]
+    seen = []
+    for rank in range(world_size):
+        ds = RBTopKIterableDataset(str(cache / "data" / "train-*.parquet"), rank=rank, world_size=world_size)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        seen.extend(key(r) for r in loader)
+    assert len(seen) == len(ref)  # nothing read twice ...
+    assert sorted(seen) == sorted(ref)  # ... and nothing skipped
+
+
+def test_units_split_disjointly(cache):
+    glob = str(cache / "data" / "train-*.parquet")
+    full = RBTopKIterableDataset(glob).units
+    parts = [RBTopKIterableDataset(glob, rank=r, world_size=3).my_units() for r in range(3)]
+    assert sorted(u for p in parts for u in p) == sorted(full)
+    assert all(len(p) >= 1 for p in parts)
+
+
+def test_load_kd_dataset_torch_format(cache, tokenizer):
+    ref = plain_rows(cache)
+    ds = load_kd_dataset(cache, student_tokenizer=tokenizer, k=4)
+    row = ds[2]
+    assert tuple(row["topk_ids"].shape) == (len(ref[2]["input_ids"]), 4)
+    assert row["topk_ids"].tolist() == ref[2]["topk_ids"]
+    assert row["topk_logprobs"].dtype == torch.float32  # datasets' torch format upcasts float16
+    np.testing.assert_array_equal(row["topk_logprobs"].numpy(), np.asarray(ref[2]["topk_logprobs"], np.float32))
