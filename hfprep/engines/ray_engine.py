@@ -358,7 +358,8 @@ def _connect(ray, address: str | None, num_cpus: int | None, ray_init_kwargs: di
 
 
 def _user_error(exc: BaseException) -> HfprepError | None:
-    """The :class:`HfprepError` a worker raised, dug out of Ray's wrappers (which carry whole tracebacks)."""
+    """The :class:`HfprepError` a worker raised, as a clean one-line error (Ray's wrappers add tracebacks and
+    retry advice to the message, and subclass the error type dynamically)."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -366,9 +367,11 @@ def _user_error(exc: BaseException) -> HfprepError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        if isinstance(e, HfprepError):
+            cls = next(c for c in type(e).__mro__ if issubclass(c, HfprepError) and c.__module__.startswith("hfprep"))
+            text = str(e.args[0]) if e.args else str(e)
+            return cls(text.strip().splitlines()[0])
         cause = getattr(e, "cause", None)
-        if isinstance(e, HfprepError) and not isinstance(cause, BaseException):
-            return e
         stack.extend([cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__])
     return None
 
@@ -522,6 +525,7 @@ def prepare_with_ray(
     tokenizer: Any = None,
     cache_dir: str | os.PathLike | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
+    transform: PrepareForTrainingTransform | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Tokenize -> key -> group -> pack on Ray Data; the same rows, order and stats as the datasets engine.
 
@@ -537,6 +541,8 @@ def prepare_with_ray(
             shipped to the workers, so worker nodes need no copy of it).
         cache_dir: where the output Arrow file goes (default: a new temporary folder).
         ray_init_kwargs: extra ``ray.init`` arguments (e.g. ``runtime_env``).
+        transform: an already built transform for ``config`` (e.g. a subclass that records extra stats); it is
+            pickled to the workers as is.
 
     Returns:
         ``(dataset, stats)``: packed rows as a memory-mapped ``datasets.Dataset`` and the dict of
@@ -547,7 +553,8 @@ def prepare_with_ray(
         >>> stats["fill_ratio"]  # doctest: +SKIP
         1.0
     """
-    transform = PrepareForTrainingTransform(config, tokenizer=tokenizer)
+    if transform is None:
+        transform = PrepareForTrainingTransform(config, tokenizer=tokenizer)
     with tempfile.TemporaryDirectory(prefix="hfprep-ray-check-") as tmp:
         files, fmt = (None, None)
         from datasets import Dataset

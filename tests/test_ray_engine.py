@@ -1,0 +1,306 @@
+"""The Ray Data engine gives the datasets engine's rows, order and stats, on a real 2-node cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import random
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from datasets import Dataset
+
+from hfprep.errors import ConfigError, DataError
+from hfprep.hashing import array_hash
+from hfprep.layout import write_parquet
+from hfprep.packing import PACKERS
+from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.tokenize import tokenized_features
+
+pytest.importorskip("ray")  # the optional extra; CI installs it
+import ray
+import ray.cluster_utils
+
+from hfprep.engines import ray_engine
+from hfprep.engines.ray_engine import (
+    KEY_COLUMN,
+    SEQ_COLUMN,
+    STATS_COLUMN,
+    _OrderedSink,
+    prepare_with_ray,
+    recommended_num_reduce_chunks,
+    resolve_source,
+    run_on_ray,
+)
+
+with contextlib.suppress(ImportError):  # bfd registers itself in PACKERS when its module is imported
+    import hfprep.bfd  # noqa: F401
+
+STRATEGIES = ["dense", "no_incomplete"] + (["bfd"] if "bfd" in PACKERS else [])
+CHUNKS = 8
+WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "hello", "world"]
+WORDS += ["quick", "brown", "fox", "lazy", "dog", "café"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real 2-node Ray cluster (1 CPU each) on this machine, shared by the whole module."""
+    c = ray.cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 150 * 2**20, "include_dashboard": False},
+    )
+    c.add_node(num_cpus=1, object_store_memory=150 * 2**20)
+    ray.init(address=c.address)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _key(tokenizer, text: str) -> int:
+    """The seed's key, computed independently: sha256 over the uint32 ids of ``text + eos``."""
+    ids = np.array([*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id], np.uint32)
+    return array_hash(ids) % CHUNKS
+
+
+@pytest.fixture(scope="module")
+def skewed(tokenizer) -> Dataset:
+    """~60% of the documents hash to key 3, key 5 gets none (an empty group), the rest spread out."""
+    rng = random.Random(7)
+    by_key: dict[int, list[str]] = {k: [] for k in range(CHUNKS)}
+    while min(len(v) for k, v in by_key.items() if k != 5) < 12 or len(by_key[3]) < 120:
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40)))
+        by_key[_key(tokenizer, text)].append(text)
+    docs = by_key[3][:120] + [t for k in range(CHUNKS) if k not in (3, 5) for t in by_key[k][:12]]
+    rng.shuffle(docs)
+    return Dataset.from_dict({"content": docs})
+
+
+def _cfg(tokenizer_path: str, strategy: str, **kw) -> PrepareForTrainingTransformConfig:
+    base = {"processing_strategy": "pretrain", "packing_strategy": strategy, "tokenizer_name": tokenizer_path}
+    return PrepareForTrainingTransformConfig(**{**base, "seq_len": 32, "num_reduce_chunks": CHUNKS, **kw})
+
+
+def _parquet_bytes(ds: Dataset, path) -> bytes:
+    write_parquet(ds.data.table, path, tokenized_features())
+    return path.read_bytes()
+
+
+def _datasets_run(cfg, tokenizer, ds):
+    t = PrepareForTrainingTransform(cfg, tokenizer=tokenizer)
+    return t.run(ds, num_proc=2), t.stats
+
+
+def test_skewed_data_really_is_skewed(tokenizer, skewed):
+    keys = [_key(tokenizer, t) for t in skewed["content"]]
+    counts = np.bincount(keys, minlength=CHUNKS)
+    assert counts[5] == 0 and counts[3] == 120 and counts.sum() == len(skewed)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ray_rows_and_stats_identical_to_datasets(cluster, tokenizer, tokenizer_path, skewed, strategy, tmp_path):
+    cfg = _cfg(tokenizer_path, strategy)
+    ref, ref_stats = _datasets_run(cfg, tokenizer, skewed)
+    out, stats = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert out.features == ref.features
+    assert len(out) == len(ref) > 0
+    assert _parquet_bytes(out, tmp_path / "ray.parquet") == _parquet_bytes(ref, tmp_path / "ds.parquet")
+    assert stats == ref_stats
+    # Token conservation against the tokenizer itself, not against either engine.
+    total = sum(len(tokenizer.encode(t, add_special_tokens=False)) + 1 for t in skewed["content"])
+    assert stats["tokens_in"] == total == stats["tokens_out"] + stats["tokens_dropped"]
+    assert stats["rows_in"] == stats["docs_in"] == len(skewed)
+
+
+def test_order_inside_groups_matters_and_is_restored(cluster, tokenizer, tokenizer_path, skewed, tmp_path):
+    """Shuffling the documents changes the packed rows: equality above is not an accident of order."""
+    cfg = _cfg(tokenizer_path, "dense")
+    shuffled = skewed.shuffle(seed=1).flatten_indices()
+    a, _ = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "a")
+    b, _ = prepare_with_ray(cfg, shuffled, tokenizer=tokenizer, cache_dir=tmp_path / "b")
+    ref_b, _ = _datasets_run(cfg, tokenizer, shuffled)
+    assert a["input_ids"] != b["input_ids"]
+    assert b["input_ids"] == ref_b["input_ids"]
+
+
+def test_tasks_land_on_both_nodes(cluster, tokenizer, tokenizer_path, skewed, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    class NodeRecording(PrepareForTrainingTransform):  # defined here so Ray ships it by value
+        def map_batch(self, batch, indices):
+            node = ray.get_runtime_context().get_node_id()
+            (marks / f"map-{node}-{os.getpid()}").touch()
+            return super().map_batch(batch, indices)
+
+        def reduce_group(self, key, table):
+            node = ray.get_runtime_context().get_node_id()
+            (marks / f"reduce-{node}-{os.getpid()}").touch()
+            return super().reduce_group(key, table)
+
+    cfg = _cfg(tokenizer_path, "dense")
+    t = NodeRecording(cfg, tokenizer=tokenizer)
+    out = run_on_ray(t, skewed, cache_dir=tmp_path / "cache", batch_rows=16)
+    ref, _ = _datasets_run(cfg, tokenizer, skewed)
+    assert out["input_ids"] == ref["input_ids"]
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    map_nodes = {p.name.split("-")[1] for p in marks.glob("map-*")}
+    reduce_nodes = {p.name.split("-")[1] for p in marks.glob("reduce-*")}
+    assert len(nodes) == 2
+    assert map_nodes | reduce_nodes == nodes
+    assert map_nodes == nodes
+
+
+def test_jsonl_files_fim_in_file_order(cluster, tokenizer, tokenizer_path, tmp_path):
+    """Two JSONL files, FIM strategy: the Ray reader numbers documents in the same order as load_dataset."""
+    from datasets import load_dataset
+
+    rng = random.Random(3)
+    paths = []
+    for f in range(2):
+        p = tmp_path / f"part-{f}.jsonl"
+        rows = [
+            {"prefix": " ".join(rng.choices(WORDS, k=rng.randint(1, 8))), "middle": rng.choice(WORDS),
+             "suffix": " ".join(rng.choices(WORDS, k=rng.randint(0, 8)))}
+            for _ in range(40)
+        ]
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(str(p))
+    cfg = _cfg(tokenizer_path, "no_incomplete", processing_strategy="fim", fim_kwargs={"only_middle_not_masked": True})
+    source = load_dataset("json", data_files=paths, split="train")
+    ref, ref_stats = _datasets_run(cfg, tokenizer, source)
+    out, stats = prepare_with_ray(cfg, paths, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert out.data.table.equals(ref.data.table)
+    assert stats == ref_stats and stats["rows_in"] == 80
+
+
+def test_no_output_rows(cluster, tokenizer, tokenizer_path, skewed, tmp_path):
+    """Every group shorter than one row: zero packed rows, all tokens dropped, stats still merged."""
+    cfg = _cfg(tokenizer_path, "dense", seq_len=2**16)
+    ref, ref_stats = _datasets_run(cfg, tokenizer, skewed)
+    out, stats = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert (len(out), len(ref)) == (0, 0)
+    assert out.features == ref.features
+    assert stats == ref_stats and stats["tokens_dropped"] == stats["tokens_in"] > 0
+
+
+def test_group_over_memory_budget_is_a_config_error_on_both_engines(
+    cluster, tokenizer, tokenizer_path, skewed, tmp_path
+):
+    # Key 3 holds ~60% of the tokens: a budget between the largest other group and key 3 trips only key 3.
+    tokens = {}
+    for t in skewed["content"]:
+        k = _key(tokenizer, t)
+        tokens[k] = tokens.get(k, 0) + len(tokenizer.encode(t, add_special_tokens=False)) + 1
+    budget = 9 * (tokens[3] - 1)
+    assert 9 * max(v for k, v in tokens.items() if k != 3) < budget
+    cfg = _cfg(tokenizer_path, "dense", reduce_memory_budget=budget)
+    with pytest.raises(ConfigError, match=r"reduce group 3 .*reduce_memory_budget.*num_reduce_chunks") as e_ds:
+        _datasets_run(cfg, tokenizer, skewed)
+    with pytest.raises(ConfigError, match=r"reduce group 3 .*reduce_memory_budget.*num_reduce_chunks") as e_ray:
+        prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(e_ray.value)
+    assert str(e_ray.value).split(";")[0] == str(e_ds.value).split(";")[0]
+
+
+def test_missing_column_is_a_data_error_before_any_work(tokenizer, tokenizer_path, tmp_path):
+    path = tmp_path / "x.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), path)
+    with pytest.raises(DataError, match=r"needs column\(s\) \['content'\].*text_column"):
+        prepare_with_ray(_cfg(tokenizer_path, "dense"), [str(path)], tokenizer=tokenizer)
+
+
+def test_transform_pickles_and_maps_the_same(tokenizer, tokenizer_path):
+    t = PrepareForTrainingTransform(_cfg(tokenizer_path, "dense"), tokenizer=tokenizer)
+    batch = {"content": ["hello world", "quick brown fox"]}
+    clone = pickle.loads(pickle.dumps(t))
+    assert clone.map_batch(batch, [0, 1]).equals(t.map_batch(batch, [0, 1]))
+
+
+def _packed_batch(keys: list[int], seqs: list[int], stats_for: list[int] = ()) -> pa.Table:
+    ids = [[k * 100 + s] for k, s in zip(keys, seqs)]
+    t = pa.table(
+        {
+            "input_ids": pa.array(ids + [None] * len(stats_for), pa.list_(pa.uint32())),
+            "position_ids": pa.array([[0]] * len(keys) + [None] * len(stats_for), pa.list_(pa.uint32())),
+            "loss_mask": pa.array([[True]] * len(keys) + [None] * len(stats_for), pa.list_(pa.bool_())),
+            KEY_COLUMN: pa.array(list(keys) + list(stats_for), pa.int64()),
+            SEQ_COLUMN: pa.array(list(seqs) + [None] * len(stats_for), pa.int64()),
+            STATS_COLUMN: pa.array([None] * len(keys) + [json.dumps({"rows": k}) for k in stats_for], pa.string()),
+        }
+    )
+    return t
+
+
+def test_ordered_sink_restores_key_then_row_order(tmp_path):
+    schema = tokenized_features().arrow_schema
+    sink = _OrderedSink(tmp_path, schema)
+    sink.add(_packed_batch([2, 2, 0], [0, 1, 0], stats_for=[2]))
+    sink.add(_packed_batch([0, 0, 1], [1, 2, 0], stats_for=[0, 1]))
+    sink.add(_packed_batch([2], [2]))
+    sink.finish(tmp_path / "out.arrow")
+    out = Dataset.from_file(str(tmp_path / "out.arrow"))
+    assert out["input_ids"] == [[0], [1], [2], [100], [200], [201], [202]]
+    assert sink.stats == {0: {"rows": 0}, 1: {"rows": 1}, 2: {"rows": 2}}
+    assert not (tmp_path / "unordered.arrow").exists()
+
+
+def test_ordered_sink_refuses_a_split_group(tmp_path):
+    sink = _OrderedSink(tmp_path, tokenized_features().arrow_schema)
+    sink.add(_packed_batch([1], [0], stats_for=[1]))
+    with pytest.raises(RuntimeError, match="group 1 was emitted twice"):
+        sink.add(_packed_batch([1], [1], stats_for=[1]))
+
+
+def test_resolve_source_formats_and_errors(tmp_path):
+    assert resolve_source(["a.parquet", "b.PARQUET"]) == (["a.parquet", "b.PARQUET"], "parquet")
+    assert resolve_source("hf://datasets/u/d/x.jsonl") == (["hf://datasets/u/d/x.jsonl"], "json")
+    assert resolve_source(["a.txt"], fmt="jsonl") == (["a.txt"], "json")
+
+    class Spec:  # the shape of the recipe's source spec
+        def __init__(self) -> None:
+            self.paths = ["a.data"]
+            self.format = "parquet"
+
+    assert resolve_source(Spec()) == (["a.data"], "parquet")
+    (tmp_path / "d").mkdir()
+    for name in ("b.parquet", "a.parquet", "notes.txt"):
+        (tmp_path / "d" / name).write_bytes(b"")
+    assert resolve_source(str(tmp_path / "d"))[0] == [str(tmp_path / "d" / n) for n in ("a.parquet", "b.parquet")]
+    with pytest.raises(ConfigError, match=r"cannot tell the format of 'a.txt'"):
+        resolve_source(["a.txt"])
+    with pytest.raises(ConfigError, match="mixes Parquet and JSON"):
+        resolve_source(["a.parquet", "b.jsonl"])
+    with pytest.raises(ConfigError, match="empty list"):
+        resolve_source([])
+    with pytest.raises(ConfigError, match="format 'csv' is not supported"):
+        resolve_source(["a.csv"], fmt="csv")
+
+
+def test_recommended_num_reduce_chunks_rule():
+    # 2 * 9 bytes/token * tokens / budget, rounded up (hand-worked).
+    assert recommended_num_reduce_chunks(10**9, 512 * 2**20) == -(-18 * 10**9 // (512 * 2**20)) == 34
+    assert recommended_num_reduce_chunks(1, 512 * 2**20) == 1
+    assert recommended_num_reduce_chunks(100, 900) == 2
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'hfprep\[ray\]'"):
+        ray_engine.import_ray()
+
+
+def test_outputs_deterministic_across_runs(cluster, tokenizer, tokenizer_path, skewed, tmp_path):
+    cfg = _cfg(tokenizer_path, "no_incomplete")
+    a, _ = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "a")
+    b, _ = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "b")
+    ha = hashlib.sha256(_parquet_bytes(a, tmp_path / "a.parquet")).hexdigest()
+    hb = hashlib.sha256(_parquet_bytes(b, tmp_path / "b.parquet")).hexdigest()
+    assert ha == hb
