@@ -234,15 +234,20 @@ def stats_from_dict(d: Mapping[str, Any]) -> PackStats:
     return s
 
 
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array; zero-copy when it already is one chunk (``combine_chunks`` always copies)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tokenized Arrow table -> ``(input_ids, position_ids, loss_mask, doc_offsets)`` flat numpy arrays."""
-    ids_col = table.column("input_ids").combine_chunks()
+    ids_col = _one_chunk(table.column("input_ids"))
     lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     cols = []
     for name, dtype in (("input_ids", np.uint32), ("position_ids", np.uint32), ("loss_mask", np.bool_)):
-        arr = ids_col if name == "input_ids" else table.column(name).combine_chunks()
+        arr = ids_col if name == "input_ids" else _one_chunk(table.column(name))
         cols.append(np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype))
     return cols[0], cols[1], cols[2], offsets
 
