@@ -74,7 +74,7 @@ class TokenizerInfo:
     name_or_path: str  # what workers load (a local cache folder for a trained tokenizer)
     card_id: str  # what the card calls it
     revision: str | None
-    trained_dir: str | None = None
+    bundle_dir: str | None = None  # a local tokenizer folder copied into the output under tokenizer/
 
 
 def _texts_of(value: Any) -> Iterable[str]:
@@ -142,8 +142,11 @@ def prepare_tokenizer(recipe: Recipe, source_ds, columns: list[str], streaming: 
         return TokenizerInfo(tok, path, card_id, None, path)
     assert sec.name_or_path is not None
     tok = load_tokenizer(sec.name_or_path, revision=sec.revision)
-    card_id = sec.name_or_path if not os.path.isabs(sec.name_or_path) else f"local: {Path(sec.name_or_path).name}"
-    return TokenizerInfo(tok, sec.name_or_path, card_id, sec.revision)
+    if os.path.isdir(sec.name_or_path):
+        # A local tokenizer travels with the dataset (a Hub id is enough to find a Hub one).
+        card_id = f"{TOKENIZER_DIR}/ (local tokenizer {Path(sec.name_or_path).name!r}, bundled)"
+        return TokenizerInfo(tok, sec.name_or_path, card_id, sec.revision, sec.name_or_path)
+    return TokenizerInfo(tok, sec.name_or_path, sec.name_or_path, sec.revision)
 
 
 # ----------------------------------------------------------------------------------------------- transform
@@ -456,7 +459,7 @@ def build_card(
     if backend_report:
         tok_rows.append(("backend check", json.dumps(backend_report, sort_keys=True, default=str)))
     tokenizer_table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in tok_rows)
-    if info.trained_dir:
+    if info.bundle_dir:
         tokenizer_table += (
             f"\n\nThe tokenizer is included in this repo: "
             f"`AutoTokenizer.from_pretrained(<this dataset's folder or repo>, subfolder=\"{TOKENIZER_DIR}\")`."
@@ -637,8 +640,8 @@ def run_recipe(
             )
             split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
             log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
-        if info.trained_dir:
-            shutil.copytree(info.trained_dir, tmp / TOKENIZER_DIR)
+        if info.bundle_dir:
+            shutil.copytree(info.bundle_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
         if recipe.output.plots:
             (tmp / IMAGES_DIR).mkdir()
             doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
