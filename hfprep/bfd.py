@@ -76,7 +76,7 @@ def bfd_assign(lengths: Int64[np.ndarray, " n"], seq_len: int) -> tuple[Int64[np
     run_sizes = np.diff(np.concatenate([[0], run_starts, [n]])).tolist()
 
     # buckets[c]: bins with exactly c free slots, in the order they got there; caps: sorted non-empty c values.
-    buckets: list[list[int]] = [[] for _ in range(seq_len + 1)]
+    buckets: dict[int, list[int]] = {}
     caps: list[int] = []
     placed_bins: list[int] = []  # bins in placement order; placed_counts[i] items go to placed_bins[i]
     placed_counts: list[int] = []
@@ -97,27 +97,27 @@ def bfd_assign(lengths: Int64[np.ndarray, " n"], seq_len: int) -> tuple[Int64[np
                 k -= m * q
                 buckets[c] = []
                 if rest:
-                    if not buckets[rest]:
+                    if not buckets.get(rest):
                         new_caps.append(rest)
-                    buckets[rest].extend(rows)
+                    buckets.setdefault(rest, []).extend(rows)
                 j += 1
                 continue
             full, part = divmod(k, q)
             placed_bins.extend(rows[:full])
             placed_counts.extend([q] * full)
             if rest and full:
-                if not buckets[rest]:
+                if not buckets.get(rest):
                     new_caps.append(rest)
-                buckets[rest].extend(rows[:full])
+                buckets.setdefault(rest, []).extend(rows[:full])
             used = full
             if part:
                 row = rows[full]
                 placed_bins.append(row)
                 placed_counts.append(part)
                 room = c - part * size  # still >= size, but the run is over
-                if not buckets[room]:
+                if not buckets.get(room):
                     new_caps.append(room)
-                buckets[room].append(row)
+                buckets.setdefault(room, []).append(row)
                 used += 1
             buckets[c] = rows[used:]
             if not buckets[c]:
@@ -132,17 +132,17 @@ def bfd_assign(lengths: Int64[np.ndarray, " n"], seq_len: int) -> tuple[Int64[np
             placed_counts.extend([q] * full)
             rest = seq_len - q * size
             if rest and full:
-                if not buckets[rest]:
+                if not buckets.get(rest):
                     new_caps.append(rest)
-                buckets[rest].extend(opened)
+                buckets.setdefault(rest, []).extend(opened)
             n_bins += full
             if part:
                 placed_bins.append(n_bins)
                 placed_counts.append(part)
                 room = seq_len - part * size
-                if not buckets[room]:
+                if not buckets.get(room):
                     new_caps.append(room)
-                buckets[room].append(n_bins)
+                buckets.setdefault(room, []).append(n_bins)
                 n_bins += 1
         for c in new_caps:
             insort(caps, c)
