@@ -323,8 +323,8 @@ BUGS = [
 @pytest.mark.parametrize(("mode", "bug"), BUGS)
 def test_deliberate_bugs_are_caught(model, packed, mode, bug):
     collator = BrokenCollator(bug, attention=mode)
-    caught = {case: check_packed_batch(model, packed[case], collator) for case in CASES}
-    assert any(caught.values()), f"bug {bug!r} in mode {mode!r} went unnoticed"
+    # Stops at the first packing that exposes the bug.
+    assert any(check_packed_batch(model, packed[case], collator) for case in CASES), f"{bug!r} went unnoticed"
 
 
 # ---------------------------------------------------------------------------------------- Trainer smoke
