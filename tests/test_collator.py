@@ -298,7 +298,7 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="on_missing_columns"):
         DataCollatorForPackedLM(on_missing_columns="ignore")
     with pytest.raises(ConfigError, match="mask_dtype"):
-        DataCollatorForPackedLM(attention="4d", mask_dtype=torch.int64)(HAND)
+        DataCollatorForPackedLM(attention="4d", mask_dtype=torch.int64)
     with pytest.raises(ConfigError, match="return_tensors"):
         DataCollatorForPackedLM()(HAND, return_tensors="np")
 
