@@ -297,6 +297,13 @@ class DataCollatorForPackedLM:
             raise ConfigError(f"return_tensors={return_tensors!r} is not supported; only 'pt'")
         has_pos, has_loss = self._check_columns(features)
         lengths = [len(f["input_ids"]) for f in features]
+        for key in [k for k, ok in (("position_ids", has_pos), ("loss_mask", has_loss)) if ok]:
+            for r, f in enumerate(features):
+                if len(f[key]) != lengths[r]:
+                    raise DataError(
+                        f"batch row {r}: {key} has {len(f[key])} values but input_ids has {lengths[r]}; every "
+                        "column of a row must have the same length (re-prepare the rows with hfprep)"
+                    )
         longest = max(lengths)
         flat = self.attention == "flash_varlen"
         if not flat and not self.padding and min(lengths) != longest:

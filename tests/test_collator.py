@@ -272,6 +272,12 @@ def test_bad_positions():
     assert DataCollatorForPackedLM(validate=False)([gap])["position_ids"].tolist() == [[0, 1, 3]]
 
 
+def test_columns_of_different_lengths_in_a_row():
+    bad = dict(HAND[1], loss_mask=HAND[1]["loss_mask"][:-1])
+    with pytest.raises(DataError, match="batch row 1: loss_mask has 7 values but input_ids has 8"):
+        DataCollatorForPackedLM()([HAND[0], bad])
+
+
 def test_attention_mask_and_labels_columns():
     ones = [dict(r, attention_mask=[1] * 8) for r in HAND]
     b = DataCollatorForPackedLM()(ones)
