@@ -137,6 +137,6 @@ def bench_tokenizer(vocab_size: int = 65_536, train_bytes: int = 8 * MB, cache_d
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(str(folder)), folder
     tmp = folder.with_name(folder.name + ".tmp")
-    tok = train_tiny_tokenizer(docs, tmp, vocab_size=vocab_size)
+    train_tiny_tokenizer(docs, tmp, vocab_size=vocab_size)
     tmp.rename(folder)
     return load_tokenizer(str(folder)), folder

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import CORPUS
 
+from hfprep import backends
 from hfprep.backends import (
     BackendUnavailableError,
     BackendUnsupportedError,
@@ -151,6 +152,19 @@ def test_resolve_reports_guard_result(tokenizer):
     assert guard["mismatches"] == 0 and guard["passed"] is True
 
 
+@requires_gigatoken
+def test_stress_set_is_encoded_once_per_tokenizer(tokenizer, monkeypatch):
+    monkeypatch.setattr(backends, "_STRESS_PASSED", {})
+    seen: list[int] = []
+    real = backends.run_guard
+    monkeypatch.setattr(backends, "run_guard", lambda ref, fast, texts: seen.append(len(texts)) or real(ref, fast, texts))
+    resolve_backend(tokenizer, "auto", [])
+    _, report = resolve_backend(tokenizer, "auto", ["a", "b"])
+    n_stress = len(stress_texts(tokenizer))
+    assert seen == [n_stress, n_stress, 2, 2]  # parallel + sequential pass each time
+    assert report["guard"]["stress_checked"] == n_stress
+
+
 def test_resolve_hf_and_unknown_name(tokenizer):
     backend, report = resolve_backend(tokenizer, "hf", CORPUS)
     assert isinstance(backend, HFBackend) and report["backend"] == "hf" and report["guard"] is None
@@ -216,6 +230,7 @@ def test_guard_mismatch_auto_falls_back_explicit_errors(tokenizer, monkeypatch):
         return values, offsets
 
     monkeypatch.setattr(GigatokenBackend, "encode_batch", off_by_one_on_emoji)
+    monkeypatch.setattr(backends, "_STRESS_PASSED", {})  # forget stress sets passed by the real backend
     with pytest.warns(UserWarning, match="exactness guard found"):
         backend, report = resolve_backend(tokenizer, "auto", ["no emoji here", "one 🙂 here"])
     expected_bad = sum("🙂" in t for t in ["no emoji here", "one 🙂 here", *stress_texts(tokenizer)])
