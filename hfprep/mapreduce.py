@@ -144,36 +144,93 @@ def plan_reduce_ranges(group_bytes: np.ndarray, budget: int, min_ranges: int = 1
     return ranges
 
 
-class _RangeReducer:
-    """The reduce side's ``Dataset.map`` function: one task row = one contiguous key range."""
+def gather_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` for ascending ``rows`` of a many-chunk (memory-mapped) table, as one contiguous table.
 
-    def __init__(self, transform, table_source, order, bounds, keys, stats_dir: str) -> None:
+    One ``take`` per record batch that holds any of the rows: Arrow's take on a chunked list column can
+    concatenate every chunk of the column first, i.e. copy the whole dataset for each range.
+    """
+    batches = table.to_batches()
+    if not batches:
+        return table.slice(0, 0)
+    ends = np.cumsum([b.num_rows for b in batches])
+    starts = ends - np.array([b.num_rows for b in batches])
+    cuts = np.searchsorted(rows, np.concatenate([starts, ends[-1:]]))
+    parts = [
+        batches[i].take(pa.array(rows[cuts[i] : cuts[i + 1]] - starts[i]))
+        for i in range(len(batches))
+        if cuts[i + 1] > cuts[i]
+    ]
+    if not parts:
+        return table.schema.empty_table()
+    return pa.Table.from_batches(parts, schema=table.schema).combine_chunks()
+
+
+class _RangeReducer:
+    """The reduce side's ``Dataset.map`` function: one task row = one contiguous key range.
+
+    Each range is gathered once (rows in file order, one ``take`` per record batch), its groups are reduced in key
+    order, and the output goes straight to an Arrow file of its own (no re-encoding by ``datasets``' writer; the
+    driver memory-maps the files in range order). The map's return value only names that file.
+    """
+
+    def __init__(self, transform, table_source, order, bounds, keys, out_dir: str, schema: pa.Schema | None) -> None:
         self.transform = transform
         self.table_source = table_source
         self.order = order
         self.bounds = bounds
         self.keys = keys
-        self.stats_dir = stats_dir
+        self.out_dir = out_dir
+        self.schema = schema
 
-    def __call__(self, batch: Mapping[str, list[int]]) -> pa.Table:
+    def _groups(self, table: pa.Table, lo: int, hi: int) -> Iterator[tuple[Any, pa.Table]]:
+        """``(key, rows in input order)`` for the groups ``lo..hi``, from one gather of the whole range."""
+        a, b = int(self.bounds[lo]), int(self.bounds[hi])
+        wanted = self.order[a:b]
+        rows = np.sort(wanted)
+        sub = gather_rows(table, rows)
+        # Key-major order with input order inside each key: positions of ``wanted`` among the sorted rows.
+        perm = np.searchsorted(rows, wanted)
+        for g in range(lo, hi):
+            g0, g1 = int(self.bounds[g]) - a, int(self.bounds[g + 1]) - a
+            yield self.keys[g], sub.take(pa.array(perm[g0:g1]))
+
+    def __call__(self, batch: Mapping[str, list[int]]) -> dict[str, list[Any]] | pa.Table:
         table = self.table_source.data.table
-        outs, stats = [], []
+        table = table.drop_columns([c for c in (KEY_COLUMN,) if c in table.column_names])
+        if self.schema is None:
+            return self._call_inferred(table, batch)
+        paths = []
         for lo, hi in zip(batch["lo"], batch["hi"]):
-            a, b = int(self.bounds[lo]), int(self.bounds[hi])
-            sub = table.take(pa.array(self.order[a:b]))
-            sub = sub.drop_columns([c for c in (KEY_COLUMN,) if c in sub.column_names])
-            for g in range(lo, hi):
-                part = sub.slice(int(self.bounds[g]) - a, int(self.bounds[g + 1] - self.bounds[g]))
-                out, st = self.transform.reduce_group(self.keys[g], part)
+            stats = []
+            path = Path(self.out_dir) / f"range-{lo:09d}.arrow"
+            tmp = path.with_suffix(".tmp")
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
+                for key, part in self._groups(table, lo, hi):
+                    out, st = self.transform.reduce_group(key, part)
+                    if out.num_rows:
+                        writer.write_table(out.select(self.schema.names).cast(self.schema), max_chunksize=1000)
+                    if st is not None:
+                        stats.append(st)
+            os.replace(tmp, path)
+            path.with_suffix(".json").write_text(json.dumps(stats))
+            paths.append(str(path))
+        return {"path": paths}
+
+    def _call_inferred(self, table: pa.Table, batch: Mapping[str, list[int]]) -> pa.Table:
+        outs = []
+        for lo, hi in zip(batch["lo"], batch["hi"]):
+            stats = []
+            for key, part in self._groups(table, lo, hi):
+                out, st = self.transform.reduce_group(key, part)
                 outs.append(out)
                 if st is not None:
                     stats.append(st)
             if stats:
-                path = Path(self.stats_dir) / f"range-{lo:09d}.json"
+                path = Path(self.out_dir) / f"range-{lo:09d}.json"
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(stats))
                 os.replace(tmp, path)
-                stats = []
         if not outs:
             return self.transform.empty_output()
         return pa.concat_tables([o for o in outs if o.num_rows] or outs[:1])
@@ -187,6 +244,8 @@ class MapReduceTransformBase(TransformBase):
     """
 
     reduce_memory_budget: int = DEFAULT_REDUCE_MEMORY_BUDGET
+    map_input_format: str | None = None
+    """``"arrow"``: :meth:`map_batch` receives ``pyarrow.Table`` batches (zero-copy) instead of Python lists."""
 
     def __init__(
         self,
@@ -245,6 +304,8 @@ class MapReduceTransformBase(TransformBase):
         ds = to_dataset(data)
         if len(ds) == 0:
             return self._wrap_output(data, Dataset(self.empty_output()))
+        if self.map_input_format == "arrow":
+            ds = ds.with_format("arrow")
         mapped = ds.map(
             self.map_batch,
             batched=True,
@@ -269,7 +330,7 @@ class MapReduceTransformBase(TransformBase):
             mapped = mapped.flatten_indices()
         table = mapped.data.table
         key_col = table.column(KEY_COLUMN)
-        order = pc.sort_indices(key_col).to_numpy()
+        order = pc.sort_indices(key_col).to_numpy().astype(np.int64)
         sorted_keys = key_col.take(pa.array(order)).combine_chunks()
         if sorted_keys.null_count:
             raise DataError("the map side produced a None key; keys must be comparable non-null values")
@@ -280,26 +341,58 @@ class MapReduceTransformBase(TransformBase):
         self.check_group_bytes(gbytes, keys)
         ranges = plan_reduce_ranges(gbytes, self.reduce_memory_budget, min_ranges=max(1, num_proc or 1))
         tasks = Dataset.from_dict({"lo": [r[0] for r in ranges], "hi": [r[1] for r in ranges]})
+        feats = self.output_features()
+        if feats is None:
+            return self._reduce_inferred(mapped, tasks, order, bounds, keys, ranges, num_proc)
+        schema = feats.arrow_schema.with_metadata(
+            {b"huggingface": json.dumps({"info": {"features": feats.to_dict()}}).encode()}
+        )
+        out_dir = Path(tempfile.mkdtemp(prefix="hfprep-reduce-", dir=_cache_dir(mapped)))
+        reducer = _RangeReducer(self, mapped, order, bounds, keys, str(out_dir), schema)
+        done = tasks.map(
+            reducer,
+            batched=True,
+            batch_size=1,
+            remove_columns=tasks.column_names,
+            num_proc=min(num_proc, len(ranges)) if num_proc else None,
+            load_from_cache_file=False,
+            new_fingerprint=_reduce_fingerprint(mapped, self),
+            desc=f"reduce {type(self).__name__}",
+        )
+        paths = done["path"]
+        self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
+        from datasets import DatasetInfo, concatenate_datasets
+
+        info = DatasetInfo(features=feats) if feats is not None else None
+        parts = [Dataset.from_file(p, info=info) for p in paths]
+        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+    def _reduce_inferred(self, mapped, tasks, order, bounds, keys, ranges, num_proc):
+        """Reduce for transforms without :meth:`output_features`: tables go through datasets' writer, which infers
+        one schema over all groups (the seed's row-dict transforms)."""
         with tempfile.TemporaryDirectory(prefix="hfprep-stats-") as stats_dir:
-            reducer = _RangeReducer(self, mapped, order, bounds, keys, stats_dir)
+            reducer = _RangeReducer(self, mapped, order, bounds, keys, stats_dir, None)
             out = tasks.map(
                 reducer,
                 batched=True,
                 batch_size=1,
                 remove_columns=tasks.column_names,
                 num_proc=min(num_proc, len(ranges)) if num_proc else None,
-                features=self.output_features(),
                 load_from_cache_file=False,
                 new_fingerprint=_reduce_fingerprint(mapped, self),
                 desc=f"reduce {type(self).__name__}",
             )
-            self.last_stats = [
-                s for p in sorted(Path(stats_dir).glob("range-*.json")) for s in json.loads(p.read_text())
-            ]
+            self.last_stats = [s for p in sorted(Path(stats_dir).glob("range-*.json")) for s in json.loads(p.read_text())]
         return out
 
     def check_group_bytes(self, group_bytes: np.ndarray, keys: list[Any]) -> None:
         """Hook: refuse or warn about groups too large for memory (see :mod:`hfprep.prepare`)."""
+
+
+def _cache_dir(mapped) -> str | None:
+    """The folder of ``mapped``'s cache files (the reduce output lives next to them), or None for a temp folder."""
+    files = getattr(mapped, "cache_files", None) or []
+    return str(Path(files[0]["filename"]).parent) if files else None
 
 
 def _reduce_fingerprint(mapped, transform) -> str:

@@ -1,0 +1,257 @@
+"""Engines side by side on the same map-reduce packing job: in-memory numpy floor, datasets engine, Ray Data.
+
+The job (DESIGN.md §7): N synthetic pre-tokenized documents (lognormal lengths, median ~300 tokens, random ids),
+key = ``array_hash(input_ids) % keys``, group, pack ``dense`` at ``seq_len``. The map side is keys + document index
+only (no text tokenizer, so the comparison measures the engines, not tokenization). Every engine starts from the
+same Parquet files and ends with the packed rows as Arrow; all outputs are asserted identical (sha256 over every
+column). Each engine runs in its own subprocess; peak memory is the sampled RSS sum of that process tree (shared
+pages, e.g. Ray's object store or memory-mapped files, count once per process that maps them).
+
+    python benchmarks/bench_engines.py --quick          # 100k docs, a few minutes on 2 cores
+    python benchmarks/bench_engines.py                  # 1M docs (~490M tokens; needs ~12 GB RAM free)
+    python benchmarks/bench_engines.py --engines reference,datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hfprep.hashing import batch_keys
+from hfprep.mapreduce import INDEX_COLUMN, KEY_COLUMN
+from hfprep.packing import get_packer
+from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig, table_to_flat
+from hfprep.tokenize import flat_to_table
+
+COLUMNS = ["input_ids", "position_ids", "loss_mask"]
+
+
+class PretokenizedTransform(PrepareForTrainingTransform):
+    """The benchmark's map side: documents are already tokenized; emit key + index (Arrow in, Arrow out)."""
+
+    map_input_format = "arrow"
+
+    def map_batch(self, batch, indices):
+        table = batch if isinstance(batch, pa.Table) else pa.table(batch)
+        table = table.select(COLUMNS)
+        ids = table.column("input_ids").combine_chunks()
+        offsets = np.asarray(ids.offsets.to_numpy(), dtype=np.int64)
+        values = ids.values.to_numpy(zero_copy_only=False)
+        keys = batch_keys(values, offsets, self.config.num_reduce_chunks)
+        index = np.asarray(indices, dtype=np.int64)
+        return table.append_column(KEY_COLUMN, pa.array(keys)).append_column(INDEX_COLUMN, pa.array(index))
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+
+def make_data(folder: Path, docs: int, seed: int = 0, files: int = 8, vocab: int = 65536) -> tuple[list[str], int]:
+    """Lognormal lengths (median 300, sigma 1 -> mean ~490), random ids; ``files`` Parquet files, 10k-row groups."""
+    rng = np.random.default_rng(seed)
+    lengths = np.maximum(1, np.exp(rng.normal(np.log(300), 1.0, docs))).astype(np.int64)
+    paths, total = [], int(lengths.sum())
+    per = -(-docs // files)
+    for f in range(files):
+        ln = lengths[f * per : (f + 1) * per]
+        if not len(ln):
+            break
+        offsets = np.zeros(len(ln) + 1, np.int64)
+        np.cumsum(ln, out=offsets[1:])
+        ids = rng.integers(0, vocab, int(offsets[-1]), dtype=np.uint32)
+        pos = (np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], ln)).astype(np.uint32)
+        table = flat_to_table(ids, pos, np.ones(len(ids), np.bool_), offsets)
+        path = folder / f"part-{f:05d}.parquet"
+        pq.write_table(table, str(path), row_group_size=10_000, compression="zstd")
+        paths.append(str(path))
+    return paths, total
+
+
+def digest(table: pa.Table) -> str:
+    """sha256 over the values and row lengths of every column, chunk by chunk (independent of the chunking)."""
+    out = hashlib.sha256()
+    for name in COLUMNS:
+        values, lengths = hashlib.sha256(), hashlib.sha256()
+        for chunk in table.column(name).chunks:
+            for a in range(0, len(chunk), 20_000):
+                part = chunk.slice(a, 20_000)
+                values.update(part.flatten().to_numpy(zero_copy_only=False).tobytes())
+                lengths.update(np.diff(part.offsets.to_numpy()).astype(np.int64).tobytes())
+        out.update(values.digest() + lengths.digest())
+    return out.hexdigest()
+
+
+# --- engines (each runs in a subprocess) ----------------------------------------------------------------------------
+
+
+def run_reference(cfg, paths: list[str], workdir: Path) -> pa.Table:
+    """Single process, everything in RAM: read, hash, stable sort, pack each key with the same packer."""
+    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    ids, pos, mask, offsets = table_to_flat(table)
+    del table
+    keys = batch_keys(ids, offsets, cfg.num_reduce_chunks)
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(cfg.num_reduce_chunks + 1))
+    packer = get_packer(cfg.packing_strategy)
+    lengths = np.diff(offsets)
+    outs = []
+    for k in range(cfg.num_reduce_chunks):
+        docs = order[bounds[k] : bounds[k + 1]]
+        if not len(docs):
+            continue
+        ln = lengths[docs]
+        starts = offsets[docs]
+        total = int(ln.sum())
+        src = np.repeat(starts - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(total)
+        g_off = np.zeros(len(docs) + 1, np.int64)
+        np.cumsum(ln, out=g_off[1:])
+        packed = packer(ids[src], pos[src], mask[src], g_off, cfg.seq_len, 0)
+        outs.append(flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets))
+    return pa.concat_tables(outs)
+
+
+def run_datasets(transform, paths: list[str], workdir: Path, num_proc: int) -> pa.Table:
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files=paths, split="train", cache_dir=str(workdir / "hf-cache"))
+    out = transform.run(ds, num_proc=num_proc)
+    return out.data.table
+
+
+def run_ray(transform, paths: list[str], workdir: Path) -> pa.Table:
+    from hfprep.engines.ray_engine import run_on_ray
+
+    return run_on_ray(transform, paths, cache_dir=workdir / "ray-cache").data.table
+
+
+def child(args) -> None:
+    cfg = PrepareForTrainingTransformConfig(**json.loads(args.cfg))
+    paths = json.loads(args.paths)
+    workdir = Path(args.workdir) / args.child
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Fixed start-up costs stay off the clock for every engine: imports, the transform, the local Ray cluster
+    # (its worker processes still start on the clock, as they would on a fresh cluster).
+    transform = PretokenizedTransform(cfg)
+    if args.child == "ray":
+        import ray
+
+        ray.init(num_cpus=args.num_proc, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    t0 = time.perf_counter()
+    if args.child == "reference":
+        out = run_reference(cfg, paths, workdir)
+    elif args.child == "datasets":
+        out = run_datasets(transform, paths, workdir, args.num_proc)
+    else:
+        out = run_ray(transform, paths, workdir)
+    wall = time.perf_counter() - t0
+    tokens = int(sum(len(c.flatten()) for c in out.column("input_ids").chunks))
+    print(json.dumps({"wall": wall, "rows": out.num_rows, "tokens_out": tokens, "digest": digest(out)}))
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for q in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += q.memory_info().rss
+    return total
+
+
+def measure(engine: str, args, cfg_json: str, paths: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", engine, "--cfg", cfg_json, "--paths", json.dumps(paths)]
+    cmd += ["--workdir", args.workdir, "--num-proc", str(args.num_proc)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"{engine} failed with exit code {proc.returncode}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["peak_rss"] = peak[0]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="100k documents")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--keys", type=int, default=64)
+    ap.add_argument("--num-proc", type=int, default=2)
+    ap.add_argument("--engines", default="reference,datasets,ray")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cfg", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--paths", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    docs = 100_000 if args.quick else args.docs
+    with tempfile.TemporaryDirectory(prefix="bench-engines-", dir=args.workdir) as tmp:
+        args.workdir = tmp
+        from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
+
+        tok = Path(tmp) / "tokenizer"
+        train_tiny_tokenizer(["hello world"] * 10, tok, vocab_size=300, special_tokens=DEFAULT_SPECIAL_TOKENS)
+        cfg = {
+            "processing_strategy": "pretrain",
+            "packing_strategy": "dense",
+            "tokenizer_name": str(tok),
+            "seq_len": args.seq_len,
+            "num_reduce_chunks": args.keys,
+            "reduce_memory_budget": 2**31,
+            "text_column": "input_ids",  # only satisfies the column check; the map side reads no text
+        }
+        data = Path(tmp) / "data"
+        data.mkdir()
+        t0 = time.perf_counter()
+        paths, total = make_data(data, docs)
+        print(f"data: {docs:,} docs, {total:,} tokens, {len(paths)} Parquet files ({time.perf_counter() - t0:.0f} s)")
+        results = {}
+        for engine in args.engines.split(","):
+            results[engine] = measure(engine, args, json.dumps(cfg), paths)
+            print(f"  {engine}: {results[engine]['wall']:.1f} s", flush=True)
+    base = results.get("reference") or next(iter(results.values()))
+    print(f"\n{docs:,} docs, {total:,} tokens, seq_len {args.seq_len}, {args.keys} keys, num_proc {args.num_proc}")
+    print(f"{'engine':<12}{'wall s':>9}{'x ref':>8}{'Mtok/s':>9}{'peak RSS GiB':>14}{'rows':>10}  output")
+    for name, r in results.items():
+        same = "identical" if r["digest"] == base["digest"] else "DIFFERENT"
+        print(
+            f"{name:<12}{r['wall']:>9.1f}{r['wall'] / base['wall']:>8.2f}{total / r['wall'] / 1e6:>9.1f}"
+            f"{r['peak_rss'] / 2**30:>14.2f}{r['rows']:>10,}  {same}"
+        )
+    if any(r["digest"] != base["digest"] for r in results.values()):
+        raise SystemExit("outputs differ between engines")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main()
