@@ -83,9 +83,7 @@ def map_side(ds, tok, tok_path: str, backend: str, num_proc: int | None, batch_s
         backend=backend,
     )
     transform = PrepareForTrainingTransform(cfg, tokenizer=tok)
-    if backend != "hf":  # what run() does before mapping: the guard on a sample of this input
-        be, transform.backend_report = resolve_backend(tok, backend, sample_texts(ds, ["text"]))
-        transform.tokenizer_stage.backend = be
+    transform.guard_backend(sample_texts(ds, ["text"]))  # what run() does before mapping
     return ds.map(
         transform.map_batch,
         batched=True,

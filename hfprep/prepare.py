@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -206,12 +206,17 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
                     f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but the data has "
                     f"{ds.column_names}; set text_column / fim_kwargs column names"
                 )
-        if self.backend_report["backend"] != "hf":  # a fallback at __init__ stays one (and warns once)
-            sample = sample_texts(ds, self.tokenizer_stage.config.input_columns())
-            backend, self.backend_report = resolve_backend(self.tokenizer, self.config.backend, sample)
-            self.tokenizer_stage = Tokenizer(self.tokenizer, self.tokenizer_stage.config, backend)
+        self.guard_backend(sample_texts(ds, self.tokenizer_stage.config.input_columns()))
         out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
         return out if isinstance(data, type(ds)) else out.to_list()
+
+    def guard_backend(self, sample: Sequence[str]) -> dict[str, Any]:
+        """Re-check the fast tokenizer backend on a deterministic sample of this run's input texts (engines call
+        this before mapping; ``run`` does it with :func:`~hfprep.backends.sample_texts`); returns the report."""
+        if self.backend_report["backend"] != "hf":  # a fallback at __init__ stays one (and warns once)
+            backend, self.backend_report = resolve_backend(self.tokenizer, self.config.backend, sample)
+            self.tokenizer_stage = Tokenizer(self.tokenizer, self.tokenizer_stage.config, backend)
+        return self.backend_report
 
     @property
     def stats(self) -> dict[str, Any]:
