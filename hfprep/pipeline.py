@@ -283,9 +283,15 @@ def run_split_ray(recipe, info, spec: SourceSpec, source_ds, address: str | None
         raise ConfigError(f"engine 'ray' is not available ({e}); install it with pip install 'hfprep[ray]'") from e
     if spec.streaming:
         raise ConfigError("engine 'ray' does not read streaming sources; set source.streaming: false or use 'datasets'")
-    cfg = transform_config(recipe, info.name_or_path)
+    # The same transform object as the datasets engine: full tokenize section, document-length bins.
+    transform = make_transform(recipe, info)
     out, stats = prepare_with_ray(
-        cfg, ray_source(spec, source_ds, num_cpus), address=address, num_cpus=num_cpus, tokenizer=info.tokenizer
+        transform.config,
+        ray_source(spec, source_ds, num_cpus),
+        address=address,
+        num_cpus=num_cpus,
+        tokenizer=info.tokenizer,
+        transform=transform,
     )
     stats = dict(stats)
     report = stats.pop("backend_report", None)
