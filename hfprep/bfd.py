@@ -45,7 +45,7 @@ import numpy as np
 from jaxtyping import Bool, Int64, UInt32
 
 from .errors import ConfigError
-from .packing import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign
+from .packing import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign, layout_rows
 
 Overflow = Literal["drop", "truncate", "split"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("drop", "truncate", "split")
@@ -174,99 +174,6 @@ def make_pieces(
     keep = lengths > 0 if overflow == "truncate" else (lengths > 0) & (lengths <= seq_len)
     doc = np.flatnonzero(keep).astype(np.int64)
     return starts[doc], np.minimum(lengths[doc], seq_len), doc
-
-
-def gather_views(
-    source: np.ndarray, starts: list[int], ends: list[int], merge: np.ndarray | None, pads: list[np.ndarray]
-) -> np.ndarray:
-    """Concatenate ``source[starts[i]:ends[i]]`` (then the ``pads`` views, interleaved by ``merge``) in one copy."""
-    views = [source[s:e] for s, e in zip(starts, ends, strict=True)]
-    if merge is not None:
-        views += pads
-        views = [views[i] for i in merge.tolist()]
-    if not views:
-        return np.zeros(0, dtype=source.dtype)
-    return np.concatenate(views)
-
-
-def layout_rows(
-    input_ids: UInt32[np.ndarray, " total"],
-    position_ids: UInt32[np.ndarray, " total"],
-    loss_mask: Bool[np.ndarray, " total"],
-    piece_start: Int64[np.ndarray, " p"],
-    piece_len: Int64[np.ndarray, " p"],
-    bins: Int64[np.ndarray, " p"],
-    order_in_row: Int64[np.ndarray, " p"],
-    n_rows: int,
-    seq_len: int,
-    pad_token_id: int | None,
-    pad: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Write pieces (slices of the flat arrays) into rows: ``(input_ids, position_ids, loss_mask, row_offsets)``.
-
-    Piece ``i`` is ``[piece_start[i], piece_start[i] + piece_len[i])``, goes to row ``bins[i]`` and is laid out
-    in ascending ``order_in_row`` inside it. Rows are padded to ``seq_len`` (pad id, position 0, loss False) when
-    ``pad``; otherwise they are as long as their pieces. Positions of a piece are restarted at 0. Any packer that
-    assigns whole pieces to rows can use this: it copies each column once (``np.concatenate`` of views), so the
-    extra memory is the output itself.
-
-    Example:
-        >>> ids = np.arange(10, 15, dtype=np.uint32)
-        >>> pos = np.array([0, 1, 2, 0, 1], np.uint32)
-        >>> out = layout_rows(ids, pos, np.ones(5, bool), np.array([0, 3]), np.array([3, 2]), np.array([0, 0]),
-        ...                   np.array([1, 0]), 1, 6, 0, True)
-        >>> out[0].tolist(), out[1].tolist()
-        ([13, 14, 10, 11, 12, 0], [0, 1, 0, 1, 2, 0])
-    """
-    placement = np.lexsort((order_in_row, bins))
-    src_start = piece_start[placement]
-    out_len = piece_len[placement]
-    row_fill = np.bincount(bins, weights=piece_len, minlength=n_rows).astype(np.int64)
-    if pad:
-        pad_len = seq_len - row_fill
-        padded_rows = np.flatnonzero(pad_len)
-        # Entry order = each row's pieces, then its pad view: a piece's slot is its rank plus the pads before it.
-        pads_before = np.cumsum(pad_len > 0) - (pad_len > 0)
-        piece_rows = bins[placement]
-        slot = np.empty(len(out_len) + len(padded_rows), dtype=np.int64)
-        slot[np.arange(len(out_len)) + pads_before[piece_rows]] = np.arange(len(out_len))
-        pieces_through = np.cumsum(np.bincount(bins, minlength=n_rows))
-        slot[pieces_through[padded_rows] + pads_before[padded_rows]] = len(out_len) + np.arange(len(padded_rows))
-        merge: np.ndarray | None = slot
-        pad_sizes = pad_len[padded_rows].tolist()
-        row_offsets = np.arange(n_rows + 1, dtype=np.int64) * seq_len
-    else:
-        merge, pad_sizes = None, []
-        row_offsets = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(row_fill, out=row_offsets[1:])
-    starts = src_start.tolist()
-    ends = (src_start + out_len).tolist()
-    columns = []
-    for source, fill, dtype in (
-        (input_ids, pad_token_id or 0, np.uint32),
-        (position_ids, 0, np.uint32),
-        (loss_mask, False, np.bool_),
-    ):
-        source = np.asarray(source, dtype=dtype)
-        pad_source = np.full(seq_len, fill, dtype=dtype)
-        columns.append(gather_views(source, starts, ends, merge, [pad_source[:p] for p in pad_sizes]))
-    out_ids, out_pos, out_mask = columns
-
-    # Restart positions of pieces that do not begin at 0 (every split piece after the first). A loop over those
-    # pieces only, each an in-place vectorised subtract: no per-token index arrays.
-    first_pos = np.asarray(position_ids)[src_start] if len(src_start) else np.zeros(0, np.uint32)
-    fix = np.flatnonzero(first_pos != 0)
-    if len(fix):
-        dst_start = np.zeros(len(out_len), dtype=np.int64)
-        np.cumsum(out_len[:-1], out=dst_start[1:])
-        if pad:
-            pad_len_rows = seq_len - row_fill
-            dst_start += (np.cumsum(pad_len_rows) - pad_len_rows)[piece_rows]
-        for d, n, f in zip(dst_start[fix].tolist(), out_len[fix].tolist(), first_pos[fix].tolist(), strict=True):
-            view = out_pos[d : d + n]
-            view -= np.uint32(f)
-
-    return out_ids, out_pos, out_mask, row_offsets
 
 
 def pack_bfd_flat(

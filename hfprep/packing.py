@@ -144,6 +144,30 @@ def position_fix_helper(postion_ids: UInt32[np.typing.ArrayLike, " example_len"]
     return rebase_positions(np.asarray(postion_ids, dtype=np.uint32))
 
 
+def rebase_row_heads(
+    position_ids: UInt32[np.ndarray, " total"], doc_offsets: Int64[np.ndarray, " n_plus_1"], seq_len: int, n_rows: int
+) -> UInt32[np.ndarray, " cut"]:
+    """Positions of ``n_rows`` dense rows: each row's leading partial segment is shifted to start at 0.
+
+    Documents' positions are an ``arange`` (every strategy writes them so), so only the run from a row start to
+    the next document start can need rebasing; it is fixed in place, one vectorised subtract per cut row, with
+    no per-token index arrays (the seed's :func:`position_fix_helper` applied to every row).
+    """
+    cut = n_rows * seq_len
+    out = np.array(position_ids[:cut], dtype=np.uint32)
+    if not n_rows:
+        return out
+    row_starts = np.arange(n_rows, dtype=np.int64) * seq_len
+    next_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, row_starts)]
+    run = np.minimum(next_doc, row_starts + seq_len) - row_starts
+    first = out[row_starts]
+    cut_rows = np.flatnonzero((run > 0) & (first != 0))
+    for a, n, f in zip(row_starts[cut_rows].tolist(), run[cut_rows].tolist(), first[cut_rows].tolist()):
+        view = out[a : a + n]
+        view -= np.uint32(f)
+    return out
+
+
 def pack_dense_flat(
     input_ids: np.ndarray,
     position_ids: np.ndarray,
@@ -157,9 +181,7 @@ def pack_dense_flat(
     total = int(doc_offsets[-1])
     n_rows = total // seq_len
     cut = n_rows * seq_len
-    row_starts = np.zeros(cut, dtype=np.bool_)
-    row_starts[::seq_len] = True
-    positions = rebase_positions(position_ids[:cut], row_starts)
+    positions = rebase_row_heads(position_ids, doc_offsets, seq_len, n_rows)
     starts = np.asarray(doc_offsets[:-1])
     ends = np.asarray(doc_offsets[1:])
     lengths = ends - starts
@@ -175,9 +197,9 @@ def pack_dense_flat(
         rows=n_rows,
     )
     return PackedFlat(
-        np.ascontiguousarray(input_ids[:cut], dtype=np.uint32),
+        np.asarray(input_ids[:cut], dtype=np.uint32),  # views: the output is written straight from them
         positions,
-        np.ascontiguousarray(loss_mask[:cut], dtype=np.bool_),
+        np.asarray(loss_mask[:cut], dtype=np.bool_),
         np.arange(n_rows + 1, dtype=np.int64) * seq_len,
         stats,
     )
@@ -203,35 +225,97 @@ def greedy_assign(lengths: Int64[np.ndarray, " n"], seq_len: int) -> tuple[np.nd
     return row, off
 
 
-def scatter_into_rows(
-    input_ids: np.ndarray,
-    position_ids: np.ndarray,
-    loss_mask: np.ndarray,
-    doc_offsets: np.ndarray,
-    doc_dest: Int64[np.ndarray, " n"],
+def gather_views(
+    source: np.ndarray, starts: list[int], ends: list[int], merge: np.ndarray | None, pads: list[np.ndarray]
+) -> np.ndarray:
+    """Concatenate ``source[starts[i]:ends[i]]`` (then the ``pads`` views, interleaved by ``merge``) in one copy."""
+    views = [source[s:e] for s, e in zip(starts, ends, strict=True)]
+    if merge is not None:
+        views += pads
+        views = [views[i] for i in merge.tolist()]
+    if not views:
+        return np.zeros(0, dtype=source.dtype)
+    return np.concatenate(views)
+
+
+def layout_rows(
+    input_ids: UInt32[np.ndarray, " total"],
+    position_ids: UInt32[np.ndarray, " total"],
+    loss_mask: Bool[np.ndarray, " total"],
+    piece_start: Int64[np.ndarray, " p"],
+    piece_len: Int64[np.ndarray, " p"],
+    bins: Int64[np.ndarray, " p"],
+    order_in_row: Int64[np.ndarray, " p"],
     n_rows: int,
     seq_len: int,
-    pad_token_id: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Copy each kept document (``doc_dest >= 0``) to flat slot ``doc_dest`` of ``n_rows`` padded rows.
+    pad_token_id: int | None,
+    pad: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Write pieces (slices of the flat arrays) into rows: ``(input_ids, position_ids, loss_mask, row_offsets)``.
 
-    Padding is ``pad_token_id``, position 0, loss False. One gather for the whole group.
+    Piece ``i`` is ``[piece_start[i], piece_start[i] + piece_len[i])``, goes to row ``bins[i]`` and is laid out
+    in ascending ``order_in_row`` inside it. Rows are padded to ``seq_len`` (pad id, position 0, loss False) when
+    ``pad``; otherwise they are as long as their pieces. Positions of a piece are restarted at 0. Any packer that
+    assigns whole pieces to rows can use this: it copies each column once (``np.concatenate`` of views), so the
+    extra memory is the output itself.
+
+    Example:
+        >>> ids = np.arange(10, 15, dtype=np.uint32)
+        >>> pos = np.array([0, 1, 2, 0, 1], np.uint32)
+        >>> out = layout_rows(ids, pos, np.ones(5, bool), np.array([0, 3]), np.array([3, 2]), np.array([0, 0]),
+        ...                   np.array([1, 0]), 1, 6, 0, True)
+        >>> out[0].tolist(), out[1].tolist()
+        ([13, 14, 10, 11, 12, 0], [0, 1, 0, 1, 2, 0])
     """
-    out_ids = np.full(n_rows * seq_len, pad_token_id, dtype=np.uint32)
-    out_pos = np.zeros(n_rows * seq_len, dtype=np.uint32)
-    out_mask = np.zeros(n_rows * seq_len, dtype=np.bool_)
-    keep = doc_dest >= 0
-    starts = np.asarray(doc_offsets[:-1])[keep]
-    lens = np.diff(doc_offsets)[keep]
-    total = int(lens.sum())
-    if total:
-        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-        src = np.repeat(starts, lens) + within
-        dst = np.repeat(doc_dest[keep], lens) + within
-        out_ids[dst] = input_ids[src]
-        out_pos[dst] = position_ids[src]
-        out_mask[dst] = loss_mask[src]
-    return out_ids, out_pos, out_mask
+    placement = np.lexsort((order_in_row, bins))
+    src_start = piece_start[placement]
+    out_len = piece_len[placement]
+    row_fill = np.bincount(bins, weights=piece_len, minlength=n_rows).astype(np.int64)
+    if pad:
+        pad_len = seq_len - row_fill
+        padded_rows = np.flatnonzero(pad_len)
+        # Entry order = each row's pieces, then its pad view: a piece's slot is its rank plus the pads before it.
+        pads_before = np.cumsum(pad_len > 0) - (pad_len > 0)
+        piece_rows = bins[placement]
+        slot = np.empty(len(out_len) + len(padded_rows), dtype=np.int64)
+        slot[np.arange(len(out_len)) + pads_before[piece_rows]] = np.arange(len(out_len))
+        pieces_through = np.cumsum(np.bincount(bins, minlength=n_rows))
+        slot[pieces_through[padded_rows] + pads_before[padded_rows]] = len(out_len) + np.arange(len(padded_rows))
+        merge: np.ndarray | None = slot
+        pad_sizes = pad_len[padded_rows].tolist()
+        row_offsets = np.arange(n_rows + 1, dtype=np.int64) * seq_len
+    else:
+        merge, pad_sizes = None, []
+        row_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(row_fill, out=row_offsets[1:])
+    starts = src_start.tolist()
+    ends = (src_start + out_len).tolist()
+    columns = []
+    for source, fill, dtype in (
+        (input_ids, pad_token_id or 0, np.uint32),
+        (position_ids, 0, np.uint32),
+        (loss_mask, False, np.bool_),
+    ):
+        source = np.asarray(source, dtype=dtype)
+        pad_source = np.full(seq_len, fill, dtype=dtype)
+        columns.append(gather_views(source, starts, ends, merge, [pad_source[:p] for p in pad_sizes]))
+    out_ids, out_pos, out_mask = columns
+
+    # Restart positions of pieces that do not begin at 0 (every split piece after the first). A loop over those
+    # pieces only, each an in-place vectorised subtract: no per-token index arrays.
+    first_pos = np.asarray(position_ids)[src_start] if len(src_start) else np.zeros(0, np.uint32)
+    fix = np.flatnonzero(first_pos != 0)
+    if len(fix):
+        dst_start = np.zeros(len(out_len), dtype=np.int64)
+        np.cumsum(out_len[:-1], out=dst_start[1:])
+        if pad:
+            pad_len_rows = seq_len - row_fill
+            dst_start += (np.cumsum(pad_len_rows) - pad_len_rows)[piece_rows]
+        for d, n, f in zip(dst_start[fix].tolist(), out_len[fix].tolist(), first_pos[fix].tolist(), strict=True):
+            view = out_pos[d : d + n]
+            view -= np.uint32(f)
+
+    return out_ids, out_pos, out_mask, row_offsets
 
 
 def pack_no_incomplete_flat(
@@ -248,11 +332,31 @@ def pack_no_incomplete_flat(
         raise ConfigError("no_incomplete packing needs a pad_token_id (hfprep defaults it to the tokenizer's eos)")
     lengths = np.diff(np.asarray(doc_offsets, dtype=np.int64))
     row, off = greedy_assign(lengths, seq_len)
+    keep = row >= 0
     n_rows = int(row.max()) + 1 if len(row) else 0
-    dest = np.where(row >= 0, row * seq_len + off, -1)
-    ids, pos, mask = scatter_into_rows(
-        input_ids, position_ids, loss_mask, doc_offsets, dest, n_rows, seq_len, pad_token_id
-    )
+    # In-order greedy keeps documents in input order, so a row is a few contiguous runs of the input (one unless a
+    # dropped document sits inside it): copy run by run, a memcpy each, no per-token index arrays.
+    kept = np.flatnonzero(keep)
+    new_run = np.ones(len(kept), dtype=np.bool_)
+    new_run[1:] = (np.diff(kept) != 1) | (np.diff(row[kept]) != 0)
+    first = kept[new_run]
+    run_len = np.add.reduceat(lengths[kept], np.flatnonzero(new_run)) if len(kept) else np.zeros(0, np.int64)
+    src = np.asarray(doc_offsets, dtype=np.int64)[first].tolist()
+    dst = (row[first] * seq_len + off[first]).tolist()
+    run_len = run_len.tolist()
+    columns = []
+    for source, fill, dtype in (
+        (input_ids, pad_token_id, np.uint32),
+        (position_ids, 0, np.uint32),
+        (loss_mask, False, np.bool_),
+    ):
+        source = np.asarray(source, dtype=dtype)
+        out = np.full(n_rows * seq_len, fill, dtype=dtype)
+        for s, d, n in zip(src, dst, run_len):
+            out[d : d + n] = source[s : s + n]
+        columns.append(out)
+    ids, pos, mask = columns
+    row_offsets = np.arange(n_rows + 1, dtype=np.int64) * seq_len
     dropped = row < 0
     kept_tokens = int(lengths[~dropped].sum())
     stats = PackStats(
@@ -264,7 +368,7 @@ def pack_no_incomplete_flat(
         pad_tokens=n_rows * seq_len - kept_tokens,
         rows=n_rows,
     )
-    return PackedFlat(ids, pos, mask, np.arange(n_rows + 1, dtype=np.int64) * seq_len, stats)
+    return PackedFlat(ids, pos, mask, row_offsets, stats)
 
 
 FlatPacker = Callable[..., PackedFlat]
