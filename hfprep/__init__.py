@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 # Public names -> defining module. Imported on first use so `hfprep --help` and data-only code do not pay for
 # torch/transformers at import time.
 _EXPORTS: dict[str, str] = {
+    "pack_bfd_flat": "bfd",
+    "packing_report": "quality",
+    "format_report": "quality",
     "ChatTemplateEncoder": "chat",
     "ConfigError": "errors",
     "DataCollatorForPackedLM": "collator",
@@ -94,13 +97,16 @@ __all__ = [
     "block_causal_mask",
     "collate_lm",
     "fim_processing",
+    "format_report",
     "load_recipe",
     "load_tokenizer",
     "make_attention_mask_from_positions",
     "make_tokenize_fn",
+    "pack_bfd_flat",
     "pack_dense",
     "pack_no_incomplete",
     "pack_sequences",
+    "packing_report",
     "position_fix_helper",
     "prepare_streaming",
     "pretrain_processing",
@@ -130,6 +136,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .bfd import pack_bfd_flat
     from .chat import ChatTemplateEncoder
     from .collator import DataCollatorForPackedLM, batch_nbytes, block_causal_mask
     from .errors import ConfigError, DataError, HfprepError, HubError, OutputExistsError, TokenizerError
@@ -146,6 +153,7 @@ if TYPE_CHECKING:
     from .packing import PackStats, pack_dense, pack_no_incomplete, pack_sequences, position_fix_helper
     from .pipeline import run_recipe
     from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+    from .quality import format_report, packing_report
     from .recipe import Recipe, RecipeError, load_recipe
     from .sources import SourceSpec
     from .streaming import prepare_streaming

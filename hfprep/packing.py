@@ -376,9 +376,19 @@ PACKERS: dict[str, FlatPacker] = {"dense": pack_dense_flat, "no_incomplete": pac
 """Flat packers by strategy name. Other modules register more (e.g. ``bfd``)."""
 
 
+_BUILTIN_PACKER_MODULES = {"bfd": "hfprep.bfd"}
+"""Packers that live in their own module and register themselves on import."""
+
+
 def get_packer(strategy: str) -> FlatPacker:
+    """The flat packer registered as ``strategy`` (built-in modules are imported on first use)."""
+    if strategy not in PACKERS and strategy in _BUILTIN_PACKER_MODULES:
+        import importlib
+
+        importlib.import_module(_BUILTIN_PACKER_MODULES[strategy])
     if strategy not in PACKERS:
-        raise ConfigError(f"packing strategy {strategy!r} is not supported; choose one of {sorted(PACKERS)}")
+        known = sorted(set(PACKERS) | set(_BUILTIN_PACKER_MODULES))
+        raise ConfigError(f"packing strategy {strategy!r} is not supported; choose one of {known}")
     return PACKERS[strategy]
 
 

@@ -450,10 +450,13 @@ def build_card(
     )
     quality_section = ""
     if qualities:
+        from .quality import format_report
+
         quality_section = (
-            "### Packing report\n\n<details><summary>hfprep.quality.packing_report per split</summary>\n\n```json\n"
-            + json.dumps(qualities, indent=2, sort_keys=True, default=str)
-            + "\n```\n\n</details>\n"
+            "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split "
+            "(the full numbers are under `hfprep.quality` in the metadata above).\n\n"
+            + "\n\n".join(f"**{name}**\n\n```text\n{format_report(q)}\n```" for name, q in qualities.items())
+            + "\n"
         )
     tok_rows = [
         ("tokenizer", f"`{info.card_id}`" + (f" @ `{info.revision}`" if info.revision else "")),
@@ -542,12 +545,10 @@ def _measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
     return table
 
 
-def _quality(dataset, seq_len: int) -> dict[str, Any] | None:
-    try:
-        from .quality import packing_report
-    except ImportError:
-        return None
-    return packing_report(dataset, seq_len)
+def _quality(dataset, seq_len: int, stats: dict[str, Any], pad_token_id: int | None) -> dict[str, Any]:
+    from .quality import packing_report
+
+    return packing_report(dataset, seq_len, stats, pad_token_id=pad_token_id)
 
 
 def run_recipe(
@@ -628,7 +629,7 @@ def run_recipe(
             warnings.append(f"split {r.name!r} is empty after packing; it is not written")
     results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
     for r in results:
-        r.quality = _quality(r.dataset, recipe.packing.seq_len)
+        r.quality = _quality(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_id if padded else None)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
     engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
 
@@ -753,6 +754,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  dropped: {t['docs_dropped_by_tokenizer']:,} empty rows, {t['docs_dropped']:,} documents, "
         f"{t['tokens_dropped']:,} tokens ({dropped_pct:.2%}); padding {t['pad_tokens']:,} tokens"
     )
+    quality = {name: s["quality"] for name, s in summary["splits"].items() if s.get("quality")}
+    if quality:
+        from .quality import format_report
+
+        for name, q in quality.items():
+            lines.append(f"  packing report ({name}):")
+            lines += [f"    {line}" for line in format_report(q).splitlines()]
     tps = summary.get("tokens_per_s")
     lines.append(f"  time: {summary['elapsed_s']:.1f} s, {tps:,.0f} tokens/s" if tps else f"  time: {summary['elapsed_s']:.1f} s")
     for w in summary.get("warnings", []):
