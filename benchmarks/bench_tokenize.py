@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import MB, WORK_DIR, bench_tokenizer, stdlib_dataset
 
-from hfprep.backends import GigatokenBackend, HFBackend, resolve_backend, sample_texts
+from hfprep.backends import GigatokenBackend, HFBackend, keep_tokenizers_parallelism, resolve_backend, sample_texts
 from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from hfprep.tokenize import TokenizeConfig, make_tokenize_fn, tokenized_features
 from hfprep.tokenizer import load_tokenizer
@@ -167,7 +167,10 @@ def main() -> None:
     outputs = {}
 
     def row(name: str, fn: Callable[[], object]) -> object:
-        seconds, out = timed(fn, args.repeat, args.repeat_fast)
+        # datasets leaves TOKENIZERS_PARALLELISM=false in the C environment after a num_proc map, which would make
+        # every later HF row single-threaded; each row starts from the same environment.
+        with keep_tokenizers_parallelism():
+            seconds, out = timed(fn, args.repeat, args.repeat_fast)
         rows.append((name, seconds))
         print(f"  {name:<44} {seconds:8.2f} s  {n_tokens / seconds / 1e6:8.2f} Mtok/s", flush=True)
         return out

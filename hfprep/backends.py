@@ -25,11 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any, Protocol
 
@@ -124,6 +126,30 @@ class HFBackend:
             return _empty()
         encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return lists_to_flat([e.ids for e in encodings])
+
+
+@contextlib.contextmanager
+def keep_tokenizers_parallelism() -> Iterator[None]:
+    """Undo what ``Dataset.map(num_proc=N)`` leaves behind in this process's C environment.
+
+    datasets sets ``TOKENIZERS_PARALLELISM=false`` before forking its workers (right for them) and then restores
+    ``os.environ`` by swapping in a copy, which never calls ``unsetenv``: the Rust ``tokenizers`` library keeps
+    reading ``false`` and encodes on one thread (2-3x slower on 2 cores) for the rest of the process.
+
+    Example:
+        >>> with keep_tokenizers_parallelism():
+        ...     pass  # ds.map(..., num_proc=2)
+    """
+    name = "TOKENIZERS_PARALLELISM"
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.unsetenv(name)
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before  # putenv, whichever mapping object os.environ is now
 
 
 def _import_gigatoken():

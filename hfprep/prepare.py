@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
-from .backends import resolve_backend, sample_texts
+from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .errors import ConfigError, DataError
 from .hashing import array_hash, batch_keys
 from .mapreduce import (
@@ -207,7 +207,8 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
                     f"{ds.column_names}; set text_column / fim_kwargs column names"
                 )
         self.guard_backend(sample_texts(ds, self.tokenizer_stage.config.input_columns()))
-        out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
+        with keep_tokenizers_parallelism():  # else HF tokenizers stays single-threaded in this process afterwards
+            out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
         return out if isinstance(data, type(ds)) else out.to_list()
 
     def guard_backend(self, sample: Sequence[str]) -> dict[str, Any]:

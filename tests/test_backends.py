@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import sys
 import warnings
@@ -369,3 +370,28 @@ def test_assemble_pieces_matches_python_concatenation(seed):
     assert ids.tolist() == expect_ids and ids.dtype == np.uint32
     assert pos.tolist() == expect_pos and pos.dtype == np.uint32
     assert mask.tolist() == expect_mask and offsets.tolist() == expect_off
+
+
+def _c_getenv(name: str) -> bytes | None:
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_char_p
+    return libc.getenv(name.encode())
+
+
+@pytest.mark.parametrize("before", ["true", None])
+def test_keep_tokenizers_parallelism_restores_the_c_environment(before, monkeypatch):
+    """What the Rust tokenizers library reads (libc's environment) is back to its value after a num_proc map."""
+    from datasets import Dataset
+
+    from hfprep.backends import keep_tokenizers_parallelism
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    with keep_tokenizers_parallelism():
+        Dataset.from_dict({"x": list(range(4))}).map(lambda b: b, batched=True, num_proc=2)
+    assert _c_getenv("TOKENIZERS_PARALLELISM") == (before.encode() if before else None)
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
