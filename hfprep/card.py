@@ -29,7 +29,18 @@ import yaml
 
 from .errors import ConfigError
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md"
+
+def template_path(name: str) -> Path:
+    """A card template by file name: ``hfprep/assets/<name>`` (links to ``cards/<name>`` in a checkout; a copy in
+    an installed wheel)."""
+    here = Path(__file__).resolve().parent
+    for p in (here / "assets" / name, here.parent / "cards" / name):
+        if p.is_file():
+            return p
+    raise ConfigError(f"card template {name!r} not found next to the hfprep package; reinstall hfprep")
+
+
+DEFAULT_TEMPLATE = template_path("dataset_card.md")
 
 
 def size_category(n: int) -> str:

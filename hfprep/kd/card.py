@@ -13,19 +13,15 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..card import template_path as find_template
 from ..layout import split_glob
 
 TEMPLATE_NAME = "kd_cache.md"
 
 
 def template_path() -> Path:
-    """The card template: ``hfprep/assets/kd_cache.md`` in an installed wheel, ``cards/kd_cache.md`` in a checkout."""
-    here = Path(__file__).resolve().parent.parent
-    for p in (here / "assets" / TEMPLATE_NAME, here.parent / "cards" / TEMPLATE_NAME):
-        if p.is_file():
-            return p
-    raise ConfigError(f"card template {TEMPLATE_NAME!r} not found next to the hfprep package; reinstall hfprep")
+    """The KD card template (``cards/kd_cache.md``, shipped as ``hfprep/assets/kd_cache.md``)."""
+    return find_template(TEMPLATE_NAME)
 
 
 def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int], split_bytes: dict[str, int]) -> str:
