@@ -349,16 +349,7 @@ class MapReduceTransformBase(TransformBase):
         )
         out_dir = Path(tempfile.mkdtemp(prefix="hfprep-reduce-", dir=_cache_dir(mapped)))
         reducer = _RangeReducer(self, mapped, order, bounds, keys, str(out_dir), schema)
-        done = tasks.map(
-            reducer,
-            batched=True,
-            batch_size=1,
-            remove_columns=tasks.column_names,
-            num_proc=min(num_proc, len(ranges)) if num_proc else None,
-            load_from_cache_file=False,
-            new_fingerprint=_reduce_fingerprint(mapped, self),
-            desc=f"reduce {type(self).__name__}",
-        )
+        done = self._map_tasks(tasks, reducer, mapped, num_proc)
         paths = done["path"]
         self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
         from datasets import DatasetInfo, concatenate_datasets
@@ -367,21 +358,25 @@ class MapReduceTransformBase(TransformBase):
         parts = [Dataset.from_file(p, info=info) for p in paths]
         return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
+    def _map_tasks(self, tasks, reducer, mapped, num_proc: int | None):
+        """Run ``reducer`` over the key-range task rows, one range per call, with ``num_proc`` workers."""
+        return tasks.map(
+            reducer,
+            batched=True,
+            batch_size=1,
+            remove_columns=tasks.column_names,
+            num_proc=min(num_proc, len(tasks)) if num_proc else None,
+            load_from_cache_file=False,
+            new_fingerprint=_reduce_fingerprint(mapped, self),
+            desc=f"reduce {type(self).__name__}",
+        )
+
     def _reduce_inferred(self, mapped, tasks, order, bounds, keys, ranges, num_proc):
         """Reduce for transforms without :meth:`output_features`: tables go through datasets' writer, which infers
         one schema over all groups (the seed's row-dict transforms)."""
         with tempfile.TemporaryDirectory(prefix="hfprep-stats-") as stats_dir:
             reducer = _RangeReducer(self, mapped, order, bounds, keys, stats_dir, None)
-            out = tasks.map(
-                reducer,
-                batched=True,
-                batch_size=1,
-                remove_columns=tasks.column_names,
-                num_proc=min(num_proc, len(ranges)) if num_proc else None,
-                load_from_cache_file=False,
-                new_fingerprint=_reduce_fingerprint(mapped, self),
-                desc=f"reduce {type(self).__name__}",
-            )
+            out = self._map_tasks(tasks, reducer, mapped, num_proc)
             self.last_stats = [s for p in sorted(Path(stats_dir).glob("range-*.json")) for s in json.loads(p.read_text())]
         return out
 

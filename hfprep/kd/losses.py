@@ -84,6 +84,11 @@ def _reduce(per_pos: torch.Tensor, mask: torch.Tensor, temperature: float, t2_sc
     return loss * (temperature**2) if t2_scale else loss
 
 
+def _log_tails(t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log(1 - P)`` and ``log(1 - Q)``: the teacher's and the student's mass outside the top-k."""
+    return _log1mexp(torch.logsumexp(t, dim=-1)), _log1mexp(torch.logsumexp(s, dim=-1))
+
+
 def forward_kl_topk(
     student_logits: Float[torch.Tensor, "batch seq vocab"],
     topk_ids: Int[torch.Tensor, "batch seq k"],
@@ -104,8 +109,7 @@ def forward_kl_topk(
         t_hat = torch.log_softmax(t, dim=-1)
         per_pos = (t_hat.exp() * (t_hat - s)).sum(-1)
     else:
-        log_tail_p = _log1mexp(torch.logsumexp(t, dim=-1))
-        log_tail_q = _log1mexp(torch.logsumexp(s, dim=-1))
+        log_tail_p, log_tail_q = _log_tails(t, s)
         per_pos = (t.exp() * (t - s)).sum(-1) + log_tail_p.exp() * (log_tail_p - log_tail_q)
     return _reduce(per_pos, mask, temperature, t2_scale)
 
@@ -131,8 +135,7 @@ def reverse_kl_topk(
         t_hat = torch.log_softmax(t, dim=-1)
         per_pos = (s_hat.exp() * (s_hat - t_hat)).sum(-1)
     else:
-        log_tail_p = _log1mexp(torch.logsumexp(t, dim=-1))
-        log_tail_q = _log1mexp(torch.logsumexp(s, dim=-1))
+        log_tail_p, log_tail_q = _log_tails(t, s)
         per_pos = (s.exp() * (s - t)).sum(-1) + log_tail_q.exp() * (log_tail_q - log_tail_p)
     return _reduce(per_pos, mask, temperature, t2_scale)
 
