@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -263,7 +262,3 @@ def pack_table(table: pa.Table, seq_len: int, pad_token_id: int, packer, packing
     ids, pos, mask, offsets = table_to_flat(table)
     packed = packer(ids, pos, mask, offsets, seq_len, pad_token_id, **(packing_kwargs or {}))
     return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), packed.stats
-
-
-def warn_once(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)
