@@ -187,6 +187,15 @@ def prepare_streaming(
                 n = len(next(iter(batch.values()))) if batch else 0
                 if n == 0:
                     continue
+                if rows_in == 0 and hasattr(transform, "guard_backend"):
+                    # A stream cannot be sampled ahead: the fast backend's exactness guard sees the first batch.
+                    columns = transform.tokenizer_stage.config.input_columns()
+                    cells = [c for name in columns for c in batch.get(name, [])[:256]]
+                    transform.guard_backend(
+                        [c for c in cells if isinstance(c, str)]
+                        + [t["content"] for c in cells if isinstance(c, list) for t in c
+                           if isinstance(t, dict) and isinstance(t.get("content"), str)]
+                    )
                 mapped = transform.map_batch(batch, list(range(rows_in, rows_in + n)))
                 if not isinstance(mapped, pa.Table):
                     mapped = pa.Table.from_pydict(dict(mapped))
