@@ -103,6 +103,9 @@ def length_histogram_png(
     ax.xaxis.set_major_formatter(_tick_formatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("documents")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5-document ticks
     ax.set_title(title)
     ax.legend(frameon=False)
     _save(plt, fig, path)
@@ -121,6 +124,9 @@ def fill_histogram_png(counts: Mapping[str, list[int]], path: str | os.PathLike,
     ax.set_xlim(0, 1.0)
     ax.set_xlabel(f"fill per row (real tokens / {seq_len})")
     ax.set_ylabel("rows")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5-document ticks
     ax.set_title("Row fill")
     ax.legend(frameon=False, loc="upper left")
     _save(plt, fig, path)
