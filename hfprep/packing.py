@@ -145,27 +145,54 @@ def position_fix_helper(postion_ids: UInt32[np.typing.ArrayLike, " example_len"]
 
 
 def rebase_row_heads(
-    position_ids: UInt32[np.ndarray, " total"], doc_offsets: Int64[np.ndarray, " n_plus_1"], seq_len: int, n_rows: int
+    position_ids: UInt32[np.ndarray, " total"],
+    doc_offsets: Int64[np.ndarray, " n_plus_1"],
+    seq_len: int,
+    n_rows: int,
+    first_row: int = 0,
 ) -> UInt32[np.ndarray, " cut"]:
     """Positions of ``n_rows`` dense rows: each row's leading partial segment is shifted to start at 0.
 
-    Documents' positions are an ``arange`` (every strategy writes them so), so only the run from a row start to
-    the next document start can need rebasing; it is fixed in place, one vectorised subtract per cut row, with
-    no per-token index arrays (the seed's :func:`position_fix_helper` applied to every row).
+    ``position_ids`` starts at row ``first_row`` of the group (token ``first_row * seq_len``; ``doc_offsets`` are
+    the group's). Documents' positions are an ``arange`` (every strategy writes them so), so only the run from a
+    row start to the next document start can need rebasing; it is fixed in place, one vectorised subtract per cut
+    row, with no per-token index arrays (the seed's :func:`position_fix_helper` applied to every row).
     """
     cut = n_rows * seq_len
     out = np.array(position_ids[:cut], dtype=np.uint32)
     if not n_rows:
         return out
     row_starts = np.arange(n_rows, dtype=np.int64) * seq_len
-    next_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, row_starts)]
-    run = np.minimum(next_doc, row_starts + seq_len) - row_starts
+    global_starts = row_starts + first_row * seq_len
+    next_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, global_starts)]
+    run = np.minimum(next_doc, global_starts + seq_len) - global_starts
     first = out[row_starts]
     cut_rows = np.flatnonzero((run > 0) & (first != 0))
     for a, n, f in zip(row_starts[cut_rows].tolist(), run[cut_rows].tolist(), first[cut_rows].tolist()):
         view = out[a : a + n]
         view -= np.uint32(f)
     return out
+
+
+def dense_stats(doc_offsets: Int64[np.ndarray, " n_plus_1"], seq_len: int) -> PackStats:
+    """What dense packing keeps and drops for documents laid out at ``doc_offsets``."""
+    total = int(doc_offsets[-1])
+    n_rows = total // seq_len
+    cut = n_rows * seq_len
+    starts = np.asarray(doc_offsets[:-1])
+    ends = np.asarray(doc_offsets[1:])
+    nonempty = ends > starts
+    straddle = (starts < cut) & (ends > cut)
+    return PackStats(
+        docs_in=len(starts),
+        docs_dropped=int(np.count_nonzero((starts >= cut) & nonempty)),
+        docs_truncated=int(np.count_nonzero(straddle)),
+        tokens_in=total,
+        tokens_out=cut,
+        tokens_dropped=total - cut,
+        tokens_truncated=int((ends[straddle] - cut).sum()),
+        rows=n_rows,
+    )
 
 
 def pack_dense_flat(
@@ -178,24 +205,10 @@ def pack_dense_flat(
 ) -> PackedFlat:
     """Concatenate the documents, cut into ``seq_len`` rows, drop the incomplete tail (no padding)."""
     check_seq_len(seq_len)
-    total = int(doc_offsets[-1])
-    n_rows = total // seq_len
+    stats = dense_stats(doc_offsets, seq_len)
+    n_rows = stats.rows
     cut = n_rows * seq_len
     positions = rebase_row_heads(position_ids, doc_offsets, seq_len, n_rows)
-    starts = np.asarray(doc_offsets[:-1])
-    ends = np.asarray(doc_offsets[1:])
-    lengths = ends - starts
-    nonempty = lengths > 0
-    stats = PackStats(
-        docs_in=len(starts),
-        docs_dropped=int(np.count_nonzero((starts >= cut) & nonempty)),
-        docs_truncated=int(np.count_nonzero((starts < cut) & (ends > cut))),
-        tokens_in=total,
-        tokens_out=cut,
-        tokens_dropped=total - cut,
-        tokens_truncated=int(np.clip(ends - max(cut, 0), 0, None)[(starts < cut) & (ends > cut)].sum()),
-        rows=n_rows,
-    )
     return PackedFlat(
         np.asarray(input_ids[:cut], dtype=np.uint32),  # views: the output is written straight from them
         positions,

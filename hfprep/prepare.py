@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from .mapreduce import (
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
 )
-from .packing import PackStats, get_packer
+from .packing import PackStats, check_seq_len, dense_stats, get_packer, pack_dense_flat, rebase_row_heads
 from .tokenize import ProcessingStrategy, TokenizeConfig, Tokenizer, flat_to_table, tokenized_features
 from .tokenizer import eos_token_id, load_tokenizer
 from .types import Row, TokenizedRow
@@ -257,8 +258,57 @@ def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return cols[0], cols[1], cols[2], offsets
 
 
+def pack_dense_table(table: pa.Table, seq_len: int) -> tuple[pa.Table, PackStats]:
+    """Dense packing straight on the group's Arrow buffers: same rows and stats as :func:`pack_dense_flat`.
+
+    ``input_ids`` and ``loss_mask`` rows are zero-copy slices of the input's value buffers (a row that straddles two
+    input chunks is copied); only ``position_ids`` are copied, to rebase each row's leading partial segment.
+    Nothing the size of the whole group is allocated besides those positions.
+    """
+    check_seq_len(seq_len)
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=doc_offsets[1:])
+    stats = dense_stats(doc_offsets, seq_len)
+    n_rows = stats.rows
+    names = ("input_ids", "position_ids", "loss_mask")
+    values = {n: [c.flatten() for c in table.column(n).chunks] for n in names}
+    chunk_bounds = np.zeros(len(values["input_ids"]) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in values["input_ids"]], out=chunk_bounds[1:])
+    row_start = np.arange(n_rows, dtype=np.int64) * seq_len
+    first_chunk = np.searchsorted(chunk_bounds, row_start, side="right") - 1
+    last_chunk = np.searchsorted(chunk_bounds, row_start + seq_len - 1, side="right") - 1
+    # Runs of consecutive rows inside one chunk become one zero-copy batch; a straddling row is a batch alone.
+    alone = first_chunk != last_chunk
+    run_break = np.ones(n_rows, dtype=np.bool_)
+    run_break[1:] = alone[1:] | alone[:-1] | (first_chunk[1:] != first_chunk[:-1])
+    run_starts = [*np.flatnonzero(run_break).tolist(), n_rows]
+    batches = []
+    for ra, rb in itertools.pairwise(run_starts):
+        a, b = ra * seq_len, rb * seq_len
+        c0, c1 = int(first_chunk[ra]), int(last_chunk[rb - 1])
+        cols = {}
+        for n in names:
+            parts = []
+            for c in range(c0, c1 + 1):
+                lo, hi = max(a, int(chunk_bounds[c])), min(b, int(chunk_bounds[c + 1]))
+                parts.append(values[n][c].slice(lo - int(chunk_bounds[c]), hi - lo))
+            cols[n] = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        pos = rebase_row_heads(cols["position_ids"].to_numpy(zero_copy_only=False), doc_offsets, seq_len, rb - ra, ra)
+        cols["position_ids"] = pa.array(pos, type=pa.uint32())
+        offsets = pa.array(np.arange(rb - ra + 1, dtype=np.int32) * seq_len)
+        batches.append(
+            pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(offsets, cols[n]) for n in names], names=list(names))
+        )
+    if not batches:
+        return flat_to_table(*(np.zeros(0, t) for t in (np.uint32, np.uint32, np.bool_)), np.zeros(1, np.int64)), stats
+    return pa.Table.from_batches(batches), stats
+
+
 def pack_table(table: pa.Table, seq_len: int, pad_token_id: int, packer, packing_kwargs=None):
     """Pack one group (an Arrow table of tokenized rows, input order) -> ``(Arrow table, PackStats)``."""
+    if packer is pack_dense_flat and not packing_kwargs:
+        return pack_dense_table(table, seq_len)
     ids, pos, mask, offsets = table_to_flat(table)
     packed = packer(ids, pos, mask, offsets, seq_len, pad_token_id, **(packing_kwargs or {}))
     return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), packed.stats

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -191,3 +193,36 @@ def test_no_incomplete_matches_reference_and_keeps_docs_intact(lengths, seq_len,
     for g in got:
         assert len(g["input_ids"]) == seq_len
         assert not g["loss_mask"][g["input_ids"] == 7].any()  # unique ids >= 100: 7 is only ever padding
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=40), min_size=0, max_size=50),
+    seq_len=st.integers(min_value=2, max_value=32),
+    cuts=st.lists(st.integers(min_value=0, max_value=50), max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_on_arrow_chunks_equals_flat_packer(lengths, seq_len, cuts, seed):
+    """The zero-copy Arrow path (any chunking of the group, empty chunks and sliced chunks included) gives the
+    flat packer's rows and stats."""
+    import pyarrow as pa
+
+    from hfprep.prepare import pack_dense_table
+    from hfprep.tokenize import flat_to_table
+
+    docs = make_docs(lengths, np.random.default_rng(seed))
+    ids, pos, mask, offsets = rows_to_flat(docs)
+    whole = flat_to_table(ids, pos, mask, offsets)
+    bounds = sorted({min(c, len(docs)) for c in cuts} | {0, len(docs)})
+    table = pa.Table.from_batches(
+        [b for a, z in itertools.pairwise(bounds) for b in whole.slice(a, z - a).to_batches()] or whole.to_batches(),
+        schema=whole.schema,
+    )
+    got, stats = pack_dense_table(table, seq_len)
+    ref = pack_dense_flat(ids, pos, mask, offsets, seq_len)
+    assert got.to_pylist() == [
+        {k: v.tolist() for k, v in r.items()} for r in ref.rows()
+    ]
+    assert stats.as_dict() == ref.stats.as_dict()
+    assert str(got.schema.field("input_ids").type) == "list<item: uint32>"
+    assert str(got.schema.field("loss_mask").type) == "list<item: bool>"
