@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -141,16 +140,41 @@ def test_keyboard_interrupt_in_process_exits_130_without_output(tmp_path, tokeni
 
 
 def test_sigint_subprocess_mid_run_then_rerun(tmp_path, tokenizer_path):
-    """A real Ctrl-C (SIGINT) while the map runs: exit 130, nothing left behind; the re-run completes."""
-    recipe = make_recipe(tmp_path, tokenizer_path, n_docs=20000)
+    """A real Ctrl-C (SIGINT) while the output is being written: exit 130, nothing left behind; the re-run completes.
+
+    The child blocks inside the atomic output folder (its shard writer waits) and says so on stderr, so the signal
+    always lands mid-write, however fast the machine is.
+    """
+    recipe = make_recipe(tmp_path, tokenizer_path, n_docs=2000)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "hfprep", "run", str(recipe)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = (
+        "import sys, time, hfprep.pipeline as p\n"
+        "real = p.write_split\n"
+        "def slow(*a, **k):\n"
+        "    out = real(*a, **k)\n"
+        "    print('TEST-WRITING', file=sys.stderr, flush=True)\n"
+        "    time.sleep(120)\n"
+        "    return out\n"
+        "p.write_split = slow\n"
+        "from hfprep.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child, "run", str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
-    deadline = time.monotonic() + 120
+    seen = []
     for line in proc.stderr:
-        if "[hfprep] split" in line or time.monotonic() > deadline:
+        seen.append(line)
+        if "TEST-WRITING" in line:
             break
+    assert any("TEST-WRITING" in line for line in seen), "".join(seen)[-2000:]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
