@@ -50,23 +50,17 @@ ANCHOR = {
 }
 
 
-def make_input(n_docs: int, seed: int = 0) -> pa.Table:
+def make_input(n_docs: int, seed: int = 0, rng: np.random.Generator | None = None) -> pa.Table:
     """Lognormal lengths (median 400, sigma 1, clipped 1..8192) as a tokenized-row Arrow table."""
-    rng = np.random.default_rng(seed)
+    from hfprep.tokenize import flat_to_table, positions_from_offsets
+
+    rng = rng if rng is not None else np.random.default_rng(seed)
     lengths = np.clip(np.rint(rng.lognormal(np.log(400), 1.0, n_docs)), 1, 8192).astype(np.int64)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
     ids = rng.integers(0, 65_000, total, dtype=np.uint32)
-    pos = (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
-    off = pa.array(offsets.astype(np.int32))
-    return pa.table(
-        {
-            "input_ids": pa.ListArray.from_arrays(off, pa.array(ids)),
-            "position_ids": pa.ListArray.from_arrays(off, pa.array(pos)),
-            "loss_mask": pa.ListArray.from_arrays(off, pa.array(np.ones(total, dtype=np.bool_))),
-        }
-    )
+    return flat_to_table(ids, positions_from_offsets(offsets), np.ones(total, dtype=np.bool_), offsets)
 
 
 def _status_kib(field: str) -> int:

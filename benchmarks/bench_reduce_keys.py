@@ -18,26 +18,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from bench_pack import make_input  # same input as the packing benchmark (run from benchmarks/)
 
 
 def make_mapped(n_docs: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
-    """Tokenized rows (lognormal lengths) + the input index; keys are added per run."""
+    """Tokenized rows (the packing benchmark's input) + the input index; keys are added per run."""
     rng = np.random.default_rng(seed)
-    lengths = np.clip(np.rint(rng.lognormal(np.log(400), 1.0, n_docs)), 1, 8192).astype(np.int64)
-    offsets = np.zeros(n_docs + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    ids = rng.integers(0, 65_000, total, dtype=np.uint32)
-    pos = (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
-    off = pa.array(offsets.astype(np.int32))
-    table = pa.table(
-        {
-            "input_ids": pa.ListArray.from_arrays(off, pa.array(ids)),
-            "position_ids": pa.ListArray.from_arrays(off, pa.array(pos)),
-            "loss_mask": pa.ListArray.from_arrays(off, pa.array(np.ones(total, dtype=np.bool_))),
-            "__index__": pa.array(np.arange(n_docs, dtype=np.int64)),
-        }
-    )
+    table = make_input(n_docs, rng=rng).append_column("__index__", pa.array(np.arange(n_docs, dtype=np.int64)))
     # keys drawn like hash % K: uniform; one fixed uniform draw reused so the data is the same for every K
     u = rng.random(n_docs)
     return table, u
