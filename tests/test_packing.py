@@ -224,5 +224,9 @@ def test_dense_on_arrow_chunks_equals_flat_packer(lengths, seq_len, cuts, seed):
         {k: v.tolist() for k, v in r.items()} for r in ref.rows()
     ]
     assert stats.as_dict() == ref.stats.as_dict()
+    # and, independently of both packers, the plain-Python dense reference
+    assert [(r["input_ids"], r["position_ids"], r["loss_mask"]) for r in got.to_pylist()] == [
+        (ids_, pos_, [bool(m) for m in mask_]) for ids_, pos_, mask_ in ref_dense(docs, seq_len)
+    ]
     assert str(got.schema.field("input_ids").type) == "list<item: uint32>"
     assert str(got.schema.field("loss_mask").type) == "list<item: bool>"
