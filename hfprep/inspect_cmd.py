@@ -152,6 +152,10 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
             f"strategy {hf.get('strategy')}, packing {hf.get('packing')}, seq_len {hf.get('seq_len')}, "
             f"{hf.get('num_reduce_chunks')} reduce chunks",
         ]
+    if hf.get("mixture"):
+        from .mixture import mixture_lines
+
+        lines += mixture_lines(hf["mixture"])
     lines += ["", f"row {row} of {split!r} ({len(r['input_ids'])} tokens"
               + (f", decoded with {used}" if used else ", ids only: no tokenizer available") + "): " + rendered]
     return {

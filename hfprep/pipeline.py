@@ -589,34 +589,43 @@ def run_recipe(
         )
     tcfg = effective_tokenize_config(recipe)
     heldout = recipe.splits.heldout_fraction
-    spec = resolve_source(recipe.source, tcfg.input_columns(), heldout)
-    log({"event": "source", "source": spec.describe()})
+    mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
+    if recipe.sources is not None:
+        from .mixture_run import run_mixture_splits
 
-    source_ds = None
-    if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
-        source_ds = load_source(spec)
-    info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
-    log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
+        mix = run_mixture_splits(recipe, engine, num_proc, log)
+        spec, info, results = mix.spec, mix.info, mix.results
+    else:
+        spec = resolve_source(recipe.source, tcfg.input_columns(), heldout)
+        log({"event": "source", "source": spec.describe()})
 
-    plan = [(recipe.splits.train_name, "train"), (recipe.splits.heldout_name, "heldout")] if heldout > 0 else [
-        (recipe.splits.train_name, "all")
-    ]
-    results: list[SplitResult] = []
-    for name, keep in plan:
-        log({"event": "split", "split": name})
-        part_spec = spec.for_split(keep)
-        if engine == "ray":
-            r = run_split_ray(recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus)
-        elif engine == "datasets":
-            r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
-        else:
-            raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
-        r.name = name
-        results.append(r)
+        source_ds = None
+        if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
+            source_ds = load_source(spec)
+        info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
+        log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
+
+        plan = [(recipe.splits.train_name, "train"), (recipe.splits.heldout_name, "heldout")] if heldout > 0 else [
+            (recipe.splits.train_name, "all")
+        ]
+        results: list[SplitResult] = []
+        for name, keep in plan:
+            log({"event": "split", "split": name})
+            part_spec = spec.for_split(keep)
+            if engine == "ray":
+                r = run_split_ray(recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus)
+            elif engine == "datasets":
+                r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
+            else:
+                raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
+            r.name = name
+            results.append(r)
 
     pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
     padded = recipe.packing.strategy != "dense"
     tables = {r.name: _measure_output(r, pad_id, padded) for r in results}
+    if mix is not None:
+        tables = mix.output_tables(tables)
     if results[0].out_stats.rows == 0:
         tokens_in = int(results[0].pack_stats.get("tokens_in", 0))
         raise DataError(
@@ -640,7 +649,7 @@ def run_recipe(
                 tables[r.name],
                 tmp,
                 r.name,
-                features=tokenized_features(),
+                features=mix.features() if mix is not None else tokenized_features(),
                 max_rows_per_shard=recipe.output.max_rows_per_shard,
                 max_shard_bytes=recipe.output.max_shard_bytes,
                 row_group_rows=recipe.output.row_group_rows,
@@ -658,12 +667,18 @@ def run_recipe(
                                recipe.packing.seq_len)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         card = build_card(recipe, info, spec, results, split_bytes, pad_id, backend_report, engine_line, date)
+        if mix is not None:
+            if recipe.output.plots:
+                mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")
+            card = mix.card(card, with_chart=recipe.output.plots)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         if _before_commit is not None:
             _before_commit(tmp)
 
     elapsed = time.perf_counter() - t0
     summary = make_summary(recipe, results, out_dir, engine, num_proc, spec, info, backend_report, elapsed, warnings)
+    if mix is not None:
+        summary["mixture"] = mix.summary()
     do_push = push if push is not None else (recipe.hub.push and recipe.hub.repo_id is not None)
     if do_push:
         if not recipe.hub.repo_id:

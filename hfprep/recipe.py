@@ -109,6 +109,31 @@ class SourceConfig(_Section):
         return "hub" if self.hub is not None else "files" if self.files is not None else "text_dir"
 
 
+class MixtureSourceConfig(SourceConfig):
+    """One entry of a mixture's ``sources:`` list: a full source spec plus its name, budget and tokenize options.
+
+    Attributes:
+        name: short name shown in the card's mixture table (letters, digits, ``_ - .``; unique in the recipe).
+        weight: share of the mixture's tokens (weights are normalised to sum to 1, with a note).
+        tokens: an absolute token budget instead of a weight.
+        tokenize: tokenize options for this source only, over the recipe's ``tokenize`` section (e.g. FIM on
+            the code source alone; the tokenizer is the same for every source).
+    """
+
+    name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    weight: float | None = pydantic.Field(default=None, gt=0)
+    tokens: int | None = pydantic.Field(default=None, ge=1)
+    tokenize: dict[str, Any] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_budget(self) -> MixtureSourceConfig:
+        if (self.weight is None) == (self.tokens is None):
+            raise ValueError("give exactly one of 'weight' (a share) or 'tokens' (an absolute budget)")
+        if self.streaming:
+            raise ValueError("streaming sources cannot be mixed yet; set streaming: false on this entry")
+        return self
+
+
 class TrainTokenizerConfig(_Section):
     """Train a small byte-level BPE on the first documents of the source (offline quickstarts, tests).
 
@@ -217,7 +242,12 @@ class Recipe(_Section):
 
     name: str | None = None
     description: str | None = None
-    source: SourceConfig
+    source: SourceConfig | None = None
+    # A mixture instead of one source (see hfprep.mixture): budgets, epochs and the optional `source` column.
+    sources: list[MixtureSourceConfig] | None = None
+    tokens: int | None = pydantic.Field(default=None, ge=1)
+    max_epochs: int = pydantic.Field(default=1, ge=1)
+    source_column: bool = False
     tokenizer: TokenizerSection
     tokenize: TokenizeConfig = pydantic.Field(default_factory=TokenizeConfig)
     packing: PackingSection
@@ -285,9 +315,13 @@ def parse_recipe(data: Any, where: str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping of sections, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as e:
         raise RecipeError(format_validation_error(e, where)) from None
+    from .mixture import check_mixture_recipe
+
+    check_mixture_recipe(recipe, where)
+    return recipe
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -307,11 +341,11 @@ def stdlib_dir() -> str:
 
 def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     """Resolve relative paths against ``base`` (the recipe's folder) and expand ``{stdlib}``."""
-    src = recipe.source
-    if src.files is not None:
-        src.files = [_resolve(f, base) for f in src.files]
-    if src.text_dir is not None:
-        src.text_dir = _resolve(src.text_dir.replace(STDLIB_PLACEHOLDER, stdlib_dir()), base)
+    for src in [recipe.source] if recipe.source is not None else recipe.sources or []:
+        if src.files is not None:
+            src.files = [_resolve(f, base) for f in src.files]
+        if src.text_dir is not None:
+            src.text_dir = _resolve(src.text_dir.replace(STDLIB_PLACEHOLDER, stdlib_dir()), base)
     recipe.output.folder = _resolve(recipe.output.folder, base)
     if recipe.output.card_template is not None:
         recipe.output.card_template = _resolve(recipe.output.card_template, base)

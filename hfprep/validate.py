@@ -41,6 +41,7 @@ EXPECTED_TYPES = {
     "position_ids": pa.list_(pa.uint32()),
     "loss_mask": pa.list_(pa.bool_()),
 }
+OPTIONAL_TYPES = {"source": pa.list_(pa.int16())}  # a mixture's per-token source index (hfprep.mixture)
 STAT_KEYS = ("rows", "tokens", "pad_tokens", "loss_tokens", "segments")
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
 
@@ -187,9 +188,12 @@ def _check_schema(pf: pq.ParquetFile, where: str) -> list[str]:
     out = []
     schema = pf.schema_arrow
     names = [f.name for f in schema]
-    if sorted(names) != sorted(EXPECTED_TYPES):
+    if sorted(n for n in names if n not in OPTIONAL_TYPES) != sorted(EXPECTED_TYPES):
         out.append(f"{where}: columns {names}, expected {list(EXPECTED_TYPES)}")
         return out
+    for name, typ in OPTIONAL_TYPES.items():
+        if name in names and not schema.field(name).type.equals(typ):
+            out.append(f"{where}: column {name!r} has type {schema.field(name).type}, expected {typ}")
     for name, typ in EXPECTED_TYPES.items():
         got = schema.field(name).type
         if not got.equals(typ) and not (pa.types.is_list(got) and got.value_type.equals(typ.value_type)):
@@ -260,6 +264,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
     for split, paths in shards.items():
         total = SplitStats()
         row_base = 0
+        source_tokens = None
         for p in paths:
             where = f"{DATA_DIR}/{p.name}"
             try:
@@ -283,9 +288,19 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     )
                 s, _, _ = batch_stats(table, pad_id, padded)
                 total.add(s)
+                if "source" in table.column_names:
+                    from .mixture import source_column_counts
+
+                    counts, problems = source_column_counts(table, pad_id, padded, where, row_base)
+                    violations.extend(problems[: max(0, max_violations - len(violations))])
+                    source_tokens = source_tokens + counts if source_tokens is not None else counts
                 row_base += table.num_rows
         all_stats[split] = total.as_dict()
         violations.extend(_check_card_stats(meta, split, total))
+        if source_tokens is not None and split == next(iter(config_splits or shards)):
+            from .mixture import check_mixture_card
+
+            violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     return ValidationReport(str(folder), violations[:max_violations] + _more(violations, max_violations), all_stats)
 
 

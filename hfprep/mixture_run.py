@@ -1,0 +1,493 @@
+"""The mixture path of ``hfprep run`` (a recipe with ``sources:``), on the ``datasets`` engine.
+
+For each split: every source is tokenized with its own tokenize section (one ``Dataset.map`` per source and
+epoch, ``num_proc`` workers), each document carrying its map-reduce key and the seeded hash of its content;
+:func:`hfprep.mixture.choose_documents` picks whole documents per source to within one document of its budget
+(whole epochs first; raw-document FIM is re-drawn per epoch with ``fim_seed + epoch``); the chosen documents of
+all sources are laid out in :func:`hfprep.mixture.mix_order` and go through the same group + pack reduce as a
+single source (:class:`MixtureTransform`). The reduce also packs each group a second time with every token
+replaced by its source index (packers place documents by length and position only, which is checked), which
+gives the per-source token counts of the card and the optional per-token ``source`` column.
+
+Budgets apply to the first (train) split; a held-out split holds every source's held-out documents once.
+
+Example:
+    >>> summary = run_recipe("recipes/mixture_stdlib.yaml", overwrite=True)  # doctest: +SKIP
+    >>> [r["name"] for r in summary["mixture"]["sources"]]  # doctest: +SKIP
+    ['code', 'docs']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
+from .card import dataset_info_yaml, dump_yaml, parse_card_metadata
+from .errors import ConfigError, DataError
+from .hashing import batch_keys
+from .mapreduce import KEY_COLUMN
+from .mixture import (
+    SOURCE_COLUMN,
+    SOURCE_PAD,
+    Selection,
+    SourceReport,
+    choose_documents,
+    content_hashes,
+    mix_order,
+    mixture_table,
+    plan_budgets,
+    source_tokenize_config,
+)
+from .pipeline import (
+    SplitResult,
+    TokenizerInfo,
+    _RecordingTransform,
+    _split_stats_from,
+    prepare_tokenizer,
+    source_revision,
+    train_cached_tokenizer,
+    training_texts,
+    transform_config,
+)
+from .plots import _COLORS, _figure, _save
+from .prepare import table_to_flat
+from .sources import SourceSpec, load_source, resolve_source, select_split
+from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
+
+SOURCE_ID = "__source__"
+HASH = "__hash__"
+MIX_OUT_PREFIX = "mixture_tokens_out_"
+CHART = "mixture_shares.png"
+_LAYOUT_PAD = np.iinfo(np.uint32).max
+
+
+# ----------------------------------------------------------------------------------------------- reduce
+
+
+class MixtureTransform(_RecordingTransform):
+    """The single-source reduce (pack + document-length bins) plus per-source token counts of the packed rows,
+    and the per-token ``source`` column when asked."""
+
+    def __init__(self, config, tokenizer, num_sources: int, source_column: bool) -> None:
+        super().__init__(config, tokenizer=tokenizer)
+        self.num_sources = num_sources
+        self.source_column = source_column
+
+    def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
+        packed, stats = super().reduce_group(key, table)
+        src, row_offsets = self.source_layout(table, packed)
+        real = src[src != SOURCE_PAD]
+        for s, c in enumerate(np.bincount(real, minlength=self.num_sources).tolist()):
+            stats[f"{MIX_OUT_PREFIX}{s}"] = int(c)
+        if self.source_column:
+            offsets = pa.array(row_offsets.astype(np.int32))
+            packed = packed.append_column(SOURCE_COLUMN, pa.ListArray.from_arrays(offsets, pa.array(src, pa.int16())))
+        return packed, stats
+
+    def source_layout(self, table: pa.Table, packed: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Source index of every token of the packed group ``packed`` (``-1`` on padding): the group packed again
+        with each token replaced by its document's source index; and the packed rows' offsets."""
+        _, pos, mask, offsets = table_to_flat(table)
+        per_doc = table.column(SOURCE_ID).to_numpy().astype(np.uint32)
+        layout_ids = np.repeat(per_doc, np.diff(offsets))
+        cfg = self.config
+        lay = self.packer(layout_ids, pos, mask, offsets, cfg.seq_len, int(_LAYOUT_PAD), **cfg.packing_kwargs)
+        _, real_pos, _, real_offsets = table_to_flat(packed)
+        if not (np.array_equal(lay.row_offsets, real_offsets) and np.array_equal(lay.position_ids, real_pos)):
+            raise ConfigError(
+                f"packer {cfg.packing_strategy!r} places documents by their token values, so the mixture cannot tell "
+                "which source each token came from; use dense, no_incomplete or bfd"
+            )
+        src = lay.input_ids.astype(np.int64)
+        src[lay.input_ids == _LAYOUT_PAD] = SOURCE_PAD
+        return src.astype(np.int16), real_offsets
+
+    def output_features(self):
+        feats = tokenized_features()
+        if self.source_column:
+            from datasets import List, Value
+
+            feats[SOURCE_COLUMN] = List(Value("int16"))
+        return feats
+
+
+# ----------------------------------------------------------------------------------------------- tokenize
+
+
+class _TokenizeSource:
+    """``Dataset.map`` function: raw rows of one source -> tokenized documents + key, source index, content hash."""
+
+    def __init__(self, stage: Tokenizer, source: int, columns: list[str], seed: int, num_reduce_chunks: int) -> None:
+        self.stage = stage
+        self.source = source
+        self.columns = columns
+        self.seed = seed
+        self.num_reduce_chunks = num_reduce_chunks
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> pa.Table:
+        flat = self.stage(batch, indices)
+        table = flat.to_arrow()
+        kept = np.asarray(flat.kept, dtype=np.int64)
+        hashes = content_hashes({c: batch[c] for c in self.columns}, self.columns, self.seed)[kept]
+        keys = batch_keys(flat.input_ids, flat.doc_offsets, self.num_reduce_chunks)
+        return (
+            table.append_column(KEY_COLUMN, pa.array(keys, pa.int64()))
+            .append_column(SOURCE_ID, pa.array(np.full(len(kept), self.source, np.int64)))
+            .append_column(HASH, pa.array(hashes, pa.uint64()))
+        )
+
+
+def _tokenized_features():
+    from datasets import Value
+
+    feats = tokenized_features()
+    feats[KEY_COLUMN] = Value("int64")
+    feats[SOURCE_ID] = Value("int64")
+    feats[HASH] = Value("uint64")
+    return feats
+
+
+@dataclasses.dataclass
+class _Source:
+    index: int
+    name: str
+    where: str
+    spec: SourceSpec
+    tcfg: TokenizeConfig
+    dataset: Any
+    budget: int = 0
+    redraws: bool = False  # raw-document FIM: each epoch draws its own split
+
+
+def _source_configs(recipe) -> list[TokenizeConfig]:
+    out = []
+    for i, s in enumerate(recipe.sources):
+        cfg = source_tokenize_config(recipe, i) if s.tokenize is not None else recipe.tokenize
+        set_keys = set(recipe.tokenize.model_fields_set) | set(s.tokenize or {})
+        update: dict[str, Any] = {"backend": recipe.tokenizer.backend}
+        if "fim_seed" not in set_keys:
+            update["fim_seed"] = recipe.seed
+        out.append(cfg.model_copy(update=update))
+    return out
+
+
+def _prepare_tokenizer(recipe, sources: list[_Source]) -> TokenizerInfo:
+    sec = recipe.tokenizer
+    if sec.train is None:
+        return prepare_tokenizer(recipe, None, [], False)
+    # Train on the first documents of every source, an equal part each.
+    per = max(1, sec.train.max_docs // len(sources))
+    texts: list[str] = []
+    for s in sources:
+        texts += training_texts(s.dataset, s.tcfg.input_columns(), per, sec.train.max_chars // len(sources), False)
+    tok, path = train_cached_tokenizer(texts, sec.train.vocab_size, sec.train.cache_dir)
+    card_id = "tokenizer/ (byte-level BPE trained on the mixture's sources by hfprep, bundled)"
+    return TokenizerInfo(tok, path, card_id, None, path)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class MixtureRun:
+    """What the mixture path hands back to :func:`hfprep.pipeline.run_recipe` (results) and what it adds to the
+    output (the ``source`` column, the card's mixture section and chart, the summary's ``mixture`` entry)."""
+
+    recipe: Any
+    spec: Any
+    info: TokenizerInfo
+    results: list[SplitResult]
+    reports: list[SourceReport]
+    total: int
+    notes: list[str]
+    source_names: list[str]
+    hub_ids: list[str]
+
+    # --- output hooks ----------------------------------------------------------------------------------------
+
+    def features(self):
+        feats = tokenized_features()
+        if self.recipe.source_column:
+            from datasets import List, Value
+
+            feats[SOURCE_COLUMN] = List(Value("int16"))
+        return feats
+
+    def output_tables(self, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+        """Add the ``source`` column (when asked) to the tables ``run_recipe`` writes."""
+        if not self.recipe.source_column:
+            return tables
+        out = {}
+        for r in self.results:
+            ds = r.dataset
+            col = ds.with_format("arrow")[:].column(SOURCE_COLUMN) if len(ds) else pa.chunked_array([], pa.list_(pa.int16()))
+            out[r.name] = tables[r.name].append_column(SOURCE_COLUMN, col)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokens": self.total, "notes": self.notes, "sources": [r.as_dict() for r in self.reports]}
+
+    def write_chart(self, path: Path) -> None:
+        shares_chart_png(self.reports, path)
+
+    def card(self, text: str, with_chart: bool) -> str:
+        """The card with the mixture section (before ``## Tokenizer``) and ``hfprep.mixture`` in its metadata."""
+        meta = parse_card_metadata(text)
+        end = text.find("\n---", 3)
+        body = text[end + len("\n---") :].lstrip("\n")
+        meta["source_datasets"] = list(dict.fromkeys(self.hub_ids)) or ["original"]
+        hf = meta.setdefault("hfprep", {})
+        hf["mixture"] = json.loads(json.dumps(self.summary()))
+        if self.recipe.source_column and "dataset_info" in meta:
+            rows = {r.name: r.out_stats.rows for r in self.results}
+            sizes = {s["name"]: s.get("num_bytes", 0) for s in meta["dataset_info"].get("splits", [])}
+            meta["dataset_info"] = dataset_info_yaml(self.features(), rows, sizes)
+        section = self.card_section(with_chart)
+        at = body.find("\n## Tokenizer")
+        body = body[: at + 1] + section + "\n" + body[at + 1 :] if at >= 0 else body.rstrip("\n") + "\n\n" + section
+        return "---\n" + dump_yaml(meta) + "---\n\n" + body
+
+    def card_section(self, with_chart: bool) -> str:
+        first = self.results[0].name
+        lines = [
+            "## Mixture",
+            "",
+            f"{len(self.reports)} sources, a budget of {self.total:,} tokens for `{first}`. Documents are chosen whole, by "
+            "a seeded hash of their content (the same choice for any worker count or engine); a source whose budget "
+            "exceeds its size is repeated in whole epochs"
+            + (" (raw-document FIM draws each epoch anew)" if any(r.epochs > 1 for r in self.reports) else "")
+            + ". Tokens chosen are counted before packing; share delivered is each source's part of the real tokens "
+            "in the packed rows"
+            + (", which the `source` column (source index per token, -1 on padding) lets you recount" if
+               self.recipe.source_column else "")
+            + ".",
+            "",
+            mixture_table(self.reports),
+            "",
+        ]
+        lines += [f"Note: {n}." for n in self.notes] + ([""] if self.notes else [])
+        if len(self.results) > 1:
+            lines += ["Held-out split(s): every source's held-out documents, once each (budgets apply to "
+                      f"`{first}` only).", ""]
+        if with_chart:
+            lines += [f"![Share of tokens per source: asked vs delivered](images/{CHART})", ""]
+        return "\n".join(lines)
+
+
+class _MixtureSpec:
+    """What the card and the summary read from a source spec, for a mixture (its sources are in the table)."""
+
+    kind = "hub"
+    streaming = False
+    max_rows = None
+    def __init__(self, names: list[str], descriptions: list[str]) -> None:
+        self.columns: dict[str, str] = {}
+        self.hub_id = None
+        self.revision = "per source, see the mixture table"
+        self._text = f"a mixture of {len(names)} sources: " + "; ".join(
+            f"{n} ({d})" for n, d in zip(names, descriptions)
+        )
+
+    def describe(self) -> str:
+        return self._text
+
+
+def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> MixtureRun:
+    """Tokenize, choose, mix and pack every split of a mixture recipe (the ``datasets`` engine)."""
+    if engine != "datasets":
+        raise ConfigError(f"{recipe.where}: engine: a mixture ('sources:') runs on the datasets engine; got {engine!r}")
+    heldout = recipe.splits.heldout_fraction
+    configs = _source_configs(recipe)
+    sources: list[_Source] = []
+    for i, (sec, tcfg) in enumerate(zip(recipe.sources, configs)):
+        where = f"sources[{i}] ({sec.name!r})"
+        spec = resolve_source(sec, tcfg.input_columns(), heldout)
+        try:
+            ds = load_source(spec)
+        except DataError as e:
+            raise type(e)(f"{where}: {e}") from None
+        missing = [c for c in tcfg.input_columns() if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"{where}: strategy {tcfg.strategy!r} needs column(s) {missing}, but the source has {ds.column_names}; "
+                f"set sources[{i}].columns (renames) or sources[{i}].tokenize"
+            )
+        redraws = tcfg.strategy == "pretrain" and tcfg.fim_rate > 0
+        sources.append(_Source(i, sec.name, where, spec, tcfg, ds, redraws=redraws))
+        log({"event": "source", "source": f"{sec.name}: {spec.describe()}"})
+    info = _prepare_tokenizer(recipe, sources)
+    first = sources[0]
+    backend, report = resolve_backend(
+        info.tokenizer, recipe.tokenizer.backend, sample_texts(first.dataset, first.tcfg.input_columns())
+    )
+    plan = [(recipe.splits.train_name, "train"), (recipe.splits.heldout_name, "heldout")] if heldout > 0 else [
+        (recipe.splits.train_name, "all")
+    ]
+    results: list[SplitResult] = []
+    reports: list[SourceReport] = []
+    total = 0
+    notes: list[str] = []
+    for n, (name, keep) in enumerate(plan):
+        log({"event": "split", "split": name})
+        r, split_reports, total_n, notes_n = _run_split(recipe, info, backend, sources, keep, n == 0, num_proc)
+        r.name = name
+        r.backend_report = report
+        results.append(r)
+        if n == 0:
+            reports, total, notes = split_reports, total_n, notes_n
+    for note in notes:
+        log({"event": "note", "note": note})
+    spec = _MixtureSpec([s.name for s in sources], [s.spec.describe() for s in sources])
+    hub_ids = [s.spec.hub_id for s in sources if s.spec.kind == "hub" and s.spec.hub_id]
+    return MixtureRun(recipe, spec, info, results, reports, total, notes, [s.name for s in sources], hub_ids)
+
+
+def _tokenize(part, s: _Source, info: TokenizerInfo, backend, epoch: int, recipe, num_proc: int | None):
+    tcfg = s.tcfg.model_copy(update={"fim_seed": s.tcfg.fim_seed + epoch}) if epoch else s.tcfg
+    fn = _TokenizeSource(
+        Tokenizer(info.tokenizer, tcfg, backend), s.index, s.tcfg.input_columns(), recipe.seed,
+        recipe.packing.num_reduce_chunks,
+    )
+    if len(part) == 0:
+        return None
+    return part.map(
+        fn, batched=True, batch_size=1000, with_indices=True, remove_columns=part.column_names, num_proc=num_proc,
+        features=_tokenized_features(), desc=f"tokenize {s.name}" + (f" (epoch {epoch})" if epoch else ""),
+    )
+
+
+def _lengths(ds) -> np.ndarray:
+    return pc.list_value_length(ds.data.table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _run_split(recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None):
+    from datasets import concatenate_datasets
+
+    epochs_of: list[dict[int, Any]] = []
+    avail_docs, avail_tokens = [], []
+    with keep_tokenizers_parallelism():
+        for s in sources:
+            part = select_split(s.dataset, s.spec.for_split(keep), num_proc=num_proc)
+            tok0 = _tokenize(part, s, info, backend, 0, recipe, num_proc)
+            epochs_of.append({0: tok0, "part": part})
+            avail_docs.append(len(tok0) if tok0 is not None else 0)
+            avail_tokens.append(int(_lengths(tok0).sum()) if tok0 is not None else 0)
+        if budgeted:
+            for s, a in zip(sources, avail_tokens):
+                if a == 0:
+                    raise DataError(f"{s.where}: the source has no tokens after tokenization; check its rows")
+            secs = recipe.sources
+            plan = plan_budgets([x.name for x in secs], [x.weight for x in secs], [x.tokens for x in secs],
+                                avail_tokens, recipe.tokens)
+            budgets, total, notes = plan.budgets, plan.total, plan.notes
+        else:
+            budgets, total, notes = avail_tokens, sum(avail_tokens), []
+        selections: list[Selection] = []
+        for s, budget, cache in zip(sources, budgets, epochs_of):
+            if cache[0] is None:
+                selections.append(Selection([], 0, 0))
+                continue
+            hashes = cache[0].data.table.column(HASH).to_numpy()
+
+            def lengths(e: int, s=s, cache=cache) -> np.ndarray:
+                if e not in cache:
+                    cache[e] = _tokenize(cache["part"], s, info, backend, e, recipe, num_proc) if s.redraws else cache[0]
+                tok = cache[e]
+                if len(tok) != len(cache[0]):
+                    raise DataError(f"{s.where}: epoch {e} tokenized to {len(tok)} documents, not {len(cache[0])}")
+                return _lengths(tok)
+
+            max_epochs = recipe.max_epochs if budgeted else 1
+            selections.append(choose_documents(hashes, lengths, budget, max_epochs, s.where))
+    # Lay every chosen document of every source and epoch into one dataset, in the mixing order.
+    parts, glob, hashes_l, epochs_l, sources_l, pos_l = [], [], [], [], [], []
+    offset = 0
+    for s, sel, cache in zip(sources, selections, epochs_of):
+        for e, positions in enumerate(sel.epochs):
+            tok = cache[e]
+            parts.append(tok)
+            glob.append(offset + positions)
+            hashes_l.append(tok.data.table.column(HASH).to_numpy()[positions])
+            epochs_l.append(np.full(len(positions), e, np.int64))
+            sources_l.append(np.full(len(positions), s.index, np.int64))
+            pos_l.append(positions)
+            offset += len(tok)
+    transform = MixtureTransform(
+        transform_config(recipe, info.name_or_path), info.tokenizer, len(sources), recipe.source_column
+    )
+    if parts:
+        cat = lambda xs: np.concatenate(xs)  # noqa: E731
+        order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
+        mixed = concatenate_datasets(parts).select(cat(glob)[order])
+        transform.rows_in = len(mixed)
+        out = transform.reduce(mixed, num_proc=num_proc)
+    else:
+        from datasets import Dataset
+
+        transform.last_stats = []
+        out = Dataset(transform.empty_output())
+    stats, bins = _split_stats_from(transform)
+    outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
+    result = SplitResult(keep, out, stats, bins or None, transform.rows_in)
+    total_out = sum(outs)
+    lost_reason = {
+        "dense": "row tails cut by dense packing",
+        "no_incomplete": f"documents longer than {recipe.packing.seq_len} tokens",
+    }.get(recipe.packing.strategy, f"dropped by the {recipe.packing.strategy} packer")
+    reports = [
+        SourceReport(
+            name=s.name,
+            source=_source_id(s.spec),
+            docs_available=avail_docs[s.index],
+            tokens_available=avail_tokens[s.index],
+            docs_chosen=sel.docs,
+            tokens_chosen=sel.tokens,
+            epochs=round(sel.passes, 4),
+            share_asked=round(budgets[s.index] / total, 6) if total else 0.0,
+            tokens_out=outs[s.index],
+            share_delivered=round(outs[s.index] / total_out, 6) if total_out else 0.0,
+            tokens_lost=sel.tokens - outs[s.index],
+            lost_reason=lost_reason,
+        )
+        for s, sel in zip(sources, selections)
+    ]
+    return result, reports, total, notes
+
+
+def _source_id(spec: SourceSpec) -> str:
+    if spec.kind == "hub":
+        return f"{spec.hub_id}@{spec.revision or 'main (not pinned)'}" + (f" ({spec.config_name})" if spec.config_name else "")
+    digest = source_revision(spec).split(" over ")[0].removeprefix("sha256:")
+    return f"{len(spec.paths)} local file(s), sha256 {digest[:12]}"
+
+
+# ----------------------------------------------------------------------------------------------- chart
+
+
+def shares_chart_png(reports: list[SourceReport], path: str | Path) -> None:
+    """Two stacked bars (share asked, share delivered), one colour per source; deterministic bytes."""
+    plt, fig, ax = _figure()
+    bottoms = np.zeros(2)
+    for k, r in enumerate(reports):
+        vals = np.array([r.share_asked, r.share_delivered]) * 100
+        ax.bar([0, 1], vals, bottom=bottoms, width=0.5, color=_COLORS[k % len(_COLORS)], label=r.name)
+        for x in (0, 1):
+            if vals[x] >= 4:
+                ax.text(x, bottoms[x] + vals[x] / 2, f"{vals[x]:.1f}%", ha="center", va="center", color="white",
+                        fontsize=8)
+        bottoms += vals
+    ax.set_xticks([0, 1], ["asked", "delivered"])
+    ax.set_xlim(-0.6, 2.2)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("share of tokens (%)")
+    ax.set_title("Mixture: share of tokens per source")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], frameon=False, loc="center right")  # same top-to-bottom order as the bars
+    _save(plt, fig, path)
