@@ -88,7 +88,7 @@ def check_mixture_recipe(recipe: Any, where: str) -> None:
             fail(f"sources[{i}].name", f"{s.name!r} is already the name of sources[{seen[s.name]}]; names must be unique")
         seen[s.name] = i
         if s.tokenize is not None:
-            source_tokenize_config(recipe, i)  # raises with the entry's location
+            source_tokenize_config(recipe, i, where)  # raises with the entry's location
     fixed = [s.tokens for s in srcs if s.tokens is not None]
     weighted = [s for s in srcs if s.weight is not None]
     if fixed and weighted and recipe.tokens is None:
@@ -102,19 +102,20 @@ def check_mixture_recipe(recipe: Any, where: str) -> None:
                  f"({sum(fixed):,}); raise it")
 
 
-def source_tokenize_config(recipe: Any, i: int):
+def source_tokenize_config(recipe: Any, i: int, where: str | None = None):
     """The :class:`~hfprep.tokenize.TokenizeConfig` of ``sources[i]``: its ``tokenize`` keys over the recipe's."""
     from .recipe import RecipeError, format_validation_error
     from .tokenize import TokenizeConfig
 
+    where = where or recipe.where
     own = recipe.sources[i].tokenize or {}
     if "backend" in own:
-        raise RecipeError(f"{recipe.where}: sources[{i}].tokenize.backend: set the backend under tokenizer.backend")
+        raise RecipeError(f"{where}: sources[{i}].tokenize.backend: set the backend under tokenizer.backend")
     base = recipe.tokenize.model_dump(exclude_unset=True)
     try:
         return TokenizeConfig.model_validate({**base, **own})
     except pydantic.ValidationError as e:
-        msg = format_validation_error(e, recipe.where)
+        msg = format_validation_error(e, where)
         head, _, rest = msg.partition(": ")
         raise RecipeError(f"{head}: sources[{i}].tokenize.{rest}") from None
 

@@ -1,0 +1,366 @@
+"""Mixtures: budgets, the seeded whole-document choice, epochs, recipe errors, and end-to-end runs whose output is
+recounted through the ``source`` column and compared with a plain-Python reference of the documented rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hfprep.card import read_card_metadata
+from hfprep.errors import ConfigError, DataError
+from hfprep.inspect_cmd import inspect_folder
+from hfprep.mixture import choose_documents, plan_budgets
+from hfprep.pipeline import run_recipe
+from hfprep.recipe import RecipeError, load_recipe, parse_recipe
+from hfprep.tokenizer import load_tokenizer
+from hfprep.validate import validate_folder
+
+WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "the", "quick", "fox"]
+
+
+# ----------------------------------------------------------------------------------------------- pure choice
+
+
+def reference_choice(hashes: list[int], lengths: list[int], budget: int) -> tuple[list[list[int]], int]:
+    """The documented rule, one document at a time: whole passes while the rest of the budget covers the whole
+    source, then documents in (hash, position) order, stopping before or after the crossing one, whichever is
+    closer (a tie stops before)."""
+    total = sum(lengths)
+    epochs: list[list[int]] = []
+    got = 0
+    while budget - got >= total:
+        epochs.append(list(range(len(lengths))))
+        got += total
+    rest = budget - got
+    order = sorted(range(len(lengths)), key=lambda i: (hashes[i], i))
+    taken: list[int] = []
+    acc = 0
+    for i in order:
+        if acc + lengths[i] <= rest:
+            taken.append(i)
+            acc += lengths[i]
+            continue
+        if (acc + lengths[i]) - rest < rest - acc:
+            taken.append(i)
+            acc += lengths[i]
+        break
+    if taken:
+        epochs.append(sorted(taken))
+    return epochs, got + acc
+
+
+# Equal hashes mean equal content (so equal lengths): hashes are unique here.
+docs_st = st.lists(
+    st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 300)), min_size=1, max_size=60, unique_by=lambda d: d[0]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(docs=docs_st, frac=st.floats(0.0, 3.999), seed=st.randoms(use_true_random=False))
+def test_choice_is_within_one_document_of_the_budget_and_matches_the_reference(docs, frac, seed):
+    hashes = [h for h, _ in docs]
+    lengths = [n for _, n in docs]
+    total = sum(lengths)
+    budget = int(frac * total)
+    sel = choose_documents(np.array(hashes, dtype=np.uint64), np.array(lengths), budget, 4, "sources[0] ('s')")
+    want_epochs, want_tokens = reference_choice(hashes, lengths, budget)
+    assert [e.tolist() for e in sel.epochs] == want_epochs
+    assert sel.tokens == want_tokens == sum(lengths[i] for e in want_epochs for i in e)
+    assert abs(sel.tokens - budget) <= max(lengths)  # within one document
+    # Row order does not matter: permute the rows, the same (hash, length) documents are chosen.
+    perm = list(range(len(docs)))
+    seed.shuffle(perm)
+    sel2 = choose_documents(
+        np.array([hashes[i] for i in perm], dtype=np.uint64), np.array([lengths[i] for i in perm]), budget, 4, "s"
+    )
+    chosen = Counter((hashes[i], lengths[i]) for e in sel.epochs for i in e.tolist())
+    chosen2 = Counter((hashes[perm[i]], lengths[perm[i]]) for e in sel2.epochs for i in e.tolist())
+    assert chosen == chosen2
+
+
+def test_epochs_and_the_max_epochs_error():
+    lengths = np.array([10, 20, 30])  # 60 tokens
+    hashes = np.array([3, 1, 2], dtype=np.uint64)
+    sel = choose_documents(hashes, lengths, 150, 3, "w")
+    # 60 + 60, then 30 to go: stop before doc 2 (at 20, 10 short) rather than after it (at 50, 20 over).
+    assert [e.tolist() for e in sel.epochs] == [[0, 1, 2], [0, 1, 2], [1]]
+    assert sel.tokens == 140 and sel.docs == 7
+    with pytest.raises(ConfigError, match=r"sources\[2\] \('math'\): a budget of 150 tokens needs 3 epochs of its 60 "
+                       r"tokens; set max_epochs: 3"):
+        choose_documents(hashes, lengths, 150, 2, "sources[2] ('math')")
+
+
+def test_epoch_lengths_may_differ_per_epoch():
+    seen = []
+
+    def lengths(e):
+        seen.append(e)
+        return np.array([10, 10]) if e == 0 else np.array([12, 12])
+
+    sel = choose_documents(np.array([1, 2], dtype=np.uint64), lengths, 32, 2, "s")
+    assert seen == [0, 1] and sel.tokens == 20 + 12  # epoch 1 takes the document with the smaller hash
+    assert [e.tolist() for e in sel.epochs] == [[0, 1], [0]]
+
+
+def test_budget_plans():
+    p = plan_budgets(["a", "b", "c"], [0.5, 0.3, 0.2], [None] * 3, [1000, 1000, 1000], total=2000)
+    assert p.budgets == [1000, 600, 400] and p.total == 2000 and p.notes == []
+    # No total: the largest mixture that repeats nothing (b limits: 300 / 0.25 = 1200).
+    p = plan_budgets(["a", "b"], [3, 1], [None, None], [5000, 300], total=None)
+    assert p.budgets == [900, 300] and p.total == 1200
+    assert p.notes == ["weights sum to 4, not 1: normalised to a 0.75, b 0.25"]
+    p = plan_budgets(["a", "b", "c"], [1, None, 1], [None, 500, None], [10**6] * 3, total=1500)
+    assert p.budgets == [500, 500, 500]
+    p = plan_budgets(["a", "b"], [None, None], [70, 30], [100, 100], total=None)
+    assert p.budgets == [70, 30] and p.total == 100
+
+
+# ----------------------------------------------------------------------------------------------- recipe errors
+
+
+BASE = {
+    "tokenizer": {"name_or_path": "gpt2"},
+    "packing": {"seq_len": 8},
+    "output": {"folder": "out"},
+}
+
+
+def mix(*sources, **top):
+    return {**BASE, "sources": list(sources), **top}
+
+
+def src(name, **kw):
+    return {"name": name, "files": [f"{name}.jsonl"], **kw}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (mix(src("a", weight=1), src("b", weight=-1)), r"sources\[1\]\.weight: Input should be greater than 0"),
+        (mix(src("a", weight=1), src("b")), r"sources\[1\]: give exactly one of 'weight' \(a share\) or 'tokens'"),
+        (mix(src("a", weight=1), src("b", weight=1, tokens=5)), r"sources\[1\]: give exactly one of 'weight'"),
+        (mix(src("a", weight=1, streaming=True)), r"sources\[0\]: streaming sources cannot be mixed yet"),
+        (mix(src("a", weight=1), src("a", weight=1)), r"sources\[1\]\.name: 'a' is already the name of sources\[0\]"),
+        (mix(src("a", weight=1, tokenize={"fim_rate": 2})), r"sources\[0\]\.tokenize\.fim_rate: Input should be less"),
+        (mix(src("a", weight=1, tokenize={"typo": 1})), r"sources\[0\]\.tokenize\.typo: unknown key"),
+        (mix(src("a", weight=1), src("b", tokens=5)), r"tokens: required when 'sources' mix 'weight' and 'tokens'"),
+        (mix(src("a", tokens=5), src("b", tokens=5), tokens=11), r"tokens: 11 differs from the sum .* \(10\)"),
+        (mix(src("a", weight=1), src("b", tokens=5), tokens=5), r"tokens: 5 leaves nothing for the weighted"),
+        (mix(src("a", weight=1), max_epochs=0), r"max_epochs: Input should be greater than or equal to 1"),
+        (mix(), r"sources: the list is empty"),
+        ({**BASE}, r"source: required key is missing \(or give 'sources' for a mixture\)"),
+        ({**mix(src("a", weight=1)), "source": {"files": ["x.jsonl"]}}, r"sources: give either 'source'"),
+        ({**BASE, "source": {"files": ["x.jsonl"]}, "tokens": 5}, r"tokens: only applies to a mixture"),
+        ({**BASE, "source": {"files": ["x.jsonl"]}, "source_column": True}, r"source_column: only applies"),
+    ],
+)
+def test_recipe_errors_name_the_entry(data, message):
+    with pytest.raises(RecipeError, match=r"^r\.yaml: " + message):
+        parse_recipe(data, "r.yaml")
+
+
+def test_mixture_recipe_resolves_every_source_path(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(mix(src("a", weight=1), {"name": "b", "text_dir": "{stdlib}", "weight": 1})))
+    r = load_recipe(p)
+    assert r.sources[0].files == [str(tmp_path / "a.jsonl")]
+    assert Path(r.sources[1].text_dir).is_dir() and r.source is None
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+def make_docs(n: int, seed: int, lo: int = 3, hi: int = 25) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{seed}-{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for i in range(n)]
+
+
+def write_jsonl(path: Path, docs: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    docs = {"web": make_docs(60, 1), "code": make_docs(40, 2), "math": make_docs(6, 3, lo=3, hi=10)}
+    for name, d in docs.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", d)
+    return docs
+
+
+def mixture_recipe(folder: Path, tokenizer_path: str, out: str = "out", **over) -> Path:
+    data = {
+        "name": "tiny mix",
+        "sources": [
+            {"name": "web", "files": ["web.jsonl"], "columns": {"text": "content"}, "weight": 0.5},
+            {"name": "code", "files": ["code.jsonl"], "columns": {"text": "content"}, "weight": 0.3,
+             "tokenize": {"fim_rate": 0.5}},
+            {"name": "math", "files": ["math.jsonl"], "columns": {"text": "content"}, "weight": 0.2},
+        ],
+        "tokens": 1500,
+        "max_epochs": 10,
+        "source_column": True,
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 256, "strategy": "no_incomplete", "num_reduce_chunks": 3},
+        "output": {"folder": out},
+        "seed": 7,
+        **over,
+    }
+    p = folder / f"{out}.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def segments_by_source(folder: Path) -> dict[int, list[tuple[int, ...]]]:
+    """Every segment (position restarts at 0) of the output with its source index, padding left out."""
+    t = pq.read_table(sorted((folder / "data").glob("train-*.parquet")))
+    out: dict[int, list[tuple[int, ...]]] = {}
+    for ids, pos, srcs in zip(t["input_ids"].to_pylist(), t["position_ids"].to_pylist(), t["source"].to_pylist()):
+        seg: list[int] = []
+        seg_src = None
+        for tok, p, s in zip(ids, pos, srcs):
+            if s == -1:
+                continue
+            if p == 0 and seg:
+                out.setdefault(seg_src, []).append(tuple(seg))
+                seg = []
+            if seg:
+                assert s == seg_src  # one source per segment
+            seg.append(tok)
+            seg_src = s
+        if seg:
+            out.setdefault(seg_src, []).append(tuple(seg))
+    return out
+
+
+def ref_hash(text: str, seed: int) -> int:
+    blob = json.dumps([text], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(f"hfprep-mixture:{seed}:".encode() + blob.encode()).digest()[:8], "big")
+
+
+def test_end_to_end_budgets_epochs_source_column_and_card(tmp_path, corpus, tokenizer_path):
+    summary = run_recipe(mixture_recipe(tmp_path, tokenizer_path))
+    folder = tmp_path / "out"
+    tok = load_tokenizer(tokenizer_path)
+    eos = tok.eos_token_id
+    segs = segments_by_source(folder)
+    meta = read_card_metadata(folder / "README.md")["hfprep"]["mixture"]
+    rows = {r["name"]: r for r in meta["sources"]}
+    assert meta["tokens"] == 1500 and [r["name"] for r in meta["sources"]] == ["web", "code", "math"]
+    # Non-FIM sources: the reference choice over plain `encode + eos` documents, recounted from the output.
+    for idx, (name, weight) in enumerate([("web", 0.5), ("code", 0.3), ("math", 0.2)]):
+        docs = corpus[name]
+        budget = round(1500 * weight)
+        got = segs[idx]
+        # The card's numbers equal counts recomputed from the source column (no_incomplete loses nothing here).
+        assert rows[name]["tokens_out"] == sum(len(s) for s in got) == rows[name]["tokens_chosen"]
+        assert rows[name]["docs_chosen"] == len(got)
+        assert rows[name]["share_asked"] == pytest.approx(weight)
+        assert abs(rows[name]["tokens_chosen"] - budget) <= max(len(tok.encode(d)) + 1 for d in docs)
+        if name == "code":
+            continue
+        toks = [tuple(tok.encode(d, add_special_tokens=False) + [eos]) for d in docs]
+        epochs, tokens = reference_choice([ref_hash(d, 7) for d in docs], [len(t) for t in toks], budget)
+        assert Counter(got) == Counter(toks[i] for e in epochs for i in e)
+        assert rows[name]["epochs"] == pytest.approx(tokens / sum(map(len, toks)), abs=1e-4)
+    total_out = sum(r["tokens_out"] for r in rows.values())
+    for r in rows.values():
+        assert r["share_delivered"] == pytest.approx(r["tokens_out"] / total_out, abs=1e-6)
+    assert rows["math"]["epochs"] > 2  # the small source is repeated in whole epochs
+    assert validate_folder(folder).ok
+    card = (folder / "README.md").read_text()
+    assert "## Mixture" in card and "| math |" in card and (folder / "images" / "mixture_shares.png").is_file()
+    assert "mixture: 3 sources, budget 1,500 tokens" in inspect_folder(folder)["text"]
+    assert summary["mixture"]["sources"][2]["name"] == "math"
+
+
+def test_fim_is_drawn_again_in_every_epoch(tmp_path, corpus, tokenizer_path):
+    """A FIM source repeated twice: each document's second copy uses the draw of seed + 1."""
+    from hfprep.tokenize import TokenizeConfig, Tokenizer
+
+    recipe = mixture_recipe(
+        tmp_path, tokenizer_path,
+        sources=[{"name": "code", "files": ["code.jsonl"], "columns": {"text": "content"}, "tokens": 10**9,
+                  "tokenize": {"fim_rate": 0.5}}],
+        tokens=None, max_epochs=1,
+    )
+    with pytest.raises(ConfigError, match=r"sources\[0\] \('code'\): a budget of 1,000,000,000 tokens needs \d+ epochs"):
+        run_recipe(recipe)
+    docs = corpus["code"]
+    tok = load_tokenizer(tokenizer_path)
+    cfg = TokenizeConfig(fim_rate=0.5, fim_seed=7)
+    first = Tokenizer(tok, cfg)({"content": docs})
+    size = int(first.doc_offsets[-1])
+    recipe = mixture_recipe(
+        tmp_path, tokenizer_path, out="out2",
+        sources=[{"name": "code", "files": ["code.jsonl"], "columns": {"text": "content"}, "tokens": 2 * size,
+                  "tokenize": {"fim_rate": 0.5}}],
+        tokens=None, max_epochs=2,
+    )
+    run_recipe(recipe)
+    second = Tokenizer(tok, cfg.model_copy(update={"fim_seed": 8}))({"content": docs})
+    want = Counter()
+    for flat in (first, second):
+        for i in range(flat.num_docs):
+            want[tuple(flat.input_ids[flat.doc_offsets[i] : flat.doc_offsets[i + 1]].tolist())] += 1
+    got = Counter(segments_by_source(tmp_path / "out2")[0])
+    e0 = {tuple(first.input_ids[first.doc_offsets[i] : first.doc_offsets[i + 1]].tolist()) for i in range(first.num_docs)}
+    e1 = {tuple(second.input_ids[second.doc_offsets[i] : second.doc_offsets[i + 1]].tolist()) for i in range(second.num_docs)}
+    assert e0 != e1  # the draws differ between epochs
+    if sum(len(s) for s in want) == 2 * size:  # second epoch whole: exactly both draws
+        assert got == want
+    else:
+        assert all(want[s] >= c for s, c in got.items())
+
+
+def test_same_rows_for_any_num_proc_and_row_order(tmp_path, corpus, tokenizer_path):
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, out="a"))
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, out="b", engine={"name": "datasets", "num_proc": 2}))
+    # The sources' rows in another order choose the same documents and give the same packed rows.
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for name, d in corpus.items():
+        d = list(d)
+        random.Random(5).shuffle(d)
+        write_jsonl(shuffled / f"{name}.jsonl", d)
+    run_recipe(mixture_recipe(shuffled, tokenizer_path, out="c"))
+
+    def table(folder):
+        return pq.read_table(sorted((folder / "data").glob("*.parquet")))
+
+    a = table(tmp_path / "a")
+    assert a.equals(table(tmp_path / "b"))
+    assert a.equals(table(shuffled / "c"))
+
+
+def test_dense_packing_losses_per_source_and_no_source_column(tmp_path, corpus, tokenizer_path):
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, source_column=False,
+                              packing={"seq_len": 64, "strategy": "dense", "num_reduce_chunks": 3}))
+    folder = tmp_path / "out"
+    t = pq.read_table(sorted((folder / "data").glob("*.parquet")))
+    assert t.column_names == ["input_ids", "position_ids", "loss_mask"]
+    rows = read_card_metadata(folder / "README.md")["hfprep"]["mixture"]["sources"]
+    lost = sum(r["tokens_lost"] for r in rows)
+    chosen = sum(r["tokens_chosen"] for r in rows)
+    assert sum(r["tokens_out"] for r in rows) == t.column("input_ids").combine_chunks().values.__len__()
+    assert chosen - lost == sum(r["tokens_out"] for r in rows) and lost > 0
+    assert validate_folder(folder).ok
+
+
+def test_mixture_errors_at_run_time(tmp_path, corpus, tokenizer_path):
+    with pytest.raises(ConfigError, match=r"engine: a mixture \('sources:'\) runs on the datasets engine"):
+        run_recipe(mixture_recipe(tmp_path, tokenizer_path), engine="ray")
+    bad = mixture_recipe(tmp_path, tokenizer_path, out="x", sources=[
+        {"name": "web", "files": ["web.jsonl"], "weight": 1.0}])  # no rename: column 'text', not 'content'
+    with pytest.raises(DataError, match=r"sources\[0\] \('web'\): strategy 'pretrain' needs column\(s\) \['content'\]"):
+        run_recipe(bad)
+    assert not (tmp_path / "x").exists()
