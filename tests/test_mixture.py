@@ -268,7 +268,7 @@ def test_end_to_end_budgets_epochs_source_column_and_card(tmp_path, corpus, toke
         assert abs(rows[name]["tokens_chosen"] - budget) <= max(len(tok.encode(d)) + 1 for d in docs)
         if name == "code":
             continue
-        toks = [tuple(tok.encode(d, add_special_tokens=False) + [eos]) for d in docs]
+        toks = [(*tok.encode(d, add_special_tokens=False), eos) for d in docs]
         epochs, tokens = reference_choice([ref_hash(d, 7) for d in docs], [len(t) for t in toks], budget)
         assert Counter(got) == Counter(toks[i] for e in epochs for i in e)
         assert rows[name]["epochs"] == pytest.approx(tokens / sum(map(len, toks)), abs=1e-4)
