@@ -323,8 +323,9 @@ class SourceReport:
     share_asked: float
     tokens_out: int = 0  # after packing
     share_delivered: float = 0.0  # of the output's real tokens
-    tokens_lost: int = 0  # chosen - out
-    lost_reason: str = ""
+    tokens_lost: int = 0  # chosen - out = lost_dropped + lost_cut
+    lost_dropped: int = 0  # in documents the packer dropped whole (e.g. longer than seq_len for no_incomplete)
+    lost_cut: int = 0  # cut off documents kept in part (dense row tails, bfd truncation)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,8 +336,8 @@ def mixture_table(rows: Sequence[SourceReport | dict[str, Any]]) -> str:
 
     Example:
         >>> print(mixture_table([SourceReport("web", "hub/web@abc", 10, 1000, 5, 500, 0.5, 0.5, 480, 0.5, 20,
-        ...                                   "row tails")]).splitlines()[2])
-        | web | hub/web@abc | 10 | 1,000 | 5 | 500 | 0.50 | 50.00% | 50.00% | 20 (row tails) |
+        ...                                   0, 20)]).splitlines()[2])
+        | web | hub/web@abc | 10 | 1,000 | 5 | 500 | 0.50 | 50.00% | 50.00% | 20 (0 dropped whole, 20 cut) |
     """
     head = (
         "| source | id + revision | documents available | tokens available | documents chosen | tokens chosen "
@@ -346,7 +347,9 @@ def mixture_table(rows: Sequence[SourceReport | dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         d = r.as_dict() if isinstance(r, SourceReport) else r
-        lost = f"{d['tokens_lost']:,}" + (f" ({d['lost_reason']})" if d["tokens_lost"] and d["lost_reason"] else "")
+        lost = f"{d['tokens_lost']:,}" + (
+            f" ({d['lost_dropped']:,} dropped whole, {d['lost_cut']:,} cut)" if d["tokens_lost"] else ""
+        )
         lines.append(
             f"| {d['name']} | {d['source']} | {d['docs_available']:,} | {d['tokens_available']:,} "
             f"| {d['docs_chosen']:,} | {d['tokens_chosen']:,} | {d['epochs']:.2f} | {d['share_asked']:.2%} "

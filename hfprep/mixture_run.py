@@ -1,11 +1,12 @@
-"""The mixture path of ``hfprep run`` (a recipe with ``sources:``), on the ``datasets`` engine.
+"""The mixture path of ``hfprep run`` (a recipe with ``sources:``).
 
 For each split: every source is tokenized with its own tokenize section (one ``Dataset.map`` per source and
 epoch, ``num_proc`` workers), each document carrying its map-reduce key and the seeded hash of its content;
 :func:`hfprep.mixture.choose_documents` picks whole documents per source to within one document of its budget
 (whole epochs first; raw-document FIM is re-drawn per epoch with ``fim_seed + epoch``); the chosen documents of
 all sources are laid out in :func:`hfprep.mixture.mix_order` and go through the same group + pack reduce as a
-single source (:class:`MixtureTransform`). The reduce also packs each group a second time with every token
+single source (:class:`MixtureTransform`): on the ``datasets`` engine, or with ``engine: ray`` on Ray Data (the
+tokenization and the choice stay on this machine; Ray groups and packs), with the same rows. The reduce also packs each group a second time with every token
 replaced by its source index (packers place documents by length and position only, which is checked), which
 gives the per-source token counts of the card and the optional per-token ``source`` column.
 
@@ -32,7 +33,7 @@ from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .card import dataset_info_yaml, dump_yaml, parse_card_metadata
 from .errors import ConfigError, DataError
 from .hashing import batch_keys
-from .mapreduce import KEY_COLUMN
+from .mapreduce import INDEX_COLUMN, KEY_COLUMN
 from .mixture import (
     SOURCE_COLUMN,
     SOURCE_PAD,
@@ -64,11 +65,17 @@ from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
 SOURCE_ID = "__source__"
 HASH = "__hash__"
 MIX_OUT_PREFIX = "mixture_tokens_out_"
+MIX_DROPPED_PREFIX = "mixture_tokens_dropped_"
+MIX_CUT_PREFIX = "mixture_tokens_cut_"
 CHART = "mixture_shares.png"
 _LAYOUT_PAD = np.iinfo(np.uint32).max
 
 
 # ----------------------------------------------------------------------------------------------- reduce
+
+
+def _per_source(prefix: str, counts: np.ndarray) -> dict[str, int]:
+    return {f"{prefix}{s}": round(c) for s, c in enumerate(counts.tolist())}
 
 
 class MixtureTransform(_RecordingTransform):
@@ -82,21 +89,30 @@ class MixtureTransform(_RecordingTransform):
 
     def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
         packed, stats = super().reduce_group(key, table)
-        src, row_offsets = self.source_layout(table, packed)
-        real = src[src != SOURCE_PAD]
-        for s, c in enumerate(np.bincount(real, minlength=self.num_sources).tolist()):
-            stats[f"{MIX_OUT_PREFIX}{s}"] = int(c)
+        doc, row_offsets = self.document_layout(table, packed)
+        lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+        doc_src = table.column(SOURCE_ID).to_numpy().astype(np.int64)
+        real = doc >= 0
+        out_per_doc = np.bincount(doc[real], minlength=len(lengths))
+        n = self.num_sources
+        # Per source: tokens written, tokens of documents dropped whole, tokens cut off documents kept in part.
+        stats.update(_per_source(MIX_OUT_PREFIX, np.bincount(doc_src, weights=out_per_doc, minlength=n)))
+        whole = out_per_doc == 0
+        stats.update(_per_source(MIX_DROPPED_PREFIX, np.bincount(doc_src[whole], weights=lengths[whole], minlength=n)))
+        cut = lengths - out_per_doc
+        stats.update(_per_source(MIX_CUT_PREFIX, np.bincount(doc_src[~whole], weights=cut[~whole], minlength=n)))
         if self.source_column:
+            src = np.where(real, doc_src[np.maximum(doc, 0)], SOURCE_PAD).astype(np.int16)
             offsets = pa.array(row_offsets.astype(np.int32))
             packed = packed.append_column(SOURCE_COLUMN, pa.ListArray.from_arrays(offsets, pa.array(src, pa.int16())))
         return packed, stats
 
-    def source_layout(self, table: pa.Table, packed: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Source index of every token of the packed group ``packed`` (``-1`` on padding): the group packed again
-        with each token replaced by its document's source index; and the packed rows' offsets."""
+    def document_layout(self, table: pa.Table, packed: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """For every token of the packed group ``packed``: the index of its document in ``table`` (``-1`` on
+        padding), from the group packed again with each token replaced by its document's index; and the packed
+        rows' offsets."""
         _, pos, mask, offsets = table_to_flat(table)
-        per_doc = table.column(SOURCE_ID).to_numpy().astype(np.uint32)
-        layout_ids = np.repeat(per_doc, np.diff(offsets))
+        layout_ids = np.repeat(np.arange(len(offsets) - 1, dtype=np.uint32), np.diff(offsets))
         cfg = self.config
         lay = self.packer(layout_ids, pos, mask, offsets, cfg.seq_len, int(_LAYOUT_PAD), **cfg.packing_kwargs)
         _, real_pos, _, real_offsets = table_to_flat(packed)
@@ -105,9 +121,27 @@ class MixtureTransform(_RecordingTransform):
                 f"packer {cfg.packing_strategy!r} places documents by their token values, so the mixture cannot tell "
                 "which source each token came from; use dense, no_incomplete or bfd"
             )
-        src = lay.input_ids.astype(np.int64)
-        src[lay.input_ids == _LAYOUT_PAD] = SOURCE_PAD
-        return src.astype(np.int16), real_offsets
+        doc = lay.input_ids.astype(np.int64)
+        doc[lay.input_ids == _LAYOUT_PAD] = -1
+        return doc, real_offsets
+
+    # --- the Ray engine's map side: the mixed documents are already tokenized and keyed; pass them through with
+    # their global position as ``__index__`` (Ray sorts each group by it, restoring the mixing order) ---------------
+
+    map_input_format = "arrow"
+
+    def map_batch(self, batch, indices):
+        cols = ["input_ids", "position_ids", "loss_mask", KEY_COLUMN, SOURCE_ID]
+        return batch.select(cols).append_column(INDEX_COLUMN, pa.array(np.asarray(indices, dtype=np.int64)))
+
+    def map_features(self):
+        from datasets import Value
+
+        feats = tokenized_features()
+        feats[KEY_COLUMN] = Value("int64")
+        feats[SOURCE_ID] = Value("int64")
+        feats[INDEX_COLUMN] = Value("int64")
+        return feats
 
     def output_features(self):
         feats = tokenized_features()
@@ -300,9 +334,9 @@ class _MixtureSpec:
 
 
 def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> MixtureRun:
-    """Tokenize, choose, mix and pack every split of a mixture recipe (the ``datasets`` engine)."""
-    if engine != "datasets":
-        raise ConfigError(f"{recipe.where}: engine: a mixture ('sources:') runs on the datasets engine; got {engine!r}")
+    """Tokenize, choose, mix and pack every split of a mixture recipe (group + pack on ``engine``)."""
+    if engine not in ("datasets", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
     heldout = recipe.splits.heldout_fraction
     configs = _source_configs(recipe)
     sources: list[_Source] = []
@@ -336,7 +370,7 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
     notes: list[str] = []
     for n, (name, keep) in enumerate(plan):
         log({"event": "split", "split": name})
-        r, split_reports, total_n, notes_n = _run_split(recipe, info, backend, sources, keep, n == 0, num_proc)
+        r, split_reports, total_n, notes_n = _run_split(recipe, info, backend, sources, keep, n == 0, num_proc, engine)
         r.name = name
         r.backend_report = report
         results.append(r)
@@ -367,7 +401,9 @@ def _lengths(ds) -> np.ndarray:
     return pc.list_value_length(ds.data.table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _run_split(recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None):
+def _run_split(
+    recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None, engine: str
+):
     from datasets import concatenate_datasets
 
     epochs_of: list[dict[int, Any]] = []
@@ -426,8 +462,11 @@ def _run_split(recipe, info, backend, sources: list[_Source], keep: str, budgete
         cat = lambda xs: np.concatenate(xs)  # noqa: E731
         order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
         mixed = concatenate_datasets(parts).select(cat(glob)[order])
-        transform.rows_in = len(mixed)
-        out = transform.reduce(mixed, num_proc=num_proc)
+        if engine == "ray":
+            out = _reduce_on_ray(transform, mixed, recipe)
+        else:
+            transform.rows_in = len(mixed)
+            out = transform.reduce(mixed, num_proc=num_proc)
     else:
         from datasets import Dataset
 
@@ -435,12 +474,10 @@ def _run_split(recipe, info, backend, sources: list[_Source], keep: str, budgete
         out = Dataset(transform.empty_output())
     stats, bins = _split_stats_from(transform)
     outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
+    dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
+    cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]
     result = SplitResult(keep, out, stats, bins or None, transform.rows_in)
     total_out = sum(outs)
-    lost_reason = {
-        "dense": "row tails cut by dense packing",
-        "no_incomplete": f"documents longer than {recipe.packing.seq_len} tokens",
-    }.get(recipe.packing.strategy, f"dropped by the {recipe.packing.strategy} packer")
     reports = [
         SourceReport(
             name=s.name,
@@ -454,11 +491,21 @@ def _run_split(recipe, info, backend, sources: list[_Source], keep: str, budgete
             tokens_out=outs[s.index],
             share_delivered=round(outs[s.index] / total_out, 6) if total_out else 0.0,
             tokens_lost=sel.tokens - outs[s.index],
-            lost_reason=lost_reason,
+            lost_dropped=dropped[s.index],
+            lost_cut=cut[s.index],
         )
         for s, sel in zip(sources, selections)
     ]
     return result, reports, total, notes
+
+
+def _reduce_on_ray(transform: MixtureTransform, mixed, recipe):
+    try:
+        from .engines.ray_engine import run_on_ray
+    except ImportError as e:
+        raise ConfigError(f"engine 'ray' is not available ({e}); install it with pip install 'hfprep[ray]'") from e
+    mixed = mixed.flatten_indices().select_columns(["input_ids", "position_ids", "loss_mask", KEY_COLUMN, SOURCE_ID])
+    return run_on_ray(transform, mixed, address=recipe.engine.address, num_cpus=recipe.engine.num_cpus)
 
 
 def _source_id(spec: SourceSpec) -> str:

@@ -353,7 +353,25 @@ def test_dense_packing_losses_per_source_and_no_source_column(tmp_path, corpus, 
     chosen = sum(r["tokens_chosen"] for r in rows)
     assert sum(r["tokens_out"] for r in rows) == t.column("input_ids").combine_chunks().values.__len__()
     assert chosen - lost == sum(r["tokens_out"] for r in rows) and lost > 0
+    for r in rows:  # dense packing drops no document whole before the last row of a group
+        assert r["tokens_lost"] == r["lost_dropped"] + r["lost_cut"]
     assert validate_folder(folder).ok
+
+
+def test_documents_dropped_whole_are_reported_per_source(tmp_path, corpus, tokenizer_path):
+    """no_incomplete drops documents longer than seq_len: per source, exactly the chosen documents over 24 tokens."""
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, packing={"seq_len": 24, "strategy": "no_incomplete",
+                                                                 "num_reduce_chunks": 2}))
+    tok = load_tokenizer(tokenizer_path)
+    rows = read_card_metadata(tmp_path / "out" / "README.md")["hfprep"]["mixture"]["sources"]
+    for r, (name, weight) in zip(rows, [("web", 0.5), ("code", 0.3), ("math", 0.2)]):
+        assert r["tokens_lost"] == r["lost_dropped"] and r["lost_cut"] == 0
+        if name == "code":  # FIM rows: lengths depend on the draw
+            continue
+        docs = corpus[name]
+        lens = [len(tok.encode(d, add_special_tokens=False)) + 1 for d in docs]
+        epochs, _ = reference_choice([ref_hash(d, 7) for d in docs], lens, round(1500 * weight))
+        assert r["lost_dropped"] == sum(lens[i] for e in epochs for i in e if lens[i] > 24) > 0
 
 
 def test_mixture_errors_at_run_time(tmp_path, corpus, tokenizer_path):

@@ -304,3 +304,41 @@ def test_outputs_deterministic_across_runs(cluster, tokenizer, tokenizer_path, s
     ha = hashlib.sha256(_parquet_bytes(a, tmp_path / "a.parquet")).hexdigest()
     hb = hashlib.sha256(_parquet_bytes(b, tmp_path / "b.parquet")).hexdigest()
     assert ha == hb
+
+
+def test_mixture_recipe_on_ray_gives_the_datasets_rows(cluster, tokenizer_path, tmp_path):
+    """A 2-source mixture (bfd, per-token source column, one source repeated): Ray groups and packs the mixed
+    documents into the datasets engine's rows and per-source counts."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from hfprep.card import read_card_metadata
+    from hfprep.pipeline import run_recipe
+
+    rng = random.Random(3)
+    for name, n in (("web", 80), ("math", 6)):
+        docs = [f"{name} {i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30))) for i in range(n)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
+    recipe = {
+        "sources": [
+            {"name": "web", "files": ["web.jsonl"], "weight": 0.8},
+            {"name": "math", "files": ["math.jsonl"], "weight": 0.2, "tokenize": {"fim_rate": 0.5}},
+        ],
+        "tokens": 3000,
+        "max_epochs": 5,
+        "source_column": True,
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 32, "strategy": STRATEGIES[-1], "num_reduce_chunks": 4},
+        "output": {"folder": "out"},
+    }
+    tables, metas = {}, {}
+    for engine in ("datasets", "ray"):
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(yaml.safe_dump({**recipe, "output": {"folder": f"out-{engine}"}}))
+        run_recipe(path, engine=engine)
+        folder = tmp_path / f"out-{engine}"
+        tables[engine] = pq.read_table(sorted((folder / "data").glob("*.parquet")))
+        metas[engine] = read_card_metadata(folder / "README.md")["hfprep"]["mixture"]
+    assert "source" in tables["ray"].column_names
+    assert tables["ray"].equals(tables["datasets"])
+    assert metas["ray"] == metas["datasets"] and metas["ray"]["sources"][1]["epochs"] > 1
