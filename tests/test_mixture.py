@@ -375,8 +375,8 @@ def test_documents_dropped_whole_are_reported_per_source(tmp_path, corpus, token
 
 
 def test_mixture_errors_at_run_time(tmp_path, corpus, tokenizer_path):
-    with pytest.raises(ConfigError, match=r"engine: a mixture \('sources:'\) runs on the datasets engine"):
-        run_recipe(mixture_recipe(tmp_path, tokenizer_path), engine="ray")
+    with pytest.raises(ConfigError, match=r"unknown engine 'spark'; choose 'datasets' or 'ray'"):
+        run_recipe(mixture_recipe(tmp_path, tokenizer_path), engine="spark")
     bad = mixture_recipe(tmp_path, tokenizer_path, out="x", sources=[
         {"name": "web", "files": ["web.jsonl"], "weight": 1.0}])  # no rename: column 'text', not 'content'
     with pytest.raises(DataError, match=r"sources\[0\] \('web'\): strategy 'pretrain' needs column\(s\) \['content'\]"):
