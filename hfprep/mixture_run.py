@@ -212,6 +212,28 @@ def _source_configs(recipe) -> list[TokenizeConfig]:
     return out
 
 
+def _rows(ds, run: str):
+    del run  # only feeds datasets' cache fingerprint
+    yield from ds
+
+
+def _materialize(ds, spec: SourceSpec, where: str):
+    """A streaming source read once, in order, into a local Arrow dataset (only its first ``max_rows`` rows are
+    ever fetched). The choice needs every document's hash and length before any is emitted, so a streamed source
+    is kept on disk like a loaded one; afterwards it is the same rows as the non-streaming source."""
+    import uuid
+
+    from datasets import Dataset
+
+    # A fresh fingerprint: the stream's content is not known up front, so datasets' cache must not reuse a file.
+    out = Dataset.from_generator(
+        _rows, features=getattr(ds, "features", None), gen_kwargs={"ds": ds, "run": uuid.uuid4().hex}, split="train"
+    )
+    if len(out) == 0:
+        raise DataError(f"source {spec.describe()} has zero rows; check the path/split (nothing to prepare)")
+    return out
+
+
 def _prepare_tokenizer(recipe, sources: list[_Source]) -> TokenizerInfo:
     sec = recipe.tokenizer
     if sec.train is None:
@@ -345,6 +367,8 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
         spec = resolve_source(sec, tcfg.input_columns(), heldout)
         try:
             ds = load_source(spec)
+            if spec.streaming:
+                ds = _materialize(ds, spec, where)
         except DataError as e:
             raise type(e)(f"{where}: {e}") from None
         missing = [c for c in tcfg.input_columns() if c not in ds.column_names]

@@ -13,6 +13,10 @@ A recipe has these sections (only ``source``, ``tokenizer``, ``packing`` and ``o
     engine:   {name: datasets, num_proc: 2}
     seed: 0
 
+A mixture lists ``sources:`` instead of ``source:`` (each a source spec + ``name`` + ``weight`` or ``tokens``, and
+optionally its own ``tokenize`` keys), with top-level ``tokens``, ``max_epochs`` and ``source_column``; see
+:mod:`hfprep.mixture`.
+
 Unknown keys, wrong types and missing fields are one :class:`RecipeError` line naming the file and the key.
 Relative paths resolve against the recipe file's folder; ``{stdlib}`` in ``source.text_dir`` is the running
 Python's standard-library folder (``sysconfig.get_paths()["stdlib"]``), so the quickstart needs no download.
@@ -129,8 +133,6 @@ class MixtureSourceConfig(SourceConfig):
     def _one_budget(self) -> MixtureSourceConfig:
         if (self.weight is None) == (self.tokens is None):
             raise ValueError("give exactly one of 'weight' (a share) or 'tokens' (an absolute budget)")
-        if self.streaming:
-            raise ValueError("streaming sources cannot be mixed yet; set streaming: false on this entry")
         return self
 
 
