@@ -380,6 +380,7 @@ def mixture_lines(meta: dict[str, Any] | None) -> list[str]:
     fmt = lambda cells: "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     total = meta.get("tokens")
     out = ["", f"mixture: {len(rows)} sources" + (f", budget {total:,} tokens" if total else "")]
+    out += [f"  note: {n}" for n in meta.get("notes") or []]
     out += [fmt(head)] + [fmt(b) for b in body]
     return out
 

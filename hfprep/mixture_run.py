@@ -61,6 +61,7 @@ from .plots import _COLORS, _figure, _save
 from .prepare import table_to_flat
 from .sources import SourceSpec, load_source, resolve_source, select_split
 from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
+from .tokenizer import vocab_size
 
 SOURCE_ID = "__source__"
 HASH = "__hash__"
@@ -381,6 +382,7 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
         sources.append(_Source(i, sec.name, where, spec, tcfg, ds, redraws=redraws))
         log({"event": "source", "source": f"{sec.name}: {spec.describe()}"})
     info = _prepare_tokenizer(recipe, sources)
+    log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
     first = sources[0]
     backend, report = resolve_backend(
         info.tokenizer, recipe.tokenizer.backend, sample_texts(first.dataset, first.tcfg.input_columns())

@@ -776,6 +776,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         for name, q in quality.items():
             lines.append(f"  packing report ({name}):")
             lines += [f"    {line}" for line in format_report(q).splitlines()]
+    if summary.get("mixture"):
+        from .mixture import mixture_lines
+
+        lines += mixture_lines(summary["mixture"])
     tps = summary.get("tokens_per_s")
     lines.append(f"  time: {summary['elapsed_s']:.1f} s, {tps:,.0f} tokens/s" if tps else f"  time: {summary['elapsed_s']:.1f} s")
     for w in summary.get("warnings", []):

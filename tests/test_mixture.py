@@ -20,7 +20,7 @@ from hfprep.card import read_card_metadata
 from hfprep.errors import ConfigError, DataError
 from hfprep.inspect_cmd import inspect_folder
 from hfprep.mixture import choose_documents, plan_budgets
-from hfprep.pipeline import run_recipe
+from hfprep.pipeline import format_summary, run_recipe
 from hfprep.recipe import RecipeError, load_recipe, parse_recipe
 from hfprep.tokenizer import load_tokenizer
 from hfprep.validate import validate_folder
@@ -280,6 +280,8 @@ def test_end_to_end_budgets_epochs_source_column_and_card(tmp_path, corpus, toke
     assert "## Mixture" in card and "| math |" in card and (folder / "images" / "mixture_shares.png").is_file()
     assert "mixture: 3 sources, budget 1,500 tokens" in inspect_folder(folder)["text"]
     assert summary["mixture"]["sources"][2]["name"] == "math"
+    screen = format_summary(summary)
+    assert "mixture: 3 sources, budget 1,500 tokens" in screen and "  math " in screen
 
 
 def test_fim_is_drawn_again_in_every_epoch(tmp_path, corpus, tokenizer_path):
