@@ -46,6 +46,7 @@ from jaxtyping import Bool, Int64, UInt32
 
 from .errors import ConfigError
 from .packing import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign, layout_rows
+from .schema import trailing_padding_like
 
 Overflow = Literal["drop", "truncate", "split"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("drop", "truncate", "split")
@@ -219,6 +220,18 @@ def pack_bfd_flat(
     doc_len = np.diff(offsets)
     too_long = doc_len > seq_len
     piece_start, piece_len, piece_doc = make_pieces(offsets, seq_len, overflow)
+    padding_like = docs_gone = 0
+    if pad:
+        # A piece's trailing tokens that would read as padding are left out, so schema.padding_mask finds exactly
+        # the padding written here (e.g. a split document's last piece that is a lone pad id with no loss).
+        strip = trailing_padding_like(input_ids, position_ids, loss_mask, piece_start, piece_len, pad_token_id)
+        if strip.any():
+            padding_like = int(strip.sum())
+            had = np.unique(piece_doc)
+            piece_len = piece_len - strip
+            keep = piece_len > 0
+            piece_start, piece_len, piece_doc = piece_start[keep], piece_len[keep], piece_doc[keep]
+            docs_gone = len(had) - len(np.unique(piece_doc))
     bins, n_rows = bfd_assign(piece_len, seq_len)
     rank = np.lexsort((np.arange(len(piece_len)), -piece_len))  # placement: longest first, then input order
     fallback = 0
@@ -243,7 +256,7 @@ def pack_bfd_flat(
     n_long = int(too_long.sum())
     stats = PackStats(
         docs_in=len(doc_len),
-        docs_dropped=n_long if overflow == "drop" else 0,
+        docs_dropped=(n_long if overflow == "drop" else 0) + docs_gone,
         docs_truncated=n_long if overflow == "truncate" else 0,
         docs_split=n_long if overflow == "split" else 0,
         tokens_in=tokens_in,
@@ -259,6 +272,8 @@ def pack_bfd_flat(
             "groups_greedy_fallback": fallback,
         },
     )
+    if padding_like:
+        stats.extra["padding_like_tokens"] = padding_like
     return PackedFlat(out_ids, out_pos, out_mask, row_offsets, stats)
 
 

@@ -20,12 +20,12 @@ in transformers' convention:
   on numpy rows). Rows given as Python lists (``with_format(None)``) spend most of the time converting lists;
   ``dataset.with_format("numpy")`` avoids that.
 
-Padding rule (how the trailing padding of a row is found): the padding of a row is the longest run at the
-*end* of the row of tokens with ``position_ids == 0`` and ``loss_mask == False`` (and ``input_ids ==
-pad_token_id`` when ``pad_token_id`` is given). Every hfprep strategy ends a document with an eos that carries
-loss, so a real document can contribute at most one token to that run: the first token of a document cut by
-dense packing at the very end of a row. Merging that token into the padding segment changes nothing (it has no
-label and is the last token of the row, so nothing it sees is ever scored).
+Padding rule: the row contract's (:func:`hfprep.schema.padding_mask`): the padding of a row is the longest run at
+its *end* of tokens with ``position_ids == 0`` and ``loss_mask == False`` (and ``input_ids == pad_token_id`` when
+``pad_token_id`` is given). hfprep's padded packers never leave such a token at the end of real data, so on their
+rows this is exactly the padding they wrote. On other rows (dense packing) a document cut at the very end of a row
+can contribute its first token to that run; merging it into the padding segment changes nothing (it has no label
+and is the last token of the row, so nothing it sees is ever scored).
 
 Example:
     >>> collator = DataCollatorForPackedLM()
@@ -50,6 +50,7 @@ import torch
 from jaxtyping import Bool, Int64
 
 from .errors import ConfigError, DataError
+from .schema import padding_start, segment_ids
 
 AttentionMode = Literal["position_ids", "flash_varlen", "4d"]
 IGNORE_INDEX = -100
@@ -91,7 +92,8 @@ def trailing_padding_start(
     """Index where the trailing padding of each row starts (``seq_len`` when the row has none).
 
     Padding is the longest run at the end of a row of tokens with position 0 and no loss (and, when
-    ``pad_token_id`` is given, that id). Vectorised over the batch.
+    ``pad_token_id`` is given, that id): :func:`hfprep.schema.padding_start`. ``is_zero`` is accepted for callers
+    of earlier versions and not needed.
 
     Example:
         >>> pos = np.array([[0, 1, 0, 0], [0, 1, 2, 3]])
@@ -99,14 +101,7 @@ def trailing_padding_start(
         >>> trailing_padding_start(pos, loss).tolist()
         [2, 4]
     """
-    cand = (position_ids == 0 if is_zero is None else is_zero) & ~loss_mask
-    if pad_token_id is not None and input_ids is not None:
-        cand &= input_ids == pad_token_id
-    L = cand.shape[1]
-    not_cand_rev = ~cand[:, ::-1]
-    has_real = not_cand_rev.any(axis=1)
-    last_real = L - 1 - np.argmax(not_cand_rev, axis=1)
-    return np.where(has_real, last_real + 1, 0).astype(np.int64)
+    return padding_start(input_ids, position_ids, loss_mask, pad_token_id)
 
 
 def check_positions(
@@ -141,6 +136,9 @@ def block_causal_mask(
     segment_ids: Int64[torch.Tensor, "batch seq_len"], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(B, 1, L, L) mask: token i sees j iff j <= i and both are in the same segment.
+
+    The rule of :func:`hfprep.schema.causal_mask_from_positions`, from segment ids (:func:`hfprep.schema.segment_ids`),
+    written block by block instead of as a dense comparison.
 
     ``torch.bool`` gives True = attend (for sdpa); a float dtype gives the additive form (0 = attend, the dtype's
     minimum = blocked) that eager attention adds to its scores. ``segment_ids`` must be non-decreasing along a row
@@ -357,7 +355,8 @@ class DataCollatorForPackedLM:
                 "position_ids": torch.from_numpy(pos),
             }
         if self.attention == "4d":
-            seg = torch.from_numpy(np.cumsum(pos == 0, axis=1))
+            # The row contract's segments (schema.segment_ids), built block by block here for speed.
+            seg = torch.from_numpy(segment_ids(pos))
             batch["attention_mask"] = block_causal_mask(seg, self.mask_dtype)
         if self.disable_cache:
             batch["use_cache"] = False

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError, HfprepError, HubError
 from .layout import CARD_NAME
-from .validate import padding_mask
+from .schema import output_is_padded, padding_mask
 
 MAX_SEGMENT_CHARS = 600
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "\u2039", "\u203a"  # ‹ › around text that carries no loss
@@ -66,7 +66,7 @@ def render_row(
     ids = np.asarray(ids)
     pos = np.asarray(pos)
     mask = np.asarray(mask, dtype=np.bool_)
-    pad = padding_mask(ids, pos, np.array([0, len(ids)]), pad_token_id) if padded else np.zeros(len(ids), bool)
+    pad = padding_mask(ids, pos, mask, np.array([0, len(ids)]), pad_token_id) if padded else np.zeros(len(ids), bool)
     real = np.flatnonzero(~pad)
     starts = [int(i) for i in real if pos[i] == 0 or i == 0]
     ends = [*starts[1:], int(real[-1]) + 1 if len(real) else 0]
@@ -131,7 +131,7 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
     r = table.to_pylist()[0]
     rendered = render_row(
         np.array(r["input_ids"]), np.array(r["position_ids"]), np.array(r["loss_mask"]), decoder,
-        tok_meta.get("pad_token_id"), hf.get("packing") != "dense",
+        tok_meta.get("pad_token_id"), output_is_padded(hf.get("packing"), hf.get("packing_kwargs")),
     )
     lines = [str(root), "", "schema:"]
     lines += [f"  {f.name}: {f.type}" for f in schema]

@@ -393,10 +393,9 @@ def source_column_counts(table: Any, pad_token_id: int | None, padded: bool, whe
     its rule (same length as ``input_ids``; ``-1`` exactly on padding; a non-negative index elsewhere)."""
     import pyarrow.compute as pc
 
-    from .prepare import table_to_flat
-    from .validate import padding_mask
+    from .schema import padding_mask, table_to_flat
 
-    ids, pos, _, offsets = table_to_flat(table)
+    ids, pos, loss, offsets = table_to_flat(table)
     col = table.column(SOURCE_COLUMN).combine_chunks()
     src = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
     lens = pc.list_value_length(col).to_numpy(zero_copy_only=False)
@@ -404,7 +403,7 @@ def source_column_counts(table: Any, pad_token_id: int | None, padded: bool, whe
     if not np.array_equal(lens, np.diff(offsets)):
         r = int(np.flatnonzero(lens != np.diff(offsets))[0])
         return np.zeros(MAX_SOURCES + 1, np.int64), [f"{where} row {row_base + r}: source has {lens[r]} entries, not {np.diff(offsets)[r]}"]
-    pad = padding_mask(ids, pos, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
+    pad = padding_mask(ids, pos, loss, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
     bad = np.flatnonzero(((src == SOURCE_PAD) != pad) | ((src < 0) & (src != SOURCE_PAD)))
     if len(bad):
         i = int(bad[0])

@@ -30,6 +30,7 @@ import numpy as np
 from jaxtyping import Bool, Int64, UInt32
 
 from .errors import ConfigError
+from .schema import trailing_padding_like
 from .types import TokenizedRow
 
 PackingStrategy = Literal["dense", "no_incomplete"]
@@ -154,7 +155,8 @@ def rebase_row_heads(
     """Positions of ``n_rows`` dense rows: each row's leading partial segment is shifted to start at 0.
 
     ``position_ids`` starts at row ``first_row`` of the group (token ``first_row * seq_len``; ``doc_offsets`` are
-    the group's). Documents' positions are an ``arange`` (every strategy writes them so), so only the run from a
+    the group's). Precondition: documents' positions are an ``arange`` (every strategy writes them so; other input
+    goes through :func:`pack_dense_flat`, see :func:`positions_are_aranges`), so only the run from a
     row start to the next document start can need rebasing; it is fixed in place, one vectorised subtract per cut
     row, with no per-token index arrays (the seed's :func:`position_fix_helper` applied to every row).
     """
@@ -172,6 +174,27 @@ def rebase_row_heads(
         view = out[a : a + n]
         view -= np.uint32(f)
     return out
+
+
+def positions_are_aranges(position_ids: UInt32[np.ndarray, " total"], doc_offsets: Int64[np.ndarray, " n_plus_1"]) -> bool:
+    """Whether every document's positions are exactly ``0, 1, ..., len - 1`` (what the tokenize stage writes).
+
+    Example:
+        >>> positions_are_aranges(np.array([0, 1, 0], np.uint32), np.array([0, 2, 3]))
+        True
+        >>> positions_are_aranges(np.array([0, 1, 0, 1], np.uint32), np.array([0, 4]))
+        False
+    """
+    pos = np.asarray(position_ids)
+    offsets = np.asarray(doc_offsets, dtype=np.int64)
+    if not len(pos):
+        return True
+    step = np.empty(len(pos), dtype=np.bool_)
+    step[0] = pos[0] == 0
+    np.equal(pos[1:], pos[:-1] + np.uint32(1), out=step[1:])
+    starts = offsets[:-1][np.diff(offsets) > 0]
+    step[starts] = pos[starts] == 0
+    return bool(step.all())
 
 
 def dense_stats(doc_offsets: Int64[np.ndarray, " n_plus_1"], seq_len: int) -> PackStats:
@@ -203,12 +226,20 @@ def pack_dense_flat(
     seq_len: int,
     pad_token_id: int | None = None,
 ) -> PackedFlat:
-    """Concatenate the documents, cut into ``seq_len`` rows, drop the incomplete tail (no padding)."""
+    """Concatenate the documents, cut into ``seq_len`` rows, drop the incomplete tail (no padding).
+
+    Positions are rebased per segment (:func:`rebase_positions` with every row start a segment start), so any
+    input positions are handled, not only one ``0..n-1`` run per document.
+    """
     check_seq_len(seq_len)
     stats = dense_stats(doc_offsets, seq_len)
     n_rows = stats.rows
     cut = n_rows * seq_len
-    positions = rebase_row_heads(position_ids, doc_offsets, seq_len, n_rows)
+    # Any positions (also rows that already hold several segments, as re-packed rows do): every segment of a row,
+    # and the row's leading partial one, is rebased to start at 0, exactly position_fix_helper on each row.
+    row_starts = np.zeros(cut, dtype=np.bool_)
+    row_starts[::seq_len] = True
+    positions = rebase_positions(np.asarray(position_ids[:cut], dtype=np.uint32), row_starts)
     return PackedFlat(
         np.asarray(input_ids[:cut], dtype=np.uint32),  # views: the output is written straight from them
         positions,
@@ -280,6 +311,8 @@ def layout_rows(
         >>> out[0].tolist(), out[1].tolist()
         ([13, 14, 10, 11, 12, 0], [0, 1, 0, 1, 2, 0])
     """
+    if pad and pad_token_id is None:
+        raise ConfigError("padded rows need a pad_token_id (hfprep defaults it to the tokenizer's eos)")
     placement = np.lexsort((order_in_row, bins))
     src_start = piece_start[placement]
     out_len = piece_len[placement]
@@ -305,7 +338,7 @@ def layout_rows(
     ends = (src_start + out_len).tolist()
     columns = []
     for source, fill, dtype in (
-        (input_ids, pad_token_id or 0, np.uint32),
+        (input_ids, pad_token_id if pad else 0, np.uint32),
         (position_ids, 0, np.uint32),
         (loss_mask, False, np.bool_),
     ):
@@ -326,7 +359,10 @@ def layout_rows(
             dst_start += (np.cumsum(pad_len_rows) - pad_len_rows)[piece_rows]
         for d, n, f in zip(dst_start[fix].tolist(), out_len[fix].tolist(), first_pos[fix].tolist(), strict=True):
             view = out_pos[d : d + n]
-            view -= np.uint32(f)
+            # Only the piece's leading segment is shifted: a piece may hold several segments (re-packed rows), and
+            # the later ones already start at 0 (position_fix_helper's rule: a segment ends where positions drop).
+            drop = np.flatnonzero(view[1:] < view[:-1])
+            view[: int(drop[0]) + 1 if len(drop) else n] -= np.uint32(f)
 
     return out_ids, out_pos, out_mask, row_offsets
 
@@ -343,18 +379,24 @@ def pack_no_incomplete_flat(
     check_seq_len(seq_len)
     if pad_token_id is None:
         raise ConfigError("no_incomplete packing needs a pad_token_id (hfprep defaults it to the tokenizer's eos)")
-    lengths = np.diff(np.asarray(doc_offsets, dtype=np.int64))
-    row, off = greedy_assign(lengths, seq_len)
+    offsets = np.asarray(doc_offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    # A document's trailing tokens that would read as padding are left out (schema.trailing_padding_like), so the
+    # padding of every row is exactly what schema.padding_mask finds.
+    strip = trailing_padding_like(input_ids, position_ids, loss_mask, offsets[:-1], lengths, pad_token_id)
+    eff_len = lengths - strip
+    row, off = greedy_assign(eff_len, seq_len)
+    row[(eff_len == 0) & (lengths > 0)] = -1
     keep = row >= 0
     n_rows = int(row.max()) + 1 if len(row) else 0
     # In-order greedy keeps documents in input order, so a row is a few contiguous runs of the input (one unless a
-    # dropped document sits inside it): copy run by run, a memcpy each, no per-token index arrays.
+    # dropped or shortened document sits inside it): copy run by run, a memcpy each, no per-token index arrays.
     kept = np.flatnonzero(keep)
     new_run = np.ones(len(kept), dtype=np.bool_)
-    new_run[1:] = (np.diff(kept) != 1) | (np.diff(row[kept]) != 0)
+    new_run[1:] = (np.diff(kept) != 1) | (np.diff(row[kept]) != 0) | (strip[kept[:-1]] > 0)
     first = kept[new_run]
-    run_len = np.add.reduceat(lengths[kept], np.flatnonzero(new_run)) if len(kept) else np.zeros(0, np.int64)
-    src = np.asarray(doc_offsets, dtype=np.int64)[first].tolist()
+    run_len = np.add.reduceat(eff_len[kept], np.flatnonzero(new_run)) if len(kept) else np.zeros(0, np.int64)
+    src = offsets[first].tolist()
     dst = (row[first] * seq_len + off[first]).tolist()
     run_len = run_len.tolist()
     columns = []
@@ -371,16 +413,19 @@ def pack_no_incomplete_flat(
     ids, pos, mask = columns
     row_offsets = np.arange(n_rows + 1, dtype=np.int64) * seq_len
     dropped = row < 0
-    kept_tokens = int(lengths[~dropped].sum())
+    kept_tokens = int(eff_len[~dropped].sum())
     stats = PackStats(
         docs_in=len(lengths),
         docs_dropped=int(dropped.sum()),
         tokens_in=int(lengths.sum()),
         tokens_out=kept_tokens,
-        tokens_dropped=int(lengths[dropped].sum()),
+        tokens_dropped=int(lengths.sum()) - kept_tokens,
         pad_tokens=n_rows * seq_len - kept_tokens,
         rows=n_rows,
     )
+    padding_like = int(strip[eff_len <= seq_len].sum())
+    if padding_like:
+        stats.extra["padding_like_tokens"] = padding_like
     return PackedFlat(ids, pos, mask, row_offsets, stats)
 
 

@@ -40,6 +40,7 @@ from .layout import CARD_NAME, IMAGES_DIR, atomic_output, split_glob, write_spli
 from .plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
 from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from .recipe import Recipe, load_recipe
+from .schema import output_is_padded
 from .sources import SourceSpec, load_source, resolve_source, select_split
 from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
 from .tokenizer import (
@@ -418,7 +419,7 @@ def build_card(
         meta["hfprep"]["quality"] = json.loads(json.dumps(qualities, default=str))
 
     seq_len = recipe.packing.seq_len
-    padded = recipe.packing.strategy != "dense"
+    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
     tokens_in = sum(int(s.get("tokens_in", 0)) for s in stats.values())
     dropped = sum(int(s.get("tokens_dropped", 0)) for s in stats.values())
     truncated = sum(int(s.get("tokens_truncated", 0)) for s in stats.values())
@@ -446,7 +447,9 @@ def build_card(
     )
     caption, note = _doc_lengths_note(results)
     fill_sentence = (
-        "dense packing fills every row completely." if not padded else "padding fills the rest of each row (no loss on it)."
+        "padding fills the rest of each row (no loss on it)." if padded
+        else "dense packing fills every row completely." if recipe.packing.strategy == "dense"
+        else "rows are not padded: each is as long as its documents (at most seq_len)."
     )
     quality_section = ""
     if qualities:
@@ -545,10 +548,10 @@ def _measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
     return table
 
 
-def _quality(dataset, seq_len: int, stats: dict[str, Any], pad_token_id: int | None) -> dict[str, Any]:
+def _quality(dataset, seq_len: int, stats: dict[str, Any], pad_token_id: int | None, padded: bool) -> dict[str, Any]:
     from .quality import packing_report
 
-    return packing_report(dataset, seq_len, stats, pad_token_id=pad_token_id)
+    return packing_report(dataset, seq_len, stats, pad_token_id=pad_token_id, padded=padded)
 
 
 def run_recipe(
@@ -622,7 +625,7 @@ def run_recipe(
             results.append(r)
 
     pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
-    padded = recipe.packing.strategy != "dense"
+    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
     tables = {r.name: _measure_output(r, pad_id, padded) for r in results}
     if mix is not None:
         tables = mix.output_tables(tables)
@@ -638,7 +641,7 @@ def run_recipe(
             warnings.append(f"split {r.name!r} is empty after packing; it is not written")
     results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
     for r in results:
-        r.quality = _quality(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_id if padded else None)
+        r.quality = _quality(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_id, padded)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
     engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
+from . import schema as _schema
 from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .errors import ConfigError, DataError
 from .hashing import array_hash, batch_keys
@@ -29,8 +30,17 @@ from .mapreduce import (
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
 )
-from .packing import PackStats, check_seq_len, dense_stats, get_packer, pack_dense_flat, rebase_row_heads
-from .tokenize import ProcessingStrategy, TokenizeConfig, Tokenizer, flat_to_table, tokenized_features
+from .packing import (
+    PackStats,
+    check_seq_len,
+    dense_stats,
+    get_packer,
+    pack_dense_flat,
+    positions_are_aranges,
+    rebase_row_heads,
+)
+from .schema import flat_to_table, table_to_flat
+from .tokenize import ProcessingStrategy, TokenizeConfig, Tokenizer, tokenized_features
 from .tokenizer import eos_token_id, load_tokenizer
 from .types import Row, TokenizedRow
 
@@ -130,10 +140,18 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
             self.transform = transform
 
         def __call__(self, key: int, rows: Iterable[TokenizedRow]) -> Iterator[TokenizedRow]:
-            from .packing import pack_sequences
+            # The same code path as run()'s reduce (pack_table with the config's packing_kwargs), so both give the
+            # same rows; positions are checked because seed-API callers may pass rows that hold several segments.
+            from .packing import rows_to_flat
 
-            cfg = self.transform.config
-            yield from pack_sequences(rows, cfg.seq_len, self.transform.pad_token_id, cfg.packing_strategy)
+            t = self.transform
+            table = flat_to_table(*rows_to_flat(rows))
+            packed, _ = pack_table(
+                table, t.config.seq_len, t.pad_token_id, t.packer, t.config.packing_kwargs, check_positions=True
+            )
+            ids, pos, mask, offsets = table_to_flat(packed)
+            for a, b in itertools.pairwise(offsets.tolist()):
+                yield {"input_ids": ids[a:b], "position_ids": pos[a:b], "loss_mask": mask[a:b]}
 
     def __init__(self, config: PrepareForTrainingTransformConfig, tokenizer=None) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
@@ -145,7 +163,10 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         backend, self.backend_report = resolve_backend(self.tokenizer, config.backend)
         self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config(), backend)
         super().__init__(self._MapFn(self), self._ReduceFn(self), config)
-        self.reduce_memory_budget = config.reduce_memory_budget
+        # A reduce range is gathered into one Arrow table: keep it under what one list column can hold.
+        self.reduce_memory_budget = min(
+            config.reduce_memory_budget, _schema.MAX_LIST_VALUES * BYTES_PER_TOKEN_IN_GROUP
+        )
         self.rows_in = 0
         self.docs_tokenized = 0
 
@@ -184,6 +205,15 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         if not len(group_bytes):
             return
         big = int(np.argmax(group_bytes))
+        tokens = group_bytes / BYTES_PER_TOKEN_IN_GROUP
+        limit = _schema.MAX_LIST_VALUES
+        if tokens[big] > limit:
+            # A group is packed from one table: past int32 list offsets Arrow would fail (or wrap) mid-run.
+            need = int(np.ceil(tokens.sum() / (limit * 0.5)))
+            raise ConfigError(
+                f"reduce group {keys[big]} holds {int(tokens[big]):,} tokens, over the {limit:,} values one Arrow "
+                f"list column can hold; raise num_reduce_chunks to at least {need}"
+            )
         if group_bytes[big] > self.reduce_memory_budget:
             need = int(np.ceil(group_bytes.sum() / (self.reduce_memory_budget * 0.5)))
             raise ConfigError(
@@ -240,24 +270,6 @@ def stats_from_dict(d: Mapping[str, Any]) -> PackStats:
     return s
 
 
-def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
-    """The column as one array; zero-copy when it already is one chunk (``combine_chunks`` always copies)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
-def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tokenized Arrow table -> ``(input_ids, position_ids, loss_mask, doc_offsets)`` flat numpy arrays."""
-    ids_col = _one_chunk(table.column("input_ids"))
-    lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    cols = []
-    for name, dtype in (("input_ids", np.uint32), ("position_ids", np.uint32), ("loss_mask", np.bool_)):
-        arr = ids_col if name == "input_ids" else _one_chunk(table.column(name))
-        cols.append(np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype))
-    return cols[0], cols[1], cols[2], offsets
-
-
 def pack_dense_table(table: pa.Table, seq_len: int) -> tuple[pa.Table, PackStats]:
     """Dense packing straight on the group's Arrow buffers: same rows and stats as :func:`pack_dense_flat`.
 
@@ -305,10 +317,21 @@ def pack_dense_table(table: pa.Table, seq_len: int) -> tuple[pa.Table, PackStats
     return pa.Table.from_batches(batches), stats
 
 
-def pack_table(table: pa.Table, seq_len: int, pad_token_id: int, packer, packing_kwargs=None):
-    """Pack one group (an Arrow table of tokenized rows, input order) -> ``(Arrow table, PackStats)``."""
+def pack_table(
+    table: pa.Table, seq_len: int, pad_token_id: int, packer, packing_kwargs=None, *, check_positions: bool = False
+):
+    """Pack one group (an Arrow table of tokenized rows, input order) -> ``(Arrow table, PackStats)``.
+
+    The one reduce path of both :meth:`PrepareForTrainingTransform.run` and the seed API's ``_ReduceFn``.
+    ``check_positions``: the rows may hold positions other than one ``0..n-1`` run each (the tokenize stage
+    never writes those); dense packing then takes the general per-segment rebase of :func:`pack_dense_flat`.
+    """
     if packer is pack_dense_flat and not packing_kwargs:
-        return pack_dense_table(table, seq_len)
+        if not check_positions:
+            return pack_dense_table(table, seq_len)
+        ids, pos, mask, offsets = table_to_flat(table)
+        if positions_are_aranges(pos, offsets):
+            return pack_dense_table(table, seq_len)
     ids, pos, mask, offsets = table_to_flat(table)
     packed = packer(ids, pos, mask, offsets, seq_len, pad_token_id, **(packing_kwargs or {}))
     return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), packed.stats

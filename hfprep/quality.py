@@ -2,9 +2,10 @@
 
 Works on the packed rows alone (a ``datasets.Dataset`` or a ``pyarrow.Table`` with ``input_ids``,
 ``position_ids``, ``loss_mask``), plus the packer's stats dict when there is one. Segments are found the way
-training finds them: a segment starts at position 0 (and at the start of a row). In a padded row the trailing run
-of tokens with position 0 and ``loss_mask`` False is one pad region, not many one-token segments (pass
-``pad_token_id`` to also require the pad id there).
+training finds them: a segment starts at position 0 (and at the start of a row). Padding is found by the row
+contract's rule (:func:`hfprep.schema.padding_mask`: the trailing run of tokens with position 0 and ``loss_mask``
+False, and the pad id when ``pad_token_id`` is given); it is one pad region, not many one-token segments. Pass
+``padded=False`` for outputs that have no padding (``dense``, ``bfd`` with ``pad: false``).
 
 Example:
     >>> import pyarrow as pa
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError
+from .schema import padding_mask
 
 REPORT_BATCH_ROWS = 8192
 
@@ -73,7 +75,7 @@ def _row_offsets(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _batch_segments(
-    batch: pa.Table, pad_token_id: int | None
+    batch: pa.Table, pad_token_id: int | None, padded: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """One batch of rows -> (row lengths, pad tokens per row, segments per row, segment lengths, loss tokens)."""
     offsets = _row_offsets(batch.column("input_ids"))
@@ -83,15 +85,13 @@ def _batch_segments(
     row_len = np.diff(offsets)
     if len(loss) != n or not np.array_equal(_row_offsets(batch.column("position_ids")), offsets):
         raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
-    padish = (pos == 0) & ~loss
-    if pad_token_id is not None:
-        padish &= _flat(batch.column("input_ids"), np.int64) == pad_token_id
-    # Real region of a row ends after its last token that cannot be padding.
-    marker = np.where(padish, -1, np.arange(n, dtype=np.int64))
+    if padded is False:
+        pad = np.zeros(n, dtype=np.bool_)
+    else:
+        pad = padding_mask(_flat(batch.column("input_ids"), np.int64), pos, loss, offsets, pad_token_id)
     nonempty = row_len > 0
-    last_real = np.full(len(row_len), -1, dtype=np.int64)
-    if n:
-        last_real[nonempty] = np.maximum.reduceat(marker, offsets[:-1][nonempty])
+    row_of_all = np.repeat(np.arange(len(row_len)), row_len)
+    last_real = offsets[1:] - 1 - np.bincount(row_of_all[pad], minlength=len(row_len))
     real_end = np.maximum(last_real + 1, offsets[:-1])
     pad_per_row = offsets[1:] - real_end
     row_of = np.repeat(np.arange(len(row_len)), row_len)
@@ -107,7 +107,12 @@ def _batch_segments(
 
 
 def packing_report(
-    dataset_or_table: Any, seq_len: int, stats: Mapping[str, Any] | None = None, *, pad_token_id: int | None = None
+    dataset_or_table: Any,
+    seq_len: int,
+    stats: Mapping[str, Any] | None = None,
+    *,
+    pad_token_id: int | None = None,
+    padded: bool | None = None,
 ) -> dict[str, Any]:
     """Measure the packed rows and combine with the packer's stats into one JSON-able dict.
 
@@ -116,6 +121,8 @@ def packing_report(
         seq_len: the packing length (fill is measured against ``rows * seq_len``).
         stats: the packer's stats dict (``PackStats.as_dict()`` or ``PrepareForTrainingTransform.stats``).
         pad_token_id: if given, a pad token must also carry this id.
+        padded: ``False`` when the packing writes no padding (then no token is padding); otherwise padding is
+            found by :func:`hfprep.schema.padding_mask`.
 
     Returns keys ``rows``, ``seq_len``, ``tokens`` (real), ``pad_tokens``, ``fill_ratio`` (real tokens /
     ``rows * seq_len``), ``padded`` (every row exactly ``seq_len`` long), ``loss_tokens``, ``segments``
@@ -140,10 +147,11 @@ def packing_report(
     hist_tokens = np.zeros(len(edges) - 1, dtype=np.int64)
     rows = tokens_all = pad_tokens = loss_tokens = n_segments = over = 0
     seg_min, seg_max, spr_min, spr_max = None, 0, None, 0
-    padded = True
+    has_padding = padded
+    padded = True  # the report's own key: every row exactly seq_len long
     for start in range(0, table.num_rows, REPORT_BATCH_ROWS):
         batch = table.slice(start, REPORT_BATCH_ROWS).select(["input_ids", "position_ids", "loss_mask"])
-        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, pad_token_id)
+        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, pad_token_id, has_padding)
         rows += len(row_len)
         tokens_all += int(row_len.sum())
         pad_tokens += int(pad_row.sum())

@@ -29,13 +29,13 @@ from jaxtyping import Bool, Int64, UInt32
 
 from .backends import TokenizerBackend, get_backend
 from .errors import ConfigError, DataError, TokenizerError
+from .schema import flat_to_table, row_features
 from .tokenizer import eos_token_id, single_token_id
 from .types import Row, TokenizedRow
 
 ProcessingStrategy = Literal["pretrain", "fim", "sft"]
 STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
 
-ROW_FEATURES_SPEC = {"input_ids": "uint32", "position_ids": "uint32", "loss_mask": "bool"}
 
 
 class TokenizeConfig(pydantic.BaseModel):
@@ -107,20 +107,6 @@ class FlatRows:
     def to_arrow(self) -> pa.Table:
         """Arrow table with ``list<uint32>``, ``list<uint32>``, ``list<bool>`` columns (zero-copy for the values)."""
         return flat_to_table(self.input_ids, self.position_ids, self.loss_mask, self.doc_offsets)
-
-
-def flat_to_table(
-    input_ids: np.ndarray, position_ids: np.ndarray, loss_mask: np.ndarray, offsets: np.ndarray
-) -> pa.Table:
-    """Build the tokenized-row Arrow table from flat arrays and row offsets."""
-    off = pa.array(np.asarray(offsets, dtype=np.int32))
-    return pa.table(
-        {
-            "input_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(input_ids, dtype=np.uint32))),
-            "position_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(position_ids, dtype=np.uint32))),
-            "loss_mask": pa.ListArray.from_arrays(off, pa.array(np.asarray(loss_mask, dtype=np.bool_))),
-        }
-    )
 
 
 def positions_from_offsets(offsets: Int64[np.ndarray, " n_plus_1"]) -> UInt32[np.ndarray, " total"]:
@@ -470,10 +456,8 @@ def make_tokenize_fn(tokenizer, config: TokenizeConfig, backend: TokenizerBacken
 
 
 def tokenized_features():
-    """``datasets.Features`` of tokenized rows (explicit, so ``input_ids`` is not stored as int32)."""
-    from datasets import Features, List, Value
-
-    return Features({name: List(Value(dtype)) for name, dtype in ROW_FEATURES_SPEC.items()})
+    """``datasets.Features`` of tokenized rows (the row contract's, :func:`hfprep.schema.row_features`)."""
+    return row_features()
 
 
 # ----------------------------------------------------------------------------------------------- seed API

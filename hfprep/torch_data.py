@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Bool, UInt32
 from torch.utils.data import Dataset
 
+from .errors import DataError
+from .schema import causal_mask_from_positions, segment_ids
 from .types import TokenizedRow
 
 LMExample = dict[str, torch.Tensor]
@@ -26,12 +28,11 @@ LMExampleBatch = dict[str, torch.Tensor]
 
 
 def segment_ids_from_positions(position_ids: np.ndarray) -> np.ndarray:
-    """Segment index of every token: a segment starts where ``position_ids == 0`` (works on (..., L))."""
-    pos = np.asarray(position_ids)
-    starts = pos == 0
-    if pos.shape[-1]:
-        starts[..., 0] = True
-    return np.cumsum(starts, axis=-1)
+    """Segment index of every token: a segment starts where ``position_ids == 0`` (works on (..., L)).
+
+    The row contract's :func:`hfprep.schema.segment_ids`.
+    """
+    return segment_ids(np.asarray(position_ids))
 
 
 def make_attention_mask_from_positions(
@@ -40,13 +41,9 @@ def make_attention_mask_from_positions(
     """Block-diagonal causal mask: token i attends to j iff j <= i and both are in the same segment.
 
     Segments start where ``position_ids == 0``. Accepts one row (L,) -> (L, L) or a batch (B, L) -> (B, L, L),
-    vectorised (no Python loop over rows).
+    vectorised (no Python loop over rows). The row contract's :func:`hfprep.schema.causal_mask_from_positions`.
     """
-    seg = segment_ids_from_positions(position_ids)
-    L = seg.shape[-1]
-    causal = np.tril(np.ones((L, L), dtype=np.bool_))
-    same = seg[..., :, None] == seg[..., None, :]
-    return same & causal
+    return causal_mask_from_positions(np.asarray(position_ids))
 
 
 class LMDataset(Dataset):
@@ -110,6 +107,14 @@ def collate_lm(batch: list[LMExample]) -> LMExampleBatch:
         >>> collate_lm([ex, ex])["attention_mask"].shape
         torch.Size([2, 2, 2])
     """
+    if not batch:
+        raise DataError("collate_lm got an empty batch")
+    lengths = {len(ex["tokens"] if "tokens" in ex else next(iter(ex.values()))) for ex in batch}
+    if len(lengths) > 1:
+        raise DataError(
+            f"collate_lm: examples of unequal length {sorted(lengths)} cannot be stacked; pack the rows to one "
+            "seq_len (hfprep's padded packers and dense do) or use DataCollatorForPackedLM(padding=True, ...)"
+        )
     out = {k: torch.stack([ex[k] for ex in batch]) for k in batch[0]}
     if "attention_mask" not in out:
         out["attention_mask"] = torch.from_numpy(make_attention_mask_from_positions(out["position_ids"].numpy()))

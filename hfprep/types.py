@@ -13,8 +13,5 @@ Row = dict[Any, Any]
 TokenizedRow = dict[str, UInt32[np.ndarray, " example_len"] | Bool[np.ndarray, " example_len"]]
 """``{"input_ids": uint32, "position_ids": uint32, "loss_mask": bool}``, all the same length."""
 
-TOKEN_DTYPE = np.uint32
-POSITION_DTYPE = np.uint32
-MASK_DTYPE = np.bool_
-
-ROW_COLUMNS = ("input_ids", "position_ids", "loss_mask")
+# The row contract lives in schema.py; these names stay importable from here.
+from .schema import MASK_DTYPE, POSITION_DTYPE, ROW_COLUMNS, TOKEN_DTYPE  # noqa: E402, F401

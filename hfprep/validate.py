@@ -4,12 +4,13 @@ Checked, per row (vectorised over each record batch):
 
 * schema: exactly ``input_ids`` list<uint32>, ``position_ids`` list<uint32>, ``loss_mask`` list<bool>, with
   datasets' feature metadata;
-* lengths: the three lists have the same length, equal to the card's ``seq_len``;
+* lengths: the three lists have the same length, equal to the card's ``seq_len`` (at most ``seq_len`` and not
+  empty when the card records ``packing_kwargs: {pad: false}``: padding-free rows are shorter by design);
 * positions: 0 at the row start; every other position is either 0 (a segment starts) or previous + 1;
 * ids below the tokenizer's vocabulary size;
-* padding never carries loss. Padding is what the padded packers write at the end of a row: the trailing run of
-  one-token segments equal to ``pad_token_id`` (position 0) after the row's first token (a ``dense`` dataset has
-  no padding);
+* padding: found by the row contract's rule (:func:`hfprep.schema.padding_mask`: the trailing run of pad-id tokens
+  at position 0 with no loss) in padded datasets only (``dense`` and ``pad: false`` write none); a row of nothing
+  but padding is a violation;
 * the card: shard names complete (``-XXXXX-of-YYYYY``), the ``configs`` splits present, and rows, tokens, padding,
   loss tokens and segments per split equal to what the card says.
 
@@ -33,14 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import CARD_NAME, DATA_DIR
-from .prepare import table_to_flat
-from .tokenize import ROW_FEATURES_SPEC
+from .schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
 
-EXPECTED_TYPES = {
-    "input_ids": pa.list_(pa.uint32()),
-    "position_ids": pa.list_(pa.uint32()),
-    "loss_mask": pa.list_(pa.bool_()),
-}
+EXPECTED_TYPES = ROW_ARROW_TYPES
 OPTIONAL_TYPES = {"source": pa.list_(pa.int16())}  # a mixture's per-token source index (hfprep.mixture)
 STAT_KEYS = ("rows", "tokens", "pad_tokens", "loss_tokens", "segments")
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
@@ -71,33 +67,12 @@ class SplitStats:
         return d
 
 
-def padding_mask(
-    input_ids: np.ndarray, position_ids: np.ndarray, row_offsets: np.ndarray, pad_token_id: int | None
-) -> np.ndarray:
-    """True on padding: per row, the trailing run of ``pad_token_id`` tokens at position 0, first token excluded."""
-    n = len(input_ids)
-    if pad_token_id is None or n == 0:
-        return np.zeros(n, dtype=np.bool_)
-    starts = np.asarray(row_offsets[:-1], dtype=np.int64)
-    lengths = np.diff(row_offsets)
-    candidate = (input_ids == pad_token_id) & (position_ids == 0)
-    data = ~candidate
-    nonempty = starts[lengths > 0]
-    data[nonempty] = True  # a row's first token is always data
-    idx = np.where(data, np.arange(n, dtype=np.int64), -1)
-    last_data = np.full(len(starts), -1, dtype=np.int64)
-    if len(nonempty):
-        last_data[lengths > 0] = np.maximum.reduceat(idx, nonempty)
-    row_of = np.repeat(np.arange(len(starts)), lengths)
-    return np.arange(n, dtype=np.int64) > last_data[row_of]
-
-
 def batch_stats(
     table: pa.Table, pad_token_id: int | None, padded: bool
 ) -> tuple[SplitStats, np.ndarray, np.ndarray]:
     """Stats of packed rows, plus each row's fill (real tokens / length) and every segment's length."""
     ids, pos, mask, offsets = table_to_flat(table)
-    pad = padding_mask(ids, pos, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
+    pad = padding_mask(ids, pos, mask, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
     lengths = np.diff(offsets)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     real_per_row = np.bincount(row_of[~pad], minlength=len(lengths))
@@ -129,8 +104,12 @@ def check_batch(
     where: str,
     row_base: int,
     limit: int,
+    variable_length: bool = False,
 ) -> list[str]:
-    """Row invariants of one record batch; returns up to ``limit`` violation lines (``where row N: ...``)."""
+    """Row invariants of one record batch; returns up to ``limit`` violation lines (``where row N: ...``).
+
+    ``variable_length``: rows may be shorter than ``seq_len`` (padding-free packing), never longer or empty.
+    """
     out: list[str] = []
     cols = {n: table.column(n).combine_chunks() for n in ROW_FEATURES_SPEC}
     lens = {n: np.asarray(pa.compute.list_value_length(c).to_numpy(zero_copy_only=False)) for n, c in cols.items()}
@@ -140,7 +119,10 @@ def check_batch(
                    f"({lens['input_ids'][r]}/{lens['position_ids'][r]}/{lens['loss_mask'][r]})")
     if len(bad_len):
         return out  # the flat checks below need aligned lists
-    if seq_len is not None:
+    if seq_len is not None and variable_length:
+        for r in np.flatnonzero((lens["input_ids"] > seq_len) | (lens["input_ids"] == 0))[:limit]:
+            out.append(f"{where} row {row_base + r}: length {lens['input_ids'][r]} is not in 1..seq_len {seq_len}")
+    elif seq_len is not None:
         for r in np.flatnonzero(lens["input_ids"] != seq_len)[:limit]:
             out.append(f"{where} row {row_base + r}: length {lens['input_ids'][r]} != seq_len {seq_len}")
     ids, pos, mask, offsets = table_to_flat(table)
@@ -164,10 +146,11 @@ def check_batch(
             row = int(np.searchsorted(offsets, i, side="right") - 1)
             out.append(f"{where} row {row_base + row}, token {i - offsets[row]}: id {ids[i]} >= vocab size {vocab_size}")
     if padded:
-        pad = padding_mask(ids, pos, offsets, pad_token_id)
-        for i in np.flatnonzero(pad & mask)[:limit]:
-            row = int(np.searchsorted(offsets, i, side="right") - 1)
-            out.append(f"{where} row {row_base + row}, token {i - offsets[row]}: loss_mask is True on padding")
+        pad = padding_mask(ids, pos, mask, offsets, pad_token_id)
+        row_len = np.diff(offsets)
+        real = np.bincount(np.repeat(np.arange(len(row_len)), row_len)[~pad], minlength=len(row_len))
+        for r in np.flatnonzero((real == 0) & (row_len > 0))[:limit]:
+            out.append(f"{where} row {row_base + r}: the row is all padding (pad id {pad_token_id}, no loss)")
     return out[:limit]
 
 
@@ -251,7 +234,9 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
     seq_len = hf.get("seq_len")
     pad_id = tok.get("pad_token_id")
     vocab = tok.get("vocab_size")
-    padded = hf.get("packing") != "dense"
+    packing_kwargs = hf.get("packing_kwargs") or {}
+    padded = output_is_padded(hf.get("packing"), packing_kwargs)
+    variable_length = hf.get("packing") != "dense" and not padded
     shards, problems = _shards(root)
     violations.extend(problems)
     if not shards:
@@ -283,11 +268,12 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     violations.extend(
                         check_batch(
                             table, seq_len=seq_len, pad_token_id=pad_id, padded=padded, vocab_size=vocab,
-                            where=where, row_base=row_base, limit=room,
+                            where=where, row_base=row_base, limit=room, variable_length=variable_length,
                         )
                     )
-                s, _, _ = batch_stats(table, pad_id, padded)
-                total.add(s)
+                if _aligned(table):  # else check_batch reported it; the stats need aligned lists
+                    s, _, _ = batch_stats(table, pad_id, padded)
+                    total.add(s)
                 if "source" in table.column_names:
                     from .mixture import source_column_counts
 
@@ -302,6 +288,11 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
 
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     return ValidationReport(str(folder), violations[:max_violations] + _more(violations, max_violations), all_stats)
+
+
+def _aligned(table: pa.Table) -> bool:
+    n = [pa.compute.list_value_length(table.column(c)) for c in ROW_FEATURES_SPEC]
+    return all(x.equals(n[0]) for x in n[1:])
 
 
 def _more(violations: list[str], limit: int) -> list[str]:

@@ -96,3 +96,47 @@ def test_load_kd_dataset_torch_format(cache, tokenizer):
     assert row["topk_ids"].tolist() == ref[2]["topk_ids"]
     assert row["topk_logprobs"].dtype == torch.float32  # datasets' torch format upcasts float16
     np.testing.assert_array_equal(row["topk_logprobs"].numpy(), np.asarray(ref[2]["topk_logprobs"], np.float32))
+
+
+def write_seed_cache(path: Path, ragged: bool = False) -> list[dict]:
+    """A cache as the seed's KD script writes it: list<list<int64/double>>, no hfprep metadata."""
+    import pyarrow as pa
+
+    rows = [
+        {"input_ids": [5, 6, 7], "attn_mask": [1, 1, 1],
+         "topk_ids": [[1, 2], [3, 4], [5, 6]], "topk_logprobs": [[-0.25, -1.5], [-0.5, -2.0], [-0.125, -3.0]]},
+        {"input_ids": [8, 9], "attn_mask": [1, 1],
+         "topk_ids": [[7, 8], [9, 10]], "topk_logprobs": [[-0.75, -1.0], [-1.25, -4.0]]},
+    ]
+    if ragged:
+        rows[1]["topk_ids"][1] = [9]
+    table = pa.Table.from_pylist(rows)
+    assert table.schema.field("topk_logprobs").type == pa.list_(pa.list_(pa.float64()))
+    pq.write_table(table, path)
+    return rows
+
+
+def test_a_seed_style_cache_is_read_with_a_one_line_note(tmp_path):
+    rows = write_seed_cache(tmp_path / "seed.parquet")
+    with pytest.warns(UserWarning, match="seed-style KD cache") as rec:
+        ds = RBTopKIterableDataset(str(tmp_path / "seed.parquet"), k=2)
+    assert all("\n" not in str(w.message) for w in rec)
+    got = list(ds)
+    assert len(got) == 2
+    for g, r in zip(got, rows, strict=True):
+        assert g["input_ids"].tolist() == r["input_ids"]
+        assert g["topk_ids"].tolist() == r["topk_ids"]
+        assert g["topk_logprobs"].tolist() == r["topk_logprobs"]  # exact in float32 (the seed reader's dtype)
+        assert g["topk_logprobs"].dtype == torch.float32
+
+
+def test_a_seed_style_cache_with_ragged_topk_or_another_k_is_refused_in_one_line(tmp_path):
+    from hfprep.errors import DataError
+
+    write_seed_cache(tmp_path / "ragged.parquet", ragged=True)
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="different numbers of top-k entries") as e:
+        list(RBTopKIterableDataset(str(tmp_path / "ragged.parquet")))
+    assert "\n" not in str(e.value)
+    write_seed_cache(tmp_path / "k2.parquet")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="k=3 was expected"):
+        list(RBTopKIterableDataset(str(tmp_path / "k2.parquet"), k=3))

@@ -172,3 +172,51 @@ def test_group_over_memory_budget_is_a_clear_error(tokenizer_path):
     t = PrepareForTrainingTransform(config(tokenizer_path, num_reduce_chunks=1, reduce_memory_budget=100))
     with pytest.raises(ConfigError, match="raise num_reduce_chunks"):
         t.run([{"content": "some words " * 20}])
+
+
+def seed_api_rows(t, rows):
+    """The seed API by hand: map every row, group by key (ascending, input order kept), reduce each group."""
+    groups: dict[int, list] = {}
+    for row in rows:
+        for key, out in t._map_fn(row):
+            groups.setdefault(key, []).append(out)
+    return [r for key in sorted(groups) for r in t._reduce_fn(key, groups[key])]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kwargs"),
+    [("bfd", {"overflow": "truncate"}), ("bfd", {"overflow": "drop", "pad": False}), ("dense", {}),
+     ("no_incomplete", {})],
+)
+def test_seed_api_and_run_are_one_code_path(tokenizer_path, strategy, kwargs):
+    texts = [{"content": t} for t in corpus(60)]
+    t = PrepareForTrainingTransform(
+        config(tokenizer_path, packing_strategy=strategy, packing_kwargs=kwargs, seq_len=12, num_reduce_chunks=3)
+    )
+    by_run = t.run(texts)
+    by_seed = seed_api_rows(t, texts)
+    assert len(by_run) == len(by_seed)
+    for a, b in zip(by_run, by_seed, strict=True):
+        assert list(a["input_ids"]) == b["input_ids"].tolist()
+        assert list(a["position_ids"]) == b["position_ids"].tolist()
+        assert list(a["loss_mask"]) == b["loss_mask"].tolist()
+    if kwargs.get("overflow") == "truncate":
+        lengths = [len(x) + 1 for x in corpus(60)]  # the tokenizer gives more than one token per word: some are cut
+        assert t.stats["docs_truncated"] > 0 and max(lengths) > 12
+
+
+def test_seed_reduce_rebases_rows_that_hold_several_segments(tokenizer_path):
+    t = PrepareForTrainingTransform(config(tokenizer_path, seq_len=2))
+    row = {"input_ids": np.arange(6, dtype=np.uint32), "position_ids": np.array([0, 1, 2, 0, 1, 2], np.uint32),
+           "loss_mask": np.ones(6, bool)}
+    out = list(t._reduce_fn(0, [row]))
+    assert [r["position_ids"].tolist() for r in out] == [[0, 1], [0, 0], [0, 1]]
+
+
+def test_group_over_the_arrow_list_limit_names_the_num_reduce_chunks_to_use(tokenizer_path, monkeypatch):
+    import hfprep.schema
+
+    monkeypatch.setattr(hfprep.schema, "MAX_LIST_VALUES", 40)
+    t = PrepareForTrainingTransform(config(tokenizer_path, num_reduce_chunks=1))
+    with pytest.raises(ConfigError, match=r"over the 40 values one Arrow list column can hold; raise num_reduce_chunks"):
+        t.run([{"content": f"some words {i}"} for i in range(30)])

@@ -127,3 +127,18 @@ def test_collate_lm_builds_batch_mask_when_items_have_none(seed_result):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert b["attention_mask"].shape == (3, 1024, 1024) and b["attention_mask"].dtype == torch.bool
+
+
+def test_collate_lm_on_rows_of_unequal_length_is_a_one_line_error():
+    from hfprep.errors import DataError
+
+    rows = [
+        {"input_ids": np.arange(5, dtype=np.uint32), "position_ids": np.arange(5, dtype=np.uint32),
+         "loss_mask": np.ones(5, bool)},
+        {"input_ids": np.arange(3, dtype=np.uint32), "position_ids": np.arange(3, dtype=np.uint32),
+         "loss_mask": np.ones(3, bool)},
+    ]
+    ds = LMDataset(rows)
+    with pytest.raises(DataError, match=r"unequal length \[2, 4\]") as e:
+        collate_lm([ds[0], ds[1]])
+    assert "\n" not in str(e.value)

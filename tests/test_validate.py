@@ -15,8 +15,9 @@ import yaml
 
 from hfprep.layout import write_parquet
 from hfprep.pipeline import run_recipe
+from hfprep.schema import padding_mask
 from hfprep.tokenize import flat_to_table, tokenized_features
-from hfprep.validate import batch_stats, padding_mask, validate_folder
+from hfprep.validate import batch_stats, validate_folder
 
 SHARD = "data/train-00000-of-00001.parquet"
 
@@ -29,17 +30,19 @@ def table_from_rows(rows: list[tuple[list[int], list[int], list[bool]]]) -> pa.T
 
 
 @pytest.mark.parametrize(
-    ("ids", "pos", "expected"),
+    ("ids", "pos", "loss", "expected"),
     [
-        ([5, 6, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]),  # trailing padding
-        ([0, 0, 0], [0, 0, 0], [0, 1, 1]),  # the first token is always data
-        ([0, 7, 8], [0, 0, 1], [0, 0, 0]),  # a cut document's eos opening the row is data
-        ([5, 0, 6, 0], [0, 1, 0, 1], [0, 0, 0, 0]),  # eos inside a document (position > 0) is data
-        ([5, 0, 6, 0], [0, 0, 0, 0], [0, 0, 0, 1]),  # only the trailing run counts
+        ([5, 6, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]),  # trailing padding
+        ([0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1]),  # nothing but padding (validate reports such a row)
+        ([0, 7, 8], [0, 0, 1], [1, 1, 1], [0, 0, 0]),  # a cut document's eos opening the row is data
+        ([5, 0, 6, 0], [0, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]),  # eos inside a document (position > 0) is data
+        ([5, 0, 6, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]),  # only the trailing run counts
+        ([5, 6, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]),  # a lone eos (= pad id) with loss is data
+        ([5, 6, 9, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]),  # another id with no loss is data
     ],
 )
-def test_padding_mask_hand_cases(ids, pos, expected):
-    got = padding_mask(np.array(ids), np.array(pos), np.array([0, len(ids)]), 0)
+def test_padding_mask_hand_cases(ids, pos, loss, expected):
+    got = padding_mask(np.array(ids), np.array(pos), np.array(loss, bool), np.array([0, len(ids)]), 0)
     assert got.astype(int).tolist() == expected
 
 
@@ -138,7 +141,7 @@ def test_row_not_starting_at_zero_and_wrong_length(copy):
     assert any("row 2: length 23 != seq_len 24" in x for x in v), v
 
 
-def test_loss_on_padding_and_card_mismatch(copy):
+def test_loss_on_a_pad_token_makes_it_data_and_the_card_disagrees(copy):
     def edit(rows):
         for r in rows:
             if r["input_ids"][-1] == 0 and r["position_ids"][-1] == 0:
@@ -148,8 +151,19 @@ def test_loss_on_padding_and_card_mismatch(copy):
 
     rewrite(copy, edit)
     v = validate_folder(copy).violations
-    assert any("loss_mask is True on padding" in x for x in v), v
-    assert any("loss_tokens =" in x and "in the card" in x for x in v), v
+    for key in ("tokens", "pad_tokens", "loss_tokens"):
+        assert any(f"{key} =" in x and "in the card" in x for x in v), v
+
+
+def test_a_row_of_nothing_but_padding(copy):
+    def edit(rows):
+        rows[0]["input_ids"] = [0] * 24
+        rows[0]["position_ids"] = [0] * 24
+        rows[0]["loss_mask"] = [False] * 24
+
+    rewrite(copy, edit)
+    v = validate_folder(copy).violations
+    assert any("row 0: the row is all padding" in x for x in v), v
 
 
 def test_mismatched_list_lengths(copy):

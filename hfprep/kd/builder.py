@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float, UInt32
 
 from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
 from ..layout import CARD_NAME, DATA_DIR, atomic_output, hf_schema, list_split_files, shard_filename
+from ..schema import causal_mask_from_positions, padding_mask
 from ..tokenizer import eos_token_id, load_tokenizer, tokenizer_fingerprint
 from .card import render_card
 from .config import KDCacheConfig, load_kd_recipe
@@ -198,18 +199,12 @@ def row_masks(
 ) -> tuple[Bool[np.ndarray, " n"], Bool[np.ndarray, " n"]]:
     """``(attn_mask, target_mask)`` of flat rows.
 
-    Padding is the trailing run of tokens that are ``pad_token_id`` with position 0 and no loss (every hfprep
-    strategy ends a document with an eos *with* loss, so a real token never matches all three). ``target_mask[t]``
+    Padding is the row contract's (:func:`hfprep.schema.padding_mask`): the trailing run of tokens that are
+    ``pad_token_id`` with position 0 and no loss. ``target_mask[t]``
     is True iff ``t+1`` is in the same row, is not a segment start (``position_ids[t+1] > 0``) and not padding.
     """
     n = len(ids)
-    padlike = (pos == 0) & ~loss & (ids == pad_token_id)
-    attn = np.ones(n, dtype=bool)
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        run = padlike[a:b][::-1]
-        k = int(np.argmin(run)) if not run.all() else b - a
-        if k:
-            attn[b - k : b] = False
+    attn = ~padding_mask(ids, pos, loss, offsets, pad_token_id)
     target = np.zeros(n, dtype=bool)
     target[:-1] = pos[1:] > 0
     target[offsets[1:] - 1] = False  # the row's last token: its successor is in the next row
@@ -318,10 +313,7 @@ def check_teacher_tokenizer(cfg: KDCacheConfig, teacher: Teacher, tokenizer) -> 
 
 def block_diagonal_mask(pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive (B, 1, L, L) mask: 0 where token i may attend to j (j <= i, same segment), dtype-min elsewhere."""
-    seg = torch.cumsum((pos == 0).to(torch.int64), dim=-1)
-    L = pos.shape[-1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=pos.device).tril()
-    allowed = (seg[:, :, None] == seg[:, None, :]) & causal
+    allowed = causal_mask_from_positions(pos)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=pos.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]

@@ -45,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .. import schema as _schema
+
 FORMAT_VERSION = 1
 FILL_ID = 0
 """``topk_ids`` where there is no target (a valid id, so a gather never goes out of range)."""
@@ -57,7 +59,8 @@ NORMALISATION = "log_softmax over the full tokenizer vocabulary (ids 0..vocab_si
 META_KEY = b"hfprep_kd"
 """Parquet key-value metadata key holding the cache metadata JSON in every shard."""
 
-ROW_COLUMNS = ("input_ids", "position_ids", "loss_mask")
+ROW_COLUMNS = _schema.ROW_COLUMNS
+
 RB_COLUMNS = ("input_ids", "attn_mask", "topk_ids", "topk_logprobs")
 """The response-based columns the seed's ``RBTopKIterableDataset`` yields."""
 CACHE_COLUMNS = ("input_ids", "position_ids", "loss_mask", "attn_mask", "target_mask", "topk_ids", "topk_logprobs")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -41,6 +42,42 @@ from ..tokenizer import tokenizer_fingerprint
 from .format import RB_COLUMNS, bf16_bits_to_float, check_complete_shards, hidden_column, list_values_numpy, read_meta
 
 OPTIONAL_COLUMNS = ("position_ids", "loss_mask", "target_mask")
+
+
+def _is_nested_variable_list(t: pa.DataType) -> bool:
+    """``list<list<X>>``: how the seed's KD writer stores top-k columns (hfprep writes fixed-size inner lists)."""
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+        pa.types.is_list(t.value_type) or pa.types.is_large_list(t.value_type)
+    )
+
+
+def seed_style_values(column: pa.ChunkedArray | pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A seed-style ``list<list<X>>`` column -> ``((tokens, k) values, row offsets)``, converted (one copy).
+
+    Every token must hold the same number of entries. float64 becomes float32 and int64 stays int64, which is
+    what the seed's reader (``torch.tensor`` of the row's lists) gave.
+
+    Example:
+        >>> vals, off = seed_style_values(pa.array([[[1, 2], [3, 4]], [[5, 6]]]), "f")
+        >>> vals.tolist(), off.tolist()
+        ([[1, 2], [3, 4], [5, 6]], [0, 2, 3])
+    """
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.nan_to_num(lengths).astype(np.int64), out=offsets[1:])
+    tokens = arr.flatten()
+    widths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    if len(widths) and (np.isnan(widths.astype(np.float64)).any() or (widths != widths[0]).any()):
+        raise DataError(
+            f"{where}: tokens hold different numbers of top-k entries ({sorted(set(widths.tolist()))[:5]}); a KD "
+            "cache needs the same k for every token -- rebuild it with `hfprep kd-cache`"
+        )
+    width = int(widths[0]) if len(widths) else 0
+    vals = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False))
+    if vals.dtype == np.float64:
+        vals = vals.astype(np.float32)
+    return vals.reshape(-1, width) if width else vals.reshape(0, 0), offsets
 
 
 def resolve_files(path_glob: str | os.PathLike | list[str]) -> list[str]:
@@ -124,10 +161,12 @@ class _KDParquetIterable(IterableDataset):
     ) -> None:
         super().__init__()
         self.path_glob = path_glob
+        self.k = k
         self.files = resolve_files(path_glob)
         self.rank, self.world_size = rank, world_size
         self.vocab_size = len(student_tokenizer) if student_tokenizer is not None else vocab_size
         self.units: list[tuple[str, int]] = []
+        self.seed_style_noted = False
         self.meta: dict[str, Any] | None = None
         first_meta_file = None
         for f in self.files:
@@ -140,6 +179,14 @@ class _KDParquetIterable(IterableDataset):
                 )
             meta = read_meta(pf.schema_arrow)
             check_cache_meta(meta, f, k=k, student_tokenizer=student_tokenizer, vocab_size=vocab_size)
+            seed_style = [c for c in self.required if _is_nested_variable_list(pf.schema_arrow.field(c).type)]
+            if seed_style and not self.seed_style_noted:
+                self.seed_style_noted = True
+                warnings.warn(
+                    f"{f}: seed-style KD cache (list<list<...>> column(s) {seed_style}, no hfprep metadata): read by "
+                    "converting each row group, slower than an hfprep cache (`hfprep kd-cache` writes zero-copy ones)",
+                    stacklevel=3,
+                )
             if meta is None and k is not None:
                 width = self._topk_width(pf.schema_arrow)
                 if width is not None and width != k:
@@ -185,7 +232,13 @@ class _KDParquetIterable(IterableDataset):
             out: dict[str, torch.Tensor] = {}
             offsets = None
             for c in self.columns:
-                vals, off = list_values_numpy(table.column(c))
+                col = table.column(c)
+                if _is_nested_variable_list(col.type):
+                    vals, off = seed_style_values(col, f"{f} row group {rg} column {c!r}")
+                    if c == "topk_ids" and self.k is not None and vals.shape[1] != self.k:
+                        raise DataError(f"{f}: topk columns hold {vals.shape[1]} entries per token but k={self.k} was expected")
+                else:
+                    vals, off = list_values_numpy(col)
                 offsets = off if offsets is None else offsets
                 if not np.array_equal(off, offsets):
                     raise DataError(f"{f} row group {rg}: column {c!r} has other row lengths than {self.columns[0]!r}")

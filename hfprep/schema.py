@@ -1,0 +1,302 @@
+"""The row contract, defined once: columns, dtypes, ``datasets.Features``, the padding rule, the attention mask.
+
+A packed (or tokenized) row is three lists of the same length: ``input_ids`` uint32, ``position_ids`` uint32
+(every segment counts ``0, 1, 2, ...``) and ``loss_mask`` bool. Every stage that reads rows uses this module, so
+the packers, ``validate``, the quality report, the collators, ``inspect`` and the KD builder agree token for token.
+
+Padding rule (:func:`padding_mask`): the padding of a row is the longest run at its end of tokens that are
+``pad_token_id`` at position 0 with ``loss_mask`` False. It is unambiguous because the padded packers never leave
+such a token at the end of a piece of real data (:func:`trailing_padding_like`): a one-token segment with no loss
+that reads as padding carries no training signal, so they leave it out and count it in ``tokens_dropped`` (and
+``padding_like_tokens``). A real one-token segment *with* loss (e.g. the last piece of a split document being the
+eos, when the pad id is the eos id) is never padding. Whether a dataset is padded at all is a property of its
+packing (:func:`output_is_padded`): ``dense`` and ``bfd`` with ``pad: false`` write no padding.
+
+Attention (:func:`causal_mask_from_positions`): a segment starts where ``position_ids == 0`` (and at the row
+start); token ``i`` may attend to ``j`` iff ``j <= i`` and both are in the same segment.
+
+Example:
+    >>> import numpy as np
+    >>> ids = np.array([5, 6, 2, 2], np.uint32); pos = np.array([0, 1, 0, 0], np.uint32)
+    >>> loss = np.array([True, True, False, False])
+    >>> padding_mask(ids, pos, loss, np.array([0, 4]), pad_token_id=2).tolist()
+    [False, False, True, True]
+    >>> causal_mask_from_positions(np.array([0, 1, 0])).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from jaxtyping import Bool, Int64
+
+from .errors import ConfigError
+
+TOKEN_DTYPE = np.uint32
+POSITION_DTYPE = np.uint32
+MASK_DTYPE = np.bool_
+
+ROW_COLUMNS: tuple[str, str, str] = ("input_ids", "position_ids", "loss_mask")
+ROW_DTYPES: dict[str, type] = {"input_ids": TOKEN_DTYPE, "position_ids": POSITION_DTYPE, "loss_mask": MASK_DTYPE}
+ROW_FEATURES_SPEC: dict[str, str] = {"input_ids": "uint32", "position_ids": "uint32", "loss_mask": "bool"}
+"""``datasets`` dtype of each column's values."""
+ROW_ARROW_TYPES: dict[str, pa.DataType] = {
+    "input_ids": pa.list_(pa.uint32()),
+    "position_ids": pa.list_(pa.uint32()),
+    "loss_mask": pa.list_(pa.bool_()),
+}
+
+MAX_LIST_VALUES = 2**31 - 1
+"""Values one Arrow ``list`` array can hold (int32 offsets); :func:`flat_to_table` starts a new chunk before it."""
+
+
+def row_features():
+    """``datasets.Features`` of rows (explicit, so ``input_ids`` is not stored as int32/int64).
+
+    Example:
+        >>> row_features()["input_ids"]
+        List(Value('uint32'))
+    """
+    from datasets import Features, List, Value
+
+    return Features({name: List(Value(dtype)) for name, dtype in ROW_FEATURES_SPEC.items()})
+
+
+def output_is_padded(packing: str | None, packing_kwargs: Mapping[str, Any] | None = None) -> bool:
+    """Whether a packing writes padding: every packer but ``dense`` and ``bfd`` with ``pad: false``.
+
+    Example:
+        >>> output_is_padded("dense"), output_is_padded("bfd", {"pad": False}), output_is_padded("no_incomplete")
+        (False, False, True)
+    """
+    if packing == "dense":
+        return False
+    return bool((packing_kwargs or {}).get("pad", True))
+
+
+# --- padding --------------------------------------------------------------------------------------------------
+
+
+def pad_candidates(
+    input_ids: np.ndarray, position_ids: np.ndarray, loss_mask: np.ndarray, pad_token_id: int | None
+) -> np.ndarray:
+    """Tokens that look like padding: position 0, no loss and (when ``pad_token_id`` is given) the pad id."""
+    cand = (np.asarray(position_ids) == 0) & ~np.asarray(loss_mask, dtype=np.bool_)
+    if pad_token_id is not None:
+        cand &= np.asarray(input_ids) == pad_token_id
+    return cand
+
+
+def padding_mask(
+    input_ids: np.ndarray,
+    position_ids: np.ndarray,
+    loss_mask: np.ndarray,
+    row_offsets: Int64[np.ndarray, " rows_plus_1"],
+    pad_token_id: int | None,
+) -> Bool[np.ndarray, " n"]:
+    """THE padding rule on flat rows: per row, the longest trailing run of :func:`pad_candidates`.
+
+    ``pad_token_id=None`` drops the id condition (for callers that do not know it, like a collator without one).
+
+    Example:
+        >>> ids = np.array([7, 2, 2, 2], np.uint32); pos = np.array([0, 0, 0, 0], np.uint32)
+        >>> padding_mask(ids, pos, np.array([1, 1, 0, 0], bool), np.array([0, 2, 4]), 2).tolist()
+        [False, False, True, True]
+    """
+    n = len(position_ids)
+    offsets = np.asarray(row_offsets, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.bool_)
+    cand = pad_candidates(input_ids, position_ids, loss_mask, pad_token_id)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    idx = np.where(cand, -1, np.arange(n, dtype=np.int64))
+    last_real = starts - 1  # a row with no real token is padding from its start
+    if nonempty.any():
+        last_real[nonempty] = np.maximum(np.maximum.reduceat(idx, starts[nonempty]), starts[nonempty] - 1)
+    row_of = np.repeat(np.arange(len(starts)), lengths)
+    return np.arange(n, dtype=np.int64) > last_real[row_of]
+
+
+def padding_start(
+    input_ids: np.ndarray | None, position_ids: np.ndarray, loss_mask: np.ndarray, pad_token_id: int | None
+) -> Int64[np.ndarray, " batch"]:
+    """Index where each row's padding starts in a (B, L) batch (``L`` when none): :func:`padding_mask`'s rule,
+    vectorised over the batch's 2-D layout (the collators' hot path).
+
+    Example:
+        >>> pos = np.array([[0, 1, 0, 0], [0, 1, 2, 3]]); loss = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+        >>> padding_start(None, pos, loss, None).tolist()
+        [2, 4]
+    """
+    cand = pad_candidates(input_ids if input_ids is not None else 0, position_ids, loss_mask,
+                          pad_token_id if input_ids is not None else None)
+    length = cand.shape[1]
+    not_cand_rev = ~cand[:, ::-1]
+    has_real = not_cand_rev.any(axis=1)
+    last_real = length - 1 - np.argmax(not_cand_rev, axis=1)
+    return np.where(has_real, last_real + 1, 0).astype(np.int64)
+
+
+def trailing_padding_like(
+    input_ids: np.ndarray,
+    position_ids: np.ndarray,
+    loss_mask: np.ndarray,
+    piece_start: Int64[np.ndarray, " p"],
+    piece_len: Int64[np.ndarray, " p"],
+    pad_token_id: int | None,
+) -> Int64[np.ndarray, " p"]:
+    """How many tokens at the end of each piece would read as padding once the piece is laid out in a row.
+
+    A piece's positions restart at 0, so its first token is at position 0 wherever it came from. Padded packers
+    leave these tokens out (they are one-token segments with no loss: no training signal), which is what makes
+    :func:`padding_mask` exact on their output. Only the pieces whose last token is a candidate are walked, so
+    the cost is per piece, not per token, on real data (whose documents end with an eos that has loss).
+    """
+    input_ids, position_ids = np.asarray(input_ids), np.asarray(position_ids)
+    loss_mask = np.asarray(loss_mask, dtype=np.bool_)
+    piece_start = np.asarray(piece_start, dtype=np.int64)
+    piece_len = np.asarray(piece_len, dtype=np.int64)
+    out = np.zeros(len(piece_len), dtype=np.int64)
+    if pad_token_id is None or not len(piece_len):
+        return out
+    nonempty = piece_len > 0
+    last = piece_start + piece_len - 1
+    idx = last[nonempty]
+    cand = np.zeros(len(piece_len), dtype=np.bool_)
+    cand[nonempty] = (
+        (np.asarray(input_ids)[idx] == pad_token_id)
+        & ~np.asarray(loss_mask, dtype=np.bool_)[idx]
+        & ((np.asarray(position_ids)[idx] == 0) | (piece_len[nonempty] == 1))
+    )
+    for p in np.flatnonzero(cand).tolist():
+        a, n = int(piece_start[p]), int(piece_len[p])
+        c = pad_candidates(input_ids[a : a + n], position_ids[a : a + n], loss_mask[a : a + n], pad_token_id)
+        c[0] |= (input_ids[a] == pad_token_id) and not loss_mask[a]  # the piece's first token lands at position 0
+        real = np.flatnonzero(~c)
+        out[p] = n - (int(real[-1]) + 1 if len(real) else 0)
+    return out
+
+
+# --- attention --------------------------------------------------------------------------------------------------
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def segment_ids(position_ids: Any) -> Any:
+    """Segment index of every token of (..., L) positions: a segment starts at position 0 and at the row start.
+
+    numpy in, numpy out; a torch tensor in, a tensor out (on its device).
+    """
+    if _is_torch(position_ids):
+        import torch
+
+        starts = position_ids == 0
+        if position_ids.shape[-1]:
+            starts[..., 0] = True
+        return torch.cumsum(starts.to(torch.int64), dim=-1)
+    pos = np.asarray(position_ids)
+    starts = pos == 0
+    if pos.shape[-1]:
+        starts[..., 0] = True
+    return np.cumsum(starts, axis=-1)
+
+
+def causal_mask_from_positions(position_ids: Any) -> Any:
+    """THE attention mask from positions: (..., L) -> (..., L, L) bool, True where ``i`` may attend to ``j``.
+
+    ``j <= i`` and both in the same segment (:func:`segment_ids`). numpy or torch, vectorised over the batch.
+
+    Example:
+        >>> causal_mask_from_positions(np.array([[0, 0]])).astype(int).tolist()
+        [[[1, 0], [0, 1]]]
+    """
+    seg = segment_ids(position_ids)
+    length = seg.shape[-1]
+    if _is_torch(seg):
+        import torch
+
+        causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
+    else:
+        causal = np.tril(np.ones((length, length), dtype=np.bool_))
+    return (seg[..., :, None] == seg[..., None, :]) & causal
+
+
+# --- flat arrays <-> Arrow ------------------------------------------------------------------------------------
+
+
+def flat_to_table(
+    input_ids: np.ndarray, position_ids: np.ndarray, loss_mask: np.ndarray, offsets: np.ndarray
+) -> pa.Table:
+    """Rows as an Arrow table from flat arrays and row offsets (zero-copy for the values).
+
+    Arrow lists have int32 offsets: rows are cut into chunks of at most :data:`MAX_LIST_VALUES` values each, so
+    a group of any size is written (a single row above the limit is an error).
+
+    Example:
+        >>> t = flat_to_table(np.arange(3), np.arange(3), np.ones(3, bool), np.array([0, 2, 3]))
+        >>> t.column("input_ids").to_pylist()
+        [[0, 1], [2]]
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    cols = {
+        "input_ids": np.asarray(input_ids, dtype=TOKEN_DTYPE),
+        "position_ids": np.asarray(position_ids, dtype=POSITION_DTYPE),
+        "loss_mask": np.asarray(loss_mask, dtype=MASK_DTYPE),
+    }
+    limit = MAX_LIST_VALUES
+    bounds = [0]
+    if int(offsets[-1]) - int(offsets[0]) > limit:
+        lengths = np.diff(offsets)
+        if len(lengths) and int(lengths.max()) > limit:
+            raise ConfigError(f"a row of {int(lengths.max())} tokens is over Arrow's list limit of {limit} values")
+        while bounds[-1] < len(offsets) - 1:
+            a = bounds[-1]
+            bounds.append(int(np.searchsorted(offsets, offsets[a] + limit, side="right")) - 1)
+    else:
+        bounds.append(len(offsets) - 1)
+    batches = []
+    for a, b in itertools.pairwise(bounds):
+        lo, hi = int(offsets[a]), int(offsets[b])
+        off = pa.array(offsets[a : b + 1] - lo, type=pa.int32())
+        arrays = [pa.ListArray.from_arrays(off, pa.array(cols[n][lo:hi])) for n in ROW_COLUMNS]
+        batches.append(pa.RecordBatch.from_arrays(arrays, names=list(ROW_COLUMNS)))
+    return pa.Table.from_batches(batches)
+
+
+def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows table -> ``(input_ids, position_ids, loss_mask, row_offsets)`` flat numpy arrays.
+
+    Chunk by chunk, so a table of more values than one Arrow list can hold is read too; a single chunk is
+    zero-copy for the values.
+
+    Example:
+        >>> ids, pos, loss, off = table_to_flat(flat_to_table(np.arange(3), np.arange(3), np.ones(3, bool),
+        ...                                                   np.array([0, 2, 3])))
+        >>> ids.tolist(), off.tolist()
+        ([0, 1, 2], [0, 2, 3])
+    """
+    lengths = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in table.column("input_ids").chunks]
+    flat_len = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(flat_len) + 1, dtype=np.int64)
+    np.cumsum(np.nan_to_num(flat_len).astype(np.int64), out=offsets[1:])
+    cols = []
+    for name in ROW_COLUMNS:
+        dtype = ROW_DTYPES[name]
+        parts = [np.asarray(c.flatten().to_numpy(zero_copy_only=False), dtype=dtype) for c in table.column(name).chunks]
+        if not parts:
+            cols.append(np.zeros(0, dtype=dtype))
+        elif len(parts) == 1:
+            cols.append(parts[0])
+        else:
+            cols.append(np.concatenate(parts))
+    return cols[0], cols[1], cols[2], offsets
