@@ -134,15 +134,18 @@ def test_every_packer_output_validates_and_everyone_counts_the_same_padding(docs
 
 
 def test_a_split_documents_last_piece_that_is_a_lone_eos_with_loss_is_data(tmp_path):
-    # seq_len 4, a 5-token document: the last piece is the eos alone, at position 0, with loss (pad id == eos).
-    ids = np.array([1, 2, 3, 4, PAD], np.uint32)
-    pos = np.arange(5, dtype=np.uint32)
-    packed = get_packer("bfd")(ids, pos, np.ones(5, bool), np.array([0, 5]), 4, PAD)
-    assert packed.stats.tokens_out == 5 and packed.stats.pad_tokens == 3
+    # seq_len 4: the 5-token document splits into 4 + 1, and its last piece is the eos alone at position 0 with
+    # loss (pad id == eos). It lands after [5, eos] in the second row, right before the row's padding.
+    ids = np.array([1, 2, 3, 4, PAD, 5, PAD], np.uint32)
+    pos = np.array([0, 1, 2, 3, 4, 0, 1], np.uint32)
+    packed = get_packer("bfd")(ids, pos, np.ones(7, bool), np.array([0, 5, 7]), 4, PAD)
+    assert [r["input_ids"].tolist() for r in packed.rows()] == [[1, 2, 3, 4], [5, PAD, PAD, PAD]]
+    assert [r["loss_mask"].tolist() for r in packed.rows()][1] == [True, True, True, False]
+    assert packed.stats.tokens_out == 7 and packed.stats.pad_tokens == 1
     write_folder(tmp_path, packed, "bfd", {}, 4)
     report = validate_folder(tmp_path)
     assert report.ok, report.violations
-    assert report.stats["train"]["tokens"] == 5
+    assert (report.stats["train"]["tokens"], report.stats["train"]["pad_tokens"]) == (7, 1)
 
 
 def test_padding_free_rows_validate(tmp_path):

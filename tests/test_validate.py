@@ -197,3 +197,35 @@ def test_not_a_dataset(tmp_path):
     v = validate_folder(tmp_path).violations
     assert "README.md: missing (no dataset card)" in v
     assert "data/: no Parquet shards" in v
+
+
+@pytest.mark.parametrize("packing", [{"strategy": "bfd", "packing_kwargs": {"pad": False}},
+                                     {"strategy": "bfd", "packing_kwargs": {"overflow": "split"}}])
+def test_bfd_runs_validate_and_every_report_counts_the_same(tmp_path, tokenizer_path, packing):
+    from hfprep.inspect_cmd import inspect_folder
+
+    rng = random.Random(2)
+    words = ["alpha", "beta", "gamma", "import", "def", "fox"]
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(40)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "source": {"files": ["docs.jsonl"]},
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 16, "num_reduce_chunks": 2, **packing},
+        "output": {"folder": "out"},
+    }))
+    summary = run_recipe(tmp_path / "r.yaml")
+    report = validate_folder(tmp_path / "out")
+    assert report.ok, report.violations
+    s, v = summary["splits"]["train"], report.stats["train"]
+    assert (s["tokens_out"], s["pad_tokens"], s["loss_tokens"]) == (v["tokens"], v["pad_tokens"], v["loss_tokens"])
+    assert (s["quality"]["tokens"], s["quality"]["pad_tokens"]) == (v["tokens"], v["pad_tokens"])
+    assert s["tokens_out"] + s["tokens_dropped"] == s["tokens_in"]
+    table = pq.read_table(tmp_path / "out" / SHARD)
+    if packing["packing_kwargs"].get("pad", True):
+        assert v["pad_tokens"] == len(table) * 16 - v["tokens"]
+    else:
+        assert v["pad_tokens"] == 0 and v["tokens"] == sum(len(x) for x in table.column("input_ids").to_pylist())
+    shown = sum(int(inspect_folder(tmp_path / "out", row=i)["text"].split(" padding token")[0].split()[-1])
+                for i in range(len(table)))
+    assert shown == v["pad_tokens"]
