@@ -177,7 +177,10 @@ def rebase_row_heads(
 
 
 def positions_are_aranges(position_ids: UInt32[np.ndarray, " total"], doc_offsets: Int64[np.ndarray, " n_plus_1"]) -> bool:
-    """Whether every document's positions are exactly ``0, 1, ..., len - 1`` (what the tokenize stage writes).
+    """Whether every document's positions are one ``0, 1, ..., len - 1`` run (what the tokenize stage writes).
+
+    Segments count up by 1 (the row contract), so it is enough to look at each document's first and last
+    position: a restart inside a document would leave its last position below ``len - 1``. O(documents).
 
     Example:
         >>> positions_are_aranges(np.array([0, 1, 0], np.uint32), np.array([0, 2, 3]))
@@ -187,14 +190,12 @@ def positions_are_aranges(position_ids: UInt32[np.ndarray, " total"], doc_offset
     """
     pos = np.asarray(position_ids)
     offsets = np.asarray(doc_offsets, dtype=np.int64)
-    if not len(pos):
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    starts, lengths = offsets[:-1][nonempty], lengths[nonempty]
+    if not len(starts):
         return True
-    step = np.empty(len(pos), dtype=np.bool_)
-    step[0] = pos[0] == 0
-    np.equal(pos[1:], pos[:-1] + np.uint32(1), out=step[1:])
-    starts = offsets[:-1][np.diff(offsets) > 0]
-    step[starts] = pos[starts] == 0
-    return bool(step.all())
+    return bool((pos[starts] == 0).all() and (pos[starts + lengths - 1].astype(np.int64) == lengths - 1).all())
 
 
 def dense_stats(doc_offsets: Int64[np.ndarray, " n_plus_1"], seq_len: int) -> PackStats:
@@ -235,11 +236,14 @@ def pack_dense_flat(
     stats = dense_stats(doc_offsets, seq_len)
     n_rows = stats.rows
     cut = n_rows * seq_len
-    # Any positions (also rows that already hold several segments, as re-packed rows do): every segment of a row,
-    # and the row's leading partial one, is rebased to start at 0, exactly position_fix_helper on each row.
-    row_starts = np.zeros(cut, dtype=np.bool_)
-    row_starts[::seq_len] = True
-    positions = rebase_positions(np.asarray(position_ids[:cut], dtype=np.uint32), row_starts)
+    if positions_are_aranges(position_ids, doc_offsets):
+        positions = rebase_row_heads(position_ids, doc_offsets, seq_len, n_rows)
+    else:
+        # Rows that already hold several segments (re-packed rows): every segment of a row, and the row's leading
+        # partial one, is rebased to start at 0, exactly position_fix_helper on each row.
+        row_starts = np.zeros(cut, dtype=np.bool_)
+        row_starts[::seq_len] = True
+        positions = rebase_positions(np.asarray(position_ids[:cut], dtype=np.uint32), row_starts)
     return PackedFlat(
         np.asarray(input_ids[:cut], dtype=np.uint32),  # views: the output is written straight from them
         positions,
@@ -357,12 +361,21 @@ def layout_rows(
         if pad:
             pad_len_rows = seq_len - row_fill
             dst_start += (np.cumsum(pad_len_rows) - pad_len_rows)[piece_rows]
-        for d, n, f in zip(dst_start[fix].tolist(), out_len[fix].tolist(), first_pos[fix].tolist(), strict=True):
+        # A piece may hold several segments (re-packed rows): then only its leading segment is shifted, the later
+        # ones already start at 0 (position_fix_helper's rule: a segment ends where positions drop). Pieces with
+        # no break in their positions (every piece of tokenized documents) are one run: shifted whole.
+        # Segments count up by 1 (the row contract), so a piece is one run iff its last position is first + n - 1:
+        # a restart inside it would leave the last position at most n - 2. O(1) per piece, no pass over tokens.
+        last_pos = np.asarray(position_ids)[src_start[fix] + out_len[fix] - 1].astype(np.int64)
+        multi = last_pos != first_pos[fix].astype(np.int64) + out_len[fix] - 1
+        for d, n, f, m in zip(
+            dst_start[fix].tolist(), out_len[fix].tolist(), first_pos[fix].tolist(), multi.tolist(), strict=True
+        ):
             view = out_pos[d : d + n]
-            # Only the piece's leading segment is shifted: a piece may hold several segments (re-packed rows), and
-            # the later ones already start at 0 (position_fix_helper's rule: a segment ends where positions drop).
-            drop = np.flatnonzero(view[1:] < view[:-1])
-            view[: int(drop[0]) + 1 if len(drop) else n] -= np.uint32(f)
+            if m:
+                drop = np.flatnonzero(view[1:] < view[:-1])
+                n = int(drop[0]) + 1 if len(drop) else n
+            view[:n] -= np.uint32(f)
 
     return out_ids, out_pos, out_mask, row_offsets
 

@@ -171,6 +171,36 @@ def test_dense_matches_reference_and_conserves_tokens(lengths, seq_len, seed):
     assert flat.tolist() == list(range(100, 100 + (total // seq_len) * seq_len))
 
 
+def multi_segment_positions(n: int, rng) -> np.ndarray:
+    """Positions of an already packed row: several ``0..k-1`` runs (the seed API accepts such rows)."""
+    out, left = [], n
+    while left:
+        k = int(rng.integers(1, left + 1))
+        out += list(range(k))
+        left -= k
+    return np.array(out, dtype=np.uint32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lengths=lengths_st, seq_len=st.integers(min_value=2, max_value=32), seed=st.integers(0, 2**16))
+def test_dense_on_rows_holding_several_segments_matches_the_seed_rule(lengths, seq_len, seed):
+    # e.g. positions [0, 1, 2, 0, 1, 2] at seq_len 2 used to wrap to 4294967294 (only the row head was rebased)
+    from hfprep.prepare import pack_table
+    from hfprep.schema import flat_to_table, table_to_flat
+
+    rng = np.random.default_rng(seed)
+    docs = make_docs(lengths, rng)
+    for d in docs:
+        d["position_ids"] = multi_segment_positions(len(d["input_ids"]), rng)
+    ref = ref_dense(docs, seq_len)
+    got = pack_dense(docs, seq_len)
+    assert [[g[k].tolist() for k in ("input_ids", "position_ids", "loss_mask")] for g in got] == [list(r) for r in ref]
+    table, _ = pack_table(flat_to_table(*rows_to_flat(docs)), seq_len, 0, pack_dense_flat, check_positions=True)
+    ids, pos, _, _ = table_to_flat(table)
+    assert pos.tolist() == [p for r in ref for p in r[1]]
+    assert ids.tolist() == [i for r in ref for i in r[0]]
+
+
 @settings(max_examples=150, deadline=None)
 @given(lengths=lengths_st, seq_len=st.integers(min_value=2, max_value=32), seed=st.integers(0, 2**16))
 def test_no_incomplete_matches_reference_and_keeps_docs_intact(lengths, seq_len, seed):
