@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("folder", metavar="FOLDER")
     push.add_argument("--repo-id", required=True, metavar="ID", help="user/name of the dataset repo")
     push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument("--revision", help="branch to push to (default main)")
+    push.add_argument("--revision", metavar="BRANCH", help="branch to push to, created from main if needed "
+                      "(default main)")
+    push.add_argument("--config-name", default="default", metavar="NAME",
+                      help="dataset config to push as: data under data/NAME/ (default: the default config, data/)")
     push.add_argument("--message", help="commit message")
+    push.add_argument("--dry-run", action="store_true", help="list what would be added and deleted; change nothing")
+    push.add_argument("--no-validate", action="store_true", help="skip `hfprep validate` of the folder before pushing")
     push.add_argument("--json", action="store_true", help="JSON line on stdout")
 
     insp = sub.add_parser("inspect", help="schema, stats and a decoded row of a folder or Hub repo",
@@ -128,10 +133,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_folder
+    from .hub import check_config_name, plan_push, push_folder
 
+    try:
+        check_config_name(args.config_name)
+    except HfprepError as e:
+        raise _UsageError(f"--config-name: {e}") from None
+    if not args.no_validate:
+        from .validate import validate_folder
+
+        report = validate_folder(args.folder)
+        if not report.ok:
+            first = report.violations[0] if report.violations else "invalid"
+            raise HfprepError(
+                f"{args.folder} fails validation ({len(report.violations)} violation(s), first: {first}); "
+                f"run `hfprep validate {args.folder}` for all, re-create the folder, or pass --no-validate"
+            )
+    if args.dry_run:
+        plan = plan_push(args.folder, args.repo_id, config_name=args.config_name, revision=args.revision)
+        if args.json:
+            _emit({"event": "dry_run", "folder": args.folder, "repo_id": args.repo_id, "revision": plan.revision,
+                   "config_name": plan.config_name, "added": plan.added, "deleted": plan.deleted,
+                   "commits": len(plan.commits)})
+        else:
+            for line in plan.lines():
+                print(line)
+            print(f"dry run: {len(plan.added)} to add, {len(plan.deleted)} to delete in {len(plan.commits)} "
+                  f"commit(s) to {args.repo_id}@{plan.revision} (config {plan.config_name}); nothing was changed")
+        return EXIT_OK
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                      commit_message=args.message)
+                      commit_message=args.message, config_name=args.config_name)
     if args.json:
         _emit({"event": "pushed", "folder": args.folder, "repo_id": args.repo_id, "url": url})
     else:

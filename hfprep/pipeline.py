@@ -691,6 +691,7 @@ def run_recipe(
         log({"event": "push", "repo_id": recipe.hub.repo_id})
         summary["pushed"] = push_folder(
             str(out_dir), recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision,
+            config_name=recipe.hub.config_name,
             commit_message=f"hfprep {_version()}: {recipe.name or out_dir.name}",
         )
     log({"event": "summary", **summary})

@@ -9,7 +9,7 @@ A recipe has these sections (only ``source``, ``tokenizer``, ``packing`` and ``o
     packing:  {seq_len: 512, strategy: dense, num_reduce_chunks: 4}
     splits:   {heldout_fraction: 0.05, heldout_name: test}
     output:   {folder: ../out/quickstart}
-    hub:      {repo_id: user/name, private: true, license: apache-2.0, tags: [code]}
+    hub:      {repo_id: user/name, private: true, license: apache-2.0, tags: [code]}  # config_name: fr
     engine:   {name: datasets, num_proc: 2}
     seed: 0
 
@@ -225,6 +225,7 @@ class HubSection(_Section):
     private: bool = False
     push: bool = True
     revision: str | None = None
+    config_name: str = pydantic.Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
     license: str | None = None
     tags: list[str] = pydantic.Field(default_factory=list)
     pretty_name: str | None = None

@@ -10,6 +10,10 @@ create a repo, upload files over the legacy LFS protocol, commit, list and downl
 * ``POST /{prefix}{ns}/{name}.git/info/lfs/objects/batch`` + ``PUT`` upload + ``POST`` verify
 * ``GET``/``HEAD /{prefix}{ns}/{name}/resolve/{rev}/{path}`` with byte ranges
 
+Faults for tests: :meth:`HubServer.fail_next` (a route's next request), :meth:`HubServer.fail_commit_at` (the Nth
+commit), :meth:`HubServer.after_commit` + :meth:`HubServer.commit_files` (another user's commit between two of a
+client's). A commit naming a ``parentCommit`` that is not the branch head gets the Hub's 412.
+
 Clients must run with ``HF_ENDPOINT=<server.url>`` and ``HF_HUB_DISABLE_XET=1`` set before
 ``huggingface_hub`` is imported. Tokens are ``{token: (user, role)}`` with role ``"write"`` or ``"read"``;
 a request carrying an unknown token gets the Hub's 401 "Invalid credentials in Authorization header".
@@ -37,7 +41,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -154,6 +158,8 @@ class HubServer:
         self.commit_log: list[CommitRecord] = []
         self.token_leaks: list[str] = []
         self.failures: dict[str, tuple[int, str]] = {}
+        self._commit_fault: list[Any] | None = None
+        self._after_commit: list[Any] | None = None
         self.lock = threading.RLock()
         self._upload_secret = uuid.uuid4().hex
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -186,6 +192,48 @@ class HubServer:
         """Make the next request to ``route`` fail with ``status`` (routes: create, preupload, lfs-batch, upload,
         verify, commit, tree, paths-info, resolve, info)."""
         self.failures[route] = (status, message)
+
+    def fail_commit_at(self, n: int, status: int = 500, message: str = "Internal Error") -> None:
+        """Make the ``n``-th next ``/commit`` request (1 = the next one) fail with ``status``; nothing is committed."""
+        with self.lock:
+            self._commit_fault = [n, status, message]
+
+    def after_commit(self, n: int, callback: Callable[[HubServer], None]) -> None:
+        """Call ``callback(server)`` right after the ``n``-th next successful commit (e.g. to commit concurrently
+        with :meth:`commit_files` between two commits of a client)."""
+        with self.lock:
+            self._after_commit = [n, callback]
+
+    def commit_files(
+        self,
+        repo_id: str,
+        files: dict[str, bytes | None],
+        revision: str = "main",
+        title: str = "edit",
+        repo_type: str = "dataset",
+    ) -> str:
+        """Commit directly on the server, as another user would: ``{path: content}`` (``None`` deletes); returns the
+        commit id."""
+        with self.lock:
+            repo = self.repos[(repo_type, repo_id)]
+            tree = dict(self.get_commit(repo, revision).files)
+            for path, content in files.items():
+                if content is None:
+                    del tree[path]
+                elif path.endswith(LFS_SUFFIXES):
+                    oid = hashlib.sha256(content).hexdigest()
+                    self.lfs_objects[oid] = content
+                    tree[path] = FileEntry(size=len(content), lfs_sha256=oid)
+                else:
+                    tree[path] = FileEntry(size=len(content), content=content)
+            commit = self._add_commit(repo, revision, title, "", tree)
+            self.commit_log.append(
+                CommitRecord(
+                    repo_id, revision, commit.oid, title, [p for p, c in files.items() if c is not None],
+                    [p for p, c in files.items() if c is None],
+                )
+            )
+            return commit.oid
 
     def maybe_fail(self, route: str) -> None:
         with self.lock:
@@ -293,6 +341,12 @@ class HubServer:
             raise HubHTTPError(400, "The first NDJSON line must be the commit header")
         header = lines[0]["value"]
         with self.lock:
+            if self._commit_fault is not None:
+                self._commit_fault[0] -= 1
+                if self._commit_fault[0] == 0:
+                    _, status, message = self._commit_fault
+                    self._commit_fault = None
+                    raise HubHTTPError(status, message)
             head = self.get_commit(repo, revision)
             if revision not in repo.branches:
                 raise HubHTTPError(400, f"Can only commit to a branch, not {revision!r}")
@@ -337,6 +391,13 @@ class HubServer:
                 self.validate_yaml(self._content(files["README.md"]).decode("utf-8", "replace"))
             commit = self._add_commit(repo, revision, header.get("summary", ""), header.get("description", ""), files)
             self.commit_log.append(CommitRecord(repo.repo_id, revision, commit.oid, commit.title, added, deleted))
+            callback = None
+            if self._after_commit is not None:
+                self._after_commit[0] -= 1
+                if self._after_commit[0] == 0:
+                    callback, self._after_commit = self._after_commit[1], None
+            if callback is not None:
+                callback(self)
         url = f"{self.url}/{URL_PREFIXES[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"
         return {"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": None}
 
