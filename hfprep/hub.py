@@ -381,7 +381,7 @@ def merge_card(
         entries = [e for e in entries if str(e.get("config_name", DEFAULT_CONFIG)) != config_name]
         mine = {"config_name": config_name, **{k: v for k, v in info.items() if k != "config_name"}}
         if config_name == DEFAULT_CONFIG and not entries:
-            meta["dataset_info"] = info if "config_name" not in info else {k: v for k, v in info.items()}
+            meta["dataset_info"] = info
         else:
             for e in entries:
                 e.setdefault("config_name", DEFAULT_CONFIG)
@@ -685,17 +685,18 @@ def plan_push(
             {m["split"] for p in remote if p.count("/") == 1 and p.startswith(f"{DATA_DIR}/")
              for m in [_SHARD_RE.match(p.rpartition("/")[2])] if m}
         )
-        if legacy_splits and remote_card is not None:
+        if legacy_splits:
             remote_meta["configs"] = [
                 {"config_name": DEFAULT_CONFIG, "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in legacy_splits]}
             ]
     push_record = {"id": push_id, "splits": {s: len(plan.shards[s]) for s in _split_order(plan)}, "files": extras}
     local_card = (plan.folder / CARD_NAME).read_text(encoding="utf-8")
     base_card = remote_card
-    if remote_card is not None and remote_meta.get("configs") and not remote_configs:
+    if remote_meta.get("configs") and not remote_configs:
         from .card import dump_yaml
 
-        base_card = f"---\n{dump_yaml(remote_meta)}---\n{_split_card(remote_card, CARD_NAME)[1]}"
+        body = _split_card(remote_card, CARD_NAME)[1] if remote_card is not None else ""
+        base_card = f"---\n{dump_yaml(remote_meta)}---\n{body}"
     card_text = merge_card(
         local_card, base_card, config_name=config_name, data_files=data_files, push_record=push_record,
         path_map=path_map,

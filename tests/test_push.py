@@ -357,6 +357,7 @@ def test_many_files_are_split_into_commits_of_at_most_50(hub_in_process, tmp_pat
     log = [c for c in hub.commit_log if c.repo_id == "user/many"][2:]
     # 2 new shards + the card, then 60 stale shards + the image of the first push deleted: 64 operations.
     assert [(len(c.added), len(c.deleted)) for c in log] == [(3, 47), (0, 14)]
+    assert all(c.num_operations <= MAX_FILES_PER_COMMIT for c in hub.commit_log)
     assert log[0].added[-1] == "README.md"  # the card switches in the first commit, deletions follow it
     files = hub.repo_files("user/many")
     names = data_files(files)
@@ -969,3 +970,39 @@ def test_cli_push_validates_first_and_dry_run_lists(hub_in_process, tmp_path, to
     assert main(["push", str(out), "--repo-id", "user/cli", "--no-validate"]) == 0
     assert main(["push", str(out), "--repo-id", "user/cli", "--config-name", "a/b", "--no-validate"]) == 2
     assert "invalid config name 'a/b'" in capsys.readouterr().err
+
+
+def test_config_push_to_a_repo_without_card_keeps_its_data_readable(hub_in_process, tmp_path):
+    """A repo read by file-name conventions (no card): like push_to_hub, its shards become the default config."""
+    hub = hub_in_process
+    legacy = rows_table(4, seed=80)
+    hub.create_repo({"type": "dataset", "name": "plain"}, ("user", "write"))
+    hub.commit_files("user/plain", {"data/train-00000-of-00001.parquet": parquet_bytes(legacy)})
+    start = len(hub.commit_log)
+    table = rows_table(5, seed=81)
+    push_folder(make_folder(tmp_path / "ds", {"train": (table, 1)}), "user/plain", token=WRITE_TOKEN,
+                config_name="extra", max_files_per_commit=2)
+    assert len(hub.commit_log) - start == 4  # placeholder card + 1 shard | 2 shards | 2 shards | image + card
+    for record in hub.commit_log[start:]:
+        assert visible_rows(hub, "user/plain", revision=record.oid) == {"train": legacy.to_pylist()}
+        assert visible_rows(hub, "user/plain", revision=record.oid, config="extra") in (None, {"train": table.to_pylist()})
+    assert visible_rows(hub, "user/plain", config="extra") == {"train": table.to_pylist()}
+    assert "data/train-00000-of-00001.parquet" in hub.repo_files("user/plain")
+
+
+def test_recipe_hub_config_name_pushes_that_config(hub_in_process, tmp_path, tokenizer_path, monkeypatch):
+    from hfprep.pipeline import run_recipe
+    from hfprep.recipe import RecipeError, load_recipe
+
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    path = make_recipe(tmp_path, tokenizer_path)
+    recipe = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**recipe, "hub": {"repo_id": "user/from-recipe", "config_name": "a/b"}}))
+    with pytest.raises(RecipeError, match="hub.config_name"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump({**recipe, "hub": {"repo_id": "user/from-recipe", "config_name": "small"}}))
+    summary = run_recipe(str(path))
+    assert summary["pushed"].endswith("/datasets/user/from-recipe")
+    files = hub_in_process.repo_files("user/from-recipe")
+    assert any(re.fullmatch(rf"data/small/{PUSHED}-train-00000-of-00001\.parquet", p) for p in files)
+    assert [c["config_name"] for c in front_matter(files["README.md"])["configs"]] == ["small"]
