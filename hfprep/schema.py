@@ -86,7 +86,14 @@ def output_is_padded(packing: str | None, packing_kwargs: Mapping[str, Any] | No
 def pad_candidates(
     input_ids: np.ndarray, position_ids: np.ndarray, loss_mask: np.ndarray, pad_token_id: int | None
 ) -> np.ndarray:
-    """Tokens that look like padding: position 0, no loss and (when ``pad_token_id`` is given) the pad id."""
+    """Tokens that look like padding: position 0, no loss and (when ``pad_token_id`` is given) the pad id.
+
+    Only a *trailing run* of them is padding (:func:`padding_mask`).
+
+    Example:
+        >>> pad_candidates(np.array([2, 2, 3]), np.array([0, 1, 0]), np.array([0, 0, 0], bool), 2).tolist()
+        [True, False, False]
+    """
     cand = (np.asarray(position_ids) == 0) & ~np.asarray(loss_mask, dtype=np.bool_)
     if pad_token_id is not None:
         cand &= np.asarray(input_ids) == pad_token_id
@@ -159,6 +166,12 @@ def trailing_padding_like(
     leave these tokens out (they are one-token segments with no loss: no training signal), which is what makes
     :func:`padding_mask` exact on their output. Only the pieces whose last token is a candidate are walked, so
     the cost is per piece, not per token, on real data (whose documents end with an eos that has loss).
+
+    Example:
+        >>> ids = np.array([5, 2, 7, 2], np.uint32); pos = np.array([0, 0, 0, 1], np.uint32)
+        >>> loss = np.array([True, False, True, False])
+        >>> trailing_padding_like(ids, pos, loss, np.array([0, 2]), np.array([2, 2]), 2).tolist()
+        [1, 0]
     """
     input_ids, position_ids = np.asarray(input_ids), np.asarray(position_ids)
     loss_mask = np.asarray(loss_mask, dtype=np.bool_)
@@ -196,6 +209,10 @@ def segment_ids(position_ids: Any) -> Any:
     """Segment index of every token of (..., L) positions: a segment starts at position 0 and at the row start.
 
     numpy in, numpy out; a torch tensor in, a tensor out (on its device).
+
+    Example:
+        >>> segment_ids(np.array([0, 1, 0, 0, 1])).tolist()
+        [1, 1, 2, 3, 3]
     """
     if _is_torch(position_ids):
         import torch

@@ -225,3 +225,17 @@ def test_bfd_without_a_pad_id_is_an_error_not_padding_with_zero():
     with pytest.raises(ConfigError, match="pad_token_id"):
         layout_rows(ids, np.arange(3, dtype=np.uint32), np.ones(3, bool), np.array([0]), np.array([3]),
                     np.array([0]), np.array([0]), 1, 4, None, True)
+
+
+def test_the_collator_and_the_kd_builder_use_the_same_mask():
+    torch = pytest.importorskip("torch")
+    from hfprep.collator import DataCollatorForPackedLM
+    from hfprep.kd.builder import block_diagonal_mask
+
+    pos = np.array([0, 1, 2, 0, 1, 0, 0, 1])
+    row = {"input_ids": np.arange(1, 9), "position_ids": pos, "loss_mask": np.ones(8, bool)}
+    want = causal_mask_from_positions(pos)
+    got = DataCollatorForPackedLM(attention="4d", mask_dtype=torch.bool)([row])["attention_mask"][0, 0].numpy()
+    assert (got == want).all()
+    additive = block_diagonal_mask(torch.from_numpy(pos)[None], torch.float32)[0, 0].numpy()
+    assert ((additive == 0) == want).all()
