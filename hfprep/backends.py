@@ -428,6 +428,10 @@ def run_guard(reference: TokenizerBackend, fast: TokenizerBackend, texts: Sequen
 _STRESS_PASSED: dict[str, int] = {}  # tokenizer fingerprint -> size of the stress set it passed
 
 
+class BackendFallbackWarning(UserWarning):
+    """``backend: auto`` uses ``hf`` instead of the fast backend; the message (one line) says why."""
+
+
 def resolve_backend(
     tokenizer, requested: str, sample_texts: Sequence[str] = ()
 ) -> tuple[TokenizerBackend, dict[str, Any]]:
@@ -469,7 +473,10 @@ def resolve_backend(
         report["reason"] = reason
         if requested == "gigatoken":
             raise error(f"tokenizer backend 'gigatoken' cannot be used: {reason}; use backend: auto or hf") from cause
-        warnings.warn(f"tokenizer backend 'auto' falls back to 'hf': {reason}", stacklevel=3)
+        one_line = " ".join(reason.split())  # a guard mismatch quotes texts that may hold line breaks
+        if len(one_line) > 300:
+            one_line = one_line[:300] + "..."
+        warnings.warn(f"tokenizer backend 'auto' falls back to 'hf': {one_line}", BackendFallbackWarning, stacklevel=3)
         return hf, report
 
     try:

@@ -72,8 +72,9 @@ def chat_encoder_for(tokenizer, config: Any) -> ChatTemplateEncoder | None:
     if template is None:
         if mode == "always":
             raise TokenizerError(
-                "chat_template: always, but the tokenizer has no chat_template; set tokenizer.chat_template "
-                "(a Jinja string) or use chat_template: auto / never for the <user>/<assistant> role tokens"
+                "tokenize.chat_template: always, but the tokenizer has no chat_template; use a tokenizer whose "
+                "tokenizer_config.json has one, or set tokenize.chat_template: auto / never for the "
+                "<user>/<assistant> role tokens"
             )
         return None
     return ChatTemplateEncoder(tokenizer, template, text_column=getattr(config, "text_column", "content"))
@@ -159,7 +160,10 @@ class ChatTemplateEncoder:
     def __init__(self, tokenizer, template: str | None = None, text_column: str = "content") -> None:
         template = template if template is not None else tokenizer_chat_template(tokenizer)
         if template is None:
-            raise TokenizerError("the tokenizer has no chat_template; set tokenizer.chat_template")
+            raise TokenizerError(
+                "the tokenizer has no chat_template; pass template=, use a tokenizer that has one, or set "
+                "tokenize.chat_template: never to use the <user>/<assistant> role tokens"
+            )
         self.template = template
         self.uses_generation_markers = bool(GENERATION_TAG.search(template))
         self.template_kwargs = dict(getattr(tokenizer, "special_tokens_map", {}) or {})

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -181,15 +183,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .validate import validate_folder
 
+    if args.max_violations < 1:
+        raise _UsageError("--max-violations must be >= 1")
+    if not os.path.isdir(args.folder):
+        what = "is a file, not a folder" if os.path.exists(args.folder) else "does not exist"
+        raise _UsageError(f"{args.folder}: {what}; give the dataset folder that `hfprep run` wrote")
     report = validate_folder(args.folder, max_violations=args.max_violations)
     if args.json:
         _emit({"event": "validate", "folder": report.folder, "ok": report.ok, "violations": report.violations,
-               "stats": report.stats})
+               "truncated": report.truncated, "stats": report.stats})
     elif report.ok:
         parts = ", ".join(f"{s}: {v['rows']:,} rows, {v['tokens']:,} tokens" for s, v in report.stats.items())
         print(f"ok: {report.folder} ({parts})")
     else:
-        print(f"invalid: {report.folder}: {len(report.violations)} violation(s)", file=sys.stderr)
+        n = len(report.violations)
+        head = f"the first {n} violation(s); the list was cut at --max-violations {args.max_violations}, more may " \
+            "exist (raise it to see them)" if report.truncated else f"{n} violation(s)"
+        print(f"invalid: {report.folder}: {head}", file=sys.stderr)
         for v in report.violations:
             print(f"  {v}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -213,6 +223,11 @@ class _UsageError(Exception):
     pass
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split())
+    return f"hfprep: warning: {text}\n"
+
+
 COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate": cmd_validate,
             "kd-cache": cmd_kd_cache}
 
@@ -223,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     as_json = getattr(args, "json", False)
+    # Warnings are one line on stderr, like errors (Python's default adds the source line that raised them).
+    warnings.formatwarning = _one_line_warning
 
     def fail(code: int, err: BaseException, kind: str) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

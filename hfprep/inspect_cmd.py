@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError, HfprepError, HubError
@@ -28,6 +30,7 @@ from .layout import CARD_NAME
 from .schema import output_is_padded, padding_mask
 
 MAX_SEGMENT_CHARS = 600
+T = TypeVar("T")
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "\u2039", "\u203a"  # ‹ › around text that carries no loss
 
 
@@ -48,6 +51,18 @@ def _load_decoder(tokenizer: str | None, folder: Path | None, card_tok: str | No
             if c == tokenizer:
                 raise
     return None, None
+
+
+def _parquet(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with a truncated or foreign file reported in one line naming it."""
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(
+            f"{path}: unreadable Parquet ({first}); the file is truncated or not Parquet: re-create the folder "
+            "with `hfprep run` (`hfprep validate` lists every bad shard)"
+        ) from None
 
 
 def render_row(
@@ -115,13 +130,13 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
         raise DataError(f"{root}: no split {split!r}; splits are {sorted(files)}")
     hf = meta.get("hfprep", {}) or {}
     tok_meta = hf.get("tokenizer", {}) or {}
-    schema = pq.read_schema(root / files[split][0])
+    schema = _parquet(root / files[split][0], pq.read_schema)
     # Find the shard holding the requested row without reading the others.
     remaining = row
     for rel in files[split]:
-        pf = pq.ParquetFile(root / rel)
+        pf = _parquet(root / rel, pq.ParquetFile)
         if remaining < pf.metadata.num_rows:
-            table = pf.read().slice(remaining, 1)
+            table = _parquet(root / rel, lambda _, pf=pf: pf.read()).slice(remaining, 1)
             break
         remaining -= pf.metadata.num_rows
     else:
@@ -172,6 +187,9 @@ def inspect_repo(repo_id: str, split: str | None = None, row: int = 0, tokenizer
     """Like :func:`inspect_folder` for a Hub dataset repo, read with ``load_dataset(..., streaming=True)``."""
     from datasets import load_dataset
 
+    from .sources import require_hub
+
+    require_hub(f"inspect of {repo_id!r}")
     try:
         ds = load_dataset(repo_id, split=split or "train", streaming=True)
         r = next(iter(ds.skip(row).take(1)))

@@ -41,10 +41,19 @@ from .plots import fill_bin_counts, fill_histogram_png, length_bin_counts, lengt
 from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from .recipe import Recipe, load_recipe
 from .schema import output_is_padded
-from .sources import SourceSpec, load_source, resolve_source, select_split
+from .sources import (
+    SourceSpec,
+    check_source_text,
+    load_source,
+    locate_row_error,
+    require_hub,
+    resolve_source,
+    select_split,
+)
 from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
 from .tokenizer import (
     DEFAULT_SPECIAL_TOKENS,
+    PORTABLE_TOKENIZER_CLASS,
     eos_token_id,
     load_tokenizer,
     tokenizer_fingerprint,
@@ -116,7 +125,12 @@ def train_cached_tokenizer(texts: list[str], vocab: int, cache_dir: str | None) 
     """Train (or reuse) a byte-level BPE keyed by the sha256 of its texts and options; returns (tokenizer, dir)."""
     if not texts:
         raise DataError("tokenizer.train: the source has no text to train a tokenizer on")
-    h = hashlib.sha256(json.dumps({"vocab_size": vocab, "specials": list(DEFAULT_SPECIAL_TOKENS)}).encode())
+    # The saved class name is part of the key: folders cached before it was made portable are not reused.
+    h = hashlib.sha256(
+        json.dumps(
+            {"vocab_size": vocab, "specials": list(DEFAULT_SPECIAL_TOKENS), "class": PORTABLE_TOKENIZER_CLASS}
+        ).encode()
+    )
     for t in texts:
         h.update(len(t).to_bytes(8, "big"))
         h.update(t.encode("utf-8", errors="surrogatepass"))
@@ -142,6 +156,8 @@ def prepare_tokenizer(recipe: Recipe, source_ds, columns: list[str], streaming: 
         card_id = f"{TOKENIZER_DIR}/ (byte-level BPE trained on the source by hfprep, bundled)"
         return TokenizerInfo(tok, path, card_id, None, path)
     assert sec.name_or_path is not None
+    if not os.path.isdir(sec.name_or_path):
+        require_hub(f"tokenizer.name_or_path {sec.name_or_path!r}")
     tok = load_tokenizer(sec.name_or_path, revision=sec.revision)
     if os.path.isdir(sec.name_or_path):
         # A local tokenizer travels with the dataset (a Hub id is enough to find a Hub one).
@@ -414,6 +430,9 @@ def build_card(
         },
         "stats": stats,
     }
+    replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
+    if replaced is not None:
+        meta["hfprep"]["source_decode_replacements"] = replaced.sequences
     qualities = {r.name: r.quality for r in results if r.quality is not None}
     if qualities:
         meta["hfprep"]["quality"] = json.loads(json.dumps(qualities, default=str))
@@ -504,7 +523,8 @@ def build_card(
         "tokenizer_table": tokenizer_table,
         "source": spec.describe()
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
-        + (f", columns renamed {spec.columns}" if spec.columns else ""),
+        + (f", columns renamed {spec.columns}" if spec.columns else "")
+        + (f"; {replaced.describe()}" if replaced is not None else ""),
         "tokenize_line": f"`{tcfg.strategy}` " + json.dumps(non_default, sort_keys=True),
         "pack_line": f"`{recipe.packing.strategy}`, seq_len {seq_len}, {recipe.packing.num_reduce_chunks} hash keys"
         + (f", options {recipe.packing.packing_kwargs}" if recipe.packing.packing_kwargs else ""),
@@ -605,6 +625,8 @@ def run_recipe(
         source_ds = None
         if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
             source_ds = load_source(spec)
+        else:
+            check_source_text(spec)  # the ray workers read the files: refuse undecodable bytes here, up front
         info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
         log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
 
@@ -615,12 +637,21 @@ def run_recipe(
         for name, keep in plan:
             log({"event": "split", "split": name})
             part_spec = spec.for_split(keep)
-            if engine == "ray":
-                r = run_split_ray(recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus)
-            elif engine == "datasets":
-                r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
-            else:
-                raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
+            try:
+                if engine == "ray":
+                    r = run_split_ray(
+                        recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus
+                    )
+                elif engine == "datasets":
+                    r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
+                else:
+                    raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
+            except DataError as e:
+                # Row numbers inside a split mean nothing to the user: name the source file and line instead.
+                located = locate_row_error(e, part_spec, source_ds)
+                if located is e:
+                    raise
+                raise located from e.__cause__
             r.name = name
             results.append(r)
 
@@ -743,6 +774,7 @@ def make_summary(recipe, results, out_dir, engine, num_proc, spec, info, backend
         "elapsed_s": round(elapsed, 3),
         "tokens_per_s": round(tokens_in / elapsed, 1) if elapsed > 0 else None,
         "warnings": warnings,
+        "decode_replacements": getattr(getattr(spec, "replaced", None), "sequences", 0),
     }
 
 
@@ -786,6 +818,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += mixture_lines(summary["mixture"])
     tps = summary.get("tokens_per_s")
     lines.append(f"  time: {summary['elapsed_s']:.1f} s, {tps:,.0f} tokens/s" if tps else f"  time: {summary['elapsed_s']:.1f} s")
+    if summary.get("decode_replacements"):
+        lines.append(f"  decode: {summary['decode_replacements']:,} undecodable byte sequence(s) replaced by U+FFFD "
+                     "(source.decode_errors: replace)")
     for w in summary.get("warnings", []):
         lines.append(f"  warning: {w}")
     if summary.get("pushed"):

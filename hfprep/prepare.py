@@ -234,7 +234,8 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
             if missing:
                 raise DataError(
                     f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but the data has "
-                    f"{ds.column_names}; set text_column / fim_kwargs column names"
+                    f"{ds.column_names}; set tokenize.text_column (fim: tokenize.prefix_column / middle_column / suffix_column; "
+                    "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
                 )
         self.guard_backend(sample_texts(ds, self.tokenizer_stage.config.input_columns()))
         with keep_tokenizers_parallelism():  # else HF tokenizers stays single-threaded in this process afterwards

@@ -77,6 +77,9 @@ class SourceConfig(_Section):
         streaming: read without downloading/caching the whole source first (needs the streaming engine).
         max_rows: keep only the first N rows of the source (before the split).
         columns: renames applied to the source, ``{source_column: new_name}`` (e.g. ``{text: content}``).
+        encoding: ``text_dir`` files' text encoding.
+        decode_errors: ``text_dir`` bytes that do not decode: ``strict`` (default) refuses in one line naming the
+            file, line and column; ``replace`` turns them into U+FFFD and counts them (summary and card).
     """
 
     hub: str | None = None
@@ -88,6 +91,7 @@ class SourceConfig(_Section):
     glob: str = "**/*"
     max_files: int | None = pydantic.Field(default=None, ge=1)
     encoding: str = "utf-8"
+    decode_errors: Literal["strict", "replace"] = "strict"
     format: SourceFormat = "auto"
     streaming: bool = False
     max_rows: int | None = pydantic.Field(default=None, ge=1)

@@ -13,17 +13,19 @@ Example:
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.jsonl")
     >>> _ = open(p, "w").write("\\n".join(json.dumps({"text": t}) for t in ["a", "b", "c"]))
     >>> spec = SourceSpec(kind="files", paths=[p], format="jsonl", columns={"text": "content"})
-    >>> load_source(spec)["content"]
+    >>> list(load_source(spec)["content"])
     ['a', 'b', 'c']
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import glob as globlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -73,12 +75,15 @@ class SourceSpec:
     revision: str | None = None
     root: str | None = None
     encoding: str = "utf-8"
+    decode_errors: Literal["strict", "replace"] = "strict"
     streaming: bool = False
     max_rows: int | None = None
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     heldout_fraction: float = 0.0
     split_columns: list[str] = dataclasses.field(default_factory=list)
     keep: Literal["all", "train", "heldout"] = "all"
+    # Filled by check_source_text: undecodable byte sequences replaced by U+FFFD (decode_errors: replace).
+    replaced: DecodeReport | None = None
 
     def for_split(self, keep: Literal["all", "train", "heldout"]) -> SourceSpec:
         """A copy that keeps only one side of the held-out rule."""
@@ -129,7 +134,7 @@ def heldout_mask(batch: dict[str, Sequence[Any]], columns: Sequence[str], fracti
     if missing:
         raise DataError(
             f"the held-out split hashes column(s) {missing}, but the rows have {sorted(batch)}; "
-            "set source.columns / tokenize column names so the strategy's input columns exist"
+            "set source.columns or tokenize.text_column so the strategy's input columns exist"
         )
     n = len(batch[columns[0]]) if columns else 0
     if fraction <= 0:
@@ -200,6 +205,7 @@ def resolve_source(section, split_columns: Sequence[str] = (), heldout_fraction:
         "heldout_fraction": heldout_fraction,
         "split_columns": list(split_columns),
         "encoding": section.encoding,
+        "decode_errors": getattr(section, "decode_errors", "strict"),
     }
     if section.kind == "hub":
         return SourceSpec(
@@ -221,22 +227,149 @@ def resolve_source(section, split_columns: Sequence[str] = (), heldout_fraction:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def read_text_file(path: str, encoding: str = "utf-8") -> str:
-    """A whole file as text; undecodable bytes become U+FFFD (deterministic, never an error mid-run)."""
-    with open(path, encoding=encoding, errors="replace", newline="") as f:
-        return f.read()
+@dataclasses.dataclass
+class DecodeReport:
+    """Undecodable byte sequences that ``source.decode_errors: replace`` turned into U+FFFD."""
+
+    sequences: int = 0
+    files: int = 0
+    first_file: str | None = None
+
+    def describe(self) -> str:
+        """One line for the summary and the card."""
+        return (
+            f"{self.sequences:,} undecodable byte sequence(s) in {self.files:,} file(s) replaced by U+FFFD "
+            f"(source.decode_errors: replace; first: {self.first_file})"
+        )
 
 
-def _text_dir_rows(paths: list[str], root: str, encoding: str, stamps: list[str]) -> Iterator[dict[str, str]]:
+class _Counter:
+    """A codecs error handler that does what ``errors="replace"`` does, and counts the replacements."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exc: UnicodeError) -> tuple[str, int]:
+        if not isinstance(exc, UnicodeDecodeError):
+            raise exc
+        self.count += 1
+        return "\ufffd", exc.end
+
+
+def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def decode_error_message(path: str, data: bytes, exc: UnicodeDecodeError, encoding: str, fix: str) -> str:
+    """``file: line L, column C: byte 0x.. is not valid <encoding>; <fix>`` (one line)."""
+    line, col = _line_and_column(data, exc.start)
+    bad = data[exc.start : min(exc.end, exc.start + 4)].hex(" ")
+    return f"{path}: line {line}, column {col}: byte(s) {bad} are not valid {encoding} ({exc.reason}); {fix}"
+
+
+def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace") -> str:
+    """A whole file as text.
+
+    ``errors="replace"`` turns undecodable bytes into U+FFFD (deterministic); ``"strict"`` raises a one-line
+    :class:`~hfprep.errors.DataError` naming the file, line and column.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode(encoding, errors="strict" if errors == "strict" else "replace")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            decode_error_message(path, data, e, encoding, "fix or re-encode the file, set source.encoding, or set "
+                                 "source.decode_errors: replace to replace such bytes by U+FFFD (they are counted)")
+        ) from None
+    # open(newline="") semantics: the text is the file's characters, line ends untouched.
+    return text
+
+
+def _count_replacements(path: str, encoding: str) -> int:
+    counter = _Counter()
+    name = f"hfprep-count-{id(counter)}"
+    codecs.register_error(name, counter)
+    with open(path, "rb") as f:
+        f.read().decode(encoding, errors=name)
+    return counter.count
+
+
+def check_source_text(spec: SourceSpec) -> DecodeReport | None:
+    """Decode every text source file up front, so bad bytes are one clear error before any work starts.
+
+    ``text_dir`` follows ``source.decode_errors`` (``strict``: refuse naming the file, line and column;
+    ``replace``: count the replaced sequences into ``spec.replaced``). Local jsonl/json/csv/text files must be
+    valid UTF-8 (datasets reads them as such; invalid bytes would otherwise fail deep inside a later stage).
+    Compressed files are checked by the reader itself.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); _ = open(os.path.join(d, "a.txt"), "wb").write(b"ok \\xff")
+        >>> spec = SourceSpec(kind="text_dir", paths=[os.path.join(d, "a.txt")], root=d, decode_errors="replace")
+        >>> check_source_text(spec).sequences
+        1
+    """
+    if spec.kind == "text_dir":
+        if spec.decode_errors == "strict":
+            for p in spec.paths:
+                read_text_file(p, spec.encoding, "strict")
+            return None
+        report = DecodeReport()
+        for p in spec.paths:
+            n = _count_replacements(p, spec.encoding)
+            if n:
+                report.sequences += n
+                report.files += 1
+                report.first_file = report.first_file or Path(p).relative_to(spec.root or "/").as_posix()
+        spec.replaced = report if report.sequences else None
+        return spec.replaced
+    if spec.kind == "files" and spec.format in ("jsonl", "json", "csv", "text"):
+        for p in spec.paths:
+            if not p.endswith((".gz", ".zst", ".bz2", ".xz")):
+                _check_utf8_file(p)
+    return None
+
+
+def _check_utf8_file(path: str, chunk: int = 1 << 24) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    read = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            read += len(data)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError:
+                # Rare path: decode the head of the file again in one piece for the exact line and column.
+                f.seek(0)
+                head = f.read(read)
+                try:
+                    head.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        decode_error_message(path, head, e, "UTF-8", "re-encode the file as UTF-8 "
+                                             "(e.g. iconv -f latin1 -t utf-8) or fix that line")
+                    ) from None
+                raise  # pragma: no cover - the head holds the error the decoder saw
+            if not data:
+                return
+
+
+def _text_dir_rows(
+    paths: list[str], root: str, encoding: str, stamps: list[str], errors: str = "replace"
+) -> Iterator[dict[str, str]]:
     # ``stamps`` (size + mtime) only feeds datasets' cache fingerprint, so an edited file is re-read.
     del stamps
     for p in paths:
-        yield {"text": read_text_file(p, encoding), "path": Path(p).relative_to(root).as_posix()}
+        yield {"text": read_text_file(p, encoding, errors), "path": Path(p).relative_to(root).as_posix()}  # type: ignore[arg-type]
 
 
 def text_dir_generator_kwargs(spec: SourceSpec) -> dict[str, Any]:
     stamps = [f"{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}" for p in spec.paths]
-    return {"paths": spec.paths, "root": spec.root, "encoding": spec.encoding, "stamps": stamps}
+    return {"paths": spec.paths, "root": spec.root, "encoding": spec.encoding, "stamps": stamps,
+            "errors": spec.decode_errors}
 
 
 def _load_raw(spec: SourceSpec):
@@ -260,6 +393,7 @@ def _load_raw(spec: SourceSpec):
                 f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e)}; "
                 "check source.format and the files"
             ) from e
+    require_hub(f"source.hub {spec.hub_id!r}")
     try:
         return load_dataset(
             spec.hub_id, name=spec.config_name, split=spec.split, revision=spec.revision, streaming=spec.streaming
@@ -301,9 +435,10 @@ def _first_line(e: BaseException) -> str:
 def load_source(spec: SourceSpec):
     """Load the source as a ``datasets.Dataset`` (or ``IterableDataset`` when streaming), rules applied.
 
-    Raises :class:`~hfprep.errors.DataError` when the source has zero rows (non-streaming) or a file is
-    unreadable, and :class:`~hfprep.errors.HubError` when a Hub dataset cannot be loaded.
+    Raises :class:`~hfprep.errors.DataError` when the source has zero rows (non-streaming), a file is
+    unreadable or holds bytes that do not decode (see :func:`check_source_text`), and :class:`~hfprep.errors.HubError` when a Hub dataset cannot be loaded.
     """
+    check_source_text(spec)
     ds = _load_raw(spec)
     if spec.max_rows is not None:
         ds = ds.take(spec.max_rows) if spec.streaming else ds.select(range(min(spec.max_rows, len(ds))))
@@ -333,3 +468,154 @@ def select_split(ds, spec: SourceSpec, num_proc: int | None = None):
     if spec.streaming:
         return ds.filter(keep, batched=True)
     return ds.filter(keep, batched=True, num_proc=num_proc, desc=f"split {spec.keep}")
+
+
+# ----------------------------------------------------------------------------------------------- locating rows
+
+_ROW_PREFIX = re.compile(r"^row (\d+)\b")
+
+
+def source_row(spec: SourceSpec, index: int, source_ds) -> int | None:
+    """The source row (counted after ``max_rows``, before the held-out split) of row ``index`` of ``spec.keep``.
+
+    Recomputes the held-out rule over ``source_ds`` (the loaded source), so it costs one pass over the split
+    columns; it is meant for error messages.
+    """
+    if spec.keep == "all" or spec.heldout_fraction <= 0:
+        return index
+    if source_ds is None:
+        return None
+    want_heldout = spec.keep == "heldout"
+    seen = start = 0
+    for batch in source_ds.select_columns(spec.split_columns).iter(batch_size=8192):
+        mask = heldout_mask(batch, spec.split_columns, spec.heldout_fraction)
+        hits = np.flatnonzero(mask if want_heldout else ~mask)
+        if index < seen + len(hits):
+            return start + int(hits[index - seen])
+        seen += len(hits)
+        start += len(mask)
+    return None
+
+
+def _rows_per_file(spec: SourceSpec) -> list[int] | None:
+    counts = []
+    for p in spec.paths:
+        if p.endswith((".gz", ".zst", ".bz2", ".xz")):
+            return None
+        if spec.format == "parquet":
+            import pyarrow.parquet as pq
+
+            counts.append(pq.read_metadata(p).num_rows)
+        elif spec.format == "jsonl":
+            with open(p, "rb") as f:
+                counts.append(sum(1 for line in f if line.strip()))
+        elif spec.format == "text":
+            with open(p, "rb") as f:
+                data = f.read()
+            counts.append(data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0))
+        elif len(spec.paths) == 1:
+            counts.append(2**63)  # one file: the source row is the file's row
+        else:
+            return None
+    return counts
+
+
+def describe_source_row(spec: SourceSpec, row: int) -> str:
+    """Where source row ``row`` (0-based, in source order) lives: ``file line N`` (jsonl, text), ``file row N``
+    (Parquet and others, 0-based), the file itself (``text_dir``) or the Hub split's row.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.jsonl")
+        >>> _ = open(p, "w").write('{"t": 1}\\n\\n{"t": 2}\\n')
+        >>> describe_source_row(SourceSpec(kind="files", paths=[p], format="jsonl"), 1).endswith("a.jsonl line 3")
+        True
+    """
+    if spec.kind == "text_dir":
+        return f"file {spec.paths[row]}" if row < len(spec.paths) else f"source row {row}"
+    if spec.kind == "hub":
+        return f"row {row} of Hub dataset {spec.hub_id!r} split {spec.split!r}"
+    counts = _rows_per_file(spec)
+    if counts is None:
+        return f"source row {row} of {spec.describe()}"
+    k, i = row, 0
+    while i < len(counts) and k >= counts[i]:
+        k -= counts[i]
+        i += 1
+    if i == len(counts):
+        return f"source row {row} of {spec.describe()}"
+    p = spec.paths[i]
+    if spec.format == "jsonl":
+        with open(p, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    if k == 0:
+                        return f"{p} line {lineno}"
+                    k -= 1
+    if spec.format == "text":
+        return f"{p} line {k + 1}"
+    return f"{p} row {k}"
+
+
+def locate_row_error(err: DataError, spec: SourceSpec, source_ds) -> DataError:
+    """``err`` with its leading ``row N`` (a row of one split) replaced by where that row is in the source files.
+
+    Errors without a leading row number are returned unchanged.
+    """
+    msg = str(err)
+    m = _ROW_PREFIX.match(msg)
+    if not m:
+        return err
+    index = int(m.group(1))
+    try:
+        row = source_row(spec, index, source_ds)
+        where = f"row {index}" if row is None else f"{describe_source_row(spec, row)} (source row {row})"
+    except Exception:  # locating is best effort: never hide the original error
+        return err
+    split = "" if spec.keep == "all" else f", row {index} of the {spec.keep} split"
+    new = type(err)(f"{where}{split}{msg[m.end():]}")
+    new.__cause__ = err.__cause__
+    return new
+
+
+# ----------------------------------------------------------------------------------------------- Hub access
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_offline() -> bool:
+    """True when an offline variable is set (the libraries then read only their local caches)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in _OFFLINE_VARS)
+
+
+def require_hub(what: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, in one line, when ``what`` (a Hub dataset or tokenizer) needs a Hub that cannot be reached.
+
+    Without this the Hub clients retry for tens of seconds and print a line per retry. Offline mode (any of
+    ``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``) is left to the libraries, which then
+    read their caches; behind a proxy the probe is skipped (a direct connection proves nothing there).
+
+    Example:
+        >>> require_hub("Hub dataset 'user/name'")  # doctest: +SKIP
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if hub_offline() or any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT.rstrip("/")
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    raise HubError(
+        f"{what} needs the Hub, but {endpoint} cannot be reached ({reason}); check the network or HF_ENDPOINT, "
+        "set HF_HUB_OFFLINE=1 to use a cached copy, or use a local source (source.files / source.text_dir)"
+    )

@@ -195,9 +195,10 @@ def _check_strings(values: Sequence[Any], column: str, indices: Sequence[int]) -
     values = list(values)
     for i, v in enumerate(values):
         if not isinstance(v, str):
+            fix = "set tokenize.on_empty: drop to skip null texts, or " if v is None else ""
             raise DataError(
                 f"row {indices[i]}: column {column!r} must be a string, got {type(v).__name__} ({v!r:.60}); "
-                "clean or filter the source"
+                f"{fix}clean or filter the source"
             )
     return values
 
@@ -241,14 +242,17 @@ def _empty_flat() -> FlatRows:
 
 
 def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
-    texts = _check_strings(_column(batch, config.text_column, "pretrain"), config.text_column, indices)
+    values = _column(batch, config.text_column, "pretrain")
+    if config.on_empty == "drop":  # a null text is as empty as "" (JSON null, a missing Parquet value)
+        values = ["" if v is None else v for v in values]
+    texts = _check_strings(values, config.text_column, indices)
     kept = np.arange(len(texts), dtype=np.int64)
     if any(not t for t in texts):
         empty = [i for i, t in enumerate(texts) if not t]
         if config.on_empty == "error":
             raise DataError(
                 f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
-                f"({len(empty)} empty in this batch); set on_empty: drop to skip them (they are counted)"
+                f"({len(empty)} empty in this batch); set tokenize.on_empty: drop to skip them (they are counted)"
             )
         keep_mask = np.array([bool(t) for t in texts])
         kept = kept[keep_mask]

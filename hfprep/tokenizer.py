@@ -7,6 +7,7 @@ KD caches and validation all describe a tokenizer the same way.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # 4.x: ImportError when it tries a slow->fast conversion
         where = "local folder" if os.path.isdir(name_or_path) else "Hub id or local path"
         raise TokenizerError(
             f"could not load tokenizer {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
@@ -75,7 +76,8 @@ def single_token_id(tokenizer, token: str, purpose: str) -> int:
     if len(ids) != 1:
         raise TokenizerError(
             f"tokenizer has no single-token {token!r} (it encodes to {len(ids)} tokens), needed for {purpose}; "
-            f"use a tokenizer with {token!r} as a special token or add it with tokenizer.add_special_tokens"
+            f"use a tokenizer with {token!r} as a special token or add it with "
+            f"tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})"
         )
     return int(ids[0])
 
@@ -85,7 +87,8 @@ def eos_token_id(tokenizer) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise TokenizerError(
-            "tokenizer has no eos_token; every strategy ends a document with eos -- set tokenizer.eos_token"
+            "tokenizer has no eos_token; every strategy ends a document with eos -- use a tokenizer whose "
+            "tokenizer_config.json sets eos_token, or add one with tokenizer.add_special_tokens({'eos_token': ...})"
         )
     return int(eos)
 
@@ -138,4 +141,18 @@ def train_tiny_tokenizer(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
+    _portable_tokenizer_class(out)
     return load_tokenizer(str(out))
+
+
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The class name written into a saved tokenizer's config: transformers 4.x and 5.x both load it (5.x writes
+``TokenizersBackend``, which 4.x does not know)."""
+
+
+def _portable_tokenizer_class(folder: Path) -> None:
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") != PORTABLE_TOKENIZER_CLASS:
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -161,6 +161,8 @@ class ValidationReport:
     folder: str
     violations: list[str]
     stats: dict[str, dict[str, int | float]]
+    truncated: bool = False
+    """True when the list was cut at ``max_violations``: checking stopped there and more may exist."""
 
     @property
     def ok(self) -> bool:
@@ -207,8 +209,17 @@ def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
     for split, items in by_split.items():
         counts = {n for _, n, _ in items}
         idx = sorted(i for i, _, _ in items)
-        if len(counts) != 1 or idx != list(range(next(iter(counts)))):
-            problems.append(f"split {split!r}: shards {idx} of {sorted(counts)} are incomplete or inconsistent")
+        if len(counts) != 1:
+            problems.append(f"split {split!r}: shards disagree on their count (-of-{sorted(counts)}); re-create the folder")
+        else:
+            n = next(iter(counts))
+            missing = [f"{DATA_DIR}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n) if i not in idx]
+            extra = [i for i in idx if i >= n]
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                problems.append(f"split {split!r}: missing shard file(s) {shown}")
+            if extra:
+                problems.append(f"split {split!r}: shard index(es) {extra} beyond the count {n}")
         out[split] = [p for _, _, p in sorted(items)]
     return out, problems
 
@@ -246,6 +257,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         if split not in shards:
             violations.append(f"{CARD_NAME}: configs lists split {split!r} but {DATA_DIR}/ has no shard for it")
     all_stats: dict[str, dict[str, int | float]] = {}
+    cut = False
     for split, paths in shards.items():
         total = SplitStats()
         row_base = 0
@@ -265,12 +277,14 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                 table = pa.Table.from_batches([batch])
                 room = max_violations - len(violations)
                 if room > 0:
-                    violations.extend(
-                        check_batch(
-                            table, seq_len=seq_len, pad_token_id=pad_id, padded=padded, vocab_size=vocab,
-                            where=where, row_base=row_base, limit=room, variable_length=variable_length,
-                        )
+                    found = check_batch(
+                        table, seq_len=seq_len, pad_token_id=pad_id, padded=padded, vocab_size=vocab,
+                        where=where, row_base=row_base, limit=room + 1, variable_length=variable_length,
                     )
+                    cut = cut or len(found) > room
+                    violations.extend(found[:room])
+                else:
+                    cut = True  # the row checks stopped at the limit
                 if _aligned(table):  # else check_batch reported it; the stats need aligned lists
                     s, _, _ = batch_stats(table, pad_id, padded)
                     total.add(s)
@@ -287,16 +301,13 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
             from .mixture import check_mixture_card
 
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
-    return ValidationReport(str(folder), violations[:max_violations] + _more(violations, max_violations), all_stats)
+    cut = cut or len(violations) > max_violations
+    return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut)
 
 
 def _aligned(table: pa.Table) -> bool:
     n = [pa.compute.list_value_length(table.column(c)) for c in ROW_FEATURES_SPEC]
     return all(x.equals(n[0]) for x in n[1:])
-
-
-def _more(violations: list[str], limit: int) -> list[str]:
-    return [f"... and {len(violations) - limit} more"] if len(violations) > limit else []
 
 
 def _config_splits(meta: dict[str, Any]) -> list[str]:

@@ -585,5 +585,6 @@ def _check_columns(transform: PrepareForTrainingTransform, columns: Sequence[str
     if missing:
         raise DataError(
             f"strategy {transform.config.processing_strategy!r} needs column(s) {missing}, but {where} has "
-            f"{list(columns)}; set text_column / fim_kwargs column names"
+            f"{list(columns)}; set tokenize.text_column (fim: tokenize.prefix_column / middle_column / suffix_column; "
+                    "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
         )
