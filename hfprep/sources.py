@@ -243,17 +243,19 @@ class DecodeReport:
         )
 
 
-class _Counter:
-    """A codecs error handler that does what ``errors="replace"`` does, and counts the replacements."""
+_COUNTING_REPLACE = "hfprep-counting-replace"
+_replacements = [0]
 
-    def __init__(self) -> None:
-        self.count = 0
 
-    def __call__(self, exc: UnicodeError) -> tuple[str, int]:
-        if not isinstance(exc, UnicodeDecodeError):
-            raise exc
-        self.count += 1
-        return "\ufffd", exc.end
+def _counting_replace(exc: UnicodeError) -> tuple[str, int]:
+    """What ``errors="replace"`` does when decoding (one U+FFFD per bad sequence), counted."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    _replacements[0] += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error(_COUNTING_REPLACE, _counting_replace)
 
 
 def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
@@ -288,12 +290,11 @@ def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict",
 
 
 def _count_replacements(path: str, encoding: str) -> int:
-    counter = _Counter()
-    name = f"hfprep-count-{id(counter)}"
-    codecs.register_error(name, counter)
     with open(path, "rb") as f:
-        f.read().decode(encoding, errors=name)
-    return counter.count
+        data = f.read()
+    _replacements[0] = 0
+    data.decode(encoding, errors=_COUNTING_REPLACE)
+    return _replacements[0]
 
 
 def check_source_text(spec: SourceSpec) -> DecodeReport | None:
