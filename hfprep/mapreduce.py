@@ -202,16 +202,23 @@ class _RangeReducer:
             return self._call_inferred(table, batch)
         paths = []
         for lo, hi in zip(batch["lo"], batch["hi"]):
-            stats = []
+            stats, tails = [], []
             path = Path(self.out_dir) / f"range-{lo:09d}.arrow"
             tmp = path.with_suffix(".tmp")
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
                 for key, part in self._groups(table, lo, hi):
-                    out, st = self.transform.reduce_group(key, part)
+                    out, st, tail = self.transform.reduce_group_with_tail(key, part)
                     if out.num_rows:
                         writer.write_table(out.select(self.schema.names).cast(self.schema), max_chunksize=1000)
                     if st is not None:
                         stats.append(st)
+                    if tail is not None and tail.num_rows:
+                        tails.append(tail.select(self.schema.names).cast(self.schema))
+            if tails:  # fewer than seq_len tokens per group: kept apart for the driver's final pass
+                tail_path = path.with_suffix(".tail")
+                with pa.OSFile(str(tail_path), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
+                    for t in tails:
+                        writer.write_table(t)
             os.replace(tmp, path)
             path.with_suffix(".json").write_text(json.dumps(stats))
             paths.append(str(path))
@@ -283,6 +290,19 @@ class MapReduceTransformBase(TransformBase):
         out = list(self._reduce_fn(key, rows))
         return pa.Table.from_pylist(out), None
 
+    def reduce_group_with_tail(self, key: Any, table: pa.Table) -> tuple[pa.Table, Any, pa.Table | None]:
+        """Reduce one group and return what it leaves for the final pass: ``(table, stats, tail or None)``.
+
+        Engines call this, collect the tails of all groups in key order and hand them to :meth:`reduce_tails` once,
+        after the last group; its rows come after all groups' rows. Default: :meth:`reduce_group`, no tail.
+        """
+        out, stats = self.reduce_group(key, table)
+        return out, stats, None
+
+    def reduce_tails(self, tails: pa.Table) -> tuple[pa.Table, Any]:
+        """The final pass over all groups' tails (key order, one table); returns ``(table, stats)``."""
+        return self.empty_output(), None
+
     def output_features(self):
         """Features of the reduce output, or None to let datasets infer them."""
         return None
@@ -350,13 +370,37 @@ class MapReduceTransformBase(TransformBase):
         out_dir = Path(tempfile.mkdtemp(prefix="hfprep-reduce-", dir=_cache_dir(mapped)))
         reducer = _RangeReducer(self, mapped, order, bounds, keys, str(out_dir), schema)
         done = self._map_tasks(tasks, reducer, mapped, num_proc)
-        paths = done["path"]
+        paths = list(done["path"])
         self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
+        tail_path = self._reduce_tails([Path(p).with_suffix(".tail") for p in paths], schema, out_dir)
+        if tail_path is not None:
+            paths.append(tail_path)
         from datasets import DatasetInfo, concatenate_datasets
 
         info = DatasetInfo(features=feats) if feats is not None else None
         parts = [Dataset.from_file(p, info=info) for p in paths]
         return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+    def _reduce_tails(self, tail_files: list[Path], schema: pa.Schema, out_dir: Path) -> str | None:
+        """The final pass: the groups' tails (range files in key order) -> one more Arrow file, or None."""
+        parts = []
+        for p in tail_files:
+            if p.exists():
+                with pa.OSFile(str(p), "rb") as source:
+                    parts.append(pa.ipc.open_stream(source).read_all())
+        if not parts:
+            return None
+        out, st = self.reduce_tails(pa.concat_tables(parts))
+        if st is not None:
+            self.last_stats.append(st)
+        if not out.num_rows:
+            return None
+        path = out_dir / "tails.arrow"
+        tmp = path.with_suffix(".tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(out.select(schema.names).cast(schema), max_chunksize=1000)
+        os.replace(tmp, path)
+        return str(path)
 
     def _map_tasks(self, tasks, reducer, mapped, num_proc: int | None):
         """Run ``reducer`` over the key-range task rows, one range per call, with ``num_proc`` workers."""

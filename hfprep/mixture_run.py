@@ -88,6 +88,12 @@ class MixtureTransform(_RecordingTransform):
         self.num_sources = num_sources
         self.source_column = source_column
 
+    @property
+    def carries_tails(self) -> bool:
+        # The per-source counts and the source column are computed per group: dense keeps dropping each group's
+        # incomplete tail here (counted per source) until the final tail pass carries source ids too.
+        return False
+
     def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
         packed, stats = super().reduce_group(key, table)
         doc, row_offsets = self.document_layout(table, packed)

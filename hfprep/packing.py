@@ -253,6 +253,61 @@ def pack_dense_flat(
     )
 
 
+def pack_dense_tails_flat(
+    input_ids: UInt32[np.ndarray, " total"],
+    position_ids: UInt32[np.ndarray, " total"],
+    loss_mask: Bool[np.ndarray, " total"],
+    segment_offsets: Int64[np.ndarray, " n_plus_1"],
+    seq_len: int,
+) -> PackedFlat:
+    """Dense packing of the leftover tails of all reduce groups, laid end to end in key order (the final pass).
+
+    Each tail is what dense packing of one group could not fill into a whole row: the remainder of the document cut
+    at the group's last row end (a *continuation*, its positions do not start at 0) and the documents after it.
+    The continuations restart at position 0 (as at any row head), everything is cut into ``seq_len`` rows, and
+    only the incomplete last row of the whole run is dropped. Stats count only what the groups did not: documents
+    that start here (``docs_in``), tokens carried here (``tokens_in``, also ``extra["tail_tokens"]``) and the
+    rows made of them (``extra["tail_rows"]``); a continuation that is lost counts its document as truncated.
+
+    Example:
+        >>> ids = np.arange(7, dtype=np.uint32)
+        >>> pos = np.array([5, 6, 0, 1, 2, 3, 4], np.uint32)  # a continuation, then a whole document
+        >>> out = pack_dense_tails_flat(ids, pos, np.ones(7, bool), np.array([0, 2, 7]), 4)
+        >>> out.rows()[0]["position_ids"].tolist(), out.stats.tokens_dropped, out.stats.docs_truncated
+        ([0, 1, 0, 1], 3, 1)
+    """
+    check_seq_len(seq_len)
+    offsets = np.asarray(segment_offsets, dtype=np.int64)
+    starts, ends = offsets[:-1], offsets[1:]
+    nonempty = ends > starts
+    pos = np.array(position_ids, dtype=np.uint32)
+    first = np.zeros(len(starts), dtype=np.uint32)
+    first[nonempty] = pos[starts[nonempty]]
+    cont = first != 0
+    for a, b, f in zip(starts[cont].tolist(), ends[cont].tolist(), first[cont].tolist()):  # one per group at most
+        # Only the continuation's leading run restarts at 0 (segments after it already start at 0).
+        off = np.flatnonzero(pos[a:b] != f + np.arange(b - a, dtype=np.uint32))
+        view = pos[a : a + (int(off[0]) if len(off) else b - a)]
+        view -= np.uint32(f)
+    packed = pack_dense_flat(input_ids, pos, loss_mask, offsets, seq_len)
+    cut = packed.stats.tokens_out
+    lost_whole = nonempty & (starts >= cut)
+    truncated = ((starts < cut) & (ends > cut)) | (cont & lost_whole)
+    total = int(offsets[-1])
+    packed.stats = PackStats(
+        docs_in=int(np.count_nonzero(~cont)),
+        docs_dropped=int(np.count_nonzero(lost_whole & ~cont)),
+        docs_truncated=int(np.count_nonzero(truncated)),
+        tokens_in=total,
+        tokens_out=cut,
+        tokens_dropped=total - cut,
+        tokens_truncated=int((ends[truncated] - np.maximum(starts[truncated], cut)).sum()),
+        rows=packed.stats.rows,
+        extra={"tail_tokens": total, "tail_rows": packed.stats.rows},
+    )
+    return packed
+
+
 def greedy_assign(lengths: Int64[np.ndarray, " n"], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """In-order greedy bins: ``(row, offset_in_row)`` per document, ``row = -1`` for documents > ``seq_len``.
 

@@ -220,12 +220,12 @@ def _seed_fim_keys() -> set[str]:
 class _RecordingTransform(PrepareForTrainingTransform):
     """Also counts document lengths (fixed quarter-octave bins) on the reduce side, where documents are whole."""
 
-    def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
-        packed, stats = super().reduce_group(key, table)
+    def reduce_group_with_tail(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict, pa.Table | None]:
+        packed, stats, tail = super().reduce_group_with_tail(key, table)
         lengths = pa.compute.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
         for b, c in length_bin_counts(lengths).items():
             stats[f"{DOC_BIN_PREFIX}{b}"] = c
-        return packed, stats
+        return packed, stats, tail
 
 
 def make_transform(recipe: Recipe, info: TokenizerInfo) -> PrepareForTrainingTransform:
@@ -449,8 +449,8 @@ def build_card(
     fill = total_tokens / (total_tokens + total_pad) if total_tokens + total_pad else 0.0
     dropped_reason = {
         "dense": (
-            "the incomplete last row of each of the "
-            f"{recipe.packing.num_reduce_chunks} reduce groups (dense packing cuts documents at row ends)"
+            "the incomplete last row of the run (dense packing cuts documents at row ends; the leftovers of the "
+            f"{recipe.packing.num_reduce_chunks} reduce groups are packed together at the end)"
         ),
         "no_incomplete": f"documents longer than {seq_len} tokens (no_incomplete never cuts a document)",
     }.get(recipe.packing.strategy, f"what the {recipe.packing.strategy} packer drops")

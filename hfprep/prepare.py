@@ -36,6 +36,7 @@ from .packing import (
     dense_stats,
     get_packer,
     pack_dense_flat,
+    pack_dense_tails_flat,
     positions_are_aranges,
     rebase_row_heads,
 )
@@ -193,6 +194,26 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         packed = pack_table(table, self.config.seq_len, self.pad_token_id, self.packer, self.config.packing_kwargs)
         return packed[0], packed[1].as_dict()
 
+    @property
+    def carries_tails(self) -> bool:
+        """Dense packing leaves an incomplete tail per group: the engines pack all tails together at the end."""
+        return self.packer is pack_dense_flat and not self.config.packing_kwargs
+
+    def reduce_group_with_tail(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict, pa.Table | None]:
+        """Dense: pack the group's whole rows and hand its leftover tail to :meth:`reduce_tails` (the other packers
+        leave no tail: their last row is padded)."""
+        if not self.carries_tails:
+            out, stats = self.reduce_group(key, table)
+            return out, stats, None
+        head, tail = split_dense_tail(table, self.config.seq_len)
+        out, stats = self.reduce_group(key, head)
+        return out, stats, tail
+
+    def reduce_tails(self, tails: pa.Table) -> tuple[pa.Table, dict]:
+        """The final pass: the tails of all groups (in key order) packed densely; at most one partial row is lost
+        in the whole run."""
+        return pack_dense_tails(tails, self.config.seq_len)
+
     def output_features(self):
         return tokenized_features()
 
@@ -316,6 +337,43 @@ def pack_dense_table(table: pa.Table, seq_len: int) -> tuple[pa.Table, PackStats
     if not batches:
         return flat_to_table(*(np.zeros(0, t) for t in (np.uint32, np.uint32, np.bool_)), np.zeros(1, np.int64)), stats
     return pa.Table.from_batches(batches), stats
+
+
+TOKEN_COLUMNS = ("input_ids", "position_ids", "loss_mask")
+
+
+def split_dense_tail(table: pa.Table, seq_len: int) -> tuple[pa.Table, pa.Table]:
+    """Split a group (tokenized rows, input order) at its last whole ``seq_len`` row: ``(head, tail)``.
+
+    ``head`` holds exactly ``(tokens // seq_len) * seq_len`` tokens (the document cut there is sliced in two, zero
+    copy), so dense packing of ``head`` gives the group's rows with nothing dropped; ``tail`` (the token columns
+    only) is the rest, fewer than ``seq_len`` tokens, whose first row keeps its original positions when it
+    continues a document.
+    """
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    cut = int(offsets[-1]) // seq_len * seq_len
+    k = int(np.searchsorted(offsets, cut, side="right")) - 1  # documents [0, k) end at or before the cut
+    tokens = table.select(list(TOKEN_COLUMNS))
+    if k >= table.num_rows or offsets[k] == cut:
+        return table.slice(0, k), tokens.slice(k)
+    inside = cut - int(offsets[k])
+    doc = table.slice(k, 1)
+    head_part = pa.table(
+        {n: pc.list_slice(c, 0, inside) if n in TOKEN_COLUMNS else c for n, c in zip(doc.column_names, doc.columns)}
+    ).cast(table.schema)
+    tail_part = tokens.slice(k, 1)
+    tail_part = pa.table({n: pc.list_slice(tail_part.column(n), inside) for n in TOKEN_COLUMNS}).cast(tokens.schema)
+    return pa.concat_tables([table.slice(0, k), head_part]), pa.concat_tables([tail_part, tokens.slice(k + 1)])
+
+
+def pack_dense_tails(tails: pa.Table, seq_len: int) -> tuple[pa.Table, dict]:
+    """:func:`~hfprep.packing.pack_dense_tails_flat` on an Arrow table of tails (key order): ``(rows, stats)``."""
+    packed = pack_dense_tails_flat(*table_to_flat(tails), seq_len)
+    return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), (
+        packed.stats.as_dict()
+    )
 
 
 def pack_table(

@@ -8,8 +8,9 @@ The data flow is the one of :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`
 2. **spill**: mapped rows are buffered up to ``spill_buffer_bytes``, then sorted by key (stably, so rows keep
    input order inside a key) and written to an Arrow IPC file holding one record batch per key;
 3. **reduce**: keys in ascending order; each key's record batches are read back from the spill files (in file
-   order = input order) and packed with ``transform.reduce_group``; packed rows are appended to an Arrow cache
-   file that becomes the returned memory-mapped ``datasets.Dataset``.
+   order = input order) and packed with ``transform.reduce_group_with_tail``; packed rows are appended to an Arrow
+   cache file that becomes the returned memory-mapped ``datasets.Dataset``; the groups' leftover tails (dense
+   packing) are packed together by ``transform.reduce_tails`` after the last group, as ``run`` does.
 
 At any time memory holds one input batch, the spill buffer and one reduce group, whatever the input size. A
 group's size grows with the input for a fixed ``num_reduce_chunks``: scale ``num_reduce_chunks`` with the input
@@ -218,15 +219,25 @@ def prepare_streaming(
         rows_out = 0
         writer = ArrowWriter(features=transform.output_features(), path=str(partial))
         try:
+            tails: list[pa.Table] = []  # under seq_len tokens per group, packed together after the last group
             for key in _progress_iter(keys, f"reduce (streaming) {type(transform).__name__}"):
                 group = spiller.read_group(key).drop_columns([KEY_COLUMN])
-                out, st = transform.reduce_group(key, group)
+                out, st, tail = transform.reduce_group_with_tail(key, group)
                 if out.num_rows:
                     writer.write_table(out)
                     rows_out += out.num_rows
                 if st is not None:
                     stats.append(st)
+                if tail is not None and tail.num_rows:
+                    tails.append(tail)
                 del group, out
+            if tails:
+                out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
+                if out.num_rows:
+                    writer.write_table(out)
+                    rows_out += out.num_rows
+                if st is not None:
+                    stats.append(st)
             if rows_out:
                 writer.finalize()
         finally:

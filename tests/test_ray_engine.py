@@ -31,6 +31,7 @@ from hfprep.engines.ray_engine import (
     KEY_COLUMN,
     SEQ_COLUMN,
     STATS_COLUMN,
+    TAIL_COLUMN,
     _OrderedSink,
     prepare_with_ray,
     recommended_num_reduce_chunks,
@@ -224,8 +225,9 @@ def test_transform_pickles_and_maps_the_same(tokenizer, tokenizer_path):
     assert clone.map_batch(batch, [0, 1]).equals(t.map_batch(batch, [0, 1]))
 
 
-def _packed_batch(keys: list[int], seqs: list[int], stats_for: list[int] = ()) -> pa.Table:
+def _packed_batch(keys: list[int], seqs: list[int], stats_for: list[int] = (), tails: list[bool] = ()) -> pa.Table:
     ids = [[k * 100 + s] for k, s in zip(keys, seqs)]
+    tails = list(tails) or [False] * len(keys)
     t = pa.table(
         {
             "input_ids": pa.array(ids + [None] * len(stats_for), pa.list_(pa.uint32())),
@@ -234,6 +236,7 @@ def _packed_batch(keys: list[int], seqs: list[int], stats_for: list[int] = ()) -
             KEY_COLUMN: pa.array(list(keys) + list(stats_for), pa.int64()),
             SEQ_COLUMN: pa.array(list(seqs) + [None] * len(stats_for), pa.int64()),
             STATS_COLUMN: pa.array([None] * len(keys) + [json.dumps({"rows": k}) for k in stats_for], pa.string()),
+            TAIL_COLUMN: pa.array(tails + [None] * len(stats_for), pa.bool_()),
         }
     )
     return t
@@ -245,9 +248,13 @@ def test_ordered_sink_restores_key_then_row_order(tmp_path):
     sink.add(_packed_batch([2, 2, 0], [0, 1, 0], stats_for=[2]))
     sink.add(_packed_batch([0, 0, 1], [1, 2, 0], stats_for=[0, 1]))
     sink.add(_packed_batch([2], [2]))
-    sink.finish(tmp_path / "out.arrow")
+    # Tail rows (a group's leftovers) come back apart, in (key, row) order whatever order they arrived in.
+    sink.add(_packed_batch([2, 0, 0], [0, 1, 0], tails=[True, True, True]))
+    assert sink.tail_table()["input_ids"].to_pylist() == [[0], [1], [200]]
+    last = pa.table({"input_ids": [[7, 7]], "position_ids": [[0, 1]], "loss_mask": [[True, True]]})
+    sink.finish(tmp_path / "out.arrow", last)
     out = Dataset.from_file(str(tmp_path / "out.arrow"))
-    assert out["input_ids"] == [[0], [1], [2], [100], [200], [201], [202]]
+    assert out["input_ids"] == [[0], [1], [2], [100], [200], [201], [202], [7, 7]]
     assert sink.stats == {0: {"rows": 0}, 1: {"rows": 1}, 2: {"rows": 2}}
     assert not (tmp_path / "unordered.arrow").exists()
 
@@ -342,3 +349,29 @@ def test_mixture_recipe_on_ray_gives_the_datasets_rows(cluster, tokenizer_path, 
     assert "source" in tables["ray"].column_names
     assert tables["ray"].equals(tables["datasets"])
     assert metas["ray"] == metas["datasets"] and metas["ray"]["sources"][1]["epochs"] > 1
+
+
+def test_connect_starts_its_own_cluster_unless_told_where(monkeypatch):
+    """A bare ``ray.init()`` attaches to any Ray instance running on the machine (another run's or test's, maybe
+    shutting down): without an address the engine asks for a new local one; RAY_ADDRESS / address still join."""
+    from hfprep.engines.ray_engine import _connect
+
+    calls = []
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kw):
+            calls.append(kw)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _connect(FakeRay, None, 2, None)
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    _connect(FakeRay, None, 2, None)
+    assert calls[-1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[-1]
+    _connect(FakeRay, "ray://head:10001", None, None)
+    assert calls[-1]["address"] == "ray://head:10001"

@@ -9,7 +9,9 @@ engine's, in the same order:
 * **group** (Ray's shuffle): ``groupby("__key__").map_groups(...)``. Ray does not keep input order inside a group,
   so each group is sorted by ``__index__`` first; then the group size is checked against
   ``reduce_memory_budget`` (the same ``check_group_bytes`` as the datasets engine) and
-  ``transform.reduce_group(key, rows)`` packs it.
+  ``transform.reduce_group_with_tail(key, rows)`` packs it. A group's leftover (dense packing's incomplete tail)
+  travels back marked ``__tail__``; the driver packs all of them with ``transform.reduce_tails`` after the last
+  group, exactly as the datasets engine does.
 * **collect** (driver): the packed rows stream into one Arrow file in a cache folder, in ascending key order, and
   come back as a memory-mapped ``datasets.Dataset`` (never one big in-memory table). Per-group stats travel as
   extra rows and are merged exactly as the datasets engine merges them.
@@ -65,6 +67,8 @@ runs aggregator actors (slower to start, no range sampling)."""
 ROWS_COLUMN = "__rows__"
 SEQ_COLUMN = "__seq__"
 STATS_COLUMN = "__stats__"
+TAIL_COLUMN = "__tail__"
+"""True on a group's leftover rows (dense packing's tail): the driver packs them after the last group."""
 META_KEY = -1
 """Key of the bookkeeping rows (input rows read per task); real keys are >= 0."""
 
@@ -315,6 +319,7 @@ def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
     transform = _get_transform(holder)
     schema = _out_schema(transform).append(pa.field(KEY_COLUMN, pa.int64()))
     schema = schema.append(pa.field(SEQ_COLUMN, pa.int64())).append(pa.field(STATS_COLUMN, pa.string()))
+    schema = schema.append(pa.field(TAIL_COLUMN, pa.bool_()))
     key = group.column(KEY_COLUMN)[0].as_py()
     if key == META_KEY:
         rows_in = int(pc.sum(group.column(ROWS_COLUMN)).as_py() or 0)
@@ -324,18 +329,20 @@ def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
     group = group.select([c for c in group.column_names if c not in (KEY_COLUMN, ROWS_COLUMN)])
     n = group.num_rows
     transform.check_group_bytes(transform.group_bytes(group, np.array([0, n]), np.arange(n)), [key])
-    out, stats = transform.reduce_group(key, group)
-    m = out.num_rows
-    data = _conform(
-        out,
-        schema,
-        {
+    out, stats, tail = transform.reduce_group_with_tail(key, group)
+    parts = []
+    for rows, is_tail in ((out, False), (tail, True)):
+        if rows is None:
+            continue
+        m = rows.num_rows
+        extra = {
             KEY_COLUMN: pa.array(np.full(m, key, np.int64)),
             SEQ_COLUMN: pa.array(np.arange(m, dtype=np.int64)),
             STATS_COLUMN: pa.nulls(m, pa.string()),
-        },
-    )
-    return pa.concat_tables([data, _null_row(schema, {KEY_COLUMN: key, STATS_COLUMN: json.dumps(stats)})])
+            TAIL_COLUMN: pa.array(np.full(m, is_tail)),
+        }
+        parts.append(_conform(rows, schema, extra))
+    return pa.concat_tables([*parts, _null_row(schema, {KEY_COLUMN: key, STATS_COLUMN: json.dumps(stats)})])
 
 
 # --- driver ------------------------------------------------------------------------------------------------------
@@ -346,10 +353,15 @@ def _connect(ray, address: str | None, num_cpus: int | None, ray_init_kwargs: di
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, **(ray_init_kwargs or {})}
+    # Without an address, a bare ray.init() attaches to any Ray instance it finds running on this machine (another
+    # user's or test's, possibly shutting down): start our own unless RAY_ADDRESS names a cluster to join.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         kwargs["address"] = address
-    elif num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    else:
+        kwargs["address"] = "local"
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
@@ -387,6 +399,7 @@ class _OrderedSink:
         self.keys: list[np.ndarray] = []
         self.seqs: list[np.ndarray] = []
         self.stats: dict[int, dict[str, Any]] = {}
+        self.tails: list[pa.Table] = []  # (key, seq) + rows of the groups' leftovers: small, kept in memory
 
     def add(self, batch: pa.Table) -> None:
         is_stats = pc.is_valid(batch.column(STATS_COLUMN))
@@ -397,19 +410,36 @@ class _OrderedSink:
                     raise RuntimeError(f"reduce group {k} was emitted twice; the Ray shuffle split a group")
                 self.stats[k] = json.loads(s)
             batch = batch.filter(pc.invert(is_stats))
+        is_tail = pc.fill_null(batch.column(TAIL_COLUMN), False)
+        if pc.any(is_tail).as_py():
+            self.tails.append(batch.filter(is_tail))
+            batch = batch.filter(pc.invert(is_tail))
         if batch.num_rows:
             self.keys.append(batch.column(KEY_COLUMN).to_numpy())
             self.seqs.append(batch.column(SEQ_COLUMN).to_numpy())
             self.writer.write_table(batch.select(self.schema.names).cast(self.schema))
 
-    def finish(self, final: Path) -> None:
-        self.writer.close()
+    def tail_table(self) -> pa.Table | None:
+        """The groups' leftover rows in (key, row) order, token columns only; None when no group left any."""
+        if not self.tails:
+            return None
+        tails = pa.concat_tables(self.tails)
+        tails = tails.take(pc.sort_indices(tails, [(KEY_COLUMN, "ascending"), (SEQ_COLUMN, "ascending")]))
+        return tails.select(self.schema.names).cast(self.schema)
+
+    def finish(self, final: Path, last: pa.Table | None = None) -> None:
+        """Write the rows in (key, row) order to ``final``, then ``last`` (the final pass's rows)."""
+        last = last.select(self.schema.names).cast(self.schema) if last is not None and last.num_rows else None
         keys = np.concatenate(self.keys) if self.keys else np.zeros(0, np.int64)
         seqs = np.concatenate(self.seqs) if self.seqs else np.zeros(0, np.int64)
         dk, ds = np.diff(keys), np.diff(seqs)
         if np.all((dk > 0) | ((dk == 0) & (ds > 0))):
+            if last is not None:
+                self.writer.write_table(last)
+            self.writer.close()
             os.replace(self.spill, final)
             return
+        self.writer.close()
         perm = np.lexsort((seqs, keys))
         # Runs of consecutive rows in the spill become one slice each: a few per group, not one per row.
         breaks = np.flatnonzero(np.diff(perm) != 1) + 1
@@ -420,6 +450,8 @@ class _OrderedSink:
             with pa.ipc.new_stream(str(final), self.schema) as w:
                 for a, b in zip(starts.tolist(), ends.tolist()):
                     w.write_table(table.slice(int(perm[a]), b - a))
+                if last is not None:
+                    w.write_table(last)
             del table
         self.spill.unlink()
 
@@ -490,12 +522,16 @@ def run_on_ray(
             finally:
                 ctx.shuffle_strategy = saved_strategy
             final = folder / "packed.arrow"
-            sink.finish(final)
+            tails = sink.tail_table()
+            last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
+            sink.finish(final, last)
     finally:
         if started:
             ray.shutdown()
     meta = sink.stats.pop(META_KEY, {"rows_in": 0})
     transform.last_stats = [sink.stats[k] for k in sorted(sink.stats)]
+    if tail_stats is not None:
+        transform.last_stats.append(tail_stats)
     transform.rows_in = int(meta["rows_in"])
     return Dataset.from_file(str(final), info=DatasetInfo(features=out_feats))
 
