@@ -156,14 +156,15 @@ class TrainTokenizerConfig(_Section):
 class TokenizerSection(_Section):
     """The tokenizer: a Hub id or local folder (``name_or_path`` + ``revision``), or ``train`` one here.
 
-    ``backend`` picks the encoder: ``hf`` (Rust tokenizers, default), ``gigatoken`` (fast, where installed and
-    exact for this tokenizer) or ``auto`` (the fastest backend that passes an exactness check on a sample).
+    ``backend`` picks the encoder: ``auto`` (default: the fastest backend that passes an exactness check on a
+    sample of the input, else ``hf`` with a one-line reason), ``hf`` (Rust tokenizers) or ``gigatoken`` (fast,
+    where installed and exact for this tokenizer, else an error).
     """
 
     name_or_path: str | None = None
     revision: str | None = None
     train: TrainTokenizerConfig | None = None
-    backend: Literal["auto", "hf", "gigatoken"] = "hf"
+    backend: Literal["auto", "hf", "gigatoken"] = "auto"
 
     @pydantic.model_validator(mode="after")
     def _one(self) -> TokenizerSection:

@@ -230,3 +230,32 @@ def test_text_dir_source_trained_tokenizer_and_empty_files(tmp_path):
     assert any(t.startswith(head) for t in texts)
     assert sum(len(r["input_ids"]) for r in rows) == summary["totals"]["tokens_out"]
     assert validate_folder(out).ok
+
+
+def test_backend_defaults_to_auto_and_the_card_says_which_ran(tiny, tokenizer_path, monkeypatch):
+    """No ``backend`` key: ``auto``. With gigatoken importable the card records it (the guard passed); with it hidden
+    (a platform without a wheel) the run falls back to hf with one line saying why, and the rows are the same."""
+    import sys
+
+    folder, _ = tiny
+    recipe = write_recipe(folder, tokenizer_path, output={"folder": "fast"})
+    assert "backend" not in yaml.safe_load(recipe.read_text())["tokenizer"]
+    pytest.importorskip("gigatoken")
+    run_recipe(recipe)
+    fast = read_card_metadata(folder / "fast" / "README.md")["hfprep"]["tokenizer"]["backend"]
+    assert fast == "gigatoken"
+
+    monkeypatch.setitem(sys.modules, "gigatoken", None)  # makes `import gigatoken` raise ImportError
+    recipe = write_recipe(folder, tokenizer_path, output={"folder": "slow"})
+    with pytest.warns(UserWarning, match=r"falls back to 'hf'.*not installed") as caught:
+        summary = run_recipe(recipe)
+    fallbacks = [w for w in caught if "falls back" in str(w.message)]
+    assert all("\n" not in str(w.message) for w in fallbacks)
+    assert summary["backend"]["backend"] == "hf" and "not installed" in summary["backend"]["reason"]
+    meta = read_card_metadata(folder / "slow" / "README.md")
+    assert meta["hfprep"]["tokenizer"]["backend"] == "hf"
+    assert "not installed" in (folder / "slow" / "README.md").read_text()
+    for split in ("train",):
+        a = rows_of(load_dataset(str(folder / "fast"), split=split))
+        b = rows_of(load_dataset(str(folder / "slow"), split=split))
+        assert a == b
