@@ -233,6 +233,11 @@ def test_seed_api_and_run_are_one_code_path(tokenizer_path, strategy, kwargs):
     )
     by_run = t.run(texts)
     by_seed = seed_api_rows(t, texts)
+    if strategy == "dense":
+        # The seed's per-group reduce drops each group's incomplete tail; run() packs those tails together after
+        # the groups' rows (the final pass), so its rows are the seed's rows followed by the tail rows.
+        assert t.stats["tail_rows"] == len(by_run) - len(by_seed) > 0
+        by_run = by_run[: len(by_seed)]
     assert len(by_run) == len(by_seed)
     for a, b in zip(by_run, by_seed, strict=True):
         assert list(a["input_ids"]) == b["input_ids"].tolist()
