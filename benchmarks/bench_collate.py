@@ -1,14 +1,18 @@
 """Collate time and bytes per batch: hfprep's DataCollatorForPackedLM vs the usual collators, side by side.
 
 Rows: bs=8 packed rows of length L (1024 and 8192) made by hfprep's no_incomplete packer from lognormal
-documents (so rows hold many documents and some padding). Each collator gets the input it is made for:
+documents (so rows hold many documents and some padding). Each collator runs on the same input formats, so every
+comparison can be read like for like: numpy arrays (``with_format("numpy")``) and Python lists (``with_format(None)``)
+for all of them, plus torch rows for hfprep:
 
-* hfprep ``DataCollatorForPackedLM`` in each mode, on numpy rows (``with_format("numpy")``), torch rows
-  (``with_format("torch")``) and plain lists (``with_format(None)``);
+* hfprep ``DataCollatorForPackedLM`` in each mode;
 * transformers ``DataCollatorWithFlattening`` (``return_flash_attn_kwargs=True``) on the documents of the batch,
   one feature per document with its labels (the equivalent use: it treats every feature as one sequence);
 * TRL ``DataCollatorForLanguageModeling(padding_free=True)`` on the rows with ``labels`` and ``seq_lengths``;
 * the seed's dense path: ``LMDataset.__getitem__`` (which builds the (L, L) mask) for the 8 rows + ``collate_lm``.
+
+Timing, every row alike: one warm-up call, then up to ``reps`` timed calls within a time budget, the fastest
+reported (``n`` column: timed calls made). Ratios are against hfprep's default mode on the same input format.
 
 Run: ``python benchmarks/bench_collate.py`` (``--quick`` for fewer repetitions). Targets: the default mode
 <= 0.3 ms per batch at L=8192 and >= 10x faster than ``DataCollatorWithFlattening``.
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +82,8 @@ def trl_examples(rows: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     return out
 
 
-def timeit(fn: Callable[[], Any], reps: int, budget_s: float) -> tuple[float, Any]:
+def timeit(fn: Callable[[], Any], reps: int, budget_s: float) -> tuple[float, int, Any]:
+    """Best of up to ``reps`` timed calls after one warm-up (stops early past ``budget_s``): ``(ms, n, output)``."""
     out = fn()  # warm-up, and the batch whose bytes are reported
     times = []
     start = time.perf_counter()
@@ -89,7 +93,7 @@ def timeit(fn: Callable[[], Any], reps: int, budget_s: float) -> tuple[float, An
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget_s:
             break
-    return statistics.median(times) * 1e3, out
+    return min(times) * 1e3, len(times), out
 
 
 def cases_for(seq_len: int) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -104,6 +108,8 @@ def cases_for(seq_len: int) -> list[tuple[str, str, Callable[[], Any]]]:
     as_lists = [{k: v.tolist() for k, v in r.items()} for r in rows]
     docs = documents(rows)
     trl_rows = trl_examples(rows)
+    docs_np = [{k: np.asarray(v, dtype=np.int64) for k, v in d.items()} for d in docs]
+    trl_np = [{k: np.asarray(v, dtype=np.int64) for k, v in r.items()} for r in trl_rows]
     seed_ds = LMDataset(rows)
     default = DataCollatorForPackedLM()
     no_check = DataCollatorForPackedLM(validate=False)
@@ -118,7 +124,9 @@ def cases_for(seq_len: int) -> list[tuple[str, str, Callable[[], Any]]]:
         ("hfprep position_ids, validate=False", "numpy", lambda: no_check(rows)),
         ("hfprep flash_varlen", "numpy", lambda: varlen(rows)),
         ("hfprep 4d (float32 mask)", "numpy", lambda: four_d(rows)),
+        ("transformers DataCollatorWithFlattening", "numpy", lambda: flattening(docs_np)),
         ("transformers DataCollatorWithFlattening", "lists", lambda: flattening(docs)),
+        ("TRL DataCollatorForLM(padding_free=True)", "numpy", lambda: trl(trl_np)),
         ("TRL DataCollatorForLM(padding_free=True)", "lists", lambda: trl(trl_rows)),
         ("seed LMDataset + collate_lm (dense mask)", "numpy", lambda: collate_lm([seed_ds[i] for i in range(BS)])),
     ]
@@ -131,18 +139,19 @@ def main() -> None:
     args = ap.parse_args()
     reps, budget = (30, 3.0) if args.quick else (200, 15.0)
 
-    print(f"bs={BS}; median ms per batch; ratio = time / hfprep default mode on numpy rows\n")
-    header = f"{'L':>6} {'collator':<44} {'input':<6} {'ms/batch':>10} {'MiB/batch':>10} {'ratio':>9}"
+    print(f"bs={BS}; best ms per batch after a warm-up; ratio = time / hfprep default mode on the same input format\n")
+    header = f"{'L':>6} {'collator':<44} {'input':<6} {'ms/batch':>10} {'n':>5} {'MiB/batch':>10} {'ratio':>9}"
     print(header)
     print("-" * len(header))
     for seq_len in args.lengths:
-        base = None
+        base: dict[str, float] = {}
         for name, inp, fn in cases_for(seq_len):
-            heavy = "seed" in name or "4d" in name
-            ms, out = timeit(fn, 3 if heavy else reps, budget)
-            base = base or ms
+            ms, n, out = timeit(fn, reps, budget)
+            if name.startswith("hfprep position_ids (default)"):
+                base[inp] = ms
             mib = batch_nbytes(out) / 2**20
-            print(f"{seq_len:>6} {name:<44} {inp:<6} {ms:>10.3f} {mib:>10.2f} {ms / base:>9.1f}")
+            ratio = f"{ms / base[inp]:>9.1f}" if inp in base else f"{'':>9}"
+            print(f"{seq_len:>6} {name:<44} {inp:<6} {ms:>10.3f} {n:>5} {mib:>10.2f} {ratio}")
         print()
 
 
