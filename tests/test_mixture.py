@@ -340,6 +340,8 @@ def test_same_rows_for_any_num_proc_and_row_order(tmp_path, corpus, tokenizer_pa
 
     a = table(tmp_path / "a")
     assert a.equals(table(tmp_path / "b"))
+    for rel in ("data/train-00000-of-00001.parquet", "images/mixture_shares.png"):  # byte-identical files
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     assert a.equals(table(shuffled / "c"))
     # Streaming sources (read once, first max_rows rows) give the same rows as loaded ones.
     run_recipe(mixture_recipe(tmp_path, tokenizer_path, out="d", sources=[
