@@ -1,30 +1,38 @@
-"""SFT rows built with the tokenizer's chat template, with an assistant-only loss mask.
+"""SFT rows built with the tokenizer's chat template, with an assistant-only loss mask, for any template.
 
-Used by the ``sft`` strategy when the tokenizer has a ``chat_template`` and ``TokenizeConfig.chat_template`` is
-``auto`` (default) or ``always``; with ``never`` (or no template under ``auto``) the seed's role-token scheme
-(``<user> text </user> <assistant> text </assistant> <eos>``) is used instead.
+Used by the ``sft`` strategy when the tokenizer has a ``chat_template`` (or ``TokenizeConfig.chat_template_path``
+names one) and ``TokenizeConfig.chat_template`` is ``auto`` (default) or ``always``; with ``never`` (or no
+template under ``auto``) the seed's role-token scheme (``<user> text </user> <assistant> text </assistant> <eos>``)
+is used instead.
 
-A conversation is a non-empty list of ``{"role", "content"}`` messages (``system`` / ``user`` / ``assistant`` and
-whatever other roles the template accepts; extra keys such as ``tool_calls`` are passed to the template, keys
-whose value is ``None`` are dropped as ``apply_chat_template`` does). The whole conversation is rendered once and
-encoded once (the ids equal ``apply_chat_template(conversation)``); the loss mask marks the tokens that overlap the
-*assistant spans* of the rendered text:
+A conversation is a non-empty list of ``{"role", "content"}`` messages (``system`` / ``user`` / ``assistant`` /
+``tool`` and whatever other roles the template accepts; extra keys such as ``tool_calls`` and
+``reasoning_content`` are passed to the template, keys whose value is ``None`` are dropped as datasets fills
+missing struct fields with ``None``; an assistant message with ``tool_calls`` may have ``content: None``). The
+whole conversation is rendered once and encoded once (the ids equal ``apply_chat_template(conversation)``); a token
+gets loss when its characters overlap an *assistant span* of the rendered text:
 
 * **generation markers** (the template contains ``{% generation %}...{% endgeneration %}``): the spans are exactly
-  what the template marks, as with ``apply_chat_template(..., return_assistant_tokens_mask=True)``. Templates
-  normally wrap the assistant content *and* its end-of-turn token (e.g. ``<|im_end|>``), so both get loss and the
-  role header does not.
-* **offsets** (no markers): for assistant message ``i`` the span runs from the end of
-  ``render(messages[:i], add_generation_prompt=True)`` (the prompt, which ends with the assistant header) to the
-  point where ``render(messages[:i + 1])`` stops agreeing with the full rendering: the assistant content and what
-  the template writes after it for that turn, i.e. the end-of-turn token(s); for the last turn also whatever the
-  template appends at the end of a conversation (e.g. an eos). A token gets loss when its last character is in
-  the span (so a token holding text of the next turn does not). The prompt must be a prefix of the full
-  rendering; a template that rewrites earlier turns is reported with a clear error and needs generation markers.
+  what the template marks, as with ``apply_chat_template(..., return_assistant_tokens_mask=True)``.
+* **any other template** (most real ones): for assistant message ``i``
 
-Final tokens: if the rendered conversation does not already end with the eos token, eos is appended with loss, as
-the seed's final eos (it ends the document for pretraining-style packing). System and user tokens, role headers
-and template boilerplate never get loss.
+  1. the *prompt* ``render(messages[:i], add_generation_prompt=True)`` must be a prefix of the full rendering
+     (else a one-line error naming the row and turn): everything up to it, the turn's header included, is context;
+  2. the message's text is *located* after the prompt: its ``content`` as written, or trimmed (Llama 3.1, Gemma
+     trim), or the part after the last added token inside it (Qwen3 drops ``<think>...</think>`` from earlier
+     turns); ``reasoning_content`` where the template renders it. Not found: a one-line error naming row and
+     turn, never a guess. An empty ``content`` (e.g. only ``tool_calls``) starts after the text the template
+     writes for an empty message (Qwen3's empty ``<think>\n\n</think>\n\n``);
+  3. the span runs from the first located text to the end of the first *end-of-turn token* after it: the
+     tokenizer's eos and the special tokens the template writes right after assistant content, learned once per
+     template from a two-turn probe conversation (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``,
+     ``<｜end▁of▁sentence｜>``, ``<|end|>``/``<|return|>``...). Tool calls the template writes between the content
+     and that token are inside the span; tool results, user and system text never are.
+
+Text a template inserts before the content (Qwen3's empty think block, a channel header), text after the last
+turn (a generation prompt some templates always append, a final eos) and whitespace after the end-of-turn token get
+no loss. An eos (with loss) is appended only when the conversation does not end with an assistant turn closed by
+its end-of-turn token (the seed's final eos: it ends the document).
 
 Example:
     >>> tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"  # doctest: +SKIP
@@ -61,6 +69,9 @@ def tokenizer_chat_template(tokenizer) -> str | None:
 def chat_encoder_for(tokenizer, config: Any) -> ChatTemplateEncoder | None:
     """The encoder the ``sft`` strategy should use for ``config.chat_template`` (``None`` = the seed's role tokens).
 
+    ``config.chat_template_path`` (a Jinja file) replaces the tokenizer's own template, e.g. for gpt-oss, whose
+    tokenizer files ship none (its harmony format is rendered by a separate library).
+
     Example:
         >>> chat_encoder_for(tokenizer_without_template, TokenizeConfig(strategy="sft")) is None  # doctest: +SKIP
         True
@@ -68,13 +79,23 @@ def chat_encoder_for(tokenizer, config: Any) -> ChatTemplateEncoder | None:
     mode = getattr(config, "chat_template", "auto")
     if mode == "never":
         return None
-    template = tokenizer_chat_template(tokenizer)
+    path = getattr(config, "chat_template_path", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                template = f.read()
+        except OSError as e:
+            raise TokenizerError(
+                f"tokenize.chat_template_path {path!r} cannot be read: {e.strerror or e}; give a Jinja chat template file"
+            ) from e
+    else:
+        template = tokenizer_chat_template(tokenizer)
     if template is None:
         if mode == "always":
             raise TokenizerError(
-                "tokenize.chat_template: always, but the tokenizer has no chat_template; use a tokenizer whose "
-                "tokenizer_config.json has one, or set tokenize.chat_template: auto / never for the "
-                "<user>/<assistant> role tokens"
+                "tokenize.chat_template: always, but the tokenizer has no chat_template; set "
+                "tokenize.chat_template_path (a Jinja file), use a tokenizer whose tokenizer_config.json has one, "
+                "or set tokenize.chat_template: auto / never for the <user>/<assistant> role tokens"
             )
         return None
     return ChatTemplateEncoder(tokenizer, template, text_column=getattr(config, "text_column", "content"))
@@ -92,11 +113,15 @@ def _check_conversation(conv: Any, row: int, column: str) -> list[dict[str, Any]
             raise DataError(f"row {row}, turn {t}: a message must be a dict with 'role' and 'content'")
         if not isinstance(msg["role"], str):
             raise DataError(f"row {row}, turn {t}: 'role' must be a string, got {type(msg['role']).__name__}")
-        if not isinstance(msg["content"], str):
+        content = msg["content"]
+        if not isinstance(content, str) and not (content is None and msg.get("tool_calls")):
             raise DataError(
-                f"row {row}, turn {t}: 'content' must be a string, got {type(msg['content']).__name__}"
+                f"row {row}, turn {t}: 'content' must be a string, got {type(content).__name__}"
             )
-        out.append({k: v for k, v in msg.items() if v is not None})
+        clean = {k: v for k, v in msg.items() if v is not None}
+        if content is None:
+            clean["content"] = None  # templates test `content is none` for tool-call-only turns
+        out.append(clean)
     return out
 
 
@@ -135,16 +160,14 @@ def spans_to_token_mask(
     return (prefix[ends] - prefix[starts]) > 0
 
 
-def _common_prefix_len(a: str, b: str) -> int:
-    """Length of the longest common prefix of two strings (bisection on slices: C-speed comparisons)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+_PROBE = ("hfprep probe user one", "hfprep probe answer one", "hfprep probe user two", "hfprep probe answer two")
+
+
+def _locate(text: str, needle: str, start: int) -> tuple[int, int] | None:
+    if not needle:
+        return None
+    pos = text.find(needle, start)
+    return None if pos < 0 else (pos, pos + len(needle))
 
 
 class ChatTemplateEncoder:
@@ -161,7 +184,7 @@ class ChatTemplateEncoder:
         template = template if template is not None else tokenizer_chat_template(tokenizer)
         if template is None:
             raise TokenizerError(
-                "the tokenizer has no chat_template; pass template=, use a tokenizer that has one, or set "
+                "the tokenizer has no chat_template; pass template=, set tokenize.chat_template_path, or set "
                 "tokenize.chat_template: never to use the <user>/<assistant> role tokens"
             )
         self.template = template
@@ -170,6 +193,46 @@ class ChatTemplateEncoder:
         self.eos = eos_token_id(tokenizer)
         self.text_column = text_column
         self._tok = backend_tokenizer(tokenizer)
+        added = self._tok.get_added_tokens_decoder()
+        self._added_re = None
+        contents = sorted({t.content for t in added.values() if t.content}, key=len, reverse=True)
+        if contents:
+            self._added_re = re.compile("|".join(map(re.escape, contents)))
+        special = {t.content for t in added.values() if t.special}
+        self._special = frozenset(special)
+        eos_str = self._tok.id_to_token(self.eos)
+        self.end_of_turn: tuple[str, ...] = tuple(
+            sorted({*self._probe_end_of_turn(special), *([eos_str] if eos_str else [])}, key=len, reverse=True)
+        )
+        self._eot_re = re.compile("|".join(map(re.escape, self.end_of_turn)))
+
+    def _probe_end_of_turn(self, special: set[str]) -> set[str]:
+        """The special tokens the template writes right after assistant content (two probe turns, so templates
+        that close the last turn differently from earlier ones, like harmony's ``<|return|>`` / ``<|end|>``, show
+        both). Empty when the template cannot render the probe or writes none."""
+        u1, a1, u2, a2 = _PROBE
+        found: set[str] = set()
+        two = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
+               {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
+        system = {"role": "system", "content": "hfprep probe system"}
+        for conv in (two, two[:2], [system, *two], [system, *two[:2]]):
+            try:
+                text, _ = self._render(conv, -1)
+            except DataError:
+                continue
+            for answer in (a1, a2):
+                pos = text.find(answer)
+                if pos < 0:
+                    continue
+                rest = text[pos + len(answer) :]
+                enc = self._tok.encode(rest, add_special_tokens=False)
+                for tok in enc.tokens:
+                    if tok in special:
+                        found.add(tok)
+                        break
+            if found:
+                break
+        return found
 
     # --- rendering ----------------------------------------------------------------------------------------
 
@@ -187,27 +250,121 @@ class ChatTemplateEncoder:
             ) from e
         return texts[0], [tuple(s) for s in spans[0]] if spans else []
 
+    def _content_candidates(self, content: str) -> list[str]:
+        """The forms a template may render ``content`` in, most faithful first."""
+        out = [content, content.strip()]
+        if self._added_re is not None:
+            # Templates may drop a leading block that ends with an added token (Qwen3: `<think>...</think>`).
+            ends = [m.end() for m in self._added_re.finditer(content)]
+            out += [content[e:].strip() for e in reversed(ends)]
+        return [c for i, c in enumerate(out) if c and c not in out[:i]]
+
+    def _header_end(self, messages: list[dict[str, Any]], i: int, full: str, row: int, cursor: int) -> int:
+        """Where assistant turn ``i``'s header ends in ``full``: the end of its prompt when the prompt is a prefix
+        of the full rendering; else (a template that renders history differently once later turns exist, e.g.
+        Qwen3 after tool calls) the first occurrence, after ``cursor`` (the end of the previous message), of the
+        generation prompt the template appends to ``messages[:i]``."""
+        prompt, _ = self._render(messages[:i], row, add_generation_prompt=True)
+        if full.startswith(prompt):
+            return len(prompt)
+        before, _ = self._render(messages[:i], row)
+        header = prompt[len(before) :] if prompt.startswith(before) else ""
+        pos = full.find(header, cursor) if header else -1
+        if pos < 0:
+            raise TokenizerError(
+                f"row {row}, turn {i}: the chat template renders the prompt of this assistant turn differently "
+                "from the full conversation, so its span cannot be attributed; add "
+                "{% generation %}...{% endgeneration %} around the assistant output in the template"
+            )
+        return pos + len(header)
+
+    def _assistant_span(
+        self, messages: list[dict[str, Any]], i: int, full: str, row: int, cursor: int = 0
+    ) -> tuple[int, int, bool]:
+        """``(start, end, closed)`` of assistant message ``i`` in ``full`` (see the module docstring)."""
+        msg = messages[i]
+        head = self._header_end(messages, i, full, row, cursor)
+        content = msg.get("content") or ""
+        start = end = None
+        if content.strip():
+            for cand in self._content_candidates(content):
+                found = _locate(full, cand, head)
+                # The content must sit inside this turn: no end-of-turn token between the prompt and it.
+                if found is not None and self._eot_re.search(full, head, found[0]) is None:
+                    start, end = found
+                    break
+            if start is None:
+                raise DataError(
+                    f"row {row}, turn {i}: the assistant content ({content[:40]!r}) cannot be located in the "
+                    "chat template's rendering (the template rewrites it); fix the content or add "
+                    "{% generation %}...{% endgeneration %} markers to the template"
+                )
+        else:
+            # Skip what the template writes for an empty message (e.g. an empty think block).
+            empty = [*messages[:i], {"role": "assistant", "content": ""}, *messages[i + 1 :]]
+            etext, _ = self._render(empty, row)
+            m = self._eot_re.search(etext, head) if etext[:head] == full[:head] else None
+            filler = etext[head : m.start()] if m is not None else ""
+            start = end = head + len(filler) if full.startswith(filler, head) else head
+        reasoning = msg.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning.strip():
+            found = _locate(full[:start], reasoning.strip(), head)
+            if found is not None and self._eot_re.search(full, head, found[0]) is None:
+                start = found[0]
+        m = self._eot_re.search(full, end)
+        if m is not None and (i + 1 == len(messages) or self._next_text(messages, i + 1, full, end) >= m.end()):
+            return start, m.end(), i == len(messages) - 1
+        # A plain-text template closes turns with no special token: the content alone gets loss (and the eos
+        # appended at the end teaches the stop). A special token right after the content that is not a known
+        # end-of-turn token means the template closes turns in a way the probe did not learn: refuse.
+        after = self._tok.encode(full[end : end + 64], add_special_tokens=False).tokens[:1]
+        if after and after[0] in self._special:
+            raise DataError(
+                f"row {row}, turn {i}: the assistant content is followed by {after[0]!r}, not by a known "
+                f"end-of-turn token ({', '.join(self.end_of_turn)}); add {{% generation %}}...{{% endgeneration %}} "
+                "markers to the template"
+            )
+        return start, end, False
+
+    def _next_text(self, messages: list[dict[str, Any]], j: int, full: str, start: int) -> int:
+        """Where message ``j``'s text starts in ``full`` (searched from ``start``), or ``len(full)`` if not found."""
+        content = messages[j].get("content")
+        if isinstance(content, str):
+            for cand in self._content_candidates(content):
+                found = _locate(full, cand, start)
+                if found is not None:
+                    return found[0]
+        return len(full)
+
     def render(self, messages: list[dict[str, Any]], row: int = 0) -> tuple[str, list[tuple[int, int]]]:
         """Rendered text of one conversation and its assistant character spans ``[(start, end), ...]``."""
+        return self._render_spans(messages, row)[:2]
+
+    def _render_spans(self, messages: list[dict[str, Any]], row: int) -> tuple[str, list[tuple[int, int]], bool]:
+        """Text, assistant spans, and whether the last message is an assistant turn closed by an end-of-turn token."""
         if self.uses_generation_markers:
-            return self._render(messages, row, return_assistant_tokens_mask=True)
+            text, spans = self._render(messages, row, return_assistant_tokens_mask=True)
+            closed = False
+            if messages[-1]["role"] == "assistant" and spans:
+                last = text[spans[-1][0] : spans[-1][1]].rstrip()
+                closed = any(last.endswith(t) for t in self.end_of_turn)
+            return text, spans, closed
         full, _ = self._render(messages, row)
         spans = []
+        closed = False
+        cursor = 0  # end of the previous message's text in `full`
         for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
-                continue
-            prompt, _ = self._render(messages[:i], row, add_generation_prompt=True)
-            through, _ = self._render(messages[: i + 1], row)
-            if not (through.startswith(prompt) and full.startswith(prompt)):
-                raise TokenizerError(
-                    f"row {row}, turn {i}: the chat template does not render conversation prefixes as prefixes "
-                    "of the full conversation, so assistant spans cannot be found from offsets; add "
-                    "{% generation %}...{% endgeneration %} around the assistant output in the template"
-                )
-            # The turn ends where the conversation-so-far stops agreeing with the full rendering: text a
-            # template writes only at the very end (a final eos) belongs to the last turn only.
-            spans.append((len(prompt), _common_prefix_len(through, full)))
-        return full, spans
+            if msg["role"] == "assistant":
+                a, b, closed = self._assistant_span(messages, i, full, row, cursor)
+                spans.append((a, b))
+                cursor = b
+            elif isinstance(msg.get("content"), str):
+                for cand in self._content_candidates(msg["content"]):
+                    found = _locate(full, cand, cursor)
+                    if found is not None:
+                        cursor = found[1]
+                        break
+        return full, spans, closed and messages[-1]["role"] == "assistant"
 
     # --- batch --------------------------------------------------------------------------------------------
 
@@ -221,10 +378,11 @@ class ChatTemplateEncoder:
         texts: list[str] = []
         span_lo: list[int] = []
         span_hi: list[int] = []
+        closed = np.zeros(n, dtype=np.bool_)
         char_base = 0
         for i, conv in enumerate(conversations):
             messages = _check_conversation(conv, indices[i], self.text_column)
-            text, spans = self.render(messages, indices[i])
+            text, spans, closed[i] = self._render_spans(messages, indices[i])
             texts.append(text)
             for a, b in spans:
                 if b > a:
@@ -246,13 +404,10 @@ class ChatTemplateEncoder:
         mask = spans_to_token_mask(
             char_off[:, 0] + shift, char_off[:, 1] + shift, np.array(span_lo, np.int64), np.array(span_hi, np.int64),
             int(doc_char_base[-1]),
-            rule="overlap" if self.uses_generation_markers else "last_char",
         )
-        # Append eos (with loss, like the seed's final eos) to documents that do not already end with it.
-        ends_with_eos = np.zeros(n, dtype=np.bool_)
-        nonempty = lengths > 0
-        ends_with_eos[nonempty] = ids[tok_off[1:][nonempty] - 1] == self.eos
-        add = (~ends_with_eos).astype(np.int64)
+        # Append eos (with loss, like the seed's final eos) unless the last assistant turn already ends the
+        # conversation with its end-of-turn token.
+        add = (~closed).astype(np.int64)
         out_off = tok_off + np.concatenate([[0], np.cumsum(add)])
         out_ids = np.empty(int(out_off[-1]), dtype=np.uint32)
         out_mask = np.empty(int(out_off[-1]), dtype=np.bool_)

@@ -50,7 +50,7 @@ from .sources import (
     resolve_source,
     select_split,
 )
-from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
+from .tokenize import TokenizeConfig, Tokenizer, document_specials, tokenized_features
 from .tokenizer import (
     DEFAULT_SPECIAL_TOKENS,
     PORTABLE_TOKENIZER_CLASS,
@@ -414,7 +414,7 @@ def build_card(
             "revision": info.revision,
             "vocab_size": vocab_size(tok),
             "fingerprint": tokenizer_fingerprint(tok),
-            "eos_token_id": eos_token_id(tok),
+            **document_specials(tok, tcfg),
             "pad_token_id": pad_id,
             "backend": (backend_report or {}).get("backend", tcfg.backend),
         },
@@ -484,7 +484,7 @@ def build_card(
         ("tokenizer", f"`{info.card_id}`" + (f" @ `{info.revision}`" if info.revision else "")),
         ("vocab size", f"{vocab_size(tok):,}"),
         ("fingerprint (sha256 of tokenizer.json)", f"`{tokenizer_fingerprint(tok)}`"),
-        ("eos id / pad id", f"{eos_token_id(tok)} / {pad_id}"),
+        ("eos id / pad id", f"{eos_token_id(tok, tcfg.eos_token)} / {pad_id}"),
         ("backend", (backend_report or {}).get("backend", tcfg.backend)),
     ]
     if backend_report:

@@ -357,6 +357,8 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     recipe.output.folder = _resolve(recipe.output.folder, base)
     if recipe.output.card_template is not None:
         recipe.output.card_template = _resolve(recipe.output.card_template, base)
+    if recipe.tokenize.chat_template_path is not None:
+        recipe.tokenize.chat_template_path = _resolve(recipe.tokenize.chat_template_path, base)
     tok = recipe.tokenizer
     if tok.name_or_path is not None and _looks_local(tok.name_or_path, base):
         tok.name_or_path = _resolve(tok.name_or_path, base)

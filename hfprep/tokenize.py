@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,12 +31,22 @@ from jaxtyping import Bool, Int64, UInt32
 from .backends import TokenizerBackend, get_backend
 from .errors import ConfigError, DataError, TokenizerError
 from .schema import flat_to_table, row_features
-from .tokenizer import eos_token_id, single_token_id
+from .tokenizer import END_OF_DOCUMENT_TOKENS, bos_prefix, eos_token_id, fim_token_ids, single_token_id
 from .types import Row, TokenizedRow
 
 ProcessingStrategy = Literal["pretrain", "fim", "sft"]
 STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
 
+
+
+class FimTokens(pydantic.BaseModel):
+    """The FIM token strings of a tokenizer (``tokenize.fim_tokens``); each must be one existing token."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    prefix: str
+    middle: str
+    suffix: str
 
 
 class TokenizeConfig(pydantic.BaseModel):
@@ -54,6 +65,13 @@ class TokenizeConfig(pydantic.BaseModel):
         fim_seed: recipe seed of raw-document FIM; each document's draw is seeded by it + a hash of its text.
         chat_template: sft only: ``auto`` uses the tokenizer's chat template when it has one, ``always`` requires
             it, ``never`` uses the seed's role tokens; see :mod:`hfprep.chat`.
+        chat_template_path: sft only: a Jinja chat template file used instead of the tokenizer's own (e.g. for
+            gpt-oss, whose tokenizer files ship no template).
+        fim_tokens: ``{prefix, middle, suffix}`` token strings; default: detected in the vocabulary
+            (:data:`hfprep.tokenizer.FIM_TOKEN_SETS`, the seed's ``<fim_...>`` first).
+        add_bos: pretrain/fim: ``auto`` puts before each document what ``tokenizer.encode(text)`` adds (the seed's
+            behaviour: a bos for Llama 3.1 / Gemma 3, nothing for Qwen3), ``always`` the bos token, ``never`` none.
+        eos_token: the token that ends a pretrain/fim document (default: the tokenizer's eos, the seed's choice).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -71,6 +89,10 @@ class TokenizeConfig(pydantic.BaseModel):
     fim_spm_rate: float = pydantic.Field(default=0.5, ge=0.0, le=1.0)
     fim_seed: int = 0
     chat_template: Literal["auto", "always", "never"] = "auto"
+    chat_template_path: str | None = None
+    fim_tokens: FimTokens | None = None
+    add_bos: Literal["auto", "always", "never"] = "auto"
+    eos_token: str | None = None
 
     def input_columns(self) -> list[str]:
         if self.strategy == "fim":
@@ -210,30 +232,110 @@ class _Specials:
     """The special ids one strategy needs, looked up once (with clear errors) per tokenizer."""
 
     def __init__(self, tokenizer, config: TokenizeConfig) -> None:
-        self.eos = eos_token_id(tokenizer)
+        self.eos = eos_token_id(tokenizer, config.eos_token)
         self.chat = None
-        if config.strategy == "fim" or (config.strategy == "pretrain" and config.fim_rate > 0):
-            self.fim_prefix = single_token_id(tokenizer, "<fim_prefix>", "FIM")
-            self.fim_middle = single_token_id(tokenizer, "<fim_middle>", "FIM")
-            self.fim_suffix = single_token_id(tokenizer, "<fim_suffix>", "FIM")
+        self.bos: list[int] = []
+        self.fim_end: int | None = None
+        self.fim_family: str | None = None
+        uses_fim = config.strategy == "fim" or (config.strategy == "pretrain" and config.fim_rate > 0)
+        if config.strategy in ("pretrain", "fim"):
+            self.bos = bos_prefix(tokenizer, config.add_bos)
+            if config.eos_token is None:
+                _warn_chat_eos(tokenizer, self.eos)
+        if uses_fim:
+            fim = fim_token_ids(tokenizer, config.fim_tokens.model_dump() if config.fim_tokens else None)
+            self.fim_prefix, self.fim_middle, self.fim_suffix = fim["prefix"], fim["middle"], fim["suffix"]
+            self.fim_end, self.fim_family = fim["end"], fim["family"]
         if config.strategy == "sft":
             from .chat import chat_encoder_for
 
             self.chat = chat_encoder_for(tokenizer, config)
         if config.strategy == "sft" and self.chat is None:
-            self.roles = {
-                "user": (single_token_id(tokenizer, "<user>", "SFT"), single_token_id(tokenizer, "</user>", "SFT")),
-                "assistant": (
-                    single_token_id(tokenizer, "<assistant>", "SFT"),
-                    single_token_id(tokenizer, "</assistant>", "SFT"),
-                ),
-            }
+            try:
+                self.roles = {
+                    "user": (single_token_id(tokenizer, "<user>", "SFT"), single_token_id(tokenizer, "</user>", "SFT")),
+                    "assistant": (
+                        single_token_id(tokenizer, "<assistant>", "SFT"),
+                        single_token_id(tokenizer, "</assistant>", "SFT"),
+                    ),
+                }
+            except TokenizerError as e:
+                if config.chat_template == "never":
+                    raise
+                raise TokenizerError(
+                    "the tokenizer has no chat_template and no <user>/<assistant> role tokens for SFT; give a Jinja "
+                    "chat template with tokenize.chat_template_path"
+                ) from e
             # System turns are optional; using one without the tokens is reported per row.
             with contextlib.suppress(TokenizerError):
                 self.roles["system"] = (
                     single_token_id(tokenizer, "<system>", "SFT system turns"),
                     single_token_id(tokenizer, "</system>", "SFT system turns"),
                 )
+
+
+def _warn_chat_eos(tokenizer, eos: int) -> None:
+    """One line when the document separator is a chat end-of-turn token and an end-of-document token exists."""
+    from .chat import tokenizer_chat_template
+    from .tokenizer import backend_tokenizer
+
+    template = tokenizer_chat_template(tokenizer)
+    inner = backend_tokenizer(tokenizer)
+    eos_str = inner.id_to_token(eos)
+    if not template or not eos_str or eos_str not in template:
+        return
+    for doc in END_OF_DOCUMENT_TOKENS:
+        tid = inner.token_to_id(doc)
+        if tid is not None and tid != eos and doc not in template:
+            warnings.warn(
+                f"the eos token {eos_str!r} ends chat turns in this tokenizer's chat template; documents are "
+                f"separated by it, not by the end-of-document token {doc!r} -- set tokenize.eos_token: {doc!r} "
+                "to use that one",
+                stacklevel=4,
+            )
+            return
+
+
+def document_specials(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
+    """The bos put before and the eos put after each document, as the card records them (ids and strings).
+
+    ``bos_token`` is ``None`` when nothing is prepended (and for chat-template SFT, where the template decides).
+
+    Example:
+        >>> document_specials(tokenizer, TokenizeConfig())  # doctest: +SKIP
+        {'bos_token': None, 'bos_token_id': None, 'eos_token': '<|endoftext|>', 'eos_token_id': 0}
+    """
+    from .tokenizer import backend_tokenizer
+
+    inner = backend_tokenizer(tokenizer)
+    eos = eos_token_id(tokenizer, config.eos_token)
+    bos = bos_prefix(tokenizer, config.add_bos) if config.strategy in ("pretrain", "fim") else []
+    return {
+        "bos_token": "".join(inner.id_to_token(t) or "" for t in bos) or None,
+        "bos_token_id": (bos[0] if len(bos) == 1 else bos) if bos else None,
+        "eos_token": inner.id_to_token(eos),
+        "eos_token_id": eos,
+    }
+
+
+def _with_prefix(flat: FlatRows, prefix: Sequence[int], loss: bool) -> FlatRows:
+    """Put ``prefix`` (e.g. the bos) before every document, with one scatter (no per-row loop)."""
+    if not prefix or flat.num_docs == 0:
+        return flat
+    k, n = len(prefix), flat.num_docs
+    off = flat.doc_offsets + k * np.arange(n + 1, dtype=np.int64)
+    total = int(off[-1])
+    is_prefix = np.zeros(total, dtype=np.bool_)
+    slots = (off[:-1, None] + np.arange(k)).ravel()
+    is_prefix[slots] = True
+    ids = np.empty(total, dtype=np.uint32)
+    mask = np.empty(total, dtype=np.bool_)
+    ids[slots] = np.tile(np.asarray(prefix, dtype=np.uint32), n)
+    mask[slots] = loss
+    keep = ~is_prefix
+    ids[keep] = flat.input_ids
+    mask[keep] = flat.loss_mask
+    return FlatRows(ids, positions_from_offsets(off), mask, off, flat.kept)
 
 
 def _empty_flat() -> FlatRows:
@@ -262,7 +364,7 @@ def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: Token
     if config.fim_rate > 0:
         from .fim import pretrain_with_fim
 
-        return pretrain_with_fim(texts, kept, config, specials, backend)
+        return _with_prefix(pretrain_with_fim(texts, kept, config, specials, backend), specials.bos, True)
     values, offsets = backend.encode_batch(texts)
     n = len(texts)
     # Each document is [text span, eos]: two pieces, eos read from the end of the source array.
@@ -275,7 +377,7 @@ def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: Token
     ids, pos, mask, doc_off = assemble_pieces(
         source, piece_start, piece_len, np.ones(2 * n, np.bool_), np.full(n, 2, np.int64)
     )
-    return FlatRows(ids, pos, mask, doc_off, kept)
+    return _with_prefix(FlatRows(ids, pos, mask, doc_off, kept), specials.bos, True)
 
 
 def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
@@ -286,9 +388,10 @@ def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerB
     if n == 0:
         return _empty_flat()
     values, offsets = backend.encode_batch(cols["prefix"] + cols["middle"] + cols["suffix"])
-    return fim_pieces_to_flat(
+    flat = fim_pieces_to_flat(
         values, offsets, n, specials, np.full(n, config.fim_format == "spm"), config.only_middle_not_masked
     )
+    return _with_prefix(flat, specials.bos, not config.only_middle_not_masked)
 
 
 def fim_pieces_to_flat(
@@ -302,11 +405,21 @@ def fim_pieces_to_flat(
 ) -> FlatRows:
     """Assemble FIM documents from encoded ``prefixes + middles + suffixes`` (3n spans, in that order).
 
-    ``spm[i]`` picks SPM for document ``i`` (else PSM), so raw-document FIM can mix formats in one batch.
+    ``spm[i]`` picks SPM for document ``i`` (else PSM), so raw-document FIM can mix formats in one batch. The
+    middle ends with ``specials.fim_end`` where the family has one (CodeLlama's ``<EOT>``), else the eos. SPM is
+    the seed's ``<suffix> suffix <prefix> prefix <middle> middle``, except for CodeLlama, whose documented SPM is
+    ``<PRE> <SUF> suffix <MID> prefix middle``.
     """
     base = len(values)
+    end = getattr(specials, "fim_end", None)
     source = np.concatenate(
-        [values, np.array([specials.fim_prefix, specials.fim_suffix, specials.fim_middle, specials.eos], np.uint32)]
+        [
+            values,
+            np.array(
+                [specials.fim_prefix, specials.fim_suffix, specials.fim_middle, specials.eos if end is None else end],
+                np.uint32,
+            ),
+        ]
     )
     FP, FS, FM, EOS = base, base + 1, base + 2, base + 3
     starts = offsets[:-1]
@@ -314,20 +427,29 @@ def fim_pieces_to_flat(
     pre_s, mid_s, suf_s = starts[:n], starts[n : 2 * n], starts[2 * n :]
     pre_l, mid_l, suf_l = lens[:n], lens[n : 2 * n], lens[2 * n :]
     one = np.ones(n, np.int64)
+    zero = np.zeros(n, np.int64)
     spm = np.asarray(spm, dtype=np.bool_)
-    # Piece order per document; SPM swaps the (<fim_prefix>, prefix) and (<fim_suffix>, suffix) pairs.
-    first_tok = np.where(spm, FS, FP)
-    first_s, first_l = np.where(spm, suf_s, pre_s), np.where(spm, suf_l, pre_l)
-    second_tok = np.where(spm, FP, FS)
-    second_s, second_l = np.where(spm, pre_s, suf_s), np.where(spm, pre_l, suf_l)
-    piece_start = np.stack([first_tok, first_s, second_tok, second_s, np.full(n, FM), mid_s, np.full(n, EOS)], 1)
-    piece_len = np.stack([one, first_l, one, second_l, one, mid_l, one], 1)
-    loss_row = (
-        np.array([0, 0, 0, 0, 0, 1, 1], np.bool_) if only_middle_not_masked else np.ones(7, np.bool_)
+    # Piece order per document: [tok, span, tok, span, <middle>, span, middle, end]. PSM and the seed's SPM leave
+    # the third span empty (SPM swaps the (<prefix>, prefix) and (<suffix>, suffix) pairs); CodeLlama's SPM
+    # moves the prefix after <MID>.
+    code_llama = getattr(specials, "fim_family", None) == "CodeLlama"
+    late = spm & code_llama
+    swap = spm & ~code_llama
+    first_tok = np.where(swap, FS, FP)
+    first_s, first_l = np.where(swap, suf_s, pre_s), np.where(swap, suf_l, np.where(late, 0, pre_l))
+    second_tok = np.where(swap, FP, FS)
+    second_s, second_l = np.where(swap, pre_s, suf_s), np.where(swap, pre_l, suf_l)
+    third_s, third_l = pre_s, np.where(late, pre_l, zero)
+    piece_start = np.stack(
+        [first_tok, first_s, second_tok, second_s, np.full(n, FM), third_s, mid_s, np.full(n, EOS)], 1
     )
-    piece_loss = np.broadcast_to(loss_row, (n, 7))
+    piece_len = np.stack([one, first_l, one, second_l, one, third_l, mid_l, one], 1)
+    loss_row = (
+        np.array([0, 0, 0, 0, 0, 0, 1, 1], np.bool_) if only_middle_not_masked else np.ones(8, np.bool_)
+    )
+    piece_loss = np.broadcast_to(loss_row, (n, 8))
     ids, pos, mask, doc_off = assemble_pieces(
-        source, piece_start.ravel(), piece_len.ravel(), piece_loss.ravel(), np.full(n, 7, np.int64)
+        source, piece_start.ravel(), piece_len.ravel(), piece_loss.ravel(), np.full(n, 8, np.int64)
     )
     return FlatRows(ids, pos, mask, doc_off, np.arange(n, dtype=np.int64) if kept is None else kept)
 
@@ -444,16 +566,17 @@ def tokenize_batch(
 
 
 def make_tokenize_fn(tokenizer, config: TokenizeConfig, backend: TokenizerBackend | None = None):
-    """A ``Dataset.map(batched=True, with_indices=True)`` function returning the tokenized Arrow table.
+    """A ``Dataset.map(batched=True)`` function returning the tokenized Arrow table.
+
+    ``with_indices=True`` is optional: with it, errors name the dataset row; without, the row within the batch.
 
     Example:
         >>> fn = make_tokenize_fn(tokenizer, TokenizeConfig(strategy="pretrain"))  # doctest: +SKIP
-        >>> ds.map(fn, batched=True, with_indices=True, remove_columns=ds.column_names,
-        ...        features=tokenized_features())  # doctest: +SKIP
+        >>> ds.map(fn, batched=True, remove_columns=ds.column_names, features=tokenized_features())  # doctest: +SKIP
     """
     tk = Tokenizer(tokenizer, config, backend)
 
-    def tokenize_fn(batch: Mapping[str, Sequence[Any]], indices: Sequence[int]) -> pa.Table:
+    def tokenize_fn(batch: Mapping[str, Sequence[Any]], indices: Sequence[int] | None = None) -> pa.Table:
         return tk(batch, indices).to_arrow()
 
     return tokenize_fn
@@ -505,16 +628,23 @@ def fim_processing(
     return _one(row, tokenizer, cfg)
 
 
-def sft_processing(row: Row, tokenizer, text_column: str = "content") -> TokenizedRow:
+def sft_processing(
+    row: Row,
+    tokenizer,
+    text_column: str = "content",
+    chat_template: Literal["auto", "always", "never"] = "never",
+) -> TokenizedRow:
     """Tokenize one chat row: ``<user> text </user>`` / ``<assistant> text </assistant>`` turns, then eos.
 
-    Loss on every token of assistant turns (role tokens included) and on the final eos.
+    Loss on every token of assistant turns (role tokens included) and on the final eos. This is the seed's
+    function: it keeps the seed's role tokens even when the tokenizer has a chat template; pass
+    ``chat_template="auto"`` to use the template instead (see :mod:`hfprep.chat`).
 
     Example:
         >>> conv = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello"}]
         >>> r = sft_processing({"content": conv}, tokenizer)  # doctest: +SKIP
     """
-    return _one(row, tokenizer, TokenizeConfig(strategy="sft", text_column=text_column))
+    return _one(row, tokenizer, TokenizeConfig(strategy="sft", text_column=text_column, chat_template=chat_template))
 
 
 def process_row(row: Row, tokenizer, strategy: ProcessingStrategy, **kwargs: Any) -> TokenizedRow:

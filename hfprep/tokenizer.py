@@ -76,14 +76,112 @@ def single_token_id(tokenizer, token: str, purpose: str) -> int:
     if len(ids) != 1:
         raise TokenizerError(
             f"tokenizer has no single-token {token!r} (it encodes to {len(ids)} tokens), needed for {purpose}; "
-            f"use a tokenizer with {token!r} as a special token or add it with "
-            f"tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})"
+            f"use a tokenizer that has {token!r} as a special token"
         )
     return int(ids[0])
 
 
-def eos_token_id(tokenizer) -> int:
-    """The tokenizer's eos id; a clear error when it has none."""
+FIM_TOKEN_SETS: tuple[tuple[str, str, str, str, str | None], ...] = (
+    # (family, prefix, middle, suffix, end of the middle or None = eos); the seed's spelling first.
+    ("StarCoder/seed", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", None),
+    ("Qwen", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", None),
+    ("DeepSeek", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<｜fim▁hole｜>", None),
+    ("CodeLlama", "▁<PRE>", "▁<MID>", "▁<SUF>", "▁<EOT>"),
+)
+"""FIM token sets hfprep recognises in a vocabulary, in the order it looks for them (DeepSeek's ``fim▁begin`` /
+``fim▁end`` / ``fim▁hole`` play the prefix / middle / suffix roles of its documented PSM prompt; CodeLlama ends
+the middle with ``▁<EOT>``)."""
+
+
+def _existing_token_id(tokenizer, token: str) -> int | None:
+    """Id of ``token`` when it is one existing vocabulary entry (never added here), else ``None``."""
+    tid = backend_tokenizer(tokenizer).token_to_id(token)
+    if tid is not None:
+        return int(tid)
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+def fim_token_ids(tokenizer, override: dict[str, str] | None = None) -> dict[str, Any]:
+    """The FIM tokens of this tokenizer: ``{"family", "prefix", "middle", "suffix", "end", "tokens"}`` (ids; ``end``
+    is ``None`` when the middle ends with the eos).
+
+    ``override`` (``tokenize.fim_tokens``: ``{prefix, middle, suffix}``) names them explicitly; otherwise the
+    vocabulary is searched for the sets of :data:`FIM_TOKEN_SETS`, the seed's ``<fim_...>`` first. Every token
+    must be a single existing token: hfprep never adds tokens (their embeddings would be untrained).
+
+    Example:
+        >>> fim_token_ids(qwen_tokenizer)["family"]  # doctest: +SKIP
+        'Qwen'
+    """
+    if override:
+        out: dict[str, Any] = {"family": "tokenize.fim_tokens", "end": None, "tokens": dict(override)}
+        for role in ("prefix", "middle", "suffix"):
+            tok = override[role]
+            tid = _existing_token_id(tokenizer, tok)
+            if tid is None:
+                raise TokenizerError(
+                    f"tokenize.fim_tokens.{role} {tok!r} is not a single token of this tokenizer; name a token "
+                    "that exists in its vocabulary"
+                )
+            out[role] = tid
+        return out
+    for family, prefix, middle, suffix, end in FIM_TOKEN_SETS:
+        ids = [_existing_token_id(tokenizer, t) for t in (prefix, middle, suffix)]
+        if None in ids:
+            continue
+        end_id = _existing_token_id(tokenizer, end) if end else None
+        return {
+            "family": family, "prefix": ids[0], "middle": ids[1], "suffix": ids[2], "end": end_id,
+            "tokens": {"prefix": prefix, "middle": middle, "suffix": suffix, **({"end": end} if end_id is not None else {})},
+        }
+    looked = "; ".join(f"{f}: {p} {s} {m}" for f, p, m, s, _ in FIM_TOKEN_SETS)
+    raise TokenizerError(
+        f"the tokenizer has no FIM tokens (looked for {looked}); use a tokenizer trained with FIM tokens or name "
+        "its own with tokenize.fim_tokens: {prefix, middle, suffix}"
+    )
+
+
+END_OF_DOCUMENT_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|end_of_text|>", "<eos>", "</s>", "<｜end▁of▁sentence｜>",
+)
+"""Spellings of the end-of-document token used in pre-training, looked for when the configured eos is a chat
+end-of-turn token."""
+
+
+def bos_prefix(tokenizer, mode: str = "auto") -> list[int]:
+    """Ids to put before every document: ``auto`` = what ``tokenizer.encode(text)`` adds in front (the seed calls
+    ``encode``: Llama 3.1 and Gemma 3 add their bos, Qwen3 nothing), ``always`` = the bos token, ``never`` = none.
+
+    Example:
+        >>> bos_prefix(tokenizer, "never")  # doctest: +SKIP
+        []
+    """
+    if mode == "never":
+        return []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if mode == "always":
+        if bos is None:
+            raise TokenizerError("tokenize.add_bos: always, but the tokenizer has no bos_token; use auto or never")
+        return [int(bos)]
+    probe = "hfprep probe"
+    plain = tokenizer.encode(probe, add_special_tokens=False)
+    full = tokenizer.encode(probe)
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            return [int(t) for t in full[:k]]
+    return []
+
+
+def eos_token_id(tokenizer, token: str | None = None) -> int:
+    """The id of ``token`` (``tokenize.eos_token``) or of the tokenizer's eos; a clear error when there is none."""
+    if token is not None:
+        tid = _existing_token_id(tokenizer, token)
+        if tid is None:
+            raise TokenizerError(
+                f"tokenize.eos_token {token!r} is not a single token of this tokenizer; name one from its vocabulary"
+            )
+        return tid
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise TokenizerError(

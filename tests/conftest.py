@@ -33,3 +33,25 @@ def tokenizer_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_path):
     return load_tokenizer(tokenizer_path)
+
+
+# ----------------------------------------------------------------------------------------------- real tokenizers
+
+_REAL: dict[str, object] = {}
+
+
+def real_tokenizer(name: str):
+    """A real model tokenizer fetched by ``python tests/fetch_tokenizers.py`` (loaded once per session).
+
+    Missing files fail the test under ``CI=true`` (CI runs the script first) and skip it elsewhere.
+    """
+    from fetch_tokenizers import family_dir, is_fetched
+
+    if not is_fetched(name):
+        msg = f"real tokenizer {name!r} is not fetched; run: python tests/fetch_tokenizers.py"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    if name not in _REAL:
+        _REAL[name] = load_tokenizer(str(family_dir(name)))
+    return _REAL[name]

@@ -58,8 +58,14 @@ def _enc(tok, s: str) -> list[int]:
     return tok.encode(s, add_special_tokens=False)
 
 
-def _expected(tok, conv, eos_appended: bool = True) -> tuple[list[int], list[bool]]:
-    """Independent reference: assistant content + </assistant> get loss; headers, system and user turns do not."""
+def _expected(tok, conv, eos_appended: bool | None = None) -> tuple[list[int], list[bool]]:
+    """Independent reference: assistant content + </assistant> get loss; headers, system and user turns do not.
+
+    The eos is appended (with loss) only when the conversation does not end with an assistant turn, whose
+    ``</assistant>`` already closes it.
+    """
+    if eos_appended is None:
+        eos_appended = conv[-1]["role"] != "assistant"
     ids, mask = [], []
     for m in conv:
         head, body, tail = _enc(tok, f"<{m['role']}>"), _enc(tok, m["content"]), _enc(tok, f"</{m['role']}>")
@@ -91,9 +97,9 @@ def test_agrees_with_transformers_assistant_masks(chat_tok) -> None:
     for i, conv in enumerate(CONVERSATIONS[:2]):
         out = chat_tok.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
         row = flat.row(i)
-        # hfprep appends eos (with loss) after the template's output.
-        assert row["input_ids"][:-1].tolist() == list(out["input_ids"])
-        assert row["loss_mask"][:-1].astype(int).tolist() == list(out["assistant_masks"])
+        # The last assistant turn ends with its end-of-turn token: no eos is appended.
+        assert row["input_ids"].tolist() == list(out["input_ids"])
+        assert row["loss_mask"].astype(int).tolist() == list(out["assistant_masks"])
 
 
 def test_template_ending_with_eos_gets_no_second_eos(chat_tok) -> None:
@@ -102,9 +108,10 @@ def test_template_ending_with_eos_gets_no_second_eos(chat_tok) -> None:
     for i, conv in enumerate(CONVERSATIONS):
         ids, mask = _expected(chat_tok, conv, eos_appended=False)
         row = flat.row(i)
-        # Offsets mode: the template's final eos closes the last turn (an assistant turn here), so it gets loss.
+        # Offsets mode: </assistant> closes the last turn; the template's eos after it is text after the last
+        # turn (no loss), as with generation markers below.
         assert row["input_ids"].tolist() == [*ids, chat_tok.eos_token_id]
-        assert row["loss_mask"].tolist() == [*mask, True]
+        assert row["loss_mask"].tolist() == [*mask, False]
     # With generation markers only the marked text gets loss: the template's eos outside them does not.
     chat_tok.chat_template = TEMPLATE_GEN + "{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
     flat = tokenize_batch({"content": CONVERSATIONS}, chat_tok, TokenizeConfig(strategy="sft"))
@@ -152,10 +159,24 @@ def test_bad_conversations_name_the_row(chat_tok) -> None:
         )
 
 
-def test_template_that_rewrites_prefixes_needs_generation_markers(chat_tok) -> None:
+def test_template_that_rewrites_history_is_attributed_by_its_generation_prompt(chat_tok) -> None:
+    # The prompt of turn i is not a prefix of the full rendering (the system line counts the messages): the turn's
+    # header is found as the generation prompt after the previous message, and the rows are still exact.
     chat_tok.chat_template = TEMPLATE_NOT_PREFIX
-    with pytest.raises(TokenizerError, match="generation"):
-        tokenize_batch({"content": CONVERSATIONS[:1]}, chat_tok, TokenizeConfig(strategy="sft"))
+    conv = CONVERSATIONS[1]
+    flat = tokenize_batch({"content": [conv]}, chat_tok, TokenizeConfig(strategy="sft"))
+    ids, mask = _expected(chat_tok, conv)
+    head = _enc(chat_tok, f"<system>{len(conv)}</system>")
+    assert flat.row(0)["input_ids"].tolist() == head + ids
+    assert flat.row(0)["loss_mask"].tolist() == [False] * len(head) + mask
+
+
+def test_unattributable_turn_is_a_one_line_error_naming_row_and_turn(chat_tok) -> None:
+    # Its generation prompt never appears in the full rendering: nothing to anchor the turn on.
+    chat_tok.chat_template = TEMPLATE_NOT_PREFIX.replace("{% if add_generation_prompt %}<assistant>", "{% if add_generation_prompt %}BOT:")
+    with pytest.raises(TokenizerError, match=r"^row 3, turn 1: .*generation") as e:
+        tokenize_batch({"content": CONVERSATIONS[:1]}, chat_tok, TokenizeConfig(strategy="sft"), indices=[3])
+    assert "\n" not in str(e.value)
 
 
 def test_none_valued_keys_are_dropped_like_apply_chat_template(chat_tok) -> None:
