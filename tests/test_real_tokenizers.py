@@ -336,3 +336,67 @@ def test_fast_backend_exact_on_real_tokenizers(family: str) -> None:
         a = Tokenizer(tok, cfg, backend=HFBackend(tok))({"content": texts}).to_arrow()
         b = Tokenizer(tok, cfg, backend=backend)({"content": texts}).to_arrow()
     assert a.equals(b)
+
+
+# ----------------------------------------------------------------------------------------------- whole runs
+
+
+def _run(tmp_path, rows, tokenizer_dir, tokenize, extra_files=()):
+    import json
+
+    import yaml
+
+    from hfprep.card import parse_card_metadata
+    from hfprep.pipeline import run_recipe
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, text in extra_files:
+        (tmp_path / name).write_text(text)
+    recipe = {
+        "source": {"files": ["data.jsonl"]},
+        "tokenizer": {"name_or_path": tokenizer_dir},
+        "tokenize": tokenize,
+        "packing": {"seq_len": 64, "strategy": "no_incomplete", "num_reduce_chunks": 1},
+        "splits": {"heldout_fraction": 0.0},
+        "output": {"folder": "out"},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run_recipe(tmp_path / "r.yaml")
+    meta = parse_card_metadata((tmp_path / "out" / "README.md").read_text())
+    from datasets import load_dataset
+
+    return meta["hfprep"], load_dataset(str(tmp_path / "out"), split="train")
+
+
+def test_recipe_bos_eos_recorded_in_card(tmp_path) -> None:
+    from fetch_tokenizers import family_dir
+
+    tok = real_tokenizer("llama3_1")
+    texts = ["First document.", "Second one, a bit longer."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # eos_token given: no chat-eos warning
+        hf, ds = _run(tmp_path, [{"content": t} for t in texts], str(family_dir("llama3_1")),
+                      {"strategy": "pretrain", "add_bos": "auto", "eos_token": "<|end_of_text|>"})
+    info = hf["tokenizer"]
+    assert (info["bos_token"], info["bos_token_id"]) == ("<|begin_of_text|>", 128000)
+    assert (info["eos_token"], info["eos_token_id"]) == ("<|end_of_text|>", 128001)
+    docs = sorted(
+        [[*tok.encode(t), 128001] for t in texts], key=len, reverse=True
+    )
+    got = []
+    for row in ds:
+        ids, pos = row["input_ids"], row["position_ids"]
+        starts = [i for i, p in enumerate(pos) if p == 0]
+        got += [ids[a:b] for a, b in zip(starts, [*starts[1:], len(ids)]) if ids[a] == 128000]
+    assert sorted(got, key=len, reverse=True) == docs
+
+
+def test_recipe_chat_template_path_for_gpt_oss(tmp_path) -> None:
+    from fetch_tokenizers import family_dir
+
+    tok = real_tokenizer("gptoss")
+    _hf, ds = _run(tmp_path, [{"content": CONVERSATIONS[0]}], str(family_dir("gptoss")),
+                  {"strategy": "sft", "chat_template_path": "harmony.jinja"}, [("harmony.jinja", HARMONY)])
+    row = ds[0]
+    spans = _decode_spans(tok, row["input_ids"], row["loss_mask"])
+    assert spans == ["4.<|end|>", "6, since 3+3 = 6.<|return|>"]
