@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-proc", type=int, metavar="N", help="worker processes (datasets engine)")
     run.add_argument("--no-push", action="store_true", help="do not push even if the recipe has hub.repo_id")
     run.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show the engine's own log lines (Ray's INFO logs; by default they go to a log file)")
 
     push = sub.add_parser("push", help="upload a prepared folder to a Hub dataset repo",
                           description="Upload a prepared folder (data/, README.md, images/) to the Hub.",
@@ -128,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         num_proc=args.num_proc,
         push=False if args.no_push else None,
         log=_emit if args.json else _human_event,
+        verbose=args.verbose,
     )
     if not args.json:
         print(format_summary(summary))

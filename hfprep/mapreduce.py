@@ -86,6 +86,14 @@ class TransformBase:
     """A transform over a table. ``run`` takes a ``Dataset`` (or a list of dicts) and returns the same kind."""
 
     config: TransformConfigBase
+    progress_split: str | None = None
+    """The split being processed, named in progress bars (set by whoever runs the transform per split)."""
+
+    def progress_label(self, stage: str) -> str:
+        """What the progress bar of ``stage`` (``map`` or ``reduce``) says: the stage and, when known, the split.
+        Subclasses name their stages the way their users think of them (``tokenize train``, ``pack train``)."""
+        label = f"{stage} {type(self).__name__}"
+        return f"{label} {self.progress_split}" if self.progress_split else label
 
     def run(self, data: Any, num_proc: int | None = None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -120,7 +128,7 @@ class MapTransformBase(TransformBase):
             with_indices=True,
             remove_columns=ds.column_names,
             num_proc=num_proc,
-            desc=f"map {type(self).__name__}",
+            desc=self.progress_label("map"),
         )
         return self._wrap_output(data, out)
 
@@ -334,7 +342,7 @@ class MapReduceTransformBase(TransformBase):
             remove_columns=ds.column_names,
             num_proc=num_proc,
             features=self.map_features(),
-            desc=f"map {type(self).__name__}",
+            desc=self.progress_label("map"),
         )
         out = self.reduce(mapped, num_proc=num_proc)
         return self._wrap_output(data, out)
@@ -412,7 +420,7 @@ class MapReduceTransformBase(TransformBase):
             num_proc=min(num_proc, len(tasks)) if num_proc else None,
             load_from_cache_file=False,
             new_fingerprint=_reduce_fingerprint(mapped, self),
-            desc=f"reduce {type(self).__name__}",
+            desc=self.progress_label("reduce"),
         )
 
     def _reduce_inferred(self, mapped, tasks, order, bounds, keys, ranges, num_proc):

@@ -260,9 +260,12 @@ def _split_stats_from(transform: PrepareForTrainingTransform) -> tuple[dict[str,
     return {k: v for k, v in stats.items() if not k.startswith(DOC_BIN_PREFIX)}, bins
 
 
-def run_split_datasets(recipe, info, source_ds, spec: SourceSpec, num_proc: int | None) -> SplitResult:
+def run_split_datasets(
+    recipe, info, source_ds, spec: SourceSpec, num_proc: int | None, name: str | None = None
+) -> SplitResult:
     transform = make_transform(recipe, info)
-    part = select_split(source_ds, spec, num_proc=num_proc)
+    transform.progress_split = name
+    part = select_split(source_ds, spec, num_proc=num_proc, name=name)
     if spec.streaming:
         from .streaming import prepare_streaming
 
@@ -285,15 +288,18 @@ def ray_reads_files(spec: SourceSpec) -> bool:
     )
 
 
-def ray_source(spec: SourceSpec, source_ds, num_proc: int | None) -> Any:
+def ray_source(spec: SourceSpec, source_ds, num_proc: int | None, name: str | None = None) -> Any:
     """What the ray engine reads: the spec itself (files read on the workers) when no row rule applies, else the
     rows with the rules applied here (``max_rows``, renames, split; text folders and csv/text files)."""
     if ray_reads_files(spec):
         return spec
-    return select_split(source_ds if source_ds is not None else load_source(spec), spec, num_proc=num_proc)
+    return select_split(source_ds if source_ds is not None else load_source(spec), spec, num_proc=num_proc, name=name)
 
 
-def run_split_ray(recipe, info, spec: SourceSpec, source_ds, address: str | None, num_cpus: int | None) -> SplitResult:
+def run_split_ray(
+    recipe, info, spec: SourceSpec, source_ds, address: str | None, num_cpus: int | None,
+    name: str | None = None, verbose: bool = False, log: Log | None = None,
+) -> SplitResult:
     try:
         from .engines.ray_engine import prepare_with_ray
     except ImportError as e:
@@ -302,14 +308,18 @@ def run_split_ray(recipe, info, spec: SourceSpec, source_ds, address: str | None
         raise ConfigError("engine 'ray' does not read streaming sources; set source.streaming: false or use 'datasets'")
     # The same transform object as the datasets engine: full tokenize section, document-length bins.
     transform = make_transform(recipe, info)
+    transform.progress_split = name
     out, stats = prepare_with_ray(
         transform.config,
-        ray_source(spec, source_ds, num_cpus),
+        ray_source(spec, source_ds, num_cpus, name),
         address=address,
         num_cpus=num_cpus,
         tokenizer=info.tokenizer,
         transform=transform,
+        verbose=verbose,
     )
+    if getattr(transform, "ray_log_path", None) and log is not None:
+        log({"event": "ray", "ray": f"log in {transform.ray_log_path} (--verbose prints it)"})
     stats = dict(stats)
     report = stats.pop("backend_report", None)
     bins = {int(k[len(DOC_BIN_PREFIX) :]): int(v) for k, v in stats.items() if str(k).startswith(DOC_BIN_PREFIX)}
@@ -582,6 +592,7 @@ def run_recipe(
     num_proc: int | None = None,
     push: bool | None = None,
     log: Log | None = None,
+    verbose: bool = False,
     _before_commit: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run a recipe and write its dataset folder; returns the summary dict (also sent to ``log`` as events).
@@ -593,6 +604,7 @@ def run_recipe(
         num_proc: worker processes (default: the recipe's ``engine.num_proc``).
         push: push to ``hub.repo_id`` after writing (default: ``hub.push`` when a repo id is set).
         log: called with progress events ``{"event": ..., ...}``.
+        verbose: show the engine's own log lines (Ray's; by default they go to a file named in a ``ray`` event).
 
     Raises:
         OutputExistsError: the output exists and ``overwrite`` is false (checked before any work).
@@ -640,10 +652,11 @@ def run_recipe(
             try:
                 if engine == "ray":
                     r = run_split_ray(
-                        recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus
+                        recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus,
+                        name, verbose, log,
                     )
                 elif engine == "datasets":
-                    r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc)
+                    r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc, name)
                 else:
                     raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
             except DataError as e:

@@ -456,8 +456,9 @@ def load_source(spec: SourceSpec):
     return ds
 
 
-def select_split(ds, spec: SourceSpec, num_proc: int | None = None):
-    """Keep one side of the held-out rule (``spec.keep``); a no-op for ``all``."""
+def select_split(ds, spec: SourceSpec, num_proc: int | None = None, name: str | None = None):
+    """Keep one side of the held-out rule (``spec.keep``); a no-op for ``all``. ``name``: the split's name as the
+    user knows it (``test``), shown in the progress bar instead of the rule's side (``heldout``)."""
     if spec.keep == "all" or spec.heldout_fraction <= 0:
         return ds if spec.keep != "heldout" else ds.select([])
     cols, frac, want = spec.split_columns, spec.heldout_fraction, spec.keep == "heldout"
@@ -468,7 +469,7 @@ def select_split(ds, spec: SourceSpec, num_proc: int | None = None):
 
     if spec.streaming:
         return ds.filter(keep, batched=True)
-    return ds.filter(keep, batched=True, num_proc=num_proc, desc=f"split {spec.keep}")
+    return ds.filter(keep, batched=True, num_proc=num_proc, desc=f"split {name or spec.keep}")
 
 
 # ----------------------------------------------------------------------------------------------- locating rows

@@ -183,7 +183,7 @@ def prepare_streaming(
     rows_in = 0
     with tempfile.TemporaryDirectory(prefix="hfprep-spill-", dir=spill_dir) as tmp:
         spiller = _Spiller(tmp, spill_buffer_bytes, schema)
-        with _progress(None, f"map (streaming) {type(transform).__name__}", "rows") as bar:
+        with _progress(None, transform.progress_label("map") + " (streaming)", "rows") as bar:
             for batch in iter_batches(data, batch_size):
                 n = len(next(iter(batch.values()))) if batch else 0
                 if n == 0:
@@ -220,7 +220,7 @@ def prepare_streaming(
         writer = ArrowWriter(features=transform.output_features(), path=str(partial))
         try:
             tails: list[pa.Table] = []  # under seq_len tokens per group, packed together after the last group
-            for key in _progress_iter(keys, f"reduce (streaming) {type(transform).__name__}"):
+            for key in _progress_iter(keys, transform.progress_label("reduce") + " (streaming)"):
                 group = spiller.read_group(key).drop_columns([KEY_COLUMN])
                 out, st, tail = transform.reduce_group_with_tail(key, group)
                 if out.num_rows:

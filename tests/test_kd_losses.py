@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -151,3 +152,16 @@ def test_tiny_distillation_loss_finite_and_decreasing(tmp_path):
     losses = main(steps=24, workdir=str(tmp_path), quiet=True)
     assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+
+
+def test_example_prints_each_loss_once(tmp_path, capfd):
+    """``python -m hfprep.kd.example`` prints one line per step; the Trainer's own per-step log is off."""
+    from hfprep.kd.example import main
+
+    losses = main(steps=3, workdir=str(tmp_path), quiet=False)
+    out = capfd.readouterr()
+    text = out.out + out.err
+    printed = re.findall(r"step\s+(\d+)\s+kd_loss (\S+)", text)
+    assert [int(s) for s, _ in printed] == [1, 2, 3]
+    assert [float(v) for _, v in printed] == pytest.approx(losses, abs=1e-4)
+    assert "'loss'" not in text and '"loss"' not in text  # no second copy from the Trainer's log

@@ -375,3 +375,45 @@ def test_connect_starts_its_own_cluster_unless_told_where(monkeypatch):
     assert calls[-1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[-1]
     _connect(FakeRay, "ray://head:10001", None, None)
     assert calls[-1]["address"] == "ray://head:10001"
+
+
+_QUIET_SCRIPT = """
+import sys
+from datasets import Dataset
+from hfprep.engines.ray_engine import prepare_with_ray
+from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+
+cfg = PrepareForTrainingTransformConfig(processing_strategy="pretrain", packing_strategy="dense",
+                                        tokenizer_name=sys.argv[1], seq_len=16, num_reduce_chunks=2)
+ds = Dataset.from_dict({"content": [f"hello world {i}" for i in range(60)]})
+for mode in ("quiet", "verbose"):
+    print("@@MODE " + mode, file=sys.stderr, flush=True)
+    transform = PrepareForTrainingTransform(cfg)
+    out, _ = prepare_with_ray(cfg, ds, num_cpus=1, transform=transform, verbose=mode == "verbose")
+    print("ROWS", len(out), "LOG", transform.ray_log_path, file=sys.stderr, flush=True)
+"""
+
+
+def test_ray_is_quiet_unless_verbose(tokenizer_path, tmp_path):
+    """A fresh local Ray prints its INFO lines and token warning only with verbose; quiet puts them in a file."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray, not a cluster
+    proc = subprocess.run(
+        [sys.executable, "-c", _QUIET_SCRIPT, tokenizer_path],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, quiet, verbose = proc.stderr.split("@@MODE ")
+    for part, mode in ((quiet, "quiet"), (verbose, "verbose")):
+        lines = [ln for ln in part.splitlines()[1:] if ln.strip()]
+        ray_lines = [ln for ln in lines if " INFO " in ln or " WARNING " in ln or "Ray instance" in ln]
+        rows, log_path = lines[-1].split()[1], lines[-1].split()[3]
+        assert int(rows) > 0
+        if mode == "quiet":
+            assert ray_lines == [] and len(lines) == 1, lines[:5]
+            text = open(log_path, encoding="utf-8").read()
+            assert "Started a local Ray instance" in text  # the lines are kept, in the session's log folder
+        else:
+            assert log_path == "None"
+            assert any("Started a local Ray instance" in ln for ln in ray_lines)

@@ -30,9 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -348,7 +351,96 @@ def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
 # --- driver ------------------------------------------------------------------------------------------------------
 
 
-def _connect(ray, address: str | None, num_cpus: int | None, ray_init_kwargs: dict[str, Any] | None) -> bool:
+RAY_LOG_NAME = "hfprep-driver.log"
+"""Where a quiet run puts the driver's Ray log records, inside Ray's session log folder (next to Ray Data's
+``ray-data/`` logs and the workers' ``worker-*.out``)."""
+
+
+class _RayLogFile(logging.Handler):
+    """Keeps Ray's driver log records until the session's log folder exists, then writes them to
+    :data:`RAY_LOG_NAME` there (``ray.init`` logs its token warning before the session is created)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+        self.pending: list[logging.LogRecord] = []
+        self.path: str | None = None
+        self._file: logging.FileHandler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None and not self.open():
+            self.pending.append(record)
+            return
+        assert self._file is not None
+        self._file.emit(record)
+
+    def open(self) -> bool:
+        node = getattr(sys.modules.get("ray._private.worker"), "_global_node", None)
+        if node is None:
+            return False
+        folder = os.path.join(node.get_session_dir_path(), "logs")
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, RAY_LOG_NAME)
+        self._file = logging.FileHandler(self.path, encoding="utf-8")
+        self._file.setFormatter(self.formatter)
+        for r in self.pending:
+            self._file.emit(r)
+        self.pending.clear()
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+def _console_handlers() -> list[logging.Handler]:
+    """Handlers of Ray's loggers that write to the terminal (files are left alone)."""
+    out: list[logging.Handler] = []
+    names = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        for h in logger.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) and h not in out:
+                out.append(h)
+    return out
+
+
+def _mute(_record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def ray_logs(verbose: bool) -> Iterator[_RayLogFile | None]:
+    """Quiet Ray for one run unless ``verbose``: its terminal log handlers are muted, driver records go to
+    :data:`RAY_LOG_NAME` in Ray's session log folder (the handler's ``path`` once Ray started), worker output
+    stays in that folder (``log_to_driver=False``) and Ray Data's progress bars are off. Restored on exit.
+
+    Example:
+        >>> with ray_logs(verbose=False) as log_file:  # doctest: +SKIP
+        ...     run_on_ray(transform, files)
+    """
+    if verbose:
+        yield None
+        return
+    handler = _RayLogFile()
+    ray_logger = logging.getLogger("ray")
+    muted = _console_handlers()
+    for h in muted:
+        h.addFilter(_mute)
+    ray_logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        ray_logger.removeHandler(handler)
+        for h in muted:
+            h.removeFilter(_mute)
+        handler.close()
+
+
+def _connect(
+    ray, address: str | None, num_cpus: int | None, ray_init_kwargs: dict[str, Any] | None, verbose: bool = True
+) -> bool:
     """Join ``address`` (or the already connected cluster) or start a local one; True when we started it."""
     if ray.is_initialized():
         return False
@@ -356,6 +448,8 @@ def _connect(ray, address: str | None, num_cpus: int | None, ray_init_kwargs: di
     # Without an address, a bare ray.init() attaches to any Ray instance it finds running on this machine (another
     # user's or test's, possibly shutting down): start our own unless RAY_ADDRESS names a cluster to join.
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if not verbose:
+        kwargs.setdefault("log_to_driver", False)  # workers' output stays in the session's worker-*.out files
     if address:
         kwargs["address"] = address
     else:
@@ -467,8 +561,12 @@ def run_on_ray(
     batch_rows: int = MAP_BATCH_ROWS,
     shuffle: str = "sort",
     ray_init_kwargs: dict[str, Any] | None = None,
+    verbose: bool = False,
 ):
     """Run ``transform`` (map -> group -> reduce) on Ray Data; returns the output as a memory-mapped Dataset.
+
+    Ray is quiet unless ``verbose`` (see :func:`ray_logs`); ``transform.ray_log_path`` then names the file that
+    holds its driver log (None when verbose or when Ray did not start).
 
     After the run ``transform.last_stats`` holds the per-group stats in key order and ``transform.rows_in`` the
     number of input rows, exactly as after :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`.
@@ -491,7 +589,14 @@ def run_on_ray(
     out_feats = transform.output_features()
     out_schema = _out_schema(transform)
     _map_schema(transform)  # fail in the driver, not on the workers
-    started = _connect(ray, address, num_cpus, ray_init_kwargs)
+    # Ray is quiet for the whole run, shutdown included (ExitStack: the body below keeps its shape).
+    quiet = contextlib.ExitStack()
+    log_file = quiet.enter_context(ray_logs(verbose))
+    try:
+        started = _connect(ray, address, num_cpus, ray_init_kwargs, verbose)
+    except BaseException:
+        quiet.close()
+        raise
     try:
         with tempfile.TemporaryDirectory(prefix="scratch-", dir=folder) as scratch:
             files, fmt = resolve_source(source, format, scratch)
@@ -501,6 +606,8 @@ def run_on_ray(
             ctx = ray.data.DataContext.get_current()
             saved_strategy = ctx.shuffle_strategy
             ctx.shuffle_strategy = SHUFFLE_STRATEGIES[shuffle]
+            saved_bars = ctx.enable_progress_bars
+            ctx.enable_progress_bars = verbose and saved_bars  # its bars name Ray operators, not hfprep stages
             plan = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
             mapped = plan.map_batches(
                 _map_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"holder": holder, "batch_rows": batch_rows}
@@ -521,6 +628,7 @@ def run_on_ray(
                 raise
             finally:
                 ctx.shuffle_strategy = saved_strategy
+                ctx.enable_progress_bars = saved_bars
             final = folder / "packed.arrow"
             tails = sink.tail_table()
             last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
@@ -528,6 +636,8 @@ def run_on_ray(
     finally:
         if started:
             ray.shutdown()
+        quiet.close()
+        transform.ray_log_path = log_file.path if log_file is not None else None
     meta = sink.stats.pop(META_KEY, {"rows_in": 0})
     transform.last_stats = [sink.stats[k] for k in sorted(sink.stats)]
     if tail_stats is not None:
@@ -562,6 +672,7 @@ def prepare_with_ray(
     cache_dir: str | os.PathLike | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
     transform: PrepareForTrainingTransform | None = None,
+    verbose: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Tokenize -> key -> group -> pack on Ray Data; the same rows, order and stats as the datasets engine.
 
@@ -579,6 +690,8 @@ def prepare_with_ray(
         ray_init_kwargs: extra ``ray.init`` arguments (e.g. ``runtime_env``).
         transform: an already built transform for ``config`` (e.g. a subclass that records extra stats); it is
             pickled to the workers as is.
+        verbose: show Ray's own log lines and progress bars (default: quiet, Ray's driver log goes to a file in
+            its session log folder, named by ``transform.ray_log_path``).
 
     Returns:
         ``(dataset, stats)``: packed rows as a memory-mapped ``datasets.Dataset`` and the dict of
@@ -610,6 +723,7 @@ def prepare_with_ray(
         format=fmt or format,
         cache_dir=cache_dir,
         ray_init_kwargs=ray_init_kwargs,
+        verbose=verbose,
     )
     return out, transform.stats
 

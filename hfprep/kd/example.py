@@ -125,8 +125,8 @@ def main(steps: int = 30, workdir: str | None = None, quiet: bool = False, lr: f
         max_steps=steps,
         learning_rate=lr,
         lr_scheduler_type="constant",
-        logging_steps=1,
-        logging_strategy="no" if quiet else "steps",
+        # The Trainer's own per-step log would print every loss a second time (this function prints them below).
+        logging_strategy="no",
         report_to=[],
         save_strategy="no",
         use_cpu=True,
