@@ -92,17 +92,105 @@ def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return parse_card_metadata(Path(path).read_text(encoding="utf-8"))
 
 
-def dataset_info_yaml(features, split_rows: Mapping[str, int], split_bytes: Mapping[str, int]) -> dict[str, Any]:
-    """``dataset_info`` exactly as ``push_to_hub`` writes it (features, splits, sizes)."""
+def dataset_info_yaml(
+    features,
+    split_rows: Mapping[str, int],
+    split_bytes: Mapping[str, int],
+    download_bytes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """``dataset_info`` exactly as ``push_to_hub`` writes it: ``num_bytes`` per split and ``dataset_size`` are the
+    Arrow size of the rows (``Dataset._estimate_nbytes``), ``download_size`` the bytes of the Parquet files
+    (``download_bytes``; ``split_bytes`` when not given)."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
 
     info = DatasetInfo(features=features)
     info.splits = SplitDict()
     for split, rows in split_rows.items():
         info.splits.add(SplitInfo(name=split, num_bytes=int(split_bytes.get(split, 0)), num_examples=int(rows)))
-    info.download_size = int(sum(split_bytes.values()))
+    info.download_size = int(sum((download_bytes if download_bytes is not None else split_bytes).values()))
     info.dataset_size = int(sum(split_bytes.values()))
     return info._to_yaml_dict()
+
+
+# The license identifiers the Hub accepts in a card's ``license`` field (huggingface.co/docs/hub/repositories-licenses).
+# Anything else is written as ``license: other`` + ``license_name`` (what the Hub asks for a custom license).
+HUB_LICENSES = frozenset(
+    """
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+    afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+    cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+    cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl
+    gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr
+    mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+    deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma
+    unknown other
+    """.split()  # noqa: SIM905 - a word list is easier to compare with the Hub's table than 80 quoted strings
+)
+
+
+def license_metadata(license: str | None) -> dict[str, str]:
+    """The card's license keys: a Hub license id as is, anything else as ``other`` + a ``license_name`` slug.
+
+    Example:
+        >>> license_metadata("MIT"), license_metadata("psf-2.0")
+        ({'license': 'mit'}, {'license': 'other', 'license_name': 'psf-2.0'})
+    """
+    if not license:
+        return {}
+    lid = license.strip().lower()
+    if lid in HUB_LICENSES:
+        return {"license": lid}
+    slug = "-".join(t for t in "".join(c if c.isalnum() or c == "." else "-" for c in lid).split("-") if t)
+    return {"license": "other", "license_name": slug or "custom"}
+
+
+def backend_sentence(report: Mapping[str, Any]) -> str:
+    """The tokenizer backend's report (:func:`hfprep.backends.resolve_backend`) as one sentence for the card.
+
+    Example:
+        >>> backend_sentence({"requested": "hf", "backend": "hf", "reason": "requested", "guard": None})
+        'hf, as the recipe asks (the reference Hugging Face tokenizers; no check needed).'
+    """
+    used, requested = report.get("backend"), report.get("requested")
+    guard = report.get("guard") or {}
+    checked = ""
+    if guard:
+        checked = (
+            f"the exactness guard encoded {int(guard.get('samples_checked', 0)):,} input rows and "
+            f"{int(guard.get('stress_checked', 0)):,} stress strings with both backends"
+            + (" and found identical ids" if guard.get("passed") else f": {int(guard.get('mismatches', 0)):,} differed")
+        )
+    norm = report.get("normalizer_applied_before_encoding")
+    if used == requested == "hf":
+        return "hf, as the recipe asks (the reference Hugging Face tokenizers; no check needed)."
+    if used != "hf":
+        return (
+            f"{used} (recipe: {requested}): {checked or 'no check recorded'}"
+            + (f"; the tokenizer's {norm} normalizer runs before it" if norm else "")
+            + "."
+        )
+    reason = str(report.get("reason") or "no reason recorded").rstrip(".")
+    return f"hf: {requested} fell back to it because {reason}."
+
+
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None, aliases: Mapping[str, str] = {}) -> str:
+    """A local path as a card may show it, without the machine's folders: relative to ``base`` (the recipe's
+    folder) when inside it, ``{alias}/...`` when inside one of ``aliases`` (``{"{stdlib}": folder}``), else the
+    file name alone.
+
+    Example:
+        >>> portable_path("/home/me/p/data/a.jsonl", "/home/me/p"), portable_path("/srv/x/b.jsonl", "/home/me/p")
+        ('data/a.jsonl', 'b.jsonl')
+    """
+    p = os.path.abspath(path)
+    bases = ([("", os.path.abspath(base))] if base else []) + [(k, os.path.abspath(v)) for k, v in aliases.items()]
+    for alias, root in bases:
+        if p == root or p.startswith(root.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(p, root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/")
+            return "/".join(x for x in (alias, rel) if x) or "."
+    return os.path.basename(p.rstrip(os.sep)) or p
 
 
 def _fmt(n: float | int) -> str:

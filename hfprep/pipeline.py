@@ -34,7 +34,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .card import dataset_info_yaml, dump_yaml, render_card, size_category, stats_table
+from .card import (
+    backend_sentence,
+    dataset_info_yaml,
+    dump_yaml,
+    license_metadata,
+    portable_path,
+    render_card,
+    size_category,
+    stats_table,
+)
 from .errors import ConfigError, DataError, OutputExistsError
 from .layout import CARD_NAME, IMAGES_DIR, atomic_output, split_glob, write_split
 from .plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
@@ -375,6 +384,76 @@ def _doc_lengths_note(results: list[SplitResult]) -> tuple[str, str]:
     )
 
 
+def _path_aliases() -> dict[str, str]:
+    from .recipe import STDLIB_PLACEHOLDER, stdlib_dir
+
+    return {STDLIB_PLACEHOLDER: stdlib_dir()}
+
+
+def _recipe_dir(recipe: Recipe) -> str | None:
+    return os.path.dirname(os.path.abspath(recipe.path)) if recipe.path else None
+
+
+def _file_sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def card_source(spec: SourceSpec, recipe: Recipe) -> str:
+    """The source as the card shows it: Hub coordinates, or local files by their path relative to the recipe
+    (file name + sha256 for files elsewhere), never a folder of this machine."""
+    if spec.kind == "hub":
+        return spec.describe()
+    base, aliases = _recipe_dir(recipe), _path_aliases()
+    if spec.kind == "text_dir":
+        return f"{len(spec.paths):,} text files under `{portable_path(spec.root or '.', base, aliases)}`"
+    shown = []
+    for p in spec.paths[:8]:
+        rel = portable_path(p, base, aliases)
+        inside = rel != os.path.basename(p) or os.path.dirname(os.path.abspath(p)) == base
+        shown.append(f"`{rel}`" if inside else f"`{rel}` (sha256 {_file_sha(p)[:16]})")
+    more = f" and {len(spec.paths) - 8:,} more" if len(spec.paths) > 8 else ""
+    return f"{len(spec.paths):,} {spec.format} file(s): " + ", ".join(shown) + more
+
+
+def _local_paths(recipe: Recipe, spec: SourceSpec) -> list[str]:
+    """Absolute local paths a recipe may spell out (sources, tokenizer, output), longest first."""
+    roots = (getattr(spec, "root", None), recipe.output.folder, recipe.output.card_template)
+    paths = list(getattr(spec, "paths", ())) + [p for p in roots if p]
+    if recipe.tokenizer.name_or_path and os.path.exists(recipe.tokenizer.name_or_path):
+        paths.append(recipe.tokenizer.name_or_path)
+    if recipe.tokenizer.train is not None and recipe.tokenizer.train.cache_dir:
+        paths.append(recipe.tokenizer.train.cache_dir)
+    return sorted({os.path.abspath(p) for p in paths}, key=len, reverse=True)
+
+
+def card_recipe_text(recipe: Recipe, spec: SourceSpec) -> str:
+    """The recipe for the card: its own text (comments kept) with any absolute local path it spells out written
+    relative to the recipe (or as a file name), so a pushed card does not show this machine's folders."""
+    text = recipe.text or dump_yaml(recipe.model_dump(mode="json"))
+    base, aliases = _recipe_dir(recipe), _path_aliases()
+    for p in _local_paths(recipe, spec):
+        if p in text:
+            text = text.replace(p, portable_path(p, base, aliases))
+    return text.rstrip("\n")
+
+
+def card_load_target(recipe: Recipe) -> str:
+    """What ``load_dataset`` is given in the card: the Hub repo id, or the output folder as typed from here."""
+    if recipe.hub.repo_id:
+        return recipe.hub.repo_id
+    folder = os.path.abspath(recipe.output.folder)
+    rel = os.path.relpath(folder)
+    return rel if not rel.startswith("..") else os.path.basename(folder)
+
+
+def rows_all_full(results: list[SplitResult], seq_len: int) -> bool:
+    return all(r.out_stats.pad_tokens == 0 and r.out_stats.tokens == r.out_stats.rows * seq_len for r in results)
+
+
 def build_card(
     recipe: Recipe,
     info: TokenizerInfo,
@@ -385,7 +464,12 @@ def build_card(
     backend_report: dict[str, Any] | None,
     engine_line: str,
     date: str,
+    download_bytes: dict[str, int] | None = None,
+    has_fill_plot: bool = True,
 ) -> str:
+    """The dataset card (README.md): YAML for the Hub and ``load_dataset`` plus a compact ``hfprep`` block; prose
+    with the load/train snippets, tables, figures, recipe and provenance. ``split_bytes``: Arrow bytes per split
+    (``num_bytes``); ``download_bytes``: Parquet bytes."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
     stats: dict[str, dict[str, Any]] = {}
@@ -402,9 +486,7 @@ def build_card(
     recipe_sha = hashlib.sha256((recipe.text or "").encode()).hexdigest()
     hub = recipe.hub
     tags = ["hfprep", "tokenized", "packed", tcfg.strategy, *hub.tags]
-    meta: dict[str, Any] = {}
-    if hub.license:
-        meta["license"] = hub.license
+    meta: dict[str, Any] = dict(license_metadata(hub.license))
     if hub.pretty_name or recipe.name:
         meta["pretty_name"] = hub.pretty_name or recipe.name
     meta["task_categories"] = ["text-generation"]
@@ -415,12 +497,17 @@ def build_card(
         {"config_name": "default", "data_files": [{"split": r.name, "path": split_glob(r.name)} for r in results]}
     ]
     meta["dataset_info"] = dataset_info_yaml(
-        tokenized_features(), {r.name: r.out_stats.rows for r in results}, split_bytes
+        tokenized_features(), {r.name: r.out_stats.rows for r in results}, split_bytes, download_bytes
     )
+    load_target = card_load_target(recipe)
+    tokenize_opts = json.loads(tcfg.model_dump_json(exclude_defaults=True))
+    tokenize_opts.pop("strategy", None)
     meta["hfprep"] = {
         "version": _version(),
         "tokenizer": {
-            "name_or_path": info.card_id,
+            # Loadable as written: AutoTokenizer.from_pretrained(name_or_path, subfolder=..., revision=...).
+            "name_or_path": load_target if info.bundle_dir else info.name_or_path,
+            **({"subfolder": TOKENIZER_DIR} if info.bundle_dir else {}),
             "revision": info.revision,
             "vocab_size": vocab_size(tok),
             "fingerprint": tokenizer_fingerprint(tok),
@@ -429,7 +516,7 @@ def build_card(
             "backend": (backend_report or {}).get("backend", tcfg.backend),
         },
         "strategy": tcfg.strategy,
-        "tokenize": json.loads(tcfg.model_dump_json()),
+        "tokenize": tokenize_opts,  # options that differ from the defaults
         "seq_len": recipe.packing.seq_len,
         "packing": recipe.packing.strategy,
         "packing_kwargs": dict(recipe.packing.packing_kwargs),
@@ -443,9 +530,8 @@ def build_card(
     replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
     if replaced is not None:
         meta["hfprep"]["source_decode_replacements"] = replaced.sequences
+    # The packing report (segment histograms, losses by reason) is in the prose and the images, not the YAML.
     qualities = {r.name: r.quality for r in results if r.quality is not None}
-    if qualities:
-        meta["hfprep"]["quality"] = json.loads(json.dumps(qualities, default=str))
 
     seq_len = recipe.packing.seq_len
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
@@ -485,33 +571,41 @@ def build_card(
         from .quality import format_report
 
         quality_section = (
-            "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split "
-            "(the full numbers are under `hfprep.quality` in the metadata above).\n\n"
+            "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split.\n\n"
             + "\n\n".join(f"**{name}**\n\n```text\n{format_report(q)}\n```" for name, q in qualities.items())
             + "\n"
         )
     tok_rows = [
-        ("tokenizer", f"`{info.card_id}`" + (f" @ `{info.revision}`" if info.revision else "")),
+        ("tokenizer", (f"`{info.name_or_path}`" if not info.bundle_dir else "bundled in this repo under "
+                       f"`{TOKENIZER_DIR}/`") + (f" @ `{info.revision}`" if info.revision else "")),
         ("vocab size", f"{vocab_size(tok):,}"),
         ("fingerprint (sha256 of tokenizer.json)", f"`{tokenizer_fingerprint(tok)}`"),
         ("eos id / pad id", f"{eos_token_id(tok, tcfg.eos_token)} / {pad_id}"),
         ("backend", (backend_report or {}).get("backend", tcfg.backend)),
     ]
     if backend_report:
-        tok_rows.append(("backend check", json.dumps(backend_report, sort_keys=True, default=str)))
+        tok_rows.append(("backend check", backend_sentence(backend_report)))
     tokenizer_table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in tok_rows)
     if info.bundle_dir:
         tokenizer_table += (
             f"\n\nThe tokenizer is included in this repo: "
-            f"`AutoTokenizer.from_pretrained(<this dataset's folder or repo>, subfolder=\"{TOKENIZER_DIR}\")`."
+            f"`AutoTokenizer.from_pretrained(\"{load_target}\", subfolder=\"{TOKENIZER_DIR}\")`."
         )
+    fill_section = ""
+    if has_fill_plot:
+        fill_section = (
+            f"### Row fill\n\n![Fill per row](images/fill_per_row.png)\n\nFill = real tokens / {seq_len} per row; "
+            f"{fill_sentence}\n"
+        )
+    elif not padded or rows_all_full(results, seq_len):
+        fill_section = f"Every row holds {seq_len} real tokens (fill 100%), so there is no fill histogram.\n"
     non_default = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     non_default.pop("strategy", None)
     split_names = [r.name for r in results]
     context = {
         "metadata": dump_yaml(meta).rstrip("\n"),
         "title": hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
-        "description": recipe.description or f"Language-model training data prepared from {spec.describe()}.",
+        "description": recipe.description or f"Language-model training data prepared from {card_source(spec, recipe)}.",
         "seq_len": seq_len,
         "strategy": tcfg.strategy,
         "packing": recipe.packing.strategy,
@@ -521,7 +615,7 @@ def build_card(
             "fim": " (only the middle and the final eos)" if tcfg.only_middle_not_masked else " (every real token)",
             "sft": " (assistant turns, their role tokens and the final eos)",
         }.get(tcfg.strategy, ""),
-        "load_target": hub.repo_id or "path/to/" + Path(recipe.output.folder).name,
+        "load_target": load_target,
         "load_comment": ", ".join(f"{r.name}: {r.out_stats.rows:,} rows" for r in results),
         "train_split": split_names[0],
         "stats_table": stats_table(stats, seq_len),
@@ -529,9 +623,10 @@ def build_card(
         "doc_lengths_caption": caption,
         "doc_lengths_note": note,
         "fill_sentence": fill_sentence,
+        "fill_section": fill_section,
         "quality_section": quality_section,
         "tokenizer_table": tokenizer_table,
-        "source": spec.describe()
+        "source": card_source(spec, recipe)
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
         + (f", columns renamed {spec.columns}" if spec.columns else "")
         + (f"; {replaced.describe()}" if replaced is not None else ""),
@@ -545,7 +640,7 @@ def build_card(
             else f"one split, `{recipe.splits.train_name}`"
         ),
         "engine_line": engine_line,
-        "recipe": (recipe.text or dump_yaml(recipe.model_dump(mode="json"))).rstrip("\n"),
+        "recipe": card_recipe_text(recipe, spec),
         "hfprep_version": _version(),
         "git_commit": f"`{git_commit()}`" if git_commit() else "(not a git checkout)",
         "source_revision": source_revision(spec),
@@ -689,8 +784,11 @@ def run_recipe(
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
     engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
 
+    # A fill histogram of full rows is one bar: shown only when some row has room left.
+    has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
         split_bytes: dict[str, int] = {}
+        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
         for r in results:
             rel = write_split(
                 tables[r.name],
@@ -709,11 +807,14 @@ def run_recipe(
             (tmp / IMAGES_DIR).mkdir()
             doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
             caption, _ = _doc_lengths_note(results)
-            length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption)
-            fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png",
-                               recipe.packing.seq_len)
+            length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption,
+                                 seq_len=recipe.packing.seq_len)
+            if has_fill_plot:
+                fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png",
+                                   recipe.packing.seq_len)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
-        card = build_card(recipe, info, spec, results, split_bytes, pad_id, backend_report, engine_line, date)
+        card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
+                          download_bytes=split_bytes, has_fill_plot=has_fill_plot)
         if mix is not None:
             if recipe.output.plots:
                 mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")

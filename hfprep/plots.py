@@ -84,8 +84,10 @@ def length_histogram_png(
     path: str | os.PathLike,
     title: str = "Document length (tokens)",
     xlabel: str = "tokens per document (log scale)",
+    seq_len: int | None = None,
 ) -> None:
-    """Bar chart of quarter-octave length bins, one colour per split (``{split: {bin: count}}``)."""
+    """Bar chart of quarter-octave length bins, one colour per split (``{split: {bin: count}}``); a dashed line
+    marks ``seq_len`` (documents to its right do not fit one row)."""
     plt, fig, ax = _figure()
     bins = sorted({b for c in counts.values() for b in c}) or [0]
     lo, hi = min(bins), max(bins) + 1
@@ -99,6 +101,9 @@ def length_histogram_png(
         total = heights.sum()
         ax.bar(left, heights, width=right - left, align="edge", color=_COLORS[k % len(_COLORS)],
                label=f"{split} ({int(total):,} docs)")
+    if seq_len:
+        ax.axvline(seq_len, color="#444444", linestyle="--", linewidth=1.0, label=f"seq_len {seq_len:,}")
+        ax.set_xlim(min(edges[0], seq_len / 2), max(edges[-1], seq_len * 1.5))
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(_tick_formatter())
     ax.set_xlabel(xlabel)

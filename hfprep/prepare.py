@@ -122,11 +122,9 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     (:func:`~hfprep.backends.resolve_backend`).
     """
 
-    PROGRESS_STAGES = {"map": "tokenize", "reduce": "pack"}
-
     def progress_label(self, stage: str) -> str:
         """``tokenize train`` / ``pack train``: the stage and split a user knows, not the class name."""
-        label = self.PROGRESS_STAGES.get(stage, stage)
+        label = {"map": "tokenize", "reduce": "pack"}.get(stage, stage)
         return f"{label} {self.progress_split}" if self.progress_split else label
 
     class _MapFn:

@@ -49,6 +49,10 @@ def card_run(tmp_path_factory, tokenizer_path):
     return root / "out", recipe_text, summary
 
 
+def meta_tokenizer_dir(recipe_text: str) -> str:
+    return yaml.safe_load(recipe_text)["tokenizer"]["name_or_path"]
+
+
 def test_card_yaml_metadata(card_run, tokenizer):
     out, _, summary = card_run
     meta = parse_card_metadata((out / "README.md").read_text())
@@ -76,7 +80,11 @@ def test_card_prose_recipe_images_and_no_token(card_run):
     text = (out / "README.md").read_text()
     assert "from hfprep import DataCollatorForPackedLM" in text
     assert 'load_dataset("me/tiny")' in text
-    assert "```yaml\n" + recipe_text.rstrip("\n") + "\n```" in text  # the exact recipe, comments included
+    # The exact recipe, comments included; the absolute tokenizer folder (outside the recipe's folder) appears by
+    # its name only, so the card does not show this machine's folders.
+    tok_dir = meta_tokenizer_dir(recipe_text)
+    portable = recipe_text.replace(tok_dir, Path(tok_dir).name)
+    assert "```yaml\n" + portable.rstrip("\n") + "\n```" in text
     for img in re.findall(r"\]\((images/[^)]+)\)", text):
         assert (out / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(re.findall(r"\]\((images/[^)]+)\)", text)) == 2
@@ -117,3 +125,143 @@ def test_histogram_bins_and_deterministic_png(tmp_path):
         fill_histogram_png({"train": [1] * 20}, tmp_path / name, 16)
     assert (tmp_path / "c.png").read_bytes() == (tmp_path / "d.png").read_bytes()
     assert Path(tmp_path / "c.png").stat().st_size > 1000
+
+
+def _front_matter_and_body(text: str) -> tuple[str, str]:
+    end = text.index("\n---\n", 4)
+    return text[4:end], text[end + 5 :]
+
+
+def test_card_is_valid_hub_metadata_and_renders_as_markdown(card_run):
+    """The card as the Hub reads it: huggingface_hub's DatasetCard parses it, datasets reads configs and sizes
+    from it; a CommonMark+tables renderer turns every pipe table into a <table> and every image resolves."""
+    from datasets import load_dataset
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+    from markdown_it import MarkdownIt
+
+    out, _, _ = card_run
+    card = DatasetCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "mit" and data["task_categories"] == ["text-generation"]
+    configs = MetadataConfigs.from_dataset_card_data(card.data)
+    assert {d["split"] for d in configs["default"]["data_files"]} == {"train", "test"}
+    infos = DatasetInfosDict.from_dataset_card_data(card.data)["default"]
+    loaded = load_dataset(str(out))
+    for split, ds in loaded.items():
+        # num_bytes is what push_to_hub would write for these rows: datasets' own Arrow size estimate.
+        assert infos.splits[split].num_bytes == ds._estimate_nbytes()
+        assert infos.splits[split].num_examples == len(ds)
+    assert infos.download_size == sum(p.stat().st_size for p in (out / "data").glob("*.parquet"))
+
+    body = card.text
+    html = MarkdownIt("commonmark").enable("table").render(body)
+    pipe_tables = len(re.findall(r"^\|[-:|]+\|\s*$", body, flags=re.M))  # one separator line per table
+    assert pipe_tables >= 4 and html.count("<table>") == pipe_tables
+    assert "<p>|" not in html  # no table left as a paragraph of pipes
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert sorted(images) == ["images/doc_lengths.png", "images/fill_per_row.png"]
+    for src in images:
+        target = (out / src).resolve()
+        assert target.is_file() and out.resolve() in target.parents
+    links = re.findall(r'<a href="([^"]+)"', html)
+    assert all(not link.startswith(("http://", "https://")) for link in links), links  # no undeclared sites
+
+
+def test_card_header_is_compact(card_run):
+    out, _, _ = card_run
+    header, _ = _front_matter_and_body((out / "README.md").read_text())
+    meta = yaml.safe_load(header)
+    assert set(meta) <= {"license", "license_name", "pretty_name", "task_categories", "size_categories",
+                         "source_datasets", "tags", "configs", "dataset_info", "hfprep"}
+    hf = meta["hfprep"]
+    assert "quality" not in hf  # histograms live in the images and the prose
+    assert not {"prefix_column", "middle_column", "suffix_column", "fim_format", "fim_rate"} & set(hf["tokenize"])
+    assert len(header.splitlines()) < 90
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory, tokenizer_path):
+    """A dense run without a Hub repo: sources outside the recipe's folder, absolute paths in the recipe."""
+    import os
+
+    root = tmp_path_factory.mktemp("dense-card")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    docs = [f"document {i} " + "word " * (3 + i % 40) for i in range(80)]
+    src = elsewhere / "docs.jsonl"
+    src.write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
+    (root / "proj").mkdir()
+    recipe_text = yaml.safe_dump({
+        "source": {"files": [str(src)]},
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 32, "strategy": "dense", "num_reduce_chunks": 1},
+        "output": {"folder": str(root / "proj" / "out")},
+        "hub": {"license": "psf-2.0"},
+    }, sort_keys=False)
+    (root / "proj" / "r.yaml").write_text(recipe_text)
+    cwd = os.getcwd()
+    os.chdir(root / "proj")
+    try:
+        run_recipe(root / "proj" / "r.yaml")
+    finally:
+        os.chdir(cwd)
+    return root / "proj", src
+
+
+def test_card_leaks_no_local_path_and_checks_the_license(dense_run, tokenizer_path):
+    proj, src = dense_run
+    text = (proj / "out" / "README.md").read_text()
+    for local in (str(proj), str(src.parent), tokenizer_path, str(Path.home()) + "/"):
+        assert local not in text, local
+    assert not re.search(r"(?<![\w.])/(tmp|home|root|Users)/", text)
+    assert f"sha256 {hashlib.sha256(src.read_bytes()).hexdigest()[:16]}" in text  # the file by name + hash
+    meta = parse_card_metadata(text)
+    assert (meta["license"], meta["license_name"]) == ("other", "psf-2.0")  # not a Hub license id
+    assert "github.com" not in text
+
+
+def test_card_tokenizer_and_load_snippet_are_loadable(dense_run, tokenizer):
+    import os
+
+    from datasets import load_dataset
+
+    from hfprep.tokenizer import load_tokenizer
+
+    proj, _ = dense_run
+    text = (proj / "out" / "README.md").read_text()
+    tok = parse_card_metadata(text)["hfprep"]["tokenizer"]
+    assert 'load_dataset("out")' in text  # the folder as typed from where the run was started
+    cwd = os.getcwd()
+    os.chdir(proj)
+    try:
+        loaded = load_tokenizer(tok["name_or_path"], subfolder=tok["subfolder"])
+        assert loaded.get_vocab() == tokenizer.get_vocab()
+        assert len(load_dataset("out", split="train")) == parse_card_metadata(text)["hfprep"]["stats"]["train"]["rows"]
+    finally:
+        os.chdir(cwd)
+
+
+def test_backend_row_is_a_sentence_and_full_rows_get_no_fill_plot(dense_run):
+    proj, _ = dense_run
+    out = proj / "out"
+    text = (out / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| backend check |"))
+    assert "{" not in row and row.rstrip(" |").endswith(".")
+    # dense rows are all full: a one-bar fill histogram says nothing, so neither the file nor the link exists
+    assert not (out / "images" / "fill_per_row.png").exists() and "fill_per_row" not in text
+    assert (out / "images" / "doc_lengths.png").is_file()
+
+
+def test_length_histogram_marks_seq_len(tmp_path):
+    from PIL import Image
+
+    counts = {"train": {4: 3, 20: 5, 30: 2}}
+    length_histogram_png(counts, tmp_path / "plain.png")
+    length_histogram_png(counts, tmp_path / "marked.png", seq_len=64)
+    a = np.asarray(Image.open(tmp_path / "plain.png").convert("L"))
+    b = np.asarray(Image.open(tmp_path / "marked.png").convert("L"))
+    # the marker is a vertical dark dashed line inside the axes: a column with far more dark pixels than in the
+    # plain plot (bars are lighter than the threshold; the axis spine is the same in both)
+    gained = ((b < 100) & ~(a < 100)).sum(axis=0)
+    assert gained.max() > 60

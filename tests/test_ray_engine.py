@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -398,7 +399,8 @@ def test_ray_is_quiet_unless_verbose(tokenizer_path, tmp_path):
     """A fresh local Ray prints its INFO lines and token warning only with verbose; quiet puts them in a file."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray, not a cluster
+    # "local": a fresh Ray instance, never a cluster another process started on this machine.
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.run(
         [sys.executable, "-c", _QUIET_SCRIPT, tokenizer_path],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
@@ -412,7 +414,7 @@ def test_ray_is_quiet_unless_verbose(tokenizer_path, tmp_path):
         assert int(rows) > 0
         if mode == "quiet":
             assert ray_lines == [] and len(lines) == 1, lines[:5]
-            text = open(log_path, encoding="utf-8").read()
+            text = Path(log_path).read_text(encoding="utf-8")
             assert "Started a local Ray instance" in text  # the lines are kept, in the session's log folder
         else:
             assert log_path == "None"
