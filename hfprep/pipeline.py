@@ -450,6 +450,12 @@ def card_load_target(recipe: Recipe) -> str:
     return rel if not rel.startswith("..") else os.path.basename(folder)
 
 
+def _portable_decode_report(replaced: Any, recipe: Recipe) -> str:
+    text = replaced.describe()
+    first = getattr(replaced, "first_file", None)
+    return text.replace(first, portable_path(first, _recipe_dir(recipe), _path_aliases())) if first else text
+
+
 def rows_all_full(results: list[SplitResult], seq_len: int) -> bool:
     return all(r.out_stats.pad_tokens == 0 and r.out_stats.tokens == r.out_stats.rows * seq_len for r in results)
 
@@ -629,7 +635,7 @@ def build_card(
         "source": card_source(spec, recipe)
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
         + (f", columns renamed {spec.columns}" if spec.columns else "")
-        + (f"; {replaced.describe()}" if replaced is not None else ""),
+        + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else ""),
         "tokenize_line": f"`{tcfg.strategy}` " + json.dumps(non_default, sort_keys=True),
         "pack_line": f"`{recipe.packing.strategy}`, seq_len {seq_len}, {recipe.packing.num_reduce_chunks} hash keys"
         + (f", options {recipe.packing.packing_kwargs}" if recipe.packing.packing_kwargs else ""),
@@ -779,6 +785,10 @@ def run_recipe(
         if r.out_stats.rows == 0:
             warnings.append(f"split {r.name!r} is empty after packing; it is not written")
     results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
+    advice = reduce_chunks_advice(recipe, results)
+    if advice:
+        warnings.append(advice)
+        log({"event": "warning", "warning": advice})
     for r in results:
         r.quality = _quality(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_id, padded)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
@@ -841,6 +851,41 @@ def run_recipe(
         )
     log({"event": "summary", **summary})
     return summary
+
+
+ROWS_PER_KEY = 32
+"""A reduce group should hold at least this many rows' worth of tokens: its last, partly filled row then costs at
+most ~1/64 of the group (dense drops it, the padded packers pad it)."""
+
+
+def reduce_chunks_advice(recipe: Recipe, results: list[SplitResult]) -> str | None:
+    """A warning with the number to use when ``num_reduce_chunks`` is so large for the data that every group is
+    small and packing loses fill (padded packers) or tokens (dense tails); None when the keys do no harm.
+
+    The advice is the largest key count that still gives every group ``ROWS_PER_KEY`` rows' worth of tokens.
+    """
+    keys, seq_len = recipe.packing.num_reduce_chunks, recipe.packing.seq_len
+    first = results[0]
+    tokens_in = int(first.pack_stats.get("tokens_in", 0))
+    suggested = max(1, tokens_in // (ROWS_PER_KEY * seq_len))
+    if keys <= suggested or not tokens_in:
+        return None
+    s = first.out_stats
+    groups = min(keys, int(first.pack_stats.get("docs_in", keys)))  # at most one group per document
+    # Every group ends in one partly filled row (dropped by dense, padded otherwise): harmful when those rows are
+    # a noticeable share of the output.
+    if not s.rows or groups / s.rows <= 2 / ROWS_PER_KEY:
+        return None
+    if recipe.packing.strategy == "dense":
+        lost = int(first.pack_stats.get("tokens_dropped", 0))  # dense loses only the groups' tails
+        harm = f"dense packing dropped {lost / tokens_in:.1%} of the tokens (the last row of every group)"
+    else:
+        harm = f"fill is {s.fill_ratio:.2f} (each group ends in a partly filled row: ~{groups} of {s.rows} rows)"
+    return (
+        f"packing.num_reduce_chunks: {keys} keys for {tokens_in:,} tokens of split {first.name!r} "
+        f"(~{tokens_in / keys / seq_len:.1f} rows of {seq_len} per key): {harm}; "
+        f"use num_reduce_chunks: {suggested} (>= {ROWS_PER_KEY} rows per key)"
+    )
 
 
 def make_summary(recipe, results, out_dir, engine, num_proc, spec, info, backend_report, elapsed, warnings) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,29 @@ def test_backend_defaults_to_auto_and_the_card_says_which_ran(tiny, tokenizer_pa
         a = rows_of(load_dataset(str(folder / "fast"), split=split))
         b = rows_of(load_dataset(str(folder / "slow"), split=split))
         assert a == b
+
+
+def _fill_and_warnings(folder: Path, tokenizer_path: str, keys: int, strategy: str) -> tuple[float, list[str]]:
+    recipe = write_recipe(folder, tokenizer_path, packing={"seq_len": 64, "strategy": strategy,
+                                                           "num_reduce_chunks": keys},
+                          output={"folder": f"out-{keys}"}, splits={"heldout_fraction": 0.0})
+    summary = run_recipe(recipe)
+    s = summary["splits"]["train"]
+    lost = (s["tokens_dropped"] or 0) / s["tokens_in"]
+    return (s["fill_ratio"] if strategy != "dense" else 1 - lost), summary["warnings"]
+
+
+@pytest.mark.parametrize("strategy", ["bfd", "dense"])
+def test_too_many_reduce_keys_warns_with_the_number_to_use(tmp_path, tokenizer_path, strategy):
+    """64 keys on 200 short documents: every group holds a row or two, so fill (or dense's tails) suffers; the
+    warning names a key count, and that count really packs better."""
+    write_jsonl(tmp_path / "docs.jsonl", make_docs(200))
+    fill, warns = _fill_and_warnings(tmp_path, tokenizer_path, 64, strategy)
+    assert fill < 0.9  # the problem is real: 64 groups of a row or two
+    advice = [w for w in warns if "num_reduce_chunks" in w]
+    assert len(advice) == 1, warns
+    suggested = int(re.search(r"use num_reduce_chunks: (\d+)", advice[0]).group(1))
+    assert 1 <= suggested < 64
+    better, warns2 = _fill_and_warnings(tmp_path, tokenizer_path, suggested, strategy)
+    assert better > fill + 0.05
+    assert not [w for w in warns2 if "num_reduce_chunks" in w]
