@@ -382,3 +382,50 @@ def test_trainer_dropping_loss_mask_is_a_clear_error(model_path, prepared_parque
     trainer = _trainer(model_path, ds, tmp_path, remove_unused_columns=True)
     with pytest.raises(DataError, match="remove_unused_columns=False"):
         trainer.train()
+
+
+# ---------------------------------------------------------------------------------------- TRL SFTTrainer
+
+
+def test_trl_sft_trainer_trains_on_hfprep_rows(model_path, tokenizer, prepared_parquet, tmp_path):
+    """TRL's SFTTrainer on hfprep rows with the documented settings: TRL's own preparation skipped (the rows are
+    already tokenized and packed), columns kept, hfprep's collator. The loss is finite and falls, and the labels
+    TRL trains on are exactly the collator's (no loss across documents)."""
+    trl = pytest.importorskip("trl")
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files=prepared_parquet, split="train")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32)
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=12, learning_rate=3e-3,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenized and packed already
+        remove_unused_columns=False,  # keep position_ids / loss_mask for the collator
+    )
+    collator = DataCollatorForPackedLM()
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+                             processing_class=tokenizer)
+    assert trainer.train_dataset.column_names == ds.column_names  # TRL left the rows alone
+    seen: list[dict] = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, *a, **kw):
+        seen.append({k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
+        return original(model, inputs, *a, **kw)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+    # What reached the model: position_ids kept, no 2D attention mask, and labels as transformers expects them
+    # (not pre-shifted; -100 off the loss mask and at every document's first token), written out by hand.
+    first = seen[0]
+    assert "attention_mask" not in first and "position_ids" in first
+    by_ids = {tuple(r["input_ids"]): r for r in ds}
+    for ids, labels in zip(first["input_ids"].tolist(), first["labels"].tolist()):
+        row = by_ids[tuple(ids)]
+        expected = [t if m and p != 0 else -100 for t, m, p in zip(row["input_ids"], row["loss_mask"], row["position_ids"])]
+        assert labels == expected
