@@ -877,7 +877,9 @@ def reduce_chunks_advice(recipe: Recipe, results: list[SplitResult]) -> str | No
     if not s.rows or groups / s.rows <= 2 / ROWS_PER_KEY:
         return None
     if recipe.packing.strategy == "dense":
-        lost = int(first.pack_stats.get("tokens_dropped", 0))  # dense loses only the groups' tails
+        lost = int(first.pack_stats.get("tokens_dropped", 0))  # the tails dense could not pack
+        if lost / tokens_in <= 0.01:
+            return None
         harm = f"dense packing dropped {lost / tokens_in:.1%} of the tokens (the last row of every group)"
     else:
         harm = f"fill is {s.fill_ratio:.2f} (each group ends in a partly filled row: ~{groups} of {s.rows} rows)"
