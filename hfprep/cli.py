@@ -1,7 +1,8 @@
 """The ``hfprep`` command line (also ``python -m hfprep``).
 
 Exit codes: 0 success; 1 a runtime or data error (one line on stderr, no traceback); 2 a usage error (bad
-arguments, invalid recipe); 130 interrupted (Ctrl-C; no partial output is left behind).
+arguments, invalid recipe); 130 interrupted (Ctrl-C; no partial output or scratch is left behind); 143 stopped by
+SIGTERM (the same cleanup).
 
 Example:
     >>> main(["validate", "out/quickstart"])  # doctest: +SKIP
@@ -14,14 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import HfprepError
+from .interrupts import Terminated, handle_interrupts, was_interrupted
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+INTERRUPT_NOTES = {
+    "kd-cache": "finished shards are kept for the next run, no partial output was written (re-run to resume)",
+    "push": "nothing local was changed (re-run the command to finish the push)",
+}
 
 DESCRIPTION = """\
 Prepare language-model training data on Hugging Face datasets:
@@ -33,7 +40,7 @@ tokenize -> pack -> write a Hub-layout folder with a dataset card -> push.
   hfprep push out/quickstart --repo-id me/quickstart
 """
 
-EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recipe, 130 interrupted."
+EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recipe, 130 interrupted, 143 terminated."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -253,14 +260,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
-        return COMMANDS[args.command](args)
-    except (RecipeError, _UsageError) as e:
-        return fail(EXIT_USAGE, e, "usage")
-    except HfprepError as e:
-        return fail(EXIT_ERROR, e, "error")
-    except KeyboardInterrupt as e:
-        e.args = ("interrupted; no partial output was written (re-run the command to finish)",)
-        return fail(EXIT_INTERRUPTED, e, "interrupted")
+        with handle_interrupts():
+            return COMMANDS[args.command](args)
+    except (Exception, KeyboardInterrupt) as e:
+        # An interrupt can surface as another exception (a worker pool stopped mid-task): it is still Ctrl-C.
+        signum = was_interrupted()
+        if isinstance(e, KeyboardInterrupt) or signum is not None:
+            code = EXIT_TERMINATED if signum == signal.SIGTERM or isinstance(e, Terminated) else EXIT_INTERRUPTED
+            what = "terminated" if code == EXIT_TERMINATED else "interrupted"
+            note = INTERRUPT_NOTES.get(args.command, "no partial output was written (re-run the command to finish)")
+            return fail(code, KeyboardInterrupt(f"{what}; {note}"), what)
+        if isinstance(e, RecipeError | _UsageError):
+            return fail(EXIT_USAGE, e, "usage")
+        if isinstance(e, HfprepError):
+            return fail(EXIT_ERROR, e, "error")
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,16 @@ class TokenizerError(HfprepError, ValueError):
 
 
 class OutputExistsError(HfprepError, FileExistsError):
-    """The output folder already exists and overwrite was not requested."""
+    """The output path is taken: it exists and overwrite was not requested, or it is something ``--overwrite`` must
+    not replace (a file, a folder hfprep did not write, one holding the run's inputs)."""
+
+
+class OutputBusyError(HfprepError, RuntimeError):
+    """Another hfprep process is writing the same output right now."""
+
+
+class OutputError(HfprepError, OSError):
+    """The output cannot be written (a parent path is a file, the disk is full, no permission...)."""
 
 
 class HubError(HfprepError, RuntimeError):

@@ -22,23 +22,39 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
+import signal
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import OutputExistsError
+from .errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no inter-process lock, the rest still holds
+    fcntl = None  # type: ignore[assignment]
 
 DATA_DIR = "data"
 CARD_NAME = "README.md"
 IMAGES_DIR = "images"
 DEFAULT_ROW_GROUP_ROWS = 1000
 DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
+MARKER_NAME = ".hfprep-output.json"
+"""Written by hfprep into every output folder it publishes: the list of its files. ``--overwrite`` replaces only
+folders with this marker (or an hfprep card) and nothing else in them. Hidden, so neither ``load_dataset`` nor a
+push sees it."""
+CARD_KEYS = frozenset({"hfprep", "hfprep_kd"})
+LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, "tokenizer", ".gitattributes"})
 
 
 def shard_filename(split: str, index: int, num_shards: int) -> str:
@@ -51,35 +67,354 @@ def split_glob(split: str) -> str:
     return f"{DATA_DIR}/{split}-*"
 
 
-def _check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"output folder {str(path)!r} already exists; pass --overwrite (or pick another output)")
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), list) else None
+
+
+def _card_is_hfprep(folder: Path) -> bool:
+    """A dataset card hfprep wrote (its YAML front matter has an ``hfprep`` or ``hfprep_kd`` block)."""
+    try:
+        text = (folder / CARD_NAME).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not text.startswith("---"):
+        return False
+    end = text.find("\n---", 3)
+    if end < 0:
+        return False
+    import yaml
+
+    try:
+        meta = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return False
+    return isinstance(meta, dict) and bool(CARD_KEYS & set(meta))
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Relative paths of everything below ``folder`` that is not a directory (symlinks included), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if d not in links]
+        out += [(rel / n).as_posix() for n in (*filenames, *links)]
+    return sorted(out)
+
+
+def foreign_files(folder: str | os.PathLike) -> list[str] | None:
+    """What in ``folder`` hfprep did not write: None when it is not an hfprep output folder at all, else the list
+    of relative paths that the folder's marker (or, for a folder without one, the standard layout) does not name.
+
+    Example:
+        >>> import tempfile, pyarrow as pa, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "ds")
+        >>> with atomic_output(out) as tmp:
+        ...     _ = write_split(pa.table({"x": [1]}), tmp, "train")
+        >>> foreign_files(out)
+        []
+        >>> _ = open(os.path.join(out, "notes.txt"), "w").write("mine")
+        >>> foreign_files(out)
+        ['notes.txt']
+    """
+    folder = Path(folder)
+    marker = _read_marker(folder)
+    if marker is not None:
+        known = set(marker["files"]) | {MARKER_NAME}
+        return [f for f in _files_under(folder) if f not in known]
+    if _card_is_hfprep(folder):
+        # Written by hfprep before it left a marker, or downloaded from the Hub: only the standard layout counts.
+        return sorted(n for n in os.listdir(folder) if n not in LEGACY_ENTRIES)
+    return None
+
+
+def check_output(
+    path: str | os.PathLike, overwrite: bool = False, protect: Iterable[str | os.PathLike | None] = ()
+) -> Path:
+    """Refuse, in one line, an output path hfprep must not write; returns the absolute path.
+
+    Refused always: a parent path that is a file, an output path that is a file or a symbolic link. Refused without
+    ``overwrite``: an existing folder. Refused even with ``overwrite`` (it would delete someone's files): a folder
+    hfprep did not write (no marker, no hfprep card), one holding files hfprep did not write, the current folder
+    or one above it, and a folder that holds any of ``protect`` (the run's recipe, sources, tokenizer...).
+
+    Example:
+        >>> import tempfile
+        >>> check_output(tempfile.mkdtemp(), overwrite=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hfprep.errors.OutputExistsError: --overwrite refused: ... is not a folder hfprep wrote ...
+    """
+    final = Path(path).absolute()
+    shown = str(path)
+    for anc in final.parents:
+        if anc.exists() or anc.is_symlink():
+            if not anc.is_dir():
+                raise OutputError(
+                    f"cannot write output {shown!r}: {str(anc)!r} is a file, not a folder; pick another output"
+                )
+            break
+    if final.is_symlink():
+        raise OutputExistsError(
+            f"output {shown!r} is a symbolic link; hfprep does not replace links: give the folder it points to, or "
+            "pick another output"
+        )
+    if not final.exists():
+        return final
+    if not final.is_dir():
+        raise OutputExistsError(
+            f"output {shown!r} is a file, not a folder; hfprep never replaces it (not even with --overwrite): "
+            "pick another output"
+        )
+    if not overwrite:
+        raise OutputExistsError(f"output folder {shown!r} already exists; pass --overwrite (or pick another output)")
+    real = final.resolve()
+    refuse = f"--overwrite refused: {shown!r}"
+    if _inside(Path.cwd().resolve(), real):
+        raise OutputExistsError(f"{refuse} is the current folder or holds it; pick an output folder of its own")
+    for p in protect:
+        if p is not None and _inside(Path(p).absolute().resolve(), real):
+            raise OutputExistsError(
+                f"{refuse} holds {str(p)!r}, an input of this run (recipe, source or tokenizer); pick another output"
+            )
+    foreign = foreign_files(final)
+    if foreign is None:
+        raise OutputExistsError(
+            f"{refuse} is not a folder hfprep wrote (no {MARKER_NAME} marker, no hfprep dataset card); hfprep only "
+            "replaces its own output: delete it yourself or pick another output"
+        )
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OutputExistsError(
+            f"{refuse} holds {foreign[0]!r}{more}, which hfprep did not write; move it out or pick another output"
+        )
+    return final
+
+
+# --- locking: one writer per output --------------------------------------------------------------------------
+
+_HELD_LOCKS: dict[Path, list[int]] = {}  # output path -> [lock fd, depth]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _staging_pid(name: str, final: Path) -> int | None:
+    """The pid in the name of a staging sibling ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>``."""
+    for kind in ("tmp", "old"):
+        head = f".{final.name}.{kind}-"
+        if name.startswith(head):
+            pid = name[len(head) :].split("-", 1)[0]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def _sweep_stale_staging(final: Path) -> None:
+    """Remove the staging folders of killed runs for this output (a kill -9 runs no cleanup)."""
+    try:
+        names = os.listdir(final.parent)
+    except OSError:
+        return
+    for name in names:
+        pid = _staging_pid(name, final)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(final.parent / name, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename, on error it is removed.
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the output's lock (``.<name>.lock`` next to it) so that only one hfprep process writes it at a time.
 
-    Raises :class:`~hfprep.errors.OutputExistsError` up front when ``path`` exists and ``overwrite`` is False.
+    Re-entrant within a process. A second process gets a one-line :class:`~hfprep.errors.OutputBusyError` at once.
+    The lock dies with its process (a kill -9 too); the next writer of the output removes a dead run's leftovers.
+
+    Example:
+        >>> import tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "ds")
+        >>> with output_lock(out):
+        ...     os.path.exists(os.path.join(os.path.dirname(out), ".ds.lock"))
+        True
     """
     final = Path(path).absolute()
-    _check_writable(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    held = _HELD_LOCKS.get(final)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield final
+        finally:
+            held[1] -= 1
+        return
+    with output_errors(path):
+        final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        with output_errors(path):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputBusyError(
+                f"output {str(path)!r} is being written by another hfprep process (pid {owner}); wait for it to "
+                "finish or pick another output"
+            ) from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[final] = [fd, 1]
     try:
-        yield tmp
-        _check_writable(final, overwrite)  # someone may have created it meanwhile
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
+        _sweep_stale_staging(final)
+        yield final
+    finally:
+        del _HELD_LOCKS[final]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_output(
+    path: str | os.PathLike, overwrite: bool = False, protect: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
+    """:func:`check_output` up front, then hold :func:`output_lock` for the whole run (checks again under it).
+
+    Example:
+        >>> import tempfile, os
+        >>> with claim_output(os.path.join(tempfile.mkdtemp(), "ds")) as final:
+        ...     final.name
+        'ds'
+    """
+    check_output(path, overwrite, protect)
+    with output_lock(path):
+        yield check_output(path, overwrite, protect)
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OS error while writing the output (disk full, read-only, permission...) into a one-line
+    :class:`~hfprep.errors.OutputError` naming the output."""
+    try:
+        yield
+    except HfprepError:
+        raise
+    except OSError as e:
+        raise OutputError(
+            f"could not write output {str(path)!r}: {_first_line(e)}; nothing was written (free space or pick "
+            "another output, then re-run)"
+        ) from e
+
+
+def _write_marker(folder: Path) -> None:
+    from . import __version__
+
+    files = [f for f in _files_under(folder) if f != MARKER_NAME]
+    body = {"written_by": "hfprep", "hfprep_version": __version__, "files": files}
+    (folder / MARKER_NAME).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM) back for a few renames, so an interrupt cannot fall between them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike, overwrite: bool = False, protect: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename, on error it is removed.
+
+    The path is checked by :func:`check_output` (``protect``: inputs of the run that must not be inside it) and
+    locked by :func:`output_lock` while writing. The finished folder gets hfprep's marker file (the list of the
+    files it holds), which is what lets a later ``overwrite`` replace it. Errors writing it (disk full...) are
+    one-line :class:`~hfprep.errors.OutputError`; the previous output, if any, is left as it was.
+    """
+    protect = list(protect)
+    check_output(path, overwrite, protect)
+    with output_lock(path):
+        final = check_output(path, overwrite, protect)  # again, under the lock
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with output_errors(path):
+            tmp.mkdir()
+        old: Path | None = None
+        try:
+            with output_errors(path):
+                yield tmp
+                _write_marker(tmp)
+            check_output(path, overwrite, protect)  # someone may have put something there meanwhile
+            with output_errors(path), _signals_deferred():
+                if not final.exists():
+                    os.rename(tmp, final)
+                elif not _rename_exchange(tmp, final):
+                    old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                    os.rename(final, old)
+                    try:
+                        os.rename(tmp, final)
+                    except OSError:
+                        os.rename(old, final)
+                        old = None
+                        raise
+            # After the exchange ``tmp`` holds the previous output; after the two renames ``old`` does.
+        except BaseException:  # Ctrl-C included: never leave the temp folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:  # Ctrl-C included: never leave the temp folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def hf_schema(table: pa.Table, features=None) -> pa.Schema:
@@ -141,7 +476,11 @@ def write_split(
     for i in range(num_shards):
         rel = shard_filename(split, i, num_shards)
         write_parquet(
-            table.slice(i * per, per), Path(folder) / rel, features, row_group_rows=row_group_rows, compression=compression
+            table.slice(i * per, per),
+            Path(folder) / rel,
+            features,
+            row_group_rows=row_group_rows,
+            compression=compression,
         )
         paths.append(rel)
     return paths

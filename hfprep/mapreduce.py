@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
+from . import scratch
 from .errors import ConfigError, DataError
 from .types import Row
 
@@ -375,14 +375,30 @@ class MapReduceTransformBase(TransformBase):
         schema = feats.arrow_schema.with_metadata(
             {b"huggingface": json.dumps({"info": {"features": feats.to_dict()}}).encode()}
         )
-        out_dir = Path(tempfile.mkdtemp(prefix="hfprep-reduce-", dir=_cache_dir(mapped)))
-        reducer = _RangeReducer(self, mapped, order, bounds, keys, str(out_dir), schema)
-        done = self._map_tasks(tasks, reducer, mapped, num_proc)
-        paths = list(done["path"])
-        self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
-        tail_path = self._reduce_tails([Path(p).with_suffix(".tail") for p in paths], schema, out_dir)
-        if tail_path is not None:
-            paths.append(tail_path)
+        # The range files go to a scratch folder next to the input's cache files (same disk), or in the temp folder.
+        # Inside a run (``scratch.run_scope``) they stay there until the run ends; otherwise they become datasets
+        # cache files (``cache-*.arrow``, removed with the dataset's other cache files) and the folder goes at once.
+        cache_dir = _cache_dir(mapped)
+        scoped = scratch.in_run_scope()
+        if cache_dir is None and not scoped:
+            cache_dir = _temporary_cache_dir()
+        work = scratch.ScratchDir("reduce", cache_dir)
+        try:
+            reducer = _RangeReducer(self, mapped, order, bounds, keys, str(work.path), schema)
+            done = self._map_tasks(tasks, reducer, mapped, num_proc)
+            paths = list(done["path"])
+            self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
+            tail_path = self._reduce_tails([Path(p).with_suffix(".tail") for p in paths], schema, work.path)
+            if tail_path is not None:
+                paths.append(tail_path)
+            if scoped:
+                scratch.adopt(work)
+            else:
+                paths = _as_cache_files(paths, Path(cache_dir), _reduce_fingerprint(mapped, self))
+                work.cleanup()
+        except BaseException:
+            work.cleanup()
+            raise
         from datasets import DatasetInfo, concatenate_datasets
 
         info = DatasetInfo(features=feats) if feats is not None else None
@@ -426,8 +442,8 @@ class MapReduceTransformBase(TransformBase):
     def _reduce_inferred(self, mapped, tasks, order, bounds, keys, ranges, num_proc):
         """Reduce for transforms without :meth:`output_features`: tables go through datasets' writer, which infers
         one schema over all groups (the seed's row-dict transforms)."""
-        with tempfile.TemporaryDirectory(prefix="hfprep-stats-") as stats_dir:
-            reducer = _RangeReducer(self, mapped, order, bounds, keys, stats_dir, None)
+        with scratch.ScratchDir("stats") as stats_dir:
+            reducer = _RangeReducer(self, mapped, order, bounds, keys, str(stats_dir), None)
             out = self._map_tasks(tasks, reducer, mapped, num_proc)
             self.last_stats = [s for p in sorted(Path(stats_dir).glob("range-*.json")) for s in json.loads(p.read_text())]
         return out
@@ -440,6 +456,23 @@ def _cache_dir(mapped) -> str | None:
     """The folder of ``mapped``'s cache files (the reduce output lives next to them), or None for a temp folder."""
     files = getattr(mapped, "cache_files", None) or []
     return str(Path(files[0]["filename"]).parent) if files else None
+
+
+def _temporary_cache_dir() -> str:
+    """datasets' temporary cache folder of this process (removed by datasets when Python exits)."""
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    return get_temporary_cache_files_directory()
+
+
+def _as_cache_files(paths: list[str], cache_dir: Path, fingerprint: str) -> list[str]:
+    """Move the reduce range files into ``cache_dir`` as datasets-style cache files (same folder: renames only)."""
+    out = []
+    for i, p in enumerate(paths):
+        dest = cache_dir / f"cache-{fingerprint}-reduce_{i:05d}_of_{len(paths):05d}.arrow"
+        os.replace(p, dest)
+        out.append(str(dest))
+    return out
 
 
 def _reduce_fingerprint(mapped, transform) -> str:

@@ -44,12 +44,14 @@ from .card import (
     size_category,
     stats_table,
 )
-from .errors import ConfigError, DataError, OutputExistsError
-from .layout import CARD_NAME, IMAGES_DIR, atomic_output, split_glob, write_split
+from .errors import ConfigError, DataError
+from .interrupts import handle_interrupts
+from .layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, split_glob, write_split
 from .plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
 from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from .recipe import Recipe, load_recipe
 from .schema import output_is_padded
+from .scratch import run_scope
 from .sources import (
     SourceSpec,
     check_source_text,
@@ -708,7 +710,9 @@ def run_recipe(
         verbose: show the engine's own log lines (Ray's; by default they go to a file named in a ``ray`` event).
 
     Raises:
-        OutputExistsError: the output exists and ``overwrite`` is false (checked before any work).
+        OutputExistsError: the output exists and ``overwrite`` is false, or it is something ``overwrite`` must not
+            replace (see :func:`hfprep.layout.check_output`); checked before any work.
+        OutputBusyError: another hfprep process is writing the same output.
         DataError / ConfigError / TokenizerError / HubError: one-line user errors.
     """
     log = log or _noop
@@ -719,10 +723,28 @@ def run_recipe(
     engine = engine or recipe.engine.name
     num_proc = num_proc if num_proc is not None else recipe.engine.num_proc
     out_dir = Path(recipe.output.folder)
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output folder {str(out_dir)!r} already exists; pass --overwrite (or set output.overwrite: true)"
-        )
+    # One writer per output for the whole run; scratch folders live until the run ends; Ctrl-C in num_proc workers
+    # stops the pool instead of printing their tracebacks (and can no longer deadlock it).
+    with handle_interrupts(), claim_output(out_dir, overwrite, run_inputs(recipe)), run_scope():
+        return _run_claimed(recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose)
+
+
+def run_inputs(recipe: Recipe, spec: SourceSpec | None = None) -> list[str]:
+    """Local paths the run reads (recipe, source files, tokenizer folders): ``--overwrite`` never deletes them."""
+    paths = [recipe.path]
+    name = recipe.tokenizer.name_or_path
+    if name and os.path.exists(name):
+        paths.append(name)
+    if recipe.tokenizer.train is not None and recipe.tokenizer.train.cache_dir:
+        paths.append(recipe.tokenizer.train.cache_dir)
+    if spec is not None:
+        paths += [*spec.paths, spec.root]
+    return [p for p in paths if p]
+
+
+def _run_claimed(
+    recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose=False
+) -> dict[str, Any]:
     tcfg = effective_tokenize_config(recipe)
     heldout = recipe.splits.heldout_fraction
     mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
@@ -731,8 +753,11 @@ def run_recipe(
 
         mix = run_mixture_splits(recipe, engine, num_proc, log)
         spec, info, results = mix.spec, mix.info, mix.results
+        protect = run_inputs(recipe, spec)
     else:
         spec = resolve_source(recipe.source, tcfg.input_columns(), heldout)
+        protect = run_inputs(recipe, spec)
+        check_output(out_dir, overwrite, protect)
         log({"event": "source", "source": spec.describe()})
 
         source_ds = None
@@ -796,7 +821,7 @@ def run_recipe(
 
     # A fill histogram of full rows is one bar: shown only when some row has room left.
     has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
-    with atomic_output(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
         split_bytes: dict[str, int] = {}
         arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
         for r in results:

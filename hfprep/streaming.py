@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import scratch
 from .errors import DataError
 from .mapreduce import KEY_COLUMN, MapReduceTransformBase, rows_to_columns
 
@@ -160,7 +160,7 @@ def prepare_streaming(
         batch_size: rows per ``map_batch`` call (``run`` uses the same default).
         cache_dir: folder for the output Arrow file (default: a temporary folder removed when Python exits).
         spill_dir: folder for the intermediate per-key spill files (default: the system temp folder); they are
-            deleted when the function returns.
+            deleted when the function returns, however it returns (a killed run's are removed by the next one).
         spill_buffer_bytes: mapped bytes buffered in memory before a spill file is written.
 
     Returns:
@@ -181,8 +181,8 @@ def prepare_streaming(
     map_feats = transform.map_features()
     schema = map_feats.arrow_schema if map_feats is not None else None
     rows_in = 0
-    with tempfile.TemporaryDirectory(prefix="hfprep-spill-", dir=spill_dir) as tmp:
-        spiller = _Spiller(tmp, spill_buffer_bytes, schema)
+    with scratch.ScratchDir("spill", spill_dir) as tmp:
+        spiller = _Spiller(str(tmp), spill_buffer_bytes, schema)
         with _progress(None, transform.progress_label("map") + " (streaming)", "rows") as bar:
             for batch in iter_batches(data, batch_size):
                 n = len(next(iter(batch.values()))) if batch else 0
@@ -211,7 +211,14 @@ def prepare_streaming(
             return Dataset(transform.empty_output())
         transform.check_group_bytes(np.array([spiller.index.nbytes[k] for k in keys], dtype=np.float64), keys)
 
-        out_dir = Path(cache_dir) if cache_dir is not None else Path(_temporary_cache_dir())
+        if cache_dir is not None:
+            out_dir = Path(cache_dir)
+        elif scratch.in_run_scope():  # inside a run: the output lives until the run ends, then goes
+            work = scratch.ScratchDir("streaming")
+            scratch.adopt(work)
+            out_dir = work.path
+        else:
+            out_dir = Path(_temporary_cache_dir())
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"hfprep-streaming-{uuid.uuid4().hex}.arrow"
         partial = final.with_suffix(".arrow.incomplete")
@@ -240,8 +247,11 @@ def prepare_streaming(
                     stats.append(st)
             if rows_out:
                 writer.finalize()
-        finally:
+        except BaseException:
             writer.close()
+            partial.unlink(missing_ok=True)
+            raise
+        writer.close()
         transform.last_stats = stats
         if not rows_out:
             # Every group packed to nothing (e.g. all documents longer than seq_len): an empty, typed dataset.

@@ -419,3 +419,25 @@ def test_ray_is_quiet_unless_verbose(tokenizer_path, tmp_path):
         else:
             assert log_path == "None"
             assert any("Started a local Ray instance" in ln for ln in ray_lines)
+
+
+def test_no_scratch_left_in_the_temp_folder(cluster, tokenizer, tokenizer_path, skewed, tmp_path, monkeypatch):
+    """Every Ray run used to leave an ``hfprep-ray-*`` folder with its packed.arrow in the temp folder; now the
+    output is a datasets cache file (outside a run) or lives until the run ends (inside one), on error too."""
+    import tempfile
+
+    from hfprep.scratch import run_scope
+
+    tmp = tmp_path / "TMPDIR"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    cfg = _cfg(tokenizer_path, "no_incomplete")
+    ref, _ = prepare_with_ray(cfg, skewed, tokenizer=tokenizer)
+    with run_scope():
+        inside, _ = prepare_with_ray(cfg, skewed, tokenizer=tokenizer)
+        assert inside.to_list() == ref.to_list()
+    with pytest.raises(DataError), run_scope():
+        prepare_with_ray(cfg, skewed.rename_column("content", "text"), tokenizer=tokenizer)
+    left = [p for p in tmp.rglob("*") if any(part.startswith("hfprep-") for part in p.relative_to(tmp).parts)]
+    assert left == []
+    assert len(ref.to_list()) == ref.num_rows  # the dataset outside a run is still readable

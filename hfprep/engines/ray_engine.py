@@ -35,8 +35,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,8 +47,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import scratch
 from ..errors import ConfigError, DataError, HfprepError
-from ..mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase
+from ..mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase, _temporary_cache_dir
 from ..prepare import BYTES_PER_TOKEN_IN_GROUP, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
 RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
@@ -531,7 +533,7 @@ class _OrderedSink:
             if last is not None:
                 self.writer.write_table(last)
             self.writer.close()
-            os.replace(self.spill, final)
+            shutil.move(self.spill, final)  # a rename, or a copy when the output is on another disk
             return
         self.writer.close()
         perm = np.lexsort((seqs, keys))
@@ -571,8 +573,9 @@ def run_on_ray(
     After the run ``transform.last_stats`` holds the per-group stats in key order and ``transform.rows_in`` the
     number of input rows, exactly as after :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`.
 
-    ``cache_dir`` receives the output Arrow file (default: a new temporary folder); delete it once the Dataset
-    is written elsewhere. Transforms whose ``map_input_format`` is ``"arrow"`` get ``pyarrow.Table`` batches,
+    ``cache_dir`` receives the output Arrow file; by default it lives until the current ``hfprep run`` ends
+    (:func:`hfprep.scratch.run_scope`), or, outside a run, in datasets' temporary cache folder (removed when Python
+    exits). Nothing else is left behind, on success, error or Ctrl-C. Transforms whose ``map_input_format`` is ``"arrow"`` get ``pyarrow.Table`` batches,
     the others column dicts of Python values (what ``Dataset.map`` passes).
 
     Example:
@@ -584,8 +587,6 @@ def run_on_ray(
     if shuffle not in SHUFFLE_STRATEGIES:
         raise ConfigError(f"shuffle {shuffle!r} is not supported; choose one of {sorted(SHUFFLE_STRATEGIES)}")
 
-    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="hfprep-ray-"))
-    folder.mkdir(parents=True, exist_ok=True)
     out_feats = transform.output_features()
     out_schema = _out_schema(transform)
     _map_schema(transform)  # fail in the driver, not on the workers
@@ -597,9 +598,22 @@ def run_on_ray(
     except BaseException:
         quiet.close()
         raise
+    # Work (the source written as Parquet, the unordered spill) happens in a scratch folder removed at the end,
+    # however the run ends. The output file goes to ``cache_dir``; by default it stays in the scratch folder until the
+    # current run ends (``scratch.run_scope``), or becomes a file in datasets' temporary cache folder.
+    work = scratch.ScratchDir("ray")
+    keep_work = False
+    if cache_dir is not None:
+        folder = Path(cache_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+    elif scratch.in_run_scope():
+        folder, keep_work = work.path, True
+    else:
+        folder = Path(_temporary_cache_dir())
+    partial: Path | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="scratch-", dir=folder) as scratch:
-            files, fmt = resolve_source(source, format, scratch)
+        with scratch.ScratchDir("raysource") as source_dir:
+            files, fmt = resolve_source(source, format, str(source_dir))
             items, nbytes, _ = plan_reads(files, fmt)
             _preflight(transform, nbytes)
             holder = [ray.put(transform)]
@@ -617,7 +631,7 @@ def run_on_ray(
             reduced = mapped.groupby(KEY_COLUMN, num_partitions=chunks + 1).map_groups(
                 _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": holder}
             )
-            sink = _OrderedSink(folder, out_schema)
+            sink = _OrderedSink(work.path, out_schema)
             try:
                 for batch in reduced.iter_batches(batch_size=None, batch_format="pyarrow"):
                     sink.add(batch)
@@ -629,15 +643,27 @@ def run_on_ray(
             finally:
                 ctx.shuffle_strategy = saved_strategy
                 ctx.enable_progress_bars = saved_bars
-            final = folder / "packed.arrow"
+            in_cache = cache_dir is None and not keep_work  # datasets' temporary cache folder: a unique cache file name
+            final = folder / (f"cache-hfprep-ray-{uuid.uuid4().hex}.arrow" if in_cache else "packed.arrow")
+            partial = final.with_name(f".{final.name}.incomplete")
             tails = sink.tail_table()
             last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
-            sink.finish(final, last)
+            sink.finish(partial, last)
+            os.replace(partial, final)
+    except BaseException:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        work.cleanup()
+        raise
     finally:
         if started:
             ray.shutdown()
         quiet.close()
         transform.ray_log_path = log_file.path if log_file is not None else None
+    if keep_work:
+        scratch.adopt(work)
+    else:
+        work.cleanup()
     meta = sink.stats.pop(META_KEY, {"rows_in": 0})
     transform.last_stats = [sink.stats[k] for k in sorted(sink.stats)]
     if tail_stats is not None:
@@ -704,12 +730,12 @@ def prepare_with_ray(
     """
     if transform is None:
         transform = PrepareForTrainingTransform(config, tokenizer=tokenizer)
-    with tempfile.TemporaryDirectory(prefix="hfprep-ray-check-") as tmp:
+    with scratch.ScratchDir("raycheck") as tmp:
         files, fmt = (None, None)
         from datasets import Dataset
 
         if not isinstance(source, Dataset):
-            files, fmt = resolve_source(source, format, tmp)
+            files, fmt = resolve_source(source, format, str(tmp))
             if fmt == "parquet":
                 _, _, columns = plan_reads(files[:1], fmt)
                 _check_columns(transform, columns or [], files[0])

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,17 @@ import torch
 from jaxtyping import Bool, Float, UInt32
 
 from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
-from ..layout import CARD_NAME, DATA_DIR, atomic_output, hf_schema, list_split_files, shard_filename
+from ..interrupts import handle_interrupts
+from ..layout import (
+    CARD_NAME,
+    DATA_DIR,
+    atomic_output,
+    claim_output,
+    hf_schema,
+    list_split_files,
+    output_errors,
+    shard_filename,
+)
 from ..schema import causal_mask_from_positions, padding_mask
 from ..tokenizer import eos_token_id, load_tokenizer, tokenizer_fingerprint
 from .card import render_card
@@ -451,17 +461,21 @@ def write_shard(table: pa.Table, path: Path, features, meta: dict[str, Any], cfg
     float_leaves = [f"{f.name}.list.element.list.element" for f in table.schema if _is_nested_float(f.type)]
     tmp = path.parent / f".{path.name}.tmp"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table,
-        str(tmp),
-        row_group_size=cfg.output.row_group_rows,
-        compression=cfg.output.compression,
-        compression_level=cfg.output.compression_level,
-        use_dictionary=False,
-        use_byte_stream_split=float_leaves,
-        write_statistics=False,
-    )
-    os.replace(tmp, path)
+    try:
+        pq.write_table(
+            table,
+            str(tmp),
+            row_group_size=cfg.output.row_group_rows,
+            compression=cfg.output.compression,
+            compression_level=cfg.output.compression_level,
+            use_dictionary=False,
+            use_byte_stream_split=float_leaves,
+            write_statistics=False,
+        )
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: no torn shard file stays in the resumable folder
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --- driver -----------------------------------------------------------------------------------------------------
@@ -492,7 +506,9 @@ def _shard_is_complete(path: Path, expect: dict[str, Any]) -> bool:
     return meta is not None and all(meta.get(k) == v for k, v in expect.items())
 
 
-def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def build_kd_cache(
+    cfg: KDCacheConfig, overwrite: bool = False, progress: bool = True, *, protect: Iterable[str | os.PathLike] = ()
+) -> dict[str, Any]:
     """Build the cache described by ``cfg``; returns a summary dict (also what ``hfprep kd-cache`` prints).
 
     Example:
@@ -502,12 +518,23 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
         >>> build_kd_cache(cfg)["tokens"]  # doctest: +SKIP
         4096
     """
+    inputs = kd_inputs(cfg, protect)
+    # One writer per output (and per resumable .partial folder) for the whole build; --overwrite only replaces a
+    # folder hfprep wrote that holds none of the build's inputs.
+    with handle_interrupts(), claim_output(cfg.output.folder, overwrite, inputs):
+        return _build_claimed(cfg, overwrite, progress, inputs)
+
+
+def kd_inputs(cfg: KDCacheConfig, extra: Iterable[str | os.PathLike | None] = ()) -> list[str]:
+    """Local paths a build reads (input folder, local teacher and tokenizer, ``extra`` such as the recipe file)."""
+    paths = [cfg.input.folder, *(str(p) for p in extra if p is not None)]
+    paths += [s.name_or_path for s in (cfg.teacher, cfg.tokenizer) if os.path.exists(s.name_or_path)]
+    return paths
+
+
+def _build_claimed(cfg: KDCacheConfig, overwrite: bool, progress: bool, inputs: list[str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     final = Path(cfg.output.folder).absolute()
-    if final.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output folder {str(final)!r} already exists; pass --overwrite (or pick another output)"
-        )
     files = split_files(cfg.input.folder, cfg.input.splits)
     tokenizer = load_tokenizer(cfg.tokenizer.name_or_path, revision=cfg.tokenizer.revision)
     vocab = len(tokenizer)
@@ -535,8 +562,16 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
     }
     work = final.parent / f".{final.name}.partial"
     state_path = work / STATE_NAME
-    if work.exists():
-        old = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if work.exists() or work.is_symlink():
+        try:
+            old = json.loads(state_path.read_text()) if state_path.is_file() and not work.is_symlink() else None
+        except ValueError:
+            old = {}  # a torn state file (killed while writing it): hfprep's, but from an unknown run
+        if old is None:
+            raise OutputExistsError(
+                f"{str(work)!r} is in the way of the resumable build and hfprep did not write it (no {STATE_NAME}); "
+                "move it away or pick another output"
+            )
         if old != identity:
             if not overwrite:
                 raise ConfigError(
@@ -544,8 +579,11 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
                     "or pass --overwrite to start over"
                 )
             shutil.rmtree(work)
-    (work / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps(identity, sort_keys=True))
+    with output_errors(final):
+        (work / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        tmp_state = work / f".{STATE_NAME}.tmp"
+        tmp_state.write_text(json.dumps(identity, sort_keys=True))
+        os.replace(tmp_state, state_path)
 
     static = {
         "format_version": FORMAT_VERSION,
@@ -600,7 +638,8 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
             else:
                 res = compute_shard(chunk, cfg, teacher, vocab, pad_id, f"{split} shard {i}", i * plan.per)
                 shard_meta.update(tokens=res.tokens, targets=res.targets)
-                write_shard(res.table, path, features, shard_meta, cfg)
+                with output_errors(final):
+                    write_shard(res.table, path, features, shard_meta, cfg)
                 plan.tokens += res.tokens
                 plan.targets += res.targets
                 plan.written += 1
@@ -635,7 +674,7 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
     }
     split_bytes = {s: sum(f.stat().st_size for f in (work / DATA_DIR).glob(f"{s}-*.parquet")) for s in plans}
     card = render_card(meta, features, split_rows, split_bytes, final.name)
-    with atomic_output(final, overwrite=overwrite) as tmp:
+    with atomic_output(final, overwrite=overwrite, protect=inputs) as tmp:
         (tmp / DATA_DIR).mkdir()
         for p in sorted((work / DATA_DIR).glob("*.parquet")):
             os.link(p, tmp / DATA_DIR / p.name)
@@ -664,7 +703,7 @@ def build_kd_cache(cfg: KDCacheConfig, overwrite: bool = False, progress: bool =
 
 def run_kd_recipe(path: str, overwrite: bool = False) -> dict:
     """``hfprep kd-cache RECIPE [--overwrite]``: validate the YAML recipe and build the cache; returns the summary."""
-    return build_kd_cache(load_kd_recipe(path), overwrite=overwrite)
+    return build_kd_cache(load_kd_recipe(path), overwrite=overwrite, protect=[path])
 
 
 def format_summary(summary: dict[str, Any]) -> str:
