@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -238,6 +239,15 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"hfprep: warning: {text}\n"
 
 
+def _close_progress_bars() -> None:
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar half torn down by the interrupt: the message matters more
+            bar.close()
+
+
 COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate": cmd_validate,
             "kd-cache": cmd_kd_cache}
 
@@ -253,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def fail(code: int, err: BaseException, kind: str) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        _close_progress_bars()  # else the message is glued to the end of an interrupted progress bar
         if as_json:
             _emit({"event": "error", "kind": kind, "error": type(err).__name__, "message": message, "exit_code": code})
         else:
@@ -275,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, HfprepError):
             return fail(EXIT_ERROR, e, "error")
         raise
+    finally:
+        if argv is None:
+            # The process entry point: the work is done or reported; a Ctrl-C on the way out (interpreter shutdown,
+            # cache cleanup) must not print a traceback.
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,13 +144,16 @@ class ScratchDir:
 
 @contextlib.contextmanager
 def run_scope() -> Iterator[None]:
-    """Every scratch folder :func:`adopt`-ed inside is removed when the block ends, however it ends.
+    """Every scratch folder :func:`adopt`-ed inside is removed when the block ends, however it ends. Opening the
+    outermost scope first removes dead runs' scratch folders from the temp folder.
 
     Example:
         >>> with run_scope():
         ...     in_run_scope()
         True
     """
+    if not _SCOPES:
+        sweep_stale(tempfile.gettempdir())  # what killed runs left in the temp folder
     scope: list[ScratchDir] = []
     _SCOPES.append(scope)
     try:

@@ -426,8 +426,11 @@ def test_no_scratch_left_in_the_temp_folder(cluster, tokenizer, tokenizer_path, 
     output is a datasets cache file (outside a run) or lives until the run ends (inside one), on error too."""
     import tempfile
 
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
     from hfprep.scratch import run_scope
 
+    get_temporary_cache_files_directory()  # datasets' own, for the whole process: made in the real temp folder
     tmp = tmp_path / "TMPDIR"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))

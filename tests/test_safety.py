@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -278,20 +279,25 @@ def test_output_lock_and_marker_need_no_cleanup(tmp_path):
 
 
 @pytest.fixture
-def isolated_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """A temp folder and a datasets cache folder of this test's own, so leftovers can be listed exactly."""
+def isolated_dirs(tmp_path, monkeypatch) -> Iterator[tuple[Path, Path]]:
+    """A temp folder and a datasets cache folder of this test's own, so leftovers can be listed exactly.
+
+    The temp folder has a short path: worker pools put AF_UNIX sockets there (at most 107 bytes).
+    """
+    import shutil
     import tempfile
 
     import datasets.config
+    from datasets.fingerprint import get_temporary_cache_files_directory
 
-    tmp, cache = tmp_path / "TMPDIR", tmp_path / "hf_cache"
-    tmp.mkdir()
+    get_temporary_cache_files_directory()  # datasets' own, for the whole process: made in the real temp folder
+    tmp, cache = Path(tempfile.mkdtemp(prefix="hfs")), tmp_path / "hf_cache"
     cache.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.fingerprint, "_TEMP_DIR_FOR_TEMP_CACHE_FILES", None, raising=False)
-    return tmp, cache
+    yield tmp, cache
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def entries(root: Path) -> set[str]:
@@ -344,7 +350,7 @@ def test_transform_run_leaves_only_datasets_cache_files_for_file_input(isolated_
     from datasets import load_dataset
 
     tmp, cache = isolated_dirs
-    src = tmp.parent / "docs.jsonl"
+    src = cache.parent / "docs.jsonl"
     src.write_text("".join(json.dumps({"content": d}) + "\n" for d in docs()))
     ds = load_dataset("json", data_files=[str(src)], split="train")
     before = entries(cache)

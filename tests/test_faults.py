@@ -1,0 +1,539 @@
+"""Fault injection: Ctrl-C (a real SIGINT to the process group, as a terminal sends it) and kill -9 at chosen and at
+random moments of ``hfprep run``, ``kd-cache`` and ``push``; a full disk; two runs writing one output at once.
+
+After each: the previous output (if any) is intact or replaced by a complete new one, nothing partial looks like an
+output, no scratch is left (a kill -9 cannot clean up: its leftovers carry its pid and the next run removes them),
+and the reason is one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfprep.layout import MARKER_NAME, foreign_files
+from hfprep.validate import validate_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy", "café", "return", "numpy"]
+
+# Runs the CLI after optional patches; a patch prints TEST-AT-<moment> (from whichever process reaches it first:
+# the main one or a forked worker) and then waits, so the signal lands exactly there.
+CHILD = """
+import os, sys, time
+moment = os.environ.get("TEST_MOMENT")
+
+def hold(name):
+    print(f"TEST-AT-{name} pid={os.getpid()}", file=sys.stderr, flush=True)
+    time.sleep(120)
+
+if moment == "split":
+    import hfprep.sources as s
+    real_mask = s.heldout_mask
+    def mask(*a, **k):
+        hold("split")
+        return real_mask(*a, **k)
+    s.heldout_mask = mask
+elif moment == "map":
+    from hfprep.prepare import PrepareForTrainingTransform as T
+    real_map = T.map_batch
+    def map_batch(self, *a, **k):
+        hold("map")
+        return real_map(self, *a, **k)
+    T.map_batch = map_batch
+elif moment == "reduce":
+    from hfprep.prepare import PrepareForTrainingTransform as T
+    real_reduce = T.reduce_group
+    def reduce_group(self, *a, **k):
+        hold("reduce")
+        return real_reduce(self, *a, **k)
+    T.reduce_group = reduce_group
+elif moment == "write":
+    import hfprep.pipeline as p
+    real_write = p.write_split
+    def write_split(*a, **k):
+        out = real_write(*a, **k)
+        hold("write")
+        return out
+    p.write_split = write_split
+from hfprep.cli import main
+sys.argv[0] = "hfprep"
+sys.exit(main())  # as the console script calls it
+"""
+
+
+class Child:
+    """An ``hfprep`` process in a session of its own (like a terminal job); stderr is collected as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.err = b""
+        self._seen = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            with self._seen:
+                self.err += chunk
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 240) -> bool:
+        """Block until ``text`` is on stderr (True) or the process ended without it (False)."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while text.encode() not in self.err:
+                if not self._reader.is_alive() or time.monotonic() > deadline:
+                    return False
+                self._seen.wait(0.1)
+        return True
+
+    def signal_group(self, sig: int) -> None:
+        """What a terminal's Ctrl-C does: the signal goes to every process of the job."""
+        os.killpg(self.proc.pid, sig)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            pytest.fail(f"hfprep did not stop within {timeout} s of the signal:\n{self.text[-3000:]}")
+        self._reader.join(10)
+        with _suppress_lookup():  # workers of the killed job may outlive it: stop them
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode, self.text
+
+    @property
+    def text(self) -> str:
+        return self.err.decode(errors="replace")
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, *rest) -> bool:
+        return typ is not None and issubclass(typ, ProcessLookupError | PermissionError)
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines that report an error (tqdm bars and ``[hfprep]`` events aside)."""
+    lines = [seg.strip() for line in err.splitlines() for seg in line.split("\r")]
+    return [line for line in lines if line and ("error" in line.lower() or "Traceback" in line)]
+
+
+def tree(root: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def scratch_in(*roots: Path) -> list[str]:
+    """hfprep scratch (``hfprep-<kind>-<pid>-*``) anywhere under ``roots``."""
+    found = []
+    for root in roots:
+        for p in root.rglob("hfprep-*"):
+            found.append(str(p))
+    return sorted(found)
+
+
+@pytest.fixture
+def env_dirs(tmp_path, monkeypatch) -> Iterator[tuple[dict[str, str], Path, Path]]:
+    """A temp folder and a datasets cache of this test's own, for child processes (environment) and for this one
+    (short path: worker pools put AF_UNIX sockets in the temp folder)."""
+    import shutil
+
+    import datasets.config
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    get_temporary_cache_files_directory()  # datasets' own, for the whole process: made in the real temp folder
+    tmp = Path(tempfile.mkdtemp(prefix="hff"))
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(tmp),
+        "HF_DATASETS_CACHE": str(cache),
+        "HFPREP_CACHE": str(tmp_path / "hfprep_cache"),
+    }
+    yield env, tmp, cache
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_project(folder: Path, tokenizer_path: str, n_docs: int, **recipe_extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n_docs)]
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
+    recipe = {
+        "source": {"files": ["docs.jsonl"]},
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 64, "strategy": "no_incomplete", "num_reduce_chunks": 4},
+        "output": {"folder": "out", "plots": False},
+        **recipe_extra,
+    }
+    path = folder / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def assert_interrupted_cleanly(code: int, err: str, command: str = "run") -> None:
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = error_lines(err)
+    assert len(errors) == 1 and errors[0].startswith(f"hfprep {command}: error: interrupted"), errors
+
+
+# --- Ctrl-C at chosen moments -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["split", "map", "reduce"])
+def test_ctrl_c_in_worker_processes_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment):
+    """Ctrl-C while ``num_proc=2`` workers run the split filter, the tokenize map or the reduce: exit 130, one line,
+    no traceback from any worker, no hang, no output, no scratch (it used to print ~115 lines and once hung)."""
+    env, tmp, cache = env_dirs
+    project = tmp_path / "project"
+    recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2})
+    child = Child(["run", str(recipe), "--num-proc", "2"], project, {**env, "TEST_MOMENT": moment})
+    assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
+    child.signal_group(signal.SIGINT)
+    code, err = child.finish()
+    assert_interrupted_cleanly(code, err)
+    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_the_ray_engine(tmp_path, tokenizer_path, env_dirs):
+    pytest.importorskip("ray")
+    env, tmp, cache = env_dirs
+    project = tmp_path / "project"
+    recipe = write_project(project, tokenizer_path, n_docs=400, engine={"name": "ray", "num_cpus": 2})
+    child = Child(["run", str(recipe)], project, {**env, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    assert child.wait_for("[hfprep] split"), child.text[-3000:]
+    time.sleep(4)  # Ray is starting or running its tasks
+    child.signal_group(signal.SIGINT)
+    code, err = child.finish()
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and "error: interrupted" in err, err[-3000:]
+    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+# --- kill -9 / SIGINT at random moments ------------------------------------------------------------------------
+
+
+def leftovers_of(pid: int, *roots: Path) -> list[str]:
+    """Paths under ``roots`` that a killed process ``pid`` may leave (its staging folder, lock, scratch)."""
+    found = []
+    for root in roots:
+        for p in root.rglob("*"):
+            name = p.name
+            if re.match(rf"^(hfprep-[a-z]+-{pid}-|\.out\.tmp-{pid}-|\.out\.old-{pid}-)", name) or name == ".out.lock":
+                found.append(str(p))
+    return found
+
+
+def check_output_state(out: Path, previous: dict[str, str]) -> None:
+    """The output is the previous one, byte for byte, or a complete new one (validates, marker names every file)."""
+    assert out.is_dir()
+    now = tree(out)
+    if now != previous:
+        assert validate_folder(str(out)).ok and foreign_files(out) == [], sorted(now)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_run_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, env_dirs, seed):
+    from hfprep.pipeline import run_recipe
+
+    env, tmp, cache = env_dirs
+    rng = random.Random(seed)
+    project = tmp_path / "project"
+    recipe = write_project(project, tokenizer_path, n_docs=300, splits={"heldout_fraction": 0.1})
+    run_recipe(str(recipe))
+    out = project / "out"
+    previous = tree(out)
+    sig = signal.SIGKILL if seed % 2 else signal.SIGINT
+    child = Child(["run", str(recipe), "--overwrite", "--num-proc", "2"], project, env)
+    assert child.wait_for("[hfprep] source"), child.text[-3000:]
+    time.sleep(rng.uniform(0.0, 2.5))
+    if child.proc.poll() is None:
+        child.signal_group(sig)
+    code, err = child.finish()
+    check_output_state(out, previous)
+    if code == 0:  # finished before the signal: a complete new output
+        assert json.loads((out / MARKER_NAME).read_text())["files"]
+    elif sig == signal.SIGINT:
+        assert_interrupted_cleanly(code, err)
+    else:
+        assert code == -signal.SIGKILL
+    left = sorted(set(map(str, project.iterdir())) - {str(out), str(recipe), str(project / "docs.jsonl")})
+    stale = scratch_in(tmp, cache) + left
+    if sig == signal.SIGINT or code == 0:
+        assert stale == []
+    else:  # kill -9: only what carries the dead process's pid (or the lock file), removed by the next run
+        assert sorted(stale) == sorted(set(leftovers_of(child.proc.pid, tmp, cache, project)) & set(stale))
+        run_recipe(str(recipe), overwrite=True, num_proc=2)
+        assert scratch_in(tmp, cache) == []
+        assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "out", "r.yaml"]
+        check_output_state(out, previous)
+
+
+# --- kd-cache: killed or interrupted at random moments; the resumable .partial folder -----------------------------
+
+
+@pytest.fixture(scope="module")
+def kd_inputs(tmp_path_factory, tokenizer) -> Path:
+    from hfprep.kd.example import save_tiny_teacher, write_prepared
+
+    root = tmp_path_factory.mktemp("kd_faults")
+    texts = [" ".join(random.Random(i).choice(WORDS) for _ in range(20)) for i in range(60)]
+    write_prepared(tokenizer, root / "prepared", texts, seq_len=48, max_rows_per_shard=8)
+    save_tiny_teacher(root / "teacher", len(tokenizer), seed=2)
+    return root
+
+
+def write_kd_recipe(folder: Path, kd_inputs: Path, tokenizer_path: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kd.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"folder": str(kd_inputs / "prepared")},
+                "teacher": {"name_or_path": str(kd_inputs / "teacher")},
+                "tokenizer": {"name_or_path": tokenizer_path},
+                "output": {"folder": "kd", "rows_per_shard": 3},
+                "k": 4,
+                "batch_size": 1,
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [4, 5])
+def test_kd_cache_killed_or_interrupted_at_a_random_moment(tmp_path, kd_inputs, tokenizer_path, env_dirs, seed):
+    from hfprep.kd.builder import run_kd_recipe
+
+    env, tmp, cache = env_dirs
+    rng = random.Random(seed)
+    project = tmp_path / "kdp"
+    recipe = write_kd_recipe(project, kd_inputs, tokenizer_path)
+    run_kd_recipe(str(recipe))
+    out, partial = project / "kd", project / ".kd.partial"
+    previous = tree(out)
+    inputs_before = tree(kd_inputs)
+    sig = signal.SIGKILL if seed % 2 else signal.SIGINT
+    child = Child(["kd-cache", str(recipe), "--overwrite"], project, env)
+    assert child.wait_for("kd-cache train"), child.text[-3000:]
+    time.sleep(rng.uniform(0.0, 2.0))
+    if child.proc.poll() is None:
+        child.signal_group(sig)
+    code, err = child.finish()
+    assert tree(out) == previous  # the cache is deterministic: the old one or the same bytes, never a partial one
+    assert tree(kd_inputs) == inputs_before
+    if code not in (0, -signal.SIGKILL):
+        assert_interrupted_cleanly(code, err, "kd-cache")
+        assert "re-run to resume" in err
+    names = sorted(p.name for p in project.iterdir())
+    if code == 0:
+        assert names == ["kd", "kd.yaml"]
+    else:
+        # What may stay: the resumable folder (complete shards only; a kill -9 can leave one torn .tmp file in it)
+        # and, after a kill -9, the dead process's lock file and staging folder.
+        allowed = {"kd", "kd.yaml", ".kd.partial", ".kd.lock"}
+        assert set(names) <= allowed | {n for n in names if n.startswith(f".kd.tmp-{child.proc.pid}-")}, names
+        if partial.exists():
+            import pyarrow.parquet as pq
+
+            for shard in (partial / "data").glob("*.parquet"):
+                pq.read_metadata(shard)  # complete: its footer is there
+            torn = [p.name for p in (partial / "data").glob(".*")]
+            assert torn == [] or (sig == signal.SIGKILL and len(torn) == 1), torn
+        summary = run_kd_recipe(str(recipe), overwrite=True)  # resumes, and cleans what the dead run left
+        assert summary["splits"]["train"]["written"] + summary["splits"]["train"]["skipped"] > 0
+        assert tree(out) == previous
+        assert sorted(p.name for p in project.iterdir()) == ["kd", "kd.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+# --- push: killed or interrupted at random moments ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [6, 7])
+def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, env_dirs, monkeypatch, seed):
+    """The remote repo holds the previous version or the complete new one; the local folder is untouched."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from hub_server import DEFAULT_TOKENS, HubServer
+    finally:
+        sys.path.pop(0)
+    from huggingface_hub import constants
+
+    from hfprep.hub import push_folder
+    from hfprep.pipeline import run_recipe
+
+    env, tmp, cache = env_dirs
+    rng = random.Random(seed)
+    folders = {}
+    for name, n in (("v1", 40), ("v2", 90)):
+        recipe = write_project(tmp_path / name, tokenizer_path, n_docs=n)
+        run_recipe(str(recipe))
+        folders[name] = tmp_path / name / "out"
+    local = {name: tree(f) for name, f in folders.items()}
+    token = next(iter(DEFAULT_TOKENS))
+    with HubServer() as hub:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", token)
+        push_folder(str(folders["v1"]), "user/faults")
+        push_folder(str(folders["v2"]), "user/reference")  # what a complete push of v2 gives
+        v1_remote = hub.repo_files("user/faults")
+        v2_remote = hub.repo_files("user/reference")
+        assert v1_remote != v2_remote
+        child_env = {k: v for k, v in env.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        child_env.update(
+            HF_ENDPOINT=hub.url,
+            HF_HUB_DISABLE_XET="1",
+            HF_TOKEN=token,
+            HF_HOME=str(tmp_path / "hf_home"),
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
+        seen = len(hub.requests)
+        child = Child(["push", str(folders["v2"]), "--repo-id", "user/faults"], tmp_path, child_env)
+        deadline = time.monotonic() + 120
+        while len(hub.requests) == seen and child.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        sig = signal.SIGKILL if seed % 2 else signal.SIGINT
+        if child.proc.poll() is None:
+            child.signal_group(sig)
+        code, err = child.finish()
+        remote = hub.repo_files("user/faults")
+    assert remote in (v1_remote, v2_remote), sorted(remote)
+    assert {name: tree(f) for name, f in folders.items()} == local
+    if code not in (0, -signal.SIGKILL):
+        assert_interrupted_cleanly(code, err, "push")
+    if code == 0:
+        assert remote == v2_remote
+    assert sorted(p.name for p in folders["v2"].parent.iterdir()) == ["docs.jsonl", "out", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+# --- a full disk ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (skipped where this process may not mount one)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True, text=True
+        )
+    except OSError as e:
+        pytest.skip(f"cannot mount a small tmpfs to fill up ({e})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_full_disk_keeps_the_previous_output_and_says_so_in_one_line(
+    tmp_path, tokenizer_path, small_disk, capsys, monkeypatch
+):
+    from hfprep.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    recipe = write_project(
+        tmp_path / "p",
+        tokenizer_path,
+        n_docs=20,
+        output={"folder": str(small_disk / "out"), "plots": False},
+        packing={"seq_len": 64, "strategy": "dense", "num_reduce_chunks": 4},
+    )
+    assert main(["run", str(recipe), "--json"]) == 0
+    previous = tree(small_disk / "out")
+    rng = random.Random(3)
+    letters = "abcdefghijklmnopqrstuvwxyz .,;"
+    big = ["".join(rng.choice(letters) for _ in range(400)) for _ in range(1500)]  # ~600k chars: far over 256 KiB
+    (tmp_path / "p" / "docs.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in big))
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert "No space left on device" in lines[0] and "could not write output" in lines[0], lines
+    assert tree(small_disk / "out") == previous
+    assert sorted(p.name for p in small_disk.iterdir()) == ["out"]  # no staging folder, no lock file
+    assert scratch_in(tmp_path) == []
+
+
+# --- two runs writing the same output at once ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_runs_writing_the_same_output_at_once(tmp_path, tokenizer_path, env_dirs, capsys):
+    """The second run stops at once with one line naming the first one's pid; the first one's output is whole."""
+    from hfprep.cli import main
+
+    env, tmp, cache = env_dirs
+    project = tmp_path / "project"
+    recipe = write_project(project, tokenizer_path, n_docs=60)
+    assert main(["run", str(recipe), "--json"]) == 0
+    previous = tree(project / "out")
+    first = Child(["run", str(recipe), "--overwrite"], project, {**env, "TEST_MOMENT": "write"})
+    assert first.wait_for("TEST-AT-write"), first.text[-3000:]
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "being written by another hfprep process" in err and f"pid {first.proc.pid}" in err, err
+    assert tree(project / "out") == previous
+    first.signal_group(signal.SIGINT)
+    code, err = first.finish()
+    assert_interrupted_cleanly(code, err)
+    assert tree(project / "out") == previous
+    assert main(["run", str(recipe), "--overwrite", "--json"]) == 0  # the lock went with the first run
+    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "out", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
