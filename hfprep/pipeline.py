@@ -737,8 +737,8 @@ def run_inputs(recipe: Recipe, spec: SourceSpec | None = None) -> list[str]:
         paths.append(name)
     if recipe.tokenizer.train is not None and recipe.tokenizer.train.cache_dir:
         paths.append(recipe.tokenizer.train.cache_dir)
-    if spec is not None:
-        paths += [*spec.paths, spec.root]
+    if spec is not None:  # a mixture's spec has no paths of its own: its recipe and tokenizer are still protected
+        paths += [*getattr(spec, "paths", []), getattr(spec, "root", None)]
     return [p for p in paths if p]
 
 

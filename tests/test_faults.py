@@ -143,6 +143,7 @@ class _suppress_lookup:
 
 def error_lines(err: str) -> list[str]:
     """The lines that report an error (tqdm bars and ``[hfprep]`` events aside)."""
+    err = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", err)  # a progress bar's cursor moves start a new line on screen
     lines = [seg.strip() for line in err.splitlines() for seg in line.split("\r")]
     return [line for line in lines if line and ("error" in line.lower() or "Traceback" in line)]
 
