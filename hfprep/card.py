@@ -61,13 +61,28 @@ def size_category(n: int) -> str:
     return "n>1T" if n >= 10**12 else "10B<n<100B" if n < 10**11 else "100B<n<1T"
 
 
+class FlowMap(dict):
+    """A mapping written on one line (``{rows: 10, tokens: 640}``): per-split counters stay compact in a card header."""
+
+
+class _NoAlias(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_NoAlias.add_representer(
+    FlowMap, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True)
+)
+
+
 def dump_yaml(data: Any) -> str:
-    """Stable, readable YAML (key order kept, no aliases, unicode as is)."""
+    """Stable, readable YAML (key order kept, no aliases, unicode as is; :class:`FlowMap` values on one line).
 
-    class _NoAlias(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
+    Example:
+        >>> print(dump_yaml({"stats": {"train": FlowMap(rows=2, tokens=8)}}), end="")
+        stats:
+          train: {rows: 2, tokens: 8}
+    """
     return yaml.dump(data, Dumper=_NoAlias, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
 
 

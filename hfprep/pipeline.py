@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .card import (
+    FlowMap,
     backend_sentence,
     dataset_info_yaml,
     dump_yaml,
@@ -489,7 +490,7 @@ def build_card(
         if r.rows_in is not None:
             s["rows_in"] = int(r.rows_in)
             s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
-        stats[r.name] = s
+        stats[r.name] = FlowMap(s)  # one line per split: the header stays short
     total_rows = sum(r.out_stats.rows for r in results)
     recipe_sha = hashlib.sha256((recipe.text or "").encode()).hexdigest()
     hub = recipe.hub

@@ -186,7 +186,8 @@ def test_wrong_dtype(copy):
 
 def test_card_stats_and_missing_shard(copy):
     card = (copy / "README.md").read_text()
-    (copy / "README.md").write_text(card.replace("    rows: ", "    rows: 1", 1))
+    assert "train: {rows: " in card  # per-split stats are one flow mapping each
+    (copy / "README.md").write_text(card.replace("train: {rows: ", "train: {rows: 1", 1))
     (copy / SHARD).rename(copy / "data/train-00000-of-00002.parquet")
     v = validate_folder(copy).violations
     assert any("split 'train': missing shard file(s) data/train-00001-of-00002.parquet" in x for x in v), v
