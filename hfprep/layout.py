@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
+from .scratch import pid_alive
 
 try:
     import fcntl
@@ -209,16 +210,6 @@ def check_output(
 _HELD_LOCKS: dict[Path, list[int]] = {}  # output path -> [lock fd, depth]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _staging_pid(name: str, final: Path) -> int | None:
     """The pid in the name of a staging sibling ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>``."""
     for kind in ("tmp", "old"):
@@ -237,7 +228,7 @@ def _sweep_stale_staging(final: Path) -> None:
         return
     for name in names:
         pid = _staging_pid(name, final)
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(final.parent / name, ignore_errors=True)
 
 

@@ -39,7 +39,8 @@ _SCOPES: list[list[ScratchDir]] = []
 _LIVE: set[ScratchDir] = set()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +68,7 @@ def _is_stale(folder: Path, pid: int) -> bool:
             finally:
                 os.close(fd)
             return True
-    return pid != os.getpid() and not _pid_alive(pid)
+    return pid != os.getpid() and not pid_alive(pid)
 
 
 def sweep_stale(parent: str | os.PathLike) -> list[Path]:
