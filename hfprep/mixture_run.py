@@ -402,7 +402,9 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
     notes: list[str] = []
     for n, (name, keep) in enumerate(plan):
         log({"event": "split", "split": name})
-        r, split_reports, total_n, notes_n = _run_split(recipe, info, backend, sources, keep, n == 0, num_proc, engine)
+        r, split_reports, total_n, notes_n = _run_split(
+            recipe, info, backend, sources, keep, n == 0, num_proc, engine, split_name=name
+        )
         r.name = name
         r.backend_report = report
         results.append(r)
@@ -415,7 +417,9 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
     return MixtureRun(recipe, spec, info, results, reports, total, notes, [s.name for s in sources], hub_ids)
 
 
-def _tokenize(part, s: _Source, info: TokenizerInfo, backend, epoch: int, recipe, num_proc: int | None):
+def _tokenize(
+    part, s: _Source, info: TokenizerInfo, backend, epoch: int, recipe, num_proc: int | None, split_name: str = ""
+):
     tcfg = s.tcfg.model_copy(update={"fim_seed": s.tcfg.fim_seed + epoch}) if epoch else s.tcfg
     fn = _TokenizeSource(
         Tokenizer(info.tokenizer, tcfg, backend), s.index, s.tcfg.input_columns(), recipe.seed,
@@ -425,7 +429,7 @@ def _tokenize(part, s: _Source, info: TokenizerInfo, backend, epoch: int, recipe
         return None
     return part.map(
         fn, batched=True, batch_size=1000, with_indices=True, remove_columns=part.column_names, num_proc=num_proc,
-        features=_tokenized_features(), desc=f"tokenize {s.name}" + (f" (epoch {epoch})" if epoch else ""),
+        features=_tokenized_features(), desc=f"tokenize {split_name} ({s.name}" + (f", epoch {epoch})" if epoch else ")"),
     )
 
 
@@ -434,7 +438,8 @@ def _lengths(ds) -> np.ndarray:
 
 
 def _run_split(
-    recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None, engine: str
+    recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None, engine: str,
+    split_name: str = "",
 ):
     from datasets import concatenate_datasets
 
@@ -443,7 +448,7 @@ def _run_split(
     with keep_tokenizers_parallelism():
         for s in sources:
             part = select_split(s.dataset, s.spec.for_split(keep), num_proc=num_proc)
-            tok0 = _tokenize(part, s, info, backend, 0, recipe, num_proc)
+            tok0 = _tokenize(part, s, info, backend, 0, recipe, num_proc, split_name)
             epochs_of.append({0: tok0, "part": part})
             avail_docs.append(len(tok0) if tok0 is not None else 0)
             avail_tokens.append(int(_lengths(tok0).sum()) if tok0 is not None else 0)
@@ -466,7 +471,11 @@ def _run_split(
 
             def lengths(e: int, s=s, cache=cache) -> np.ndarray:
                 if e not in cache:
-                    cache[e] = _tokenize(cache["part"], s, info, backend, e, recipe, num_proc) if s.redraws else cache[0]
+                    cache[e] = (
+                        _tokenize(cache["part"], s, info, backend, e, recipe, num_proc, split_name)
+                        if s.redraws
+                        else cache[0]
+                    )
                 tok = cache[e]
                 if len(tok) != len(cache[0]):
                     raise DataError(f"{s.where}: epoch {e} tokenized to {len(tok)} documents, not {len(cache[0])}")
@@ -490,6 +499,7 @@ def _run_split(
     transform = MixtureTransform(
         transform_config(recipe, info.name_or_path), info.tokenizer, len(sources), recipe.source_column
     )
+    transform.progress_split = split_name or None  # "pack train", as on the single-source path
     if parts:
         cat = lambda xs: np.concatenate(xs)  # noqa: E731
         order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
