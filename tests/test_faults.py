@@ -144,6 +144,8 @@ class _suppress_lookup:
 def error_lines(err: str) -> list[str]:
     """The lines that report an error (tqdm bars and ``[hfprep]`` events aside)."""
     err = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", err)  # a progress bar's cursor moves start a new line on screen
+    # The test's own markers are not part of the CLI's output; a bar's line clearing can glue the next line to one.
+    err = re.sub(r"TEST-AT-\S+ pid=\d+", "\n", err)
     lines = [seg.strip() for line in err.splitlines() for seg in line.split("\r")]
     return [line for line in lines if line and ("error" in line.lower() or "Traceback" in line)]
 
