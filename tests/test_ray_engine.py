@@ -42,8 +42,8 @@ from hfprep.engines.ray_engine import (
 
 # Ray 2.60's local clusters occasionally stall at start-up or take their pytest worker down (seen about once in
 # four full `-n 2` runs, also before this module's latest changes; not reproduced alone). A stall fails after the
-# timeout and the test runs once more; a real failure fails twice and still fails the run.
-pytestmark = [pytest.mark.flaky(reruns=1), pytest.mark.timeout(300)]
+# timeout (its worker is ended, xdist replaces it) and the test runs once more; a real failure fails twice.
+pytestmark = [pytest.mark.flaky(reruns=1), pytest.mark.timeout(300, method="thread")]
 
 with contextlib.suppress(ImportError):  # bfd registers itself in PACKERS when its module is imported
     import hfprep.bfd  # noqa: F401
