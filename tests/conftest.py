@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,6 +23,16 @@ CORPUS = [
     "for i in range(10):\n    print(i)\n",
     "Unicode: café, naïve, 東京, emoji 🙂.",
 ]
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones included), relative path -> sha256 of its bytes."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,18 @@ class HubServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    def client_env(self, base: dict[str, str], token: str, hf_home: str) -> dict[str, str]:
+        """``base`` without any ``HF_*``/``HUGGINGFACE_*`` setting, plus what a client process needs for this Hub."""
+        env = {k: v for k, v in base.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(
+            HF_ENDPOINT=self.url,
+            HF_HUB_DISABLE_XET="1",
+            HF_TOKEN=token,
+            HF_HOME=hf_home,
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
+        return env
+
     def start(self) -> HubServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True)
         self._thread.start()

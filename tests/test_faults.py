@@ -8,7 +8,6 @@ and the reason is one line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import file_hashes
 
 from hfprep.layout import MARKER_NAME, foreign_files
 from hfprep.validate import validate_folder
@@ -150,15 +150,6 @@ def error_lines(err: str) -> list[str]:
     return [line for line in lines if line and ("error" in line.lower() or "Traceback" in line)]
 
 
-def tree(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def scratch_in(*roots: Path) -> list[str]:
     """hfprep scratch (``hfprep-<kind>-<pid>-*``) anywhere under ``roots``."""
     found = []
@@ -278,7 +269,7 @@ def leftovers_of(pid: int, *roots: Path) -> list[str]:
 def check_output_state(out: Path, previous: dict[str, str]) -> None:
     """The output is the previous one, byte for byte, or a complete new one (validates, marker names every file)."""
     assert out.is_dir()
-    now = tree(out)
+    now = file_hashes(out)
     if now != previous:
         assert validate_folder(str(out)).ok and foreign_files(out) == [], sorted(now)
 
@@ -294,7 +285,7 @@ def test_run_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, 
     recipe = write_project(project, tokenizer_path, n_docs=300, splits={"heldout_fraction": 0.1})
     run_recipe(str(recipe))
     out = project / "out"
-    previous = tree(out)
+    previous = file_hashes(out)
     sig = signal.SIGKILL if seed % 2 else signal.SIGINT
     child = Child(["run", str(recipe), "--overwrite", "--num-proc", "2"], project, env)
     assert child.wait_for("[hfprep] source"), child.text[-3000:]
@@ -364,8 +355,8 @@ def test_kd_cache_killed_or_interrupted_at_a_random_moment(tmp_path, kd_inputs, 
     recipe = write_kd_recipe(project, kd_inputs, tokenizer_path)
     run_kd_recipe(str(recipe))
     out, partial = project / "kd", project / ".kd.partial"
-    previous = tree(out)
-    inputs_before = tree(kd_inputs)
+    previous = file_hashes(out)
+    inputs_before = file_hashes(kd_inputs)
     sig = signal.SIGKILL if seed % 2 else signal.SIGINT
     child = Child(["kd-cache", str(recipe), "--overwrite"], project, env)
     assert child.wait_for("kd-cache train"), child.text[-3000:]
@@ -373,8 +364,8 @@ def test_kd_cache_killed_or_interrupted_at_a_random_moment(tmp_path, kd_inputs, 
     if child.proc.poll() is None:
         child.signal_group(sig)
     code, err = child.finish()
-    assert tree(out) == previous  # the cache is deterministic: the old one or the same bytes, never a partial one
-    assert tree(kd_inputs) == inputs_before
+    assert file_hashes(out) == previous  # the cache is deterministic: the old one or the same bytes, never a partial one
+    assert file_hashes(kd_inputs) == inputs_before
     if code not in (0, -signal.SIGKILL):
         assert_interrupted_cleanly(code, err, "kd-cache")
         assert "re-run to resume" in err
@@ -395,7 +386,7 @@ def test_kd_cache_killed_or_interrupted_at_a_random_moment(tmp_path, kd_inputs, 
             assert torn == [] or (sig == signal.SIGKILL and len(torn) == 1), torn
         summary = run_kd_recipe(str(recipe), overwrite=True)  # resumes, and cleans what the dead run left
         assert summary["splits"]["train"]["written"] + summary["splits"]["train"]["skipped"] > 0
-        assert tree(out) == previous
+        assert file_hashes(out) == previous
         assert sorted(p.name for p in project.iterdir()) == ["kd", "kd.yaml"]
     assert scratch_in(tmp, cache) == []
 
@@ -424,7 +415,7 @@ def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path,
         recipe = write_project(tmp_path / name, tokenizer_path, n_docs=n)
         run_recipe(str(recipe))
         folders[name] = tmp_path / name / "out"
-    local = {name: tree(f) for name, f in folders.items()}
+    local = {name: file_hashes(f) for name, f in folders.items()}
     token = next(iter(DEFAULT_TOKENS))
     with HubServer() as hub:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -436,14 +427,7 @@ def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path,
         v1_remote = hub.repo_files("user/faults")
         v2_remote = hub.repo_files("user/reference")
         assert v1_remote != v2_remote
-        child_env = {k: v for k, v in env.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        child_env.update(
-            HF_ENDPOINT=hub.url,
-            HF_HUB_DISABLE_XET="1",
-            HF_TOKEN=token,
-            HF_HOME=str(tmp_path / "hf_home"),
-            HF_HUB_DISABLE_TELEMETRY="1",
-        )
+        child_env = hub.client_env(env, token, str(tmp_path / "hf_home"))
         seen = len(hub.requests)
         child = Child(["push", str(folders["v2"]), "--repo-id", "user/faults"], tmp_path, child_env)
         deadline = time.monotonic() + 120
@@ -456,7 +440,7 @@ def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path,
         code, err = child.finish()
         remote = hub.repo_files("user/faults")
     assert remote in (v1_remote, v2_remote), sorted(remote)
-    assert {name: tree(f) for name, f in folders.items()} == local
+    assert {name: file_hashes(f) for name, f in folders.items()} == local
     if code not in (0, -signal.SIGKILL):
         assert_interrupted_cleanly(code, err, "push")
     if code == 0:
@@ -501,7 +485,7 @@ def test_full_disk_keeps_the_previous_output_and_says_so_in_one_line(
         packing={"seq_len": 64, "strategy": "dense", "num_reduce_chunks": 4},
     )
     assert main(["run", str(recipe), "--json"]) == 0
-    previous = tree(small_disk / "out")
+    previous = file_hashes(small_disk / "out")
     rng = random.Random(3)
     letters = "abcdefghijklmnopqrstuvwxyz .,;"
     big = ["".join(rng.choice(letters) for _ in range(400)) for _ in range(1500)]  # ~600k chars: far over 256 KiB
@@ -512,7 +496,7 @@ def test_full_disk_keeps_the_previous_output_and_says_so_in_one_line(
     lines = [line for line in err.strip().splitlines() if "error" in line]
     assert "Traceback" not in err and len(lines) == 1, err[-3000:]
     assert "No space left on device" in lines[0] and "could not write output" in lines[0], lines
-    assert tree(small_disk / "out") == previous
+    assert file_hashes(small_disk / "out") == previous
     assert sorted(p.name for p in small_disk.iterdir()) == ["out"]  # no staging folder, no lock file
     assert scratch_in(tmp_path) == []
 
@@ -529,7 +513,7 @@ def test_two_runs_writing_the_same_output_at_once(tmp_path, tokenizer_path, env_
     project = tmp_path / "project"
     recipe = write_project(project, tokenizer_path, n_docs=60)
     assert main(["run", str(recipe), "--json"]) == 0
-    previous = tree(project / "out")
+    previous = file_hashes(project / "out")
     first = Child(["run", str(recipe), "--overwrite"], project, {**env, "TEST_MOMENT": "write"})
     assert first.wait_for("TEST-AT-write"), first.text[-3000:]
     capsys.readouterr()
@@ -537,11 +521,11 @@ def test_two_runs_writing_the_same_output_at_once(tmp_path, tokenizer_path, env_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "being written by another hfprep process" in err and f"pid {first.proc.pid}" in err, err
-    assert tree(project / "out") == previous
+    assert file_hashes(project / "out") == previous
     first.signal_group(signal.SIGINT)
     code, err = first.finish()
     assert_interrupted_cleanly(code, err)
-    assert tree(project / "out") == previous
+    assert file_hashes(project / "out") == previous
     assert main(["run", str(recipe), "--overwrite", "--json"]) == 0  # the lock went with the first run
     assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "out", "r.yaml"]
     assert scratch_in(tmp, cache) == []

@@ -220,14 +220,7 @@ def roundtrip(tmp_path_factory):
     v2 = make_folder(tmp / "v2", {"train": (train2, 10)}, images=False)
     before = {"v1": snapshot(v1), "v2": snapshot(v2)}
     with HubServer(tokens=TOKENS) as hub:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        env.update(
-            HF_ENDPOINT=hub.url,
-            HF_HUB_DISABLE_XET="1",
-            HF_TOKEN=WRITE_TOKEN,
-            HF_HOME=str(tmp / "hf_home"),
-            HF_HUB_DISABLE_TELEMETRY="1",
-        )
+        env = hub.client_env(dict(os.environ), WRITE_TOKEN, str(tmp / "hf_home"))
         cfg = {"v1": str(v1), "v2": str(v2), "repo": "user/roundtrip"}
         proc = subprocess.run(
             [sys.executable, "-c", CLIENT, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=300

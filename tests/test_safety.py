@@ -5,7 +5,6 @@ Every refusal is one line (exit 1) and leaves every file as it was, byte for byt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import file_hashes
 
 from hfprep.cli import main
 from hfprep.errors import OutputError, OutputExistsError
@@ -45,16 +45,6 @@ def write_project(folder: Path, tokenizer_path: str, output: str = "out", n_docs
     return path
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (hidden ones included) with the sha256 of its bytes."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def one_error_line(err: str, command: str = "run") -> str:
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "Traceback" not in err, err
@@ -69,37 +59,37 @@ def test_overwrite_of_the_project_folder_is_refused_and_deletes_nothing(tmp_path
     """``output.folder: .`` + ``--overwrite`` used to delete the recipe, the source and the user's files."""
     project = tmp_path / "project"
     recipe = write_project(project, tokenizer_path, output=".")
-    before = snapshot(project)
+    before = file_hashes(project)
     monkeypatch.chdir(project)
     assert main(["run", "r.yaml", "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "--overwrite refused" in line and "current folder" in line
-    assert snapshot(project) == before
+    assert file_hashes(project) == before
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1  # the same from elsewhere: the folder holds the recipe
     line = one_error_line(capsys.readouterr().err)
     assert "--overwrite refused" in line and "r.yaml" in line and "an input of this run" in line
-    assert snapshot(project) == before
+    assert file_hashes(project) == before
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_path_that_is_a_file_is_never_replaced(tmp_path, tokenizer_path, capsys, overwrite):
     recipe = write_project(tmp_path, tokenizer_path, output="out.bin")
     (tmp_path / "out.bin").write_bytes(b"\x00precious")
-    before = snapshot(tmp_path)
+    before = file_hashes(tmp_path)
     assert main(["run", str(recipe), *(["--overwrite"] if overwrite else [])]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "out.bin" in line and "is a file, not a folder" in line
-    assert snapshot(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_parent_path_that_is_a_file_is_one_line(tmp_path, tokenizer_path, capsys):
     recipe = write_project(tmp_path, tokenizer_path, output="notes.md/out")
-    before = snapshot(tmp_path)
+    before = file_hashes(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "notes.md" in line and "is a file, not a folder" in line
-    assert snapshot(tmp_path) == before
+    assert file_hashes(tmp_path) == before
     with pytest.raises(OutputError, match="is a file, not a folder"), atomic_output(tmp_path / "notes.md" / "a" / "b"):
         pass
 
@@ -108,11 +98,11 @@ def test_overwrite_refuses_a_folder_hfprep_did_not_write(tmp_path, tokenizer_pat
     recipe = write_project(tmp_path, tokenizer_path, output="mine")
     (tmp_path / "mine" / "data").mkdir(parents=True)
     (tmp_path / "mine" / "data" / "thesis.tex").write_text("years of work")
-    before = snapshot(tmp_path)
+    before = file_hashes(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "not a folder hfprep wrote" in line and MARKER_NAME in line
-    assert snapshot(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_overwrite_replaces_hfprep_output_but_not_a_file_added_to_it(tmp_path, tokenizer_path, capsys):
@@ -121,16 +111,16 @@ def test_overwrite_replaces_hfprep_output_but_not_a_file_added_to_it(tmp_path, t
     assert main(["run", str(recipe), "--json"]) == 0
     marker = json.loads((out / MARKER_NAME).read_text())
     # The marker lists exactly the files of the folder (computed here by walking it).
-    assert sorted(marker["files"]) == sorted(k for k in snapshot(out) if k != MARKER_NAME)
+    assert sorted(marker["files"]) == sorted(k for k in file_hashes(out) if k != MARKER_NAME)
     assert foreign_files(out) == []
     assert main(["run", str(recipe), "--overwrite", "--json"]) == 0  # hfprep's own folder: replaced
     capsys.readouterr()
     (out / "data" / "my-extra.parquet").write_bytes(b"not hfprep's")
-    before = snapshot(tmp_path)
+    before = file_hashes(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "data/my-extra.parquet" in line and "hfprep did not write" in line
-    assert snapshot(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_overwrite_refuses_an_output_that_holds_the_source(tmp_path, tokenizer_path, capsys):
@@ -151,13 +141,13 @@ def test_overwrite_refuses_an_output_that_holds_the_source(tmp_path, tokenizer_p
             }
         )
     )
-    before = snapshot(tmp_path)
+    before = file_hashes(tmp_path)
     code = main(["run", str(again), "--overwrite"])
     err = capsys.readouterr().err
     assert code == 1, err
     line = one_error_line(err)
     assert "an input of this run" in line and "train-00000-of-00001.parquet" in line
-    assert snapshot(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_card_without_marker_is_recognised_but_git_clone_is_not_replaced(tmp_path):
@@ -219,13 +209,13 @@ def write_kd_recipe(folder: Path, kd_project: Path, tokenizer_path: str, output:
 
 
 def test_kd_cache_overwrite_refuses_its_input_and_foreign_folders(tmp_path, kd_project, tokenizer_path, capsys):
-    before = snapshot(kd_project)
+    before = file_hashes(kd_project)
     # The KD output set to the prepared input folder (an hfprep folder!): replacing it would delete the input.
     recipe = write_kd_recipe(tmp_path, kd_project, tokenizer_path, str(kd_project / "prepared"))
     assert main(["kd-cache", str(recipe), "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err, "kd-cache")
     assert "an input of this run" in line
-    assert snapshot(kd_project) == before
+    assert file_hashes(kd_project) == before
     # A user's folder.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.txt").write_text("mine")
@@ -250,7 +240,7 @@ def test_kd_cache_overwrite_refuses_its_input_and_foreign_folders(tmp_path, kd_p
     assert main(["kd-cache", str(recipe), "--json"]) == 0
     assert main(["kd-cache", str(recipe), "--overwrite", "--json"]) == 0
     assert foreign_files(tmp_path / "kd") == [] and (tmp_path / "kd" / MARKER_NAME).is_file()
-    assert snapshot(kd_project) == before
+    assert file_hashes(kd_project) == before
 
 
 def test_kd_partial_folder_not_written_by_hfprep_is_left_alone(tmp_path, kd_project, tokenizer_path, capsys):

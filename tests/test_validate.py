@@ -83,19 +83,25 @@ def test_batch_stats_match_a_plain_python_count():
     assert np.isclose(fill.sum() * 12, stats.tokens)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tokenizer_path) -> Path:
-    root = tmp_path_factory.mktemp("validate")
-    rng = random.Random(1)
+def write_project(root: Path, tokenizer_path: str, seed: int, max_words: int, packing: dict) -> None:
+    """40 random documents of 1..``max_words`` words in ``root/docs.jsonl`` and a recipe ``root/r.yaml`` -> ``out``."""
+    rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "import", "def", "fox"]
-    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(40)]
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(40)]
     (root / "docs.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
     (root / "r.yaml").write_text(yaml.safe_dump({
         "source": {"files": ["docs.jsonl"]},
         "tokenizer": {"name_or_path": tokenizer_path},
-        "packing": {"seq_len": 24, "strategy": "no_incomplete", "num_reduce_chunks": 2},
+        "packing": packing,
         "output": {"folder": "out"},
     }))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tokenizer_path) -> Path:
+    root = tmp_path_factory.mktemp("validate")
+    write_project(root, tokenizer_path, seed=1, max_words=12,
+                  packing={"seq_len": 24, "strategy": "no_incomplete", "num_reduce_chunks": 2})
     run_recipe(root / "r.yaml")
     return root / "out"
 
@@ -205,16 +211,8 @@ def test_not_a_dataset(tmp_path):
 def test_bfd_runs_validate_and_every_report_counts_the_same(tmp_path, tokenizer_path, packing):
     from hfprep.inspect_cmd import inspect_folder
 
-    rng = random.Random(2)
-    words = ["alpha", "beta", "gamma", "import", "def", "fox"]
-    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(40)]
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs))
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
-        "source": {"files": ["docs.jsonl"]},
-        "tokenizer": {"name_or_path": tokenizer_path},
-        "packing": {"seq_len": 16, "num_reduce_chunks": 2, **packing},
-        "output": {"folder": "out"},
-    }))
+    write_project(tmp_path, tokenizer_path, seed=2, max_words=30,
+                  packing={"seq_len": 16, "num_reduce_chunks": 2, **packing})
     summary = run_recipe(tmp_path / "r.yaml")
     report = validate_folder(tmp_path / "out")
     assert report.ok, report.violations
