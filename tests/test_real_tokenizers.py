@@ -318,11 +318,9 @@ def test_fast_backend_exact_on_real_tokenizers(family: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backend, report = resolve_backend(tok, "auto", texts)
-    if report["backend"] == "hf":
-        # The fallback is allowed, with its one-line reason.
-        msgs = [str(w.message) for w in caught if "falls back" in str(w.message)]
-        assert len(msgs) == 1 and "\n" not in msgs[0] and report["reason"]
-        return
+    # Every family here is one the fast backend reproduces exactly: a fallback would be a regression.
+    assert report["backend"] == "gigatoken", report
+    assert not [w for w in caught if "falls back" in str(w.message)]
     assert report["guard"]["passed"] and report["guard"]["mismatches"] == 0
     assert isinstance(backend, GigatokenBackend)
     ref = HFBackend(tok).encode_batch(texts)
