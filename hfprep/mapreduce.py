@@ -315,6 +315,14 @@ class MapReduceTransformBase(TransformBase):
         """Features of the reduce output, or None to let datasets infer them."""
         return None
 
+    def group_order(self, table: pa.Table) -> np.ndarray:
+        """Rows of the map output in reduce order: by key, and inside a key in the order the reducer gets them.
+
+        Default: a stable sort of ``__key__`` (input order inside a key). A subclass may return another order, or
+        a subset: rows left out are not reduced (the mixture lays chosen documents out this way, with no copy).
+        """
+        return pc.sort_indices(table.column(KEY_COLUMN)).to_numpy().astype(np.int64)
+
     def empty_output(self) -> pa.Table:
         feats = self.output_features()
         return feats.arrow_schema.empty_table() if feats is not None else pa.table({})
@@ -358,7 +366,7 @@ class MapReduceTransformBase(TransformBase):
             mapped = mapped.flatten_indices()
         table = mapped.data.table
         key_col = table.column(KEY_COLUMN)
-        order = pc.sort_indices(key_col).to_numpy().astype(np.int64)
+        order = self.group_order(table)
         sorted_keys = key_col.take(pa.array(order)).combine_chunks()
         if sorted_keys.null_count:
             raise DataError("the map side produced a None key; keys must be comparable non-null values")

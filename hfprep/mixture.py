@@ -14,7 +14,7 @@ The rules, all pure functions of the documents' content and the recipe (never of
 * **Budgets** (:func:`plan_budgets`): ``tokens`` entries get their number; ``weight`` entries share what is left
   of the total in proportion to their weights (weights that do not sum to 1 are normalised, with a note).
 * **Choice** (:func:`choose_documents`): each document gets a seeded hash of its content
-  (:func:`content_hashes`). A source whose budget is at least its size is taken whole, epoch after epoch; the
+  (:func:`content_hashes`: sha256 of the seed and the document's text). A source whose budget is at least its size is taken whole, epoch after epoch; the
   last (partial) epoch takes documents in ascending hash order until the budget is met, whichever of "stop
   before" or "stop after" the next document lands closer. So a source delivers its budget to within one
   document, with whole documents only. A budget that needs more than ``max_epochs`` epochs is an error naming
@@ -171,24 +171,37 @@ def plan_budgets(
 
 
 def content_hashes(batch: dict[str, Sequence[Any]], columns: Sequence[str], seed: int) -> np.ndarray:
-    """A seeded 64-bit hash of each row's content: sha256 of ``seed`` and the canonical JSON of ``columns``.
+    """A seeded 64-bit hash of each row's content: the first 8 bytes of sha256 over ``hfprep-mixture:{seed}:``
+    followed by the document's UTF-8 text (one text column, the usual case) or, for several columns or non-text
+    values (FIM columns, chat turns), their canonical JSON.
 
-    It depends only on the row's values (the same rule as the held-out split, plus the seed), so every engine,
-    worker count and row order chooses the same documents.
+    It depends only on the row's values, so every engine, worker count, row order and streaming choose the same
+    documents. The text is hashed as it is (no JSON escaping pass over it): one sha256 per document, ~30 ms per
+    20 MB here.
 
     Example:
         >>> h = content_hashes({"text": ["a", "b", "a"]}, ["text"], seed=0)
         >>> h.dtype, h[0] == h[2], h[0] == h[1]
         (dtype('uint64'), np.True_, np.False_)
+        >>> import hashlib
+        >>> int(h[1]) == int.from_bytes(hashlib.sha256(b"hfprep-mixture:0:b").digest()[:8], "big")
+        True
     """
     n = len(batch[columns[0]]) if columns else 0
     out = np.empty(n, dtype=np.uint64)
-    prefix = f"hfprep-mixture:{seed}:".encode()
+    prefix = hashlib.sha256(f"hfprep-mixture:{seed}:".encode())
+    values = batch[columns[0]] if len(columns) == 1 else None
     for i in range(n):
-        blob = json.dumps(
-            [batch[c][i] for c in columns], sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
-        )
-        out[i] = int.from_bytes(hashlib.sha256(prefix + blob.encode("utf-8")).digest()[:8], "big")
+        v = values[i] if values is not None else None
+        if isinstance(v, str):
+            blob = v.encode("utf-8", "surrogatepass")
+        else:
+            blob = json.dumps(
+                [batch[c][i] for c in columns], sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+            ).encode("utf-8", "surrogatepass")
+        h = prefix.copy()
+        h.update(blob)
+        out[i] = int.from_bytes(h.digest()[:8], "big")
     return out
 
 

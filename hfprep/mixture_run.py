@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from .mixture import (
     plan_budgets,
     source_tokenize_config,
 )
+from .packing import pack_dense_flat
 from .pipeline import (
     SplitResult,
     TokenizerInfo,
@@ -58,7 +60,7 @@ from .pipeline import (
     transform_config,
 )
 from .plots import _COLORS, _figure, _save
-from .prepare import table_to_flat
+from .prepare import TOKEN_COLUMNS, table_to_flat
 from .sources import SourceSpec, load_source, resolve_source, select_split
 from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
 from .tokenizer import vocab_size
@@ -80,39 +82,93 @@ def _per_source(prefix: str, counts: np.ndarray) -> dict[str, int]:
 
 
 class MixtureTransform(_RecordingTransform):
-    """The single-source reduce (pack + document-length bins) plus per-source token counts of the packed rows,
-    and the per-token ``source`` column when asked."""
+    """The single-source reduce (pack + document-length bins, dense tails packed together at the end) plus the
+    per-token ``source`` column of the packed rows and per-source token counts (written, dropped whole, cut).
+
+    The reduce order is the mixing order (:meth:`group_order` over :attr:`mix_rows`), so the chosen documents of
+    all sources and epochs are never copied into one mixed table before grouping. The ``source`` column is always
+    produced (dense tails carry it into the final pass); the run writes it only when the recipe asks.
+    """
 
     def __init__(self, config, tokenizer, num_sources: int, source_column: bool) -> None:
-        super().__init__(config, tokenizer=tokenizer)
+        # The mixture tokenizes before the reduce, with the backend the run guarded once: this transform only
+        # packs, so it must not run the exactness guard again (backend "hf" builds no fast backend).
+        super().__init__(config.model_copy(update={"backend": "hf"}), tokenizer=tokenizer)
         self.num_sources = num_sources
         self.source_column = source_column
+        self.mix_rows: np.ndarray | None = None
+        """Rows of the reduce input (chosen documents of every source and epoch) in the mixing order."""
 
     @property
-    def carries_tails(self) -> bool:
-        # The per-source counts and the source column are computed per group: dense keeps dropping each group's
-        # incomplete tail here (counted per source) until the final tail pass carries source ids too.
-        return False
+    def _dense(self) -> bool:
+        return self.packer is pack_dense_flat and not self.config.packing_kwargs
 
-    def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
-        packed, stats = super().reduce_group(key, table)
-        doc, row_offsets = self.document_layout(table, packed)
-        lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
-        doc_src = table.column(SOURCE_ID).to_numpy().astype(np.int64)
-        real = doc >= 0
-        out_per_doc = np.bincount(doc[real], minlength=len(lengths))
+    def group_order(self, table: pa.Table) -> np.ndarray:
+        """The chosen rows only, by key, in the mixing order inside a key (a stable sort of their keys)."""
+        if self.mix_rows is None:
+            return super().group_order(table)
+        keys = table.column(KEY_COLUMN).to_numpy()
+        return self.mix_rows[np.argsort(keys[self.mix_rows], kind="stable")]
+
+    def _counts(self, stats: dict, doc_src: np.ndarray, lengths: np.ndarray, out_per_doc: np.ndarray, carried=None):
+        """Per source: tokens written, tokens of documents dropped whole, tokens cut off documents kept in part
+        (``carried``: documents whose rest goes on elsewhere, e.g. continuations in the tail pass, count as cut)."""
         n = self.num_sources
-        # Per source: tokens written, tokens of documents dropped whole, tokens cut off documents kept in part.
         stats.update(_per_source(MIX_OUT_PREFIX, np.bincount(doc_src, weights=out_per_doc, minlength=n)))
         whole = out_per_doc == 0
+        if carried is not None:
+            whole &= ~carried
         stats.update(_per_source(MIX_DROPPED_PREFIX, np.bincount(doc_src[whole], weights=lengths[whole], minlength=n)))
         cut = lengths - out_per_doc
         stats.update(_per_source(MIX_CUT_PREFIX, np.bincount(doc_src[~whole], weights=cut[~whole], minlength=n)))
-        if self.source_column:
+
+    def reduce_group(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict]:
+        packed, stats = super().reduce_group(key, table)
+        lengths = _list_lengths(table.column("input_ids"))
+        doc_src = table.column(SOURCE_ID).to_numpy().astype(np.int64)
+        if self._dense:
+            # Dense packing writes the documents' tokens in order and cuts rows: the packed tokens are a prefix of
+            # the group's tokens (all of them for a group head), so no second pack is needed to place them.
+            written = int(stats["tokens_out"])
+            ends = np.cumsum(lengths)
+            out_per_doc = np.clip(np.minimum(ends, written) - (ends - lengths), 0, None)
+            src = np.repeat(doc_src.astype(np.int16), lengths)[:written]
+            row_offsets = np.arange(written // self.config.seq_len + 1, dtype=np.int64) * self.config.seq_len
+        else:
+            doc, row_offsets = self.document_layout(table, packed)
+            real = doc >= 0
+            out_per_doc = np.bincount(doc[real], minlength=len(lengths))
             src = np.where(real, doc_src[np.maximum(doc, 0)], SOURCE_PAD).astype(np.int16)
-            offsets = pa.array(row_offsets.astype(np.int32))
-            packed = packed.append_column(SOURCE_COLUMN, pa.ListArray.from_arrays(offsets, pa.array(src, pa.int16())))
-        return packed, stats
+        self._counts(stats, doc_src, lengths, out_per_doc)
+        return packed.append_column(SOURCE_COLUMN, _source_lists(row_offsets, src)), stats
+
+    def reduce_group_with_tail(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict, pa.Table | None]:
+        """Dense: the group's tail (its last documents, or their rest) goes to :meth:`reduce_tails` with the source
+        of every token, so the final pass can count and label what it packs."""
+        packed, stats, tail = super().reduce_group_with_tail(key, table)
+        if tail is not None:
+            lengths = _list_lengths(tail.column("input_ids"))
+            doc_src = table.column(SOURCE_ID).to_numpy().astype(np.int16)[table.num_rows - tail.num_rows :]
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            tail = tail.append_column(SOURCE_COLUMN, _source_lists(offsets, np.repeat(doc_src, lengths)))
+        return packed, stats, tail
+
+    def reduce_tails(self, tails: pa.Table) -> tuple[pa.Table, dict]:
+        """The final dense pass over all groups' tails (key order), with their sources: at most one partial row of
+        the whole run is lost, counted per source."""
+        out, stats = super().reduce_tails(tails.select(list(TOKEN_COLUMNS)))
+        _, pos, _, offsets = table_to_flat(tails)
+        src = _flat_values(tails.column(SOURCE_COLUMN), np.int16)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        doc_src = src[starts[lengths > 0]].astype(np.int64)
+        starts, lengths = starts[lengths > 0], lengths[lengths > 0]
+        written = int(stats["tokens_out"])
+        out_per_doc = np.clip(np.minimum(starts + lengths, written) - starts, 0, None)
+        carried = pos[starts] != 0  # continuations: the document's start was written in its group
+        self._counts(stats, doc_src, lengths, out_per_doc, carried)
+        row_offsets = np.arange(written // self.config.seq_len + 1, dtype=np.int64) * self.config.seq_len
+        return out.append_column(SOURCE_COLUMN, _source_lists(row_offsets, src[:written].astype(np.int16))), stats
 
     def document_layout(self, table: pa.Table, packed: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """For every token of the packed group ``packed``: the index of its document in ``table`` (``-1`` on
@@ -151,12 +207,26 @@ class MixtureTransform(_RecordingTransform):
         return feats
 
     def output_features(self):
-        feats = tokenized_features()
-        if self.source_column:
-            from datasets import List, Value
+        from datasets import List, Value
 
-            feats[SOURCE_COLUMN] = List(Value("int16"))
+        feats = tokenized_features()
+        feats[SOURCE_COLUMN] = List(Value("int16"))
         return feats
+
+
+def _list_lengths(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _flat_values(col: pa.ChunkedArray, dtype) -> np.ndarray:
+    """The values of a list column, in order (``flatten`` respects sliced lists, ``.values`` would not)."""
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks]
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+def _source_lists(row_offsets: np.ndarray, src: np.ndarray) -> pa.Array:
+    """The ``source`` column: one int16 list per packed row."""
+    return pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(src.astype(np.int16, copy=False)))
 
 
 # ----------------------------------------------------------------------------------------------- tokenize
@@ -345,21 +415,39 @@ class MixtureRun:
 
 
 class _MixtureSpec:
-    """What the card and the summary read from a source spec, for a mixture (its sources are in the table)."""
+    """What the card and the summary read from a source spec, for a mixture (its sources are in the table).
+
+    ``paths`` lists every source's local files and folders: the run protects them from ``--overwrite`` and the
+    card's recipe text shows them relative to the recipe, as for a single source."""
 
     kind = "hub"
     streaming = False
     max_rows = None
-    def __init__(self, names: list[str], descriptions: list[str]) -> None:
+    root = None
+
+    def __init__(self, names: list[str], descriptions: list[str], paths: list[str]) -> None:
         self.columns: dict[str, str] = {}
         self.hub_id = None
         self.revision = "per source, see the mixture table"
+        self.paths = paths
         self._text = f"a mixture of {len(names)} sources: " + "; ".join(
             f"{n} ({d})" for n, d in zip(names, descriptions)
         )
 
     def describe(self) -> str:
         return self._text
+
+
+def _card_description(spec: SourceSpec, recipe) -> str:
+    """A source as the card shows it (no folder of this machine: paths relative to the recipe, or file names with
+    their sha256), with the row rules the single-source card also names."""
+    from .pipeline import card_source
+
+    return (
+        card_source(spec, recipe)
+        + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
+        + (f", columns renamed {spec.columns}" if spec.columns else "")
+    )
 
 
 def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> MixtureRun:
@@ -389,10 +477,11 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
         log({"event": "source", "source": f"{sec.name}: {spec.describe()}"})
     info = _prepare_tokenizer(recipe, sources)
     log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
-    first = sources[0]
-    backend, report = resolve_backend(
-        info.tokenizer, recipe.tokenizer.backend, sample_texts(first.dataset, first.tcfg.input_columns())
-    )
+    # The backend's exactness guard runs once for the whole mixture, on a sample of every source's texts.
+    per = max(1, 256 // len(sources))
+    samples = [sample_texts(s.dataset, s.tcfg.input_columns(), max_rows=per) for s in sources]
+    sample = [t for group in itertools.zip_longest(*samples) for t in group if t is not None]
+    backend, report = resolve_backend(info.tokenizer, recipe.tokenizer.backend, sample)
     plan = [(recipe.splits.train_name, "train"), (recipe.splits.heldout_name, "heldout")] if heldout > 0 else [
         (recipe.splits.train_name, "all")
     ]
@@ -412,7 +501,8 @@ def run_mixture_splits(recipe, engine: str, num_proc: int | None, log) -> Mixtur
             reports, total, notes = split_reports, total_n, notes_n
     for note in notes:
         log({"event": "note", "note": note})
-    spec = _MixtureSpec([s.name for s in sources], [s.spec.describe() for s in sources])
+    local = [p for s in sources if s.spec.kind != "hub" for p in (*s.spec.paths, s.spec.root) if p]
+    spec = _MixtureSpec([s.name for s in sources], [_card_description(s.spec, recipe) for s in sources], local)
     hub_ids = [s.spec.hub_id for s in sources if s.spec.kind == "hub" and s.spec.hub_id]
     return MixtureRun(recipe, spec, info, results, reports, total, notes, [s.name for s in sources], hub_ids)
 
@@ -433,8 +523,13 @@ def _tokenize(
     )
 
 
+def _column(ds, name: str) -> pa.ChunkedArray:
+    """One column of a tokenized source as Arrow (zero-copy over its memory-mapped cache file)."""
+    return ds.select_columns([name]).with_format("arrow")[:].column(name)
+
+
 def _lengths(ds) -> np.ndarray:
-    return pc.list_value_length(ds.data.table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _list_lengths(_column(ds, "input_ids"))
 
 
 def _run_split(
@@ -467,7 +562,7 @@ def _run_split(
             if cache[0] is None:
                 selections.append(Selection([], 0, 0))
                 continue
-            hashes = cache[0].data.table.column(HASH).to_numpy()
+            hashes = _column(cache[0], HASH).to_numpy()
 
             def lengths(e: int, s=s, cache=cache) -> np.ndarray:
                 if e not in cache:
@@ -483,7 +578,9 @@ def _run_split(
 
             max_epochs = recipe.max_epochs if budgeted else 1
             selections.append(choose_documents(hashes, lengths, budget, max_epochs, s.where))
-    # Lay every chosen document of every source and epoch into one dataset, in the mixing order.
+    # Every chosen document of every source and epoch, in the mixing order: the tokenized sources (an epoch that
+    # repeats a source repeats its dataset) side by side, and the chosen rows' positions in mixing order. The
+    # reduce reads the rows in that order (MixtureTransform.group_order): no mixed copy is written.
     parts, glob, hashes_l, epochs_l, sources_l, pos_l = [], [], [], [], [], []
     offset = 0
     for s, sel, cache in zip(sources, selections, epochs_of):
@@ -491,7 +588,7 @@ def _run_split(
             tok = cache[e]
             parts.append(tok)
             glob.append(offset + positions)
-            hashes_l.append(tok.data.table.column(HASH).to_numpy()[positions])
+            hashes_l.append(_column(tok, HASH).to_numpy()[positions])
             epochs_l.append(np.full(len(positions), e, np.int64))
             sources_l.append(np.full(len(positions), s.index, np.int64))
             pos_l.append(positions)
@@ -503,12 +600,14 @@ def _run_split(
     if parts:
         cat = lambda xs: np.concatenate(xs)  # noqa: E731
         order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
-        mixed = concatenate_datasets(parts).select(cat(glob)[order])
+        rows = cat(glob)[order]
+        side_by_side = concatenate_datasets(parts)
         if engine == "ray":
-            out = _reduce_on_ray(transform, mixed, recipe)
+            out = _reduce_on_ray(transform, side_by_side.select(rows), recipe)
         else:
-            transform.rows_in = len(mixed)
-            out = transform.reduce(mixed, num_proc=num_proc)
+            transform.rows_in = len(rows)
+            transform.mix_rows = rows
+            out = transform.reduce(side_by_side, num_proc=num_proc)
     else:
         from datasets import Dataset
 

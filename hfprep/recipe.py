@@ -354,6 +354,9 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
             src.files = [_resolve(f, base) for f in src.files]
         if src.text_dir is not None:
             src.text_dir = _resolve(src.text_dir.replace(STDLIB_PLACEHOLDER, stdlib_dir()), base)
+        own = getattr(src, "tokenize", None)  # a mixture source's own tokenize keys: its paths are the recipe's too
+        if own and isinstance(own.get("chat_template_path"), str):
+            own["chat_template_path"] = _resolve(own["chat_template_path"], base)
     recipe.output.folder = _resolve(recipe.output.folder, base)
     if recipe.output.card_template is not None:
         recipe.output.card_template = _resolve(recipe.output.card_template, base)
