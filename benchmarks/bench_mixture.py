@@ -3,9 +3,11 @@
 The standard library's ``.py`` files (repeated to ``--mb`` MB) are dealt round-robin into three jsonl sources. The
 mixture recipe asks for each source's share of the bytes with no total, so it takes (almost) every document once;
 the single-source recipe reads the same documents from one file. Same tokenizer, packing (dense, 2,048), engine
-(datasets, ``num_proc``), datasets' cache off (every run tokenizes), no card PNGs. Runs alternate (mixture, single, mixture, single, ...) and the table reports the best
-wall time of each, tokens/s and the ratio of seconds per token (mixture / single): the mixture's extra work is the
-content hash of every document, one map per source, the interleaving copy and the second (source-index) pack.
+(datasets, ``num_proc``), datasets' cache off (every run tokenizes), no card PNGs. Runs alternate (mixture, single,
+mixture, single, ...) and the table reports the best wall time of each, tokens/s and the ratio of seconds per token
+(mixture / single). What the mixture does beyond the single source: one tokenize map per source, a sha256 of every
+document's text (the choice), the choice and the mixing order (numpy over one hash and length per document), and a
+per-token source index in the reduce; the reduce reads the chosen rows in mixing order, with no mixed copy.
 
     python benchmarks/bench_mixture.py --mb 20 --repeats 2
 """

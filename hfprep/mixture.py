@@ -14,9 +14,9 @@ The rules, all pure functions of the documents' content and the recipe (never of
 * **Budgets** (:func:`plan_budgets`): ``tokens`` entries get their number; ``weight`` entries share what is left
   of the total in proportion to their weights (weights that do not sum to 1 are normalised, with a note).
 * **Choice** (:func:`choose_documents`): each document gets a seeded hash of its content
-  (:func:`content_hashes`: sha256 of the seed and the document's text). A source whose budget is at least its size is taken whole, epoch after epoch; the
-  last (partial) epoch takes documents in ascending hash order until the budget is met, whichever of "stop
-  before" or "stop after" the next document lands closer. So a source delivers its budget to within one
+  (:func:`content_hashes`: sha256 of the seed and the document's text). A source whose budget is at least its
+  size is taken whole, epoch after epoch; the last (partial) epoch takes documents in ascending hash order until
+  the budget is met, whichever of "stop before" or "stop after" the next document lands closer. So a source delivers its budget to within one
   document, with whole documents only. A budget that needs more than ``max_epochs`` epochs is an error naming
   the source and the epochs it would need.
 * **Order** (:func:`mix_order`): chosen documents of all sources (and epochs) are laid out in the order of a hash

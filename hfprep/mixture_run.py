@@ -6,9 +6,11 @@ epoch, ``num_proc`` workers), each document carrying its map-reduce key and the 
 (whole epochs first; raw-document FIM is re-drawn per epoch with ``fim_seed + epoch``); the chosen documents of
 all sources are laid out in :func:`hfprep.mixture.mix_order` and go through the same group + pack reduce as a
 single source (:class:`MixtureTransform`): on the ``datasets`` engine, or with ``engine: ray`` on Ray Data (the
-tokenization and the choice stay on this machine; Ray groups and packs), with the same rows. The reduce also packs each group a second time with every token
-replaced by its source index (packers place documents by length and position only, which is checked), which
-gives the per-source token counts of the card and the optional per-token ``source`` column.
+tokenization and the choice stay on this machine; Ray groups and packs), with the same rows. The reduce reads the
+tokenized sources in mixing order (no mixed copy), labels every packed token with its source index (dense: from
+the documents' order; the other packers: by packing the group a second time with each token replaced by its
+document's index, checked to land the same way) and packs dense tails of all groups together at the end, as a
+single source does. That gives the per-source token counts of the card and the optional ``source`` column.
 
 Budgets apply to the first (train) split; a held-out split holds every source's held-out documents once.
 
