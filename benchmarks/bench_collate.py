@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hfprep.collator import DataCollatorForPackedLM, batch_nbytes
-from hfprep.packing import pack_no_incomplete_flat
-from hfprep.torch_data import LMDataset, collate_lm
+from hfprep.pack.packers import pack_no_incomplete_flat
+from hfprep.train.collator import DataCollatorForPackedLM, batch_nbytes
+from hfprep.train.torch_data import LMDataset, collate_lm
 
 BS = 8
 PAD = 0

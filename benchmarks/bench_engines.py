@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfprep.hashing import batch_keys
-from hfprep.mapreduce import INDEX_COLUMN, KEY_COLUMN
-from hfprep.packing import get_packer
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig, table_to_flat
-from hfprep.tokenize import flat_to_table
+from hfprep.engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
+from hfprep.pack.keys import batch_keys
+from hfprep.pack.packers import get_packer
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig, table_to_flat
+from hfprep.schema import flat_to_table
 
 COLUMNS = ["input_ids", "position_ids", "loss_mask"]
 
@@ -217,7 +217,7 @@ def main() -> None:
     docs = 100_000 if args.quick else args.docs
     with tempfile.TemporaryDirectory(prefix="bench-engines-", dir=args.workdir) as tmp:
         args.workdir = tmp
-        from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
+        from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
 
         tok = Path(tmp) / "tokenizer"
         train_tiny_tokenizer(["hello world"] * 10, tok, vocab_size=300, special_tokens=DEFAULT_SPECIAL_TOKENS)

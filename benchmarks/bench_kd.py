@@ -126,7 +126,7 @@ def bench_teacher(n_rows: int, seq_len: int, work: Path) -> None:
     from hfprep.kd.builder import build_kd_cache
     from hfprep.kd.config import config_from_dict
     from hfprep.kd.example import EXAMPLE_TEXTS, save_tiny_teacher, tiny_llama, write_prepared
-    from hfprep.tokenizer import train_tiny_tokenizer
+    from hfprep.tokenization.loading import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer(EXAMPLE_TEXTS * 20, work / "tok", vocab_size=300)
     reps = max(1, n_rows * seq_len // 400)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import MB, stdlib_documents
 
-from hfprep.pipeline import run_recipe
-from hfprep.tokenizer import train_tiny_tokenizer
+from hfprep.run import run_recipe
+from hfprep.tokenization.loading import train_tiny_tokenizer
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ ANCHORS = {
 
 def make_input(n_docs: int, seed: int = 0, rng: np.random.Generator | None = None) -> pa.Table:
     """Lognormal lengths (median 400, sigma 1, clipped 1..8192) as a tokenized-row Arrow table."""
-    from hfprep.tokenize import flat_to_table, positions_from_offsets
+    from hfprep.schema import flat_to_table
+    from hfprep.tokenization.pieces import positions_from_offsets
 
     rng = rng if rng is not None else np.random.default_rng(seed)
     lengths = np.clip(np.rint(rng.lognormal(np.log(400), 1.0, n_docs)), 1, 8192).astype(np.int64)
@@ -113,9 +114,9 @@ def worker(method: str, seq_len: int, path: str, out_dir: str, repeat: int = 1, 
             return out.data.table
 
     else:
-        import hfprep.bfd  # noqa: F401  (registers bfd)
-        from hfprep.packing import get_packer
-        from hfprep.prepare import pack_table
+        import hfprep.pack.bfd  # noqa: F401  (registers bfd)
+        from hfprep.pack.packers import get_packer
+        from hfprep.pack.transform import pack_table
 
         strategy, kwargs = HFPREP[method]
 

@@ -28,15 +28,15 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hub_server import HubServer  # the test suite's server: the benchmark and the tests share one protocol
 
-from hfprep.layout import write_split
-from hfprep.tokenize import tokenized_features
+from hfprep.output.layout import write_split
+from hfprep.tokenization.stage import tokenized_features
 
 TOKEN = "hf_bench_token"
 
 CLIENT = r"""
 import json, sys, time
 import datasets
-from hfprep.hub import push_folder
+from hfprep.output.hub import push_folder
 
 cfg = json.loads(sys.argv[1])
 out = {}

@@ -34,7 +34,7 @@ def run(table: pa.Table, u: np.ndarray, n_keys: int, strategy: str, num_proc: in
         kwargs: dict) -> tuple[float, int, dict]:
     from datasets import Dataset
 
-    import hfprep.bfd  # noqa: F401  (registers bfd)
+    import hfprep.pack.bfd  # noqa: F401  (registers bfd)
     from hfprep import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
     keys = pa.array(np.minimum((u * n_keys).astype(np.int64), n_keys - 1))
@@ -67,7 +67,7 @@ def main() -> None:
 
     import datasets
 
-    from hfprep.tokenizer import train_tiny_tokenizer
+    from hfprep.tokenization.loading import train_tiny_tokenizer
 
     datasets.disable_progress_bars()
     n_docs = args.docs or (50_000 if args.quick else 200_000)

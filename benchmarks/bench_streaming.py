@@ -51,8 +51,8 @@ def rss_mib() -> float:
 def child(args: argparse.Namespace) -> None:
     from datasets import Dataset, IterableDataset
 
-    from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-    from hfprep.streaming import prepare_streaming
+    from hfprep.engines.streaming import prepare_streaming
+    from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain",
@@ -126,7 +126,7 @@ def main() -> None:
         # Small enough that the 1x input already spills, so every scale runs the same bounded code path.
         args.spill_mib = 4 if args.quick else 64
 
-    from hfprep.tokenizer import train_tiny_tokenizer
+    from hfprep.tokenization.loading import train_tiny_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
         tok_dir = os.path.join(tmp, "tokenizer")

@@ -42,10 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import MB, WORK_DIR, bench_tokenizer, stdlib_dataset
 
-from hfprep.backends import GigatokenBackend, HFBackend, keep_tokenizers_parallelism, resolve_backend, sample_texts
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.tokenize import TokenizeConfig, make_tokenize_fn, tokenized_features
-from hfprep.tokenizer import load_tokenizer
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.tokenization.backends import (
+    GigatokenBackend,
+    HFBackend,
+    keep_tokenizers_parallelism,
+    resolve_backend,
+    sample_texts,
+)
+from hfprep.tokenization.loading import load_tokenizer
+from hfprep.tokenization.stage import TokenizeConfig, make_tokenize_fn, tokenized_features
 
 
 def timed(fn: Callable[[], object], repeat: int, repeat_fast: int) -> tuple[float, object]:

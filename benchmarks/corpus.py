@@ -129,7 +129,7 @@ def bench_tokenizer(vocab_size: int = 65_536, train_bytes: int = 8 * MB, cache_d
 
     Returns ``(transformers tokenizer, folder)``.
     """
-    from hfprep.tokenizer import load_tokenizer, train_tiny_tokenizer
+    from hfprep.tokenization.loading import load_tokenizer, train_tiny_tokenizer
 
     docs = stdlib_documents(train_bytes)
     digest = hashlib.sha256("\0".join(docs).encode("utf-8", "surrogatepass")).hexdigest()[:12]

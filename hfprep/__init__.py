@@ -1,125 +1,73 @@
 """hfprep: prepare language-model training data natively on Hugging Face ``datasets``.
 
-Stages follow the data flow: :mod:`~hfprep.tokenize` -> :mod:`~hfprep.hashing` (keys) ->
-:mod:`~hfprep.mapreduce` (group) -> :mod:`~hfprep.packing` -> write/push -> training
-(:mod:`~hfprep.torch_data`, collators).
+Stages follow the data flow: :mod:`~hfprep.tokenization.stage` -> :mod:`~hfprep.pack.keys` (keys) ->
+:mod:`~hfprep.engines.mapreduce` (group) -> :mod:`~hfprep.pack.packers` -> write/push -> training
+(:mod:`~hfprep.train.torch_data`, collators).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-# Public names -> defining module. Imported on first use so `hfprep --help` and data-only code do not pay for
-# torch/transformers at import time.
+# The one export table: public name -> defining module; ``__all__`` is derived from it. Imported on first use so
+# `hfprep --help` and data-only code do not pay for torch/transformers at import time.
 _EXPORTS: dict[str, str] = {
-    "pack_bfd_flat": "bfd",
-    "packing_report": "quality",
-    "format_report": "quality",
-    "ChatTemplateEncoder": "chat",
+    "ChatTemplateEncoder": "tokenization.chat",
     "ConfigError": "errors",
-    "DataCollatorForPackedLM": "collator",
+    "DataCollatorForPackedLM": "train.collator",
     "DataError": "errors",
     "HfprepError": "errors",
     "HubError": "errors",
-    "LMDataset": "torch_data",
-    "MapReduceTransformBase": "mapreduce",
-    "MapReduceTransformConfigBase": "mapreduce",
-    "MapTransformBase": "mapreduce",
-    "MapTransformConfigBase": "mapreduce",
+    "LMDataset": "train.torch_data",
+    "MapReduceTransformBase": "engines.mapreduce",
+    "MapReduceTransformConfigBase": "engines.mapreduce",
+    "MapTransformBase": "engines.mapreduce",
+    "MapTransformConfigBase": "engines.mapreduce",
     "OutputExistsError": "errors",
-    "PackStats": "packing",
-    "PrepareForTrainingTransform": "prepare",
-    "PrepareForTrainingTransformConfig": "prepare",
+    "PackStats": "pack.packers",
+    "PrepareForTrainingTransform": "pack.transform",
+    "PrepareForTrainingTransformConfig": "pack.transform",
     "Recipe": "recipe",
     "RecipeError": "recipe",
-    "SourceSpec": "sources",
-    "TokenizeConfig": "tokenize",
+    "SourceSpec": "source.loading",
+    "TokenizeConfig": "tokenization.stage",
     "TokenizerError": "errors",
-    "TransformBase": "mapreduce",
-    "TransformConfigBase": "mapreduce",
-    "array_hash": "hashing",
-    "batch_keys": "hashing",
-    "batch_nbytes": "collator",
-    "block_causal_mask": "collator",
-    "collate_lm": "torch_data",
-    "fim_processing": "tokenize",
+    "TransformBase": "engines.mapreduce",
+    "TransformConfigBase": "engines.mapreduce",
+    "array_hash": "pack.keys",
+    "batch_keys": "pack.keys",
+    "batch_nbytes": "train.collator",
+    "block_causal_mask": "train.collator",
+    "collate_lm": "train.torch_data",
+    "fim_processing": "tokenization.stage",
+    "format_report": "output.quality",
     "load_recipe": "recipe",
-    "load_tokenizer": "tokenizer",
-    "make_attention_mask_from_positions": "torch_data",
-    "make_tokenize_fn": "tokenize",
-    "pack_dense": "packing",
-    "pack_no_incomplete": "packing",
-    "pack_sequences": "packing",
-    "position_fix_helper": "packing",
-    "prepare_streaming": "streaming",
-    "pretrain_processing": "tokenize",
-    "process_row": "tokenize",
-    "push_folder": "hub",
-    "run_recipe": "pipeline",
-    "sft_processing": "tokenize",
-    "tokenize_batch": "tokenize",
-    "tokenized_features": "tokenize",
-    "train_tiny_tokenizer": "tokenizer",
-    "validate_folder": "validate",
-    "validate_folder_for_push": "hub",
+    "load_tokenizer": "tokenization.loading",
+    "make_attention_mask_from_positions": "train.torch_data",
+    "make_tokenize_fn": "tokenization.stage",
+    "pack_bfd_flat": "pack.bfd",
+    "pack_dense": "pack.packers",
+    "pack_no_incomplete": "pack.packers",
+    "pack_sequences": "pack.packers",
+    "packing_report": "output.quality",
+    "position_fix_helper": "pack.packers",
+    "prepare_streaming": "engines.streaming",
+    "pretrain_processing": "tokenization.stage",
+    "process_row": "tokenization.stage",
+    "push_folder": "output.hub",
+    "run_recipe": "run",
+    "sft_processing": "tokenization.stage",
+    "tokenize_batch": "tokenization.stage",
+    "tokenized_features": "tokenization.stage",
+    "train_tiny_tokenizer": "tokenization.loading",
+    "validate_folder": "output.validate",
+    "validate_folder_for_push": "output.hub",
 }
 
-__all__ = [
-    "ChatTemplateEncoder",
-    "ConfigError",
-    "DataCollatorForPackedLM",
-    "DataError",
-    "HfprepError",
-    "HubError",
-    "LMDataset",
-    "MapReduceTransformBase",
-    "MapReduceTransformConfigBase",
-    "MapTransformBase",
-    "MapTransformConfigBase",
-    "OutputExistsError",
-    "PackStats",
-    "PrepareForTrainingTransform",
-    "PrepareForTrainingTransformConfig",
-    "Recipe",
-    "RecipeError",
-    "SourceSpec",
-    "TokenizeConfig",
-    "TokenizerError",
-    "TransformBase",
-    "TransformConfigBase",
-    "__version__",
-    "array_hash",
-    "batch_keys",
-    "batch_nbytes",
-    "block_causal_mask",
-    "collate_lm",
-    "fim_processing",
-    "format_report",
-    "load_recipe",
-    "load_tokenizer",
-    "make_attention_mask_from_positions",
-    "make_tokenize_fn",
-    "pack_bfd_flat",
-    "pack_dense",
-    "pack_no_incomplete",
-    "pack_sequences",
-    "packing_report",
-    "position_fix_helper",
-    "prepare_streaming",
-    "pretrain_processing",
-    "process_row",
-    "push_folder",
-    "run_recipe",
-    "sft_processing",
-    "tokenize_batch",
-    "tokenized_features",
-    "train_tiny_tokenizer",
-    "validate_folder",
-    "validate_folder_for_push",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -133,40 +81,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-if TYPE_CHECKING:
-    from .bfd import pack_bfd_flat
-    from .chat import ChatTemplateEncoder
-    from .collator import DataCollatorForPackedLM, batch_nbytes, block_causal_mask
-    from .errors import ConfigError, DataError, HfprepError, HubError, OutputExistsError, TokenizerError
-    from .hashing import array_hash, batch_keys
-    from .hub import push_folder, validate_folder_for_push
-    from .mapreduce import (
-        MapReduceTransformBase,
-        MapReduceTransformConfigBase,
-        MapTransformBase,
-        MapTransformConfigBase,
-        TransformBase,
-        TransformConfigBase,
-    )
-    from .packing import PackStats, pack_dense, pack_no_incomplete, pack_sequences, position_fix_helper
-    from .pipeline import run_recipe
-    from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-    from .quality import format_report, packing_report
-    from .recipe import Recipe, RecipeError, load_recipe
-    from .sources import SourceSpec
-    from .streaming import prepare_streaming
-    from .tokenize import (
-        TokenizeConfig,
-        fim_processing,
-        make_tokenize_fn,
-        pretrain_processing,
-        process_row,
-        sft_processing,
-        tokenize_batch,
-        tokenized_features,
-    )
-    from .tokenizer import load_tokenizer, train_tiny_tokenizer
-    from .torch_data import LMDataset, collate_lm, make_attention_mask_from_positions
-    from .validate import validate_folder

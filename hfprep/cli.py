@@ -123,7 +123,7 @@ def _human_event(e: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import format_summary, run_recipe
+    from .run import format_summary, run_recipe
 
     if args.num_proc is not None and args.num_proc < 1:
         raise _UsageError("--num-proc must be >= 1")
@@ -146,14 +146,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import check_config_name, plan_push, push_folder
+    from .output.hub import check_config_name, plan_push, push_folder
 
     try:
         check_config_name(args.config_name)
     except HfprepError as e:
         raise _UsageError(f"--config-name: {e}") from None
     if not args.no_validate:
-        from .validate import validate_folder
+        from .output.validate import validate_folder
 
         report = validate_folder(args.folder)
         if not report.ok:
@@ -184,7 +184,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect_cmd import inspect_target, to_json
+    from .output.inspect_cmd import inspect_target, to_json
 
     result = inspect_target(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
     print(to_json(result) if args.json else result["text"])
@@ -192,7 +192,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate_folder
+    from .output.validate import validate_folder
 
     if args.max_violations < 1:
         raise _UsageError("--max-violations must be >= 1")

@@ -103,9 +103,9 @@ def check_mixture_recipe(recipe: Any, where: str) -> None:
 
 
 def source_tokenize_config(recipe: Any, i: int, where: str | None = None):
-    """The :class:`~hfprep.tokenize.TokenizeConfig` of ``sources[i]``: its ``tokenize`` keys over the recipe's."""
+    """The :class:`~hfprep.tokenization.stage.TokenizeConfig` of ``sources[i]``: its ``tokenize`` keys over the recipe's."""
     from .recipe import RecipeError, format_validation_error
-    from .tokenize import TokenizeConfig
+    from .tokenization.stage import TokenizeConfig
 
     where = where or recipe.where
     own = recipe.sources[i].tokenize or {}

@@ -32,11 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
-from .card import dataset_info_yaml, dump_yaml, parse_card_metadata
+from .engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
 from .errors import ConfigError, DataError
-from .hashing import batch_keys
-from .mapreduce import INDEX_COLUMN, KEY_COLUMN
 from .mixture import (
     SOURCE_COLUMN,
     SOURCE_PAD,
@@ -49,8 +46,12 @@ from .mixture import (
     plan_budgets,
     source_tokenize_config,
 )
-from .packing import pack_dense_flat
-from .pipeline import (
+from .output.card import dataset_info_yaml, dump_yaml, parse_card_metadata
+from .output.plots import _COLORS, _figure, _save
+from .pack.keys import batch_keys
+from .pack.packers import pack_dense_flat
+from .pack.transform import TOKEN_COLUMNS, table_to_flat
+from .run import (
     SplitResult,
     TokenizerInfo,
     _RecordingTransform,
@@ -61,11 +62,10 @@ from .pipeline import (
     training_texts,
     transform_config,
 )
-from .plots import _COLORS, _figure, _save
-from .prepare import TOKEN_COLUMNS, table_to_flat
-from .sources import SourceSpec, load_source, resolve_source, select_split
-from .tokenize import TokenizeConfig, Tokenizer, tokenized_features
-from .tokenizer import vocab_size
+from .source.loading import SourceSpec, load_source, resolve_source, select_split
+from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
+from .tokenization.loading import vocab_size
+from .tokenization.stage import TokenizeConfig, Tokenizer, tokenized_features
 
 SOURCE_ID = "__source__"
 HASH = "__hash__"
@@ -332,7 +332,7 @@ def _prepare_tokenizer(recipe, sources: list[_Source]) -> TokenizerInfo:
 
 @dataclasses.dataclass
 class MixtureRun:
-    """What the mixture path hands back to :func:`hfprep.pipeline.run_recipe` (results) and what it adds to the
+    """What the mixture path hands back to :func:`hfprep.run.run_recipe` (results) and what it adds to the
     output (the ``source`` column, the card's mixture section and chart, the summary's ``mixture`` entry)."""
 
     recipe: Any
@@ -443,7 +443,7 @@ class _MixtureSpec:
 def _card_description(spec: SourceSpec, recipe) -> str:
     """A source as the card shows it (no folder of this machine: paths relative to the recipe, or file names with
     their sha256), with the row rules the single-source card also names."""
-    from .pipeline import card_source
+    from .run import card_source
 
     return (
         card_source(spec, recipe)

@@ -48,8 +48,8 @@ import pydantic
 import yaml
 
 from .errors import ConfigError
-from .layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
-from .tokenize import TokenizeConfig
+from .output.layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
+from .tokenization.stage import TokenizeConfig
 
 STDLIB_PLACEHOLDER = "{stdlib}"
 """Placeholder in ``source.text_dir``: the running Python's standard-library folder."""
@@ -374,10 +374,10 @@ def check_packing_strategy(recipe: Recipe) -> None:
     """The packing strategy must be registered (importing the optional packers first)."""
     import importlib
 
-    from .packing import PACKERS
+    from .pack.packers import PACKERS
 
     if recipe.packing.strategy not in PACKERS:
-        for mod in ("hfprep.bfd", "hfprep.pack"):
+        for mod in ("hfprep.pack.bfd", "hfprep.pack"):
             try:
                 importlib.import_module(mod)
             except ImportError:

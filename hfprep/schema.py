@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from jaxtyping import Bool, Int64
+from jaxtyping import Bool, Int64, UInt32
 
 from .errors import ConfigError
 
@@ -51,6 +51,12 @@ ROW_ARROW_TYPES: dict[str, pa.DataType] = {
     "position_ids": pa.list_(pa.uint32()),
     "loss_mask": pa.list_(pa.bool_()),
 }
+
+Row = dict[Any, Any]
+"""A raw input row, as the seed notebook calls it."""
+
+TokenizedRow = dict[str, UInt32[np.ndarray, " example_len"] | Bool[np.ndarray, " example_len"]]
+"""``{"input_ids": uint32, "position_ids": uint32, "loss_mask": bool}``, all the same length."""
 
 MAX_LIST_VALUES = 2**31 - 1
 """Values one Arrow ``list`` array can hold (int32 offsets); :func:`flat_to_table` starts a new chunk before it."""

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import pytest
 
-from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_tiny_tokenizer
+from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_tiny_tokenizer
 
 CORPUS = [
     "A sample text. Hello, World! A test string.",

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from conftest import CORPUS
 
-from hfprep import backends
-from hfprep.backends import (
+from hfprep.errors import ConfigError
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.tokenization import backends
+from hfprep.tokenization.backends import (
     BackendUnavailableError,
     BackendUnsupportedError,
     GigatokenBackend,
@@ -25,9 +27,7 @@ from hfprep.backends import (
     sample_texts,
     stress_texts,
 )
-from hfprep.errors import ConfigError
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer
+from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, load_tokenizer
 
 TRICKY = [
     "",
@@ -267,7 +267,7 @@ def _rows(strategy: str) -> list[dict]:
 
 
 def _parquet_bytes(ds, path) -> bytes:
-    from hfprep.layout import write_parquet
+    from hfprep.output.layout import write_parquet
 
     write_parquet(ds.data.table, path, ds.features)
     return path.read_bytes()
@@ -336,7 +336,7 @@ def test_prepare_with_auto_works_without_the_package(tokenizer, monkeypatch, tmp
 @pytest.mark.parametrize("seed", range(6))
 def test_assemble_pieces_matches_python_concatenation(seed):
     """Both gather paths (pieces in source order -> masks, any order -> index) against plain slicing."""
-    from hfprep.tokenize import assemble_pieces
+    from hfprep.tokenization.pieces import assemble_pieces
 
     rng = np.random.default_rng(seed)
     n_src = 300
@@ -385,7 +385,7 @@ def test_keep_tokenizers_parallelism_restores_the_c_environment(before, monkeypa
     """What the Rust tokenizers library reads (libc's environment) is back to its value after a num_proc map."""
     from datasets import Dataset
 
-    from hfprep.backends import keep_tokenizers_parallelism
+    from hfprep.tokenization.backends import keep_tokenizers_parallelism
 
     if before is None:
         monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)

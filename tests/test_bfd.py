@@ -11,10 +11,10 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hfprep.bfd  # noqa: F401  (registers "bfd" in PACKERS)
+import hfprep.pack.bfd  # noqa: F401  (registers "bfd" in PACKERS)
 from hfprep import ConfigError, PrepareForTrainingTransform, PrepareForTrainingTransformConfig, pack_sequences
-from hfprep.bfd import bfd_assign, pack_bfd_flat
-from hfprep.packing import PACKERS, get_packer, pack_no_incomplete_flat
+from hfprep.pack.bfd import bfd_assign, pack_bfd_flat
+from hfprep.pack.packers import PACKERS, get_packer, pack_no_incomplete_flat
 
 PAD = 7
 

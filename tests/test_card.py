@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hfprep.card import parse_card_metadata, render_card, size_category
 from hfprep.errors import ConfigError
-from hfprep.pipeline import run_recipe
-from hfprep.plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
+from hfprep.output.card import parse_card_metadata, render_card, size_category
+from hfprep.output.plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
+from hfprep.run import run_recipe
 
 SECRET = "hf_SECRETtokenXYZ123"
 
@@ -226,7 +226,7 @@ def test_card_tokenizer_and_load_snippet_are_loadable(dense_run, tokenizer):
 
     from datasets import load_dataset
 
-    from hfprep.tokenizer import load_tokenizer
+    from hfprep.tokenization.loading import load_tokenizer
 
     proj, _ = dense_run
     text = (proj / "out" / "README.md").read_text()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from hfprep.chat import spans_to_token_mask
 from hfprep.errors import DataError, TokenizerError
-from hfprep.tokenize import TokenizeConfig, Tokenizer, make_tokenize_fn, tokenize_batch, tokenized_features
-from hfprep.tokenizer import load_tokenizer
+from hfprep.tokenization.chat import spans_to_token_mask
+from hfprep.tokenization.loading import load_tokenizer
+from hfprep.tokenization.stage import TokenizeConfig, Tokenizer, make_tokenize_fn, tokenize_batch, tokenized_features
 
 # Role delimiters are special tokens, so encoding the rendered text equals encoding its pieces one by one.
 TEMPLATE_GEN = (

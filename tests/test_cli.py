@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from hfprep.cli import main
-from hfprep.layout import write_parquet
-from hfprep.tokenize import tokenized_features
+from hfprep.output.layout import write_parquet
+from hfprep.tokenization.stage import tokenized_features
 
 WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy"]
 
@@ -128,12 +128,12 @@ def test_runtime_errors_exit_1(tmp_path, capsys):
 
 
 def test_keyboard_interrupt_in_process_exits_130_without_output(tmp_path, tokenizer_path, capsys, monkeypatch):
-    import hfprep.pipeline
+    import hfprep.run
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfprep.pipeline, "write_split", boom)
+    monkeypatch.setattr(hfprep.run, "write_split", boom)
     assert main(["run", str(make_recipe(tmp_path, tokenizer_path))]) == 130
     assert "interrupted; no partial output" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "r.yaml"]
@@ -149,7 +149,7 @@ def test_sigint_subprocess_mid_run_then_rerun(tmp_path, tokenizer_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "hfprep", "run", str(recipe)]
     child = (
-        "import sys, time, hfprep.pipeline as p\n"
+        "import sys, time, hfprep.run as p\n"
         "real = p.write_split\n"
         "def slow(*a, **k):\n"
         "    out = real(*a, **k)\n"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from hfprep.collator import DataCollatorForPackedLM, batch_nbytes, trailing_padding_start
 from hfprep.errors import ConfigError, DataError
-from hfprep.packing import pack_dense, pack_no_incomplete
-from hfprep.torch_data import LMDataset
+from hfprep.pack.packers import pack_dense, pack_no_incomplete
+from hfprep.train.collator import DataCollatorForPackedLM, batch_nbytes, trailing_padding_start
+from hfprep.train.torch_data import LMDataset
 
 PAD = 0  # the fixture tokenizer's eos, hfprep's default pad id
 
@@ -139,7 +139,7 @@ def test_pad_token_id_restricts_padding_detection():
 def test_same_batch_for_every_input_format(tmp_path):
     from datasets import Dataset, load_dataset
 
-    from hfprep.tokenize import tokenized_features
+    from hfprep.tokenization.stage import tokenized_features
 
     rows = pack_no_incomplete(random_docs(np.random.default_rng(3), 20), 16, PAD)
     collator = DataCollatorForPackedLM()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import hfprep
-from hfprep.tokenizer import train_tiny_tokenizer
+from hfprep.tokenization.loading import train_tiny_tokenizer
 
 REPO = Path(hfprep.__file__).resolve().parent.parent
 OTHER_PYTHON = os.environ.get("HFPREP_OTHER_PYTHON")
@@ -52,7 +52,7 @@ def test_quickstart_output_of_the_newest_versions_loads_with_these(tmp_path):
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    from hfprep.validate import validate_folder
+    from hfprep.output.validate import validate_folder
 
     recipe = _quickstart_recipe(tmp_path)
     env = {**os.environ, "HFPREP_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
@@ -74,9 +74,9 @@ def test_quickstart_sized_run_here_round_trips(tmp_path, monkeypatch):
     """The pipeline with these versions: trained tokenizer, dense packing, load_dataset, validate."""
     from datasets import load_dataset
 
-    from hfprep.pipeline import run_recipe
-    from hfprep.tokenizer import load_tokenizer
-    from hfprep.validate import validate_folder
+    from hfprep.output.validate import validate_folder
+    from hfprep.run import run_recipe
+    from hfprep.tokenization.loading import load_tokenizer
 
     monkeypatch.setenv("HFPREP_CACHE", str(tmp_path / "cache"))
     summary = run_recipe(_quickstart_recipe(tmp_path))

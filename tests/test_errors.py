@@ -174,8 +174,8 @@ def test_text_dir_strict_refuses_naming_the_file(tmp_path, tokenizer_path, capsy
 
 
 def test_text_dir_replace_counts_in_summary_and_card(tmp_path, tokenizer_path):
-    from hfprep.card import read_card_metadata
-    from hfprep.pipeline import format_summary, run_recipe
+    from hfprep.output.card import read_card_metadata
+    from hfprep.run import format_summary, run_recipe
 
     _text_dir(tmp_path)
     recipe = _recipe(tmp_path, tokenizer_path, {"text_dir": "corpus", "decode_errors": "replace"})
@@ -234,7 +234,7 @@ def test_row_errors_name_the_parquet_file_and_its_row(tmp_path, tokenizer_path, 
 
 
 def test_on_empty_drop_also_drops_null_texts(tmp_path, tokenizer_path, tokenizer):
-    from hfprep.pipeline import run_recipe
+    from hfprep.run import run_recipe
 
     texts = ["alpha beta", None, "gamma", "", None, "delta epsilon"]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -249,7 +249,7 @@ def test_on_empty_drop_also_drops_null_texts(tmp_path, tokenizer_path, tokenizer
 
 def test_null_text_without_drop_names_the_fix(tokenizer):
     from hfprep.errors import DataError
-    from hfprep.tokenize import TokenizeConfig, tokenize_batch
+    from hfprep.tokenization.stage import TokenizeConfig, tokenize_batch
 
     with pytest.raises(DataError, match=r"row 1: column 'text' must be a string, got NoneType.*tokenize.on_empty"):
         tokenize_batch({"text": ["a", None]}, tokenizer, TokenizeConfig(text_column="text"))
@@ -262,8 +262,8 @@ def _bad_folder(folder: Path, rows: int, shards: int = 1) -> Path:
     """A folder of ``rows`` rows whose positions all start at 1 (one violation per row) and no card."""
     import pyarrow as pa
 
-    from hfprep.layout import write_split
-    from hfprep.tokenize import tokenized_features
+    from hfprep.output.layout import write_split
+    from hfprep.tokenization.stage import tokenized_features
 
     table = pa.table(
         {"input_ids": [[1, 2, 3]] * rows, "position_ids": [[1, 2, 3]] * rows, "loss_mask": [[True] * 3] * rows},
@@ -282,7 +282,7 @@ def test_validate_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):
 
 
 def test_validate_says_when_it_cut_the_list(tmp_path, capsys):
-    from hfprep.validate import validate_folder
+    from hfprep.output.validate import validate_folder
 
     folder = _bad_folder(tmp_path / "bad", rows=20)
     full = validate_folder(folder, max_violations=100)
@@ -301,7 +301,7 @@ def test_validate_says_when_it_cut_the_list(tmp_path, capsys):
 
 
 def test_validate_names_a_missing_shard_file(tmp_path):
-    from hfprep.validate import validate_folder
+    from hfprep.output.validate import validate_folder
 
     folder = _bad_folder(tmp_path / "bad", rows=9, shards=3)
     assert sorted(p.name for p in (folder / "data").iterdir()) == [
@@ -374,7 +374,7 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    from hfprep.tokenizer import train_tiny_tokenizer
+    from hfprep.tokenization.loading import train_tiny_tokenizer
 
     tok_dir = tmp_path / "tok"
     train_tiny_tokenizer(["hello world, def f(x): return x"] * 20, tok_dir, vocab_size=300)

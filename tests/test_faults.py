@@ -25,8 +25,8 @@ import pytest
 import yaml
 from conftest import file_hashes
 
-from hfprep.layout import MARKER_NAME, foreign_files
-from hfprep.validate import validate_folder
+from hfprep.output.layout import MARKER_NAME, foreign_files
+from hfprep.output.validate import validate_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy", "café", "return", "numpy"]
@@ -42,28 +42,28 @@ def hold(name):
     time.sleep(120)
 
 if moment == "split":
-    import hfprep.sources as s
+    import hfprep.source.loading as s
     real_mask = s.heldout_mask
     def mask(*a, **k):
         hold("split")
         return real_mask(*a, **k)
     s.heldout_mask = mask
 elif moment == "map":
-    from hfprep.prepare import PrepareForTrainingTransform as T
+    from hfprep.pack.transform import PrepareForTrainingTransform as T
     real_map = T.map_batch
     def map_batch(self, *a, **k):
         hold("map")
         return real_map(self, *a, **k)
     T.map_batch = map_batch
 elif moment == "reduce":
-    from hfprep.prepare import PrepareForTrainingTransform as T
+    from hfprep.pack.transform import PrepareForTrainingTransform as T
     real_reduce = T.reduce_group
     def reduce_group(self, *a, **k):
         hold("reduce")
         return real_reduce(self, *a, **k)
     T.reduce_group = reduce_group
 elif moment == "write":
-    import hfprep.pipeline as p
+    import hfprep.run as p
     real_write = p.write_split
     def write_split(*a, **k):
         out = real_write(*a, **k)
@@ -277,7 +277,7 @@ def check_output_state(out: Path, previous: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_run_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, env_dirs, seed):
-    from hfprep.pipeline import run_recipe
+    from hfprep.run import run_recipe
 
     env, tmp, cache = env_dirs
     rng = random.Random(seed)
@@ -405,8 +405,8 @@ def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path,
         sys.path.pop(0)
     from huggingface_hub import constants
 
-    from hfprep.hub import push_folder
-    from hfprep.pipeline import run_recipe
+    from hfprep.output.hub import push_folder
+    from hfprep.run import run_recipe
 
     env, tmp, cache = env_dirs
     rng = random.Random(seed)

@@ -12,8 +12,8 @@ import pytest
 from datasets import Dataset
 
 from hfprep.errors import TokenizerError
-from hfprep.tokenize import TokenizeConfig, make_tokenize_fn, tokenize_batch, tokenized_features
-from hfprep.tokenizer import train_tiny_tokenizer
+from hfprep.tokenization.loading import train_tiny_tokenizer
+from hfprep.tokenization.stage import TokenizeConfig, make_tokenize_fn, tokenize_batch, tokenized_features
 
 CODE_DOCS = [
     "def f(x):\n    return x * 2\n",

@@ -151,8 +151,8 @@ def outputs(tmp_path_factory) -> dict[str, dict[str, str]]:
     """Run every case once (module scope) and return {case: {relative file: sha256}}."""
     if _env() != ENV:
         pytest.skip(f"golden hashes were recorded with {ENV}; this environment is {_env()}")
-    from hfprep.pipeline import run_recipe
-    from hfprep.tokenizer import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
+    from hfprep.run import run_recipe
+    from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("golden")
     _write_sources(root)
@@ -186,7 +186,7 @@ def quickstart(tmp_path_factory) -> dict[str, str]:
     """The shipped quickstart recipe, unchanged except for the output folder; the tokenizer is trained afresh."""
     if _env() != ENV:
         pytest.skip(f"golden hashes were recorded with {ENV}; this environment is {_env()}")
-    from hfprep.pipeline import run_recipe
+    from hfprep.run import run_recipe
 
     root = tmp_path_factory.mktemp("golden_quickstart")
     text = (Path(__file__).parents[1] / "recipes" / "quickstart.yaml").read_text()

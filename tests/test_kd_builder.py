@@ -17,7 +17,7 @@ from hfprep.kd.builder import build_kd_cache, run_kd_recipe
 from hfprep.kd.config import config_from_dict
 from hfprep.kd.example import save_tiny_teacher, write_prepared
 from hfprep.kd.format import FILL_ID, FILL_LOGPROB
-from hfprep.tokenizer import tokenizer_fingerprint
+from hfprep.tokenization.loading import tokenizer_fingerprint
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -190,7 +190,7 @@ def test_no_cross_document_leakage(work, tokenizer, tokenizer_path, teacher_path
     folders = {}
     for name, data in (("orig", rows), ("changed", changed)):
         inp = work / f"leak_in_{name}_{masking}"
-        from hfprep.layout import atomic_output, write_split
+        from hfprep.output.layout import atomic_output, write_split
 
         with atomic_output(inp, overwrite=True) as tmp:
             write_split(pa.Table.from_pylist(data, schema=base.schema), tmp, "train", max_rows_per_shard=5)

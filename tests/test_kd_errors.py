@@ -15,8 +15,8 @@ from hfprep.kd.builder import build_kd_cache
 from hfprep.kd.config import config_from_dict
 from hfprep.kd.example import EXAMPLE_TEXTS, save_tiny_teacher, tiny_llama, write_prepared
 from hfprep.kd.readers import RBTopKIterableDataset, load_kd_dataset
-from hfprep.layout import atomic_output, write_split
-from hfprep.tokenizer import train_tiny_tokenizer
+from hfprep.output.layout import atomic_output, write_split
+from hfprep.tokenization.loading import train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_reader_refuses_other_k_and_tokenizer(cache, tokenizer, tokenizer_path, 
     # same vocabulary size, different tokenizer (a normalizer added): caught by the fingerprint
     from tokenizers import normalizers
 
-    from hfprep.tokenizer import load_tokenizer
+    from hfprep.tokenization.loading import load_tokenizer
 
     variant = load_tokenizer(tokenizer_path)
     variant.backend_tokenizer.normalizer = normalizers.Lowercase()

@@ -15,7 +15,7 @@ from hfprep import (
     MapTransformBase,
     MapTransformConfigBase,
 )
-from hfprep.mapreduce import plan_reduce_ranges
+from hfprep.engines.mapreduce import plan_reduce_ranges
 
 
 class ChangeCaseTransformConfig(MapTransformConfigBase):

@@ -16,14 +16,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfprep.card import read_card_metadata
 from hfprep.errors import ConfigError, DataError
-from hfprep.inspect_cmd import inspect_folder
 from hfprep.mixture import choose_documents, plan_budgets
-from hfprep.pipeline import format_summary, run_recipe
+from hfprep.output.card import read_card_metadata
+from hfprep.output.inspect_cmd import inspect_folder
+from hfprep.output.validate import validate_folder
 from hfprep.recipe import RecipeError, load_recipe, parse_recipe
-from hfprep.tokenizer import load_tokenizer
-from hfprep.validate import validate_folder
+from hfprep.run import format_summary, run_recipe
+from hfprep.tokenization.loading import load_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "the", "quick", "fox"]
 
@@ -286,7 +286,7 @@ def test_end_to_end_budgets_epochs_source_column_and_card(tmp_path, corpus, toke
 
 def test_fim_is_drawn_again_in_every_epoch(tmp_path, corpus, tokenizer_path):
     """A FIM source repeated twice: each document's second copy uses the draw of seed + 1."""
-    from hfprep.tokenize import TokenizeConfig, Tokenizer
+    from hfprep.tokenization.stage import TokenizeConfig, Tokenizer
 
     recipe = mixture_recipe(
         tmp_path, tokenizer_path,

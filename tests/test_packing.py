@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfprep import ConfigError, pack_dense, pack_no_incomplete, pack_sequences, position_fix_helper
-from hfprep.packing import pack_dense_flat, pack_no_incomplete_flat, rows_to_flat
+from hfprep.pack.packers import pack_dense_flat, pack_no_incomplete_flat, rows_to_flat
 
 
 def seed_examples():
@@ -185,7 +185,7 @@ def multi_segment_positions(n: int, rng) -> np.ndarray:
 @given(lengths=lengths_st, seq_len=st.integers(min_value=2, max_value=32), seed=st.integers(0, 2**16))
 def test_dense_on_rows_holding_several_segments_matches_the_seed_rule(lengths, seq_len, seed):
     # e.g. positions [0, 1, 2, 0, 1, 2] at seq_len 2 used to wrap to 4294967294 (only the row head was rebased)
-    from hfprep.prepare import pack_table
+    from hfprep.pack.transform import pack_table
     from hfprep.schema import flat_to_table, table_to_flat
 
     rng = np.random.default_rng(seed)
@@ -237,8 +237,8 @@ def test_dense_on_arrow_chunks_equals_flat_packer(lengths, seq_len, cuts, seed):
     flat packer's rows and stats."""
     import pyarrow as pa
 
-    from hfprep.prepare import pack_dense_table
-    from hfprep.tokenize import flat_to_table
+    from hfprep.pack.transform import pack_dense_table
+    from hfprep.schema import flat_to_table
 
     docs = make_docs(lengths, np.random.default_rng(seed))
     ids, pos, mask, offsets = rows_to_flat(docs)

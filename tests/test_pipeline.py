@@ -13,11 +13,11 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from hfprep.card import read_card_metadata
 from hfprep.errors import DataError, OutputExistsError
-from hfprep.pipeline import format_summary, run_recipe
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.validate import validate_folder
+from hfprep.output.card import read_card_metadata
+from hfprep.output.validate import validate_folder
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.run import format_summary, run_recipe
 
 WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "the", "quick", "brown", "fox", "lazy", "dog"]
 
@@ -216,7 +216,7 @@ def test_text_dir_source_trained_tokenizer_and_empty_files(tmp_path):
     assert summary["splits"]["train"]["rows_in"] == 31
     assert summary["splits"]["train"]["docs_dropped_by_tokenizer"] == 1
     out = tmp_path / "out"
-    from hfprep.tokenizer import load_tokenizer
+    from hfprep.tokenization.loading import load_tokenizer
 
     tok = load_tokenizer(str(out / "tokenizer"))
     # Token conservation against an independent count with the bundled tokenizer (empty file skipped).

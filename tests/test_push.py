@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from hfprep.errors import ConfigError, DataError, HubError
-from hfprep.hub import (
+from hfprep.output.hub import (
     MAX_FILES_PER_COMMIT,
     merge_card,
     plan_commits,
@@ -35,8 +35,8 @@ from hfprep.hub import (
     push_folder,
     validate_folder_for_push,
 )
-from hfprep.layout import write_split
-from hfprep.tokenize import tokenized_features
+from hfprep.output.layout import write_split
+from hfprep.tokenization.stage import tokenized_features
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import HubServer
@@ -179,7 +179,7 @@ def hub_in_process(hub, monkeypatch):
 CLIENT = textwrap.dedent(
     """
     import json, sys
-    from hfprep.hub import push_folder
+    from hfprep.output.hub import push_folder
     import datasets
 
     cfg = json.loads(sys.argv[1])
@@ -794,7 +794,7 @@ ATOMIC_CLIENT = textwrap.dedent(
     os.environ.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_atomic_token")
     import datasets
     from hfprep.errors import HubError
-    from hfprep.hub import push_folder
+    from hfprep.output.hub import push_folder
 
     cfg = json.loads(sys.argv[1])
     datasets.disable_progress_bars()
@@ -929,7 +929,7 @@ def make_recipe(folder: Path, tokenizer_path: str) -> Path:
 
 def test_cli_push_validates_first_and_dry_run_lists(hub_in_process, tmp_path, tokenizer_path, capsys, monkeypatch):
     from hfprep.cli import main
-    from hfprep.layout import write_parquet
+    from hfprep.output.layout import write_parquet
 
     hub = hub_in_process
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
@@ -984,8 +984,8 @@ def test_config_push_to_a_repo_without_card_keeps_its_data_readable(hub_in_proce
 
 
 def test_recipe_hub_config_name_pushes_that_config(hub_in_process, tmp_path, tokenizer_path, monkeypatch):
-    from hfprep.pipeline import run_recipe
     from hfprep.recipe import RecipeError, load_recipe
+    from hfprep.run import run_recipe
 
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     path = make_recipe(tmp_path, tokenizer_path)

@@ -9,12 +9,12 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hfprep.bfd  # noqa: F401  (registers "bfd" in PACKERS)
+import hfprep.pack.bfd  # noqa: F401  (registers "bfd" in PACKERS)
 from hfprep import DataError, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.bfd import pack_bfd_flat
-from hfprep.packing import pack_dense_flat, pack_no_incomplete_flat
-from hfprep.quality import format_report, histogram_edges, losses_by_reason, packing_report
-from hfprep.tokenize import flat_to_table
+from hfprep.output.quality import format_report, histogram_edges, losses_by_reason, packing_report
+from hfprep.pack.bfd import pack_bfd_flat
+from hfprep.pack.packers import pack_dense_flat, pack_no_incomplete_flat
+from hfprep.schema import flat_to_table
 
 
 def ref_report(rows, seq_len):

@@ -17,11 +17,11 @@ import pytest
 from datasets import Dataset
 
 from hfprep.errors import ConfigError, DataError
-from hfprep.hashing import array_hash
-from hfprep.layout import write_parquet
-from hfprep.packing import PACKERS
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.tokenize import tokenized_features
+from hfprep.output.layout import write_parquet
+from hfprep.pack.keys import array_hash
+from hfprep.pack.packers import PACKERS
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.tokenization.stage import tokenized_features
 
 pytest.importorskip("ray")  # the optional extra; CI installs it
 import ray
@@ -46,7 +46,7 @@ from hfprep.engines.ray_engine import (
 pytestmark = [pytest.mark.flaky(reruns=1), pytest.mark.timeout(300, method="thread")]
 
 with contextlib.suppress(ImportError):  # bfd registers itself in PACKERS when its module is imported
-    import hfprep.bfd  # noqa: F401
+    import hfprep.pack.bfd  # noqa: F401
 
 STRATEGIES = ["dense", "no_incomplete"] + (["bfd"] if "bfd" in PACKERS else [])
 CHUNKS = 8
@@ -326,8 +326,8 @@ def test_mixture_recipe_on_ray_gives_the_datasets_rows(cluster, tokenizer_path, 
     import pyarrow.parquet as pq
     import yaml
 
-    from hfprep.card import read_card_metadata
-    from hfprep.pipeline import run_recipe
+    from hfprep.output.card import read_card_metadata
+    from hfprep.run import run_recipe
 
     rng = random.Random(3)
     for name, n in (("web", 80), ("math", 6)):
@@ -390,7 +390,7 @@ _QUIET_SCRIPT = """
 import sys
 from datasets import Dataset
 from hfprep.engines.ray_engine import prepare_with_ray
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
 cfg = PrepareForTrainingTransformConfig(processing_strategy="pretrain", packing_strategy="dense",
                                         tokenizer_name=sys.argv[1], seq_len=16, num_reduce_chunks=2)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import real_tokenizer
 
-from hfprep.backends import GigatokenBackend, HFBackend, resolve_backend
 from hfprep.errors import DataError, TokenizerError
-from hfprep.tokenize import TokenizeConfig, Tokenizer, document_specials, tokenize_batch
+from hfprep.tokenization.backends import GigatokenBackend, HFBackend, resolve_backend
+from hfprep.tokenization.stage import TokenizeConfig, Tokenizer, document_specials, tokenize_batch
 
 # Documented end-of-turn text of each family's chat format (what the model emits to end an answer).
 END_OF_TURN = {
@@ -344,8 +344,8 @@ def _run(tmp_path, rows, tokenizer_dir, tokenize, extra_files=()):
 
     import yaml
 
-    from hfprep.card import parse_card_metadata
-    from hfprep.pipeline import run_recipe
+    from hfprep.output.card import parse_card_metadata
+    from hfprep.run import run_recipe
 
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, text in extra_files:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from hfprep.recipe import RecipeError, load_recipe, parse_recipe
-from hfprep.tokenize import TokenizeConfig
+from hfprep.tokenization.stage import TokenizeConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {

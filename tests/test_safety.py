@@ -21,7 +21,7 @@ from conftest import file_hashes
 
 from hfprep.cli import main
 from hfprep.errors import OutputError, OutputExistsError
-from hfprep.layout import MARKER_NAME, atomic_output, check_output, foreign_files, write_split
+from hfprep.output.layout import MARKER_NAME, atomic_output, check_output, foreign_files, write_split
 
 WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy", "café"]
 
@@ -300,7 +300,7 @@ def ours(paths: set[str]) -> list[str]:
 
 
 def small_transform(tokenizer_path: str, strategy: str = "no_incomplete"):
-    from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+    from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain",
@@ -356,21 +356,21 @@ def test_transform_run_leaves_only_datasets_cache_files_for_file_input(isolated_
 @pytest.mark.parametrize("streaming", [False, True])
 def test_run_recipe_leaves_no_scratch(isolated_dirs, tmp_path, tokenizer_path, monkeypatch, fail, streaming):
     """A whole run, on success, on an error and on Ctrl-C: no hfprep folder in the temp folder or datasets cache."""
-    import hfprep.pipeline
-    from hfprep.pipeline import run_recipe
+    import hfprep.run
+    from hfprep.run import run_recipe
 
     tmp, cache = isolated_dirs
     recipe = write_project(
         tmp_path / "p", tokenizer_path, n_docs=120, source={"files": ["docs.jsonl"], "streaming": streaming}
     )
     if fail is not None:
-        real = hfprep.pipeline.write_split
+        real = hfprep.run.write_split
 
         def broken(*args, **kwargs):
             real(*args, **kwargs)
             raise KeyboardInterrupt if fail == "interrupt" else OSError(28, "No space left on device")
 
-        monkeypatch.setattr(hfprep.pipeline, "write_split", broken)
+        monkeypatch.setattr(hfprep.run, "write_split", broken)
     tmp_before = entries(tmp)
     if fail is None:
         run_recipe(str(recipe), num_proc=2 if not streaming else None)

@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfprep.errors import ConfigError
-from hfprep.inspect_cmd import render_row
-from hfprep.layout import write_parquet
-from hfprep.packing import get_packer, layout_rows, pack_dense, pack_no_incomplete_flat
-from hfprep.quality import packing_report
+from hfprep.output.inspect_cmd import render_row
+from hfprep.output.layout import write_parquet
+from hfprep.output.quality import packing_report
+from hfprep.output.validate import validate_folder
+from hfprep.pack.packers import get_packer, layout_rows, pack_dense, pack_no_incomplete_flat
 from hfprep.schema import (
     causal_mask_from_positions,
     flat_to_table,
@@ -32,7 +33,6 @@ from hfprep.schema import (
     row_features,
     table_to_flat,
 )
-from hfprep.validate import validate_folder
 
 PAD = 0  # the eos id too, as hfprep defaults it
 VOCAB = 6
@@ -229,8 +229,8 @@ def test_bfd_without_a_pad_id_is_an_error_not_padding_with_zero():
 
 def test_the_collator_and_the_kd_builder_use_the_same_mask():
     torch = pytest.importorskip("torch")
-    from hfprep.collator import DataCollatorForPackedLM
     from hfprep.kd.builder import block_diagonal_mask
+    from hfprep.train.collator import DataCollatorForPackedLM
 
     pos = np.array([0, 1, 2, 0, 1, 0, 0, 1])
     row = {"input_ids": np.arange(1, 9), "position_ids": pos, "loss_mask": np.ones(8, bool)}

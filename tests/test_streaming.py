@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, IterableDataset
 
+from hfprep.engines.mapreduce import MapReduceTransformBase, MapReduceTransformConfigBase
+from hfprep.engines.streaming import iter_batches, prepare_streaming
 from hfprep.errors import ConfigError, DataError
-from hfprep.mapreduce import MapReduceTransformBase, MapReduceTransformConfigBase
-from hfprep.packing import PACKERS
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.streaming import iter_batches, prepare_streaming
-from hfprep.tokenize import TokenizeConfig, Tokenizer
+from hfprep.pack.packers import PACKERS
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.tokenization.stage import TokenizeConfig, Tokenizer
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "import", "numpy", "as", "np", "def", "f", "x", "return", "print", "café", "東京"]
 

@@ -140,8 +140,8 @@ def test_dataset_map_writes_uint32_and_bool(tokenizer):
 
 
 def test_one_backend_call_per_batch(tokenizer):
-    from hfprep.backends import HFBackend
-    from hfprep.tokenize import Tokenizer
+    from hfprep.tokenization.backends import HFBackend
+    from hfprep.tokenization.stage import Tokenizer
 
     calls = []
 

@@ -7,7 +7,8 @@ import pytest
 from datasets import Dataset
 
 from hfprep.errors import TokenizerError
-from hfprep.tokenize import (
+from hfprep.tokenization.loading import load_tokenizer, train_tiny_tokenizer
+from hfprep.tokenization.stage import (
     TokenizeConfig,
     Tokenizer,
     make_tokenize_fn,
@@ -15,7 +16,6 @@ from hfprep.tokenize import (
     tokenize_batch,
     tokenized_features,
 )
-from hfprep.tokenizer import load_tokenizer, train_tiny_tokenizer
 
 CORPUS = ["def add(a, b):\n    return a + b\n", "print(add(1, 2))\n", "hello world, how are you?"] * 20
 ROW = {"prefix": "def add(a, b):\n    ", "middle": "return a + b", "suffix": "\nprint(add(1, 2))\n"}

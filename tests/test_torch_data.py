@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.torch_data import LMDataset, collate_lm, make_attention_mask_from_positions
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from hfprep.train.torch_data import LMDataset, collate_lm, make_attention_mask_from_positions
 
 TEXTS = [
     "A sample text. Hello, World! A test string.",

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from hfprep.collator import DataCollatorForPackedLM
-from hfprep.packing import pack_dense, pack_no_incomplete
-from hfprep.tokenize import fim_processing, pretrain_processing, sft_processing
+from hfprep.pack.packers import pack_dense, pack_no_incomplete
+from hfprep.tokenization.stage import fim_processing, pretrain_processing, sft_processing
+from hfprep.train.collator import DataCollatorForPackedLM
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -335,7 +335,7 @@ def prepared_parquet(tmp_path_factory, tokenizer_path) -> str:
     """A dataset prepared by hfprep, written to Parquet and read back with load_dataset (the round trip)."""
     from datasets import Dataset
 
-    from hfprep.prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+    from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain", packing_strategy="no_incomplete", tokenizer_name=tokenizer_path,

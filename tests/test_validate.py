@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hfprep.layout import write_parquet
-from hfprep.pipeline import run_recipe
-from hfprep.schema import padding_mask
-from hfprep.tokenize import flat_to_table, tokenized_features
-from hfprep.validate import batch_stats, validate_folder
+from hfprep.output.layout import write_parquet
+from hfprep.output.validate import batch_stats, validate_folder
+from hfprep.run import run_recipe
+from hfprep.schema import flat_to_table, padding_mask
+from hfprep.tokenization.stage import tokenized_features
 
 SHARD = "data/train-00000-of-00001.parquet"
 
@@ -209,7 +209,7 @@ def test_not_a_dataset(tmp_path):
 @pytest.mark.parametrize("packing", [{"strategy": "bfd", "packing_kwargs": {"pad": False}},
                                      {"strategy": "bfd", "packing_kwargs": {"overflow": "split"}}])
 def test_bfd_runs_validate_and_every_report_counts_the_same(tmp_path, tokenizer_path, packing):
-    from hfprep.inspect_cmd import inspect_folder
+    from hfprep.output.inspect_cmd import inspect_folder
 
     write_project(tmp_path, tokenizer_path, seed=2, max_words=30,
                   packing={"seq_len": 16, "num_reduce_chunks": 2, **packing})

@@ -1,7 +1,7 @@
 """Engines move data between the stages; the stages themselves (tokenize, key, pack) are shared functions.
 
-* ``datasets`` (the default): :meth:`hfprep.prepare.PrepareForTrainingTransform.run` on one machine, ``num_proc``
-  worker processes (see :mod:`hfprep.mapreduce`).
+* ``datasets`` (the default): :meth:`hfprep.pack.transform.PrepareForTrainingTransform.run` on one machine, ``num_proc``
+  worker processes (see :mod:`hfprep.engines.mapreduce`).
 * ``ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` on a Ray cluster (or a local one), reading Parquet /
   JSONL files in parallel on the workers. Needs the optional extra: ``pip install 'hfprep[ray]'``.
 

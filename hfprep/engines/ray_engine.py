@@ -1,4 +1,4 @@
-"""The Ray Data engine: the same map-reduce as :mod:`hfprep.mapreduce`, spread over a Ray cluster.
+"""The Ray Data engine: the same map-reduce as :mod:`hfprep.engines.mapreduce`, spread over a Ray cluster.
 
 The engine only moves data; the work is the transform's own functions, so the rows are the same as the datasets
 engine's, in the same order:
@@ -21,7 +21,7 @@ Input order: Parquet files are numbered in the order given, then by row group an
 numbered ``file_number * 2**40 + line`` (the same order; only the numbers in error messages differ).
 
 Example:
-    >>> from hfprep.prepare import PrepareForTrainingTransformConfig
+    >>> from hfprep.pack.transform import PrepareForTrainingTransformConfig
     >>> cfg = PrepareForTrainingTransformConfig(processing_strategy="pretrain", packing_strategy="dense",
     ...     tokenizer_name="path/to/tokenizer", seq_len=2048, num_reduce_chunks=64)  # doctest: +SKIP
     >>> ds, stats = prepare_with_ray(cfg, ["data/part-0.parquet", "data/part-1.parquet"])  # doctest: +SKIP
@@ -49,8 +49,8 @@ import pyarrow.compute as pc
 
 from .. import scratch
 from ..errors import ConfigError, DataError, HfprepError
-from ..mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase, _temporary_cache_dir
-from ..prepare import BYTES_PER_TOKEN_IN_GROUP, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from ..pack.transform import BYTES_PER_TOKEN_IN_GROUP, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from .mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase, _temporary_cache_dir
 
 RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
 TESTED_RAY_VERSIONS = ">=2.50,<2.61"
@@ -571,7 +571,7 @@ def run_on_ray(
     holds its driver log (None when verbose or when Ray did not start).
 
     After the run ``transform.last_stats`` holds the per-group stats in key order and ``transform.rows_in`` the
-    number of input rows, exactly as after :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`.
+    number of input rows, exactly as after :meth:`~hfprep.engines.mapreduce.MapReduceTransformBase.run`.
 
     ``cache_dir`` receives the output Arrow file; by default it lives until the current ``hfprep run`` ends
     (:func:`hfprep.scratch.run_scope`), or, outside a run, in datasets' temporary cache folder (removed when Python
@@ -721,7 +721,7 @@ def prepare_with_ray(
 
     Returns:
         ``(dataset, stats)``: packed rows as a memory-mapped ``datasets.Dataset`` and the dict of
-        :attr:`~hfprep.prepare.PrepareForTrainingTransform.stats`.
+        :attr:`~hfprep.pack.transform.PrepareForTrainingTransform.stats`.
 
     Example:
         >>> ds, stats = prepare_with_ray(cfg, ["train-0.parquet"], num_cpus=2)  # doctest: +SKIP

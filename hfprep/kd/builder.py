@@ -9,7 +9,7 @@ full-vocabulary ``log_softmax(logits[t] / temperature)``, sorted descending; oth
 Shards are written one by one, each atomically, into a hidden ``.<output>.partial`` folder next to the output;
 a restarted run checks every finished shard (config, teacher, tokenizer and the hash of its input rows) and
 skips it, so a killed run resumes at the last complete shard and ends byte-identical to an uninterrupted one.
-The finished folder is published with one rename (:func:`hfprep.layout.atomic_output`).
+The finished folder is published with one rename (:func:`hfprep.output.layout.atomic_output`).
 
 Example:
     >>> summary = run_kd_recipe("recipes/kd_cache.yaml")  # doctest: +SKIP
@@ -38,7 +38,7 @@ from jaxtyping import Bool, Float, UInt32
 
 from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
 from ..interrupts import handle_interrupts
-from ..layout import (
+from ..output.layout import (
     CARD_NAME,
     DATA_DIR,
     atomic_output,
@@ -49,7 +49,7 @@ from ..layout import (
     shard_filename,
 )
 from ..schema import causal_mask_from_positions, padding_mask
-from ..tokenizer import eos_token_id, load_tokenizer, tokenizer_fingerprint
+from ..tokenization.loading import eos_token_id, load_tokenizer, tokenizer_fingerprint
 from .card import render_card
 from .config import KDCacheConfig, load_kd_recipe
 from .format import (

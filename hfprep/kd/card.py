@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from ..card import template_path as find_template
-from ..layout import split_glob
+from ..output.card import template_path as find_template
+from ..output.layout import split_glob
 
 TEMPLATE_NAME = "kd_cache.md"
 

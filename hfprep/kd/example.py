@@ -75,8 +75,8 @@ def write_prepared(
     """Prepare ``texts`` (pretrain strategy) into packed rows and write them as a Hub-layout folder."""
     from datasets import Dataset
 
-    from ..layout import atomic_output, write_split
-    from ..prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+    from ..output.layout import atomic_output, write_split
+    from ..pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain",
@@ -95,7 +95,7 @@ def main(steps: int = 30, workdir: str | None = None, quiet: bool = False, lr: f
     """Run the whole example; returns the KD loss of every optimiser step."""
     from transformers import TrainingArguments
 
-    from ..tokenizer import train_tiny_tokenizer
+    from ..tokenization.loading import train_tiny_tokenizer
     from .builder import build_kd_cache
     from .collator import DataCollatorForKD
     from .config import config_from_dict

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError, TokenizerError
-from ..tokenizer import tokenizer_fingerprint
+from ..tokenization.loading import tokenizer_fingerprint
 from .format import RB_COLUMNS, bf16_bits_to_float, check_complete_shards, hidden_column, list_values_numpy, read_meta
 
 OPTIONAL_COLUMNS = ("position_ids", "loss_mask", "target_mask")

@@ -51,8 +51,9 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Bool, Int64
 
-from .errors import DataError, TokenizerError
-from .tokenizer import backend_tokenizer, eos_token_id
+from ..errors import DataError, TokenizerError
+from .loading import backend_tokenizer, eos_token_id
+from .pieces import FlatRows, empty_flat, positions_from_offsets
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -369,11 +370,9 @@ class ChatTemplateEncoder:
     # --- batch --------------------------------------------------------------------------------------------
 
     def __call__(self, conversations: Sequence[Any], indices: Sequence[int] | None = None):
-        from .tokenize import FlatRows, _empty_flat, positions_from_offsets
-
         n = len(conversations)
         if n == 0:
-            return _empty_flat()
+            return empty_flat()
         indices = range(n) if indices is None else indices
         texts: list[str] = []
         span_lo: list[int] = []

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import DataError
-from .schema import padding_mask
+from ..errors import DataError
+from ..schema import padding_mask
 
 REPORT_BATCH_ROWS = 8192
 

@@ -37,8 +37,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
-from .scratch import pid_alive
+from ..errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
+from ..scratch import pid_alive
 
 try:
     import fcntl
@@ -324,7 +324,7 @@ def output_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _write_marker(folder: Path) -> None:
-    from . import __version__
+    from .. import __version__
 
     files = [f for f in _files_under(folder) if f != MARKER_NAME]
     body = {"written_by": "hfprep", "hfprep_version": __version__, "files": files}

@@ -1,7 +1,7 @@
 """The seed's plain-PyTorch side: attention masks from positions, ``LMDataset`` and ``collate_lm``.
 
 The mask is the dense (L, L) block-diagonal causal mask; for training with transformers prefer
-:class:`hfprep.collator.DataCollatorForPackedLM`, which never materialises it.
+:class:`hfprep.train.collator.DataCollatorForPackedLM`, which never materialises it.
 
 Example:
     >>> import numpy as np
@@ -19,9 +19,8 @@ import torch
 from jaxtyping import Bool, UInt32
 from torch.utils.data import Dataset
 
-from .errors import DataError
-from .schema import causal_mask_from_positions, segment_ids
-from .types import TokenizedRow
+from ..errors import DataError
+from ..schema import TokenizedRow, causal_mask_from_positions, segment_ids
 
 LMExample = dict[str, torch.Tensor]
 LMExampleBatch = dict[str, torch.Tensor]

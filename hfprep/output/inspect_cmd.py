@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DataError, HfprepError, HubError
+from ..errors import DataError, HfprepError, HubError
+from ..schema import output_is_padded, padding_mask
 from .layout import CARD_NAME
-from .schema import output_is_padded, padding_mask
 
 MAX_SEGMENT_CHARS = 600
 T = TypeVar("T")
@@ -35,7 +35,7 @@ NO_LOSS_OPEN, NO_LOSS_CLOSE = "\u2039", "\u203a"  # ‹ › around text that car
 
 
 def _load_decoder(tokenizer: str | None, folder: Path | None, card_tok: str | None):
-    from .tokenizer import load_tokenizer
+    from ..tokenization.loading import load_tokenizer
 
     candidates = []
     if tokenizer:
@@ -168,7 +168,7 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
             f"{hf.get('num_reduce_chunks')} reduce chunks",
         ]
     if hf.get("mixture"):
-        from .mixture import mixture_lines
+        from ..mixture import mixture_lines
 
         lines += mixture_lines(hf["mixture"])
     lines += ["", f"row {row} of {split!r} ({len(r['input_ids'])} tokens"
@@ -187,7 +187,7 @@ def inspect_repo(repo_id: str, split: str | None = None, row: int = 0, tokenizer
     """Like :func:`inspect_folder` for a Hub dataset repo, read with ``load_dataset(..., streaming=True)``."""
     from datasets import load_dataset
 
-    from .sources import require_hub
+    from ..source.loading import require_hub
 
     require_hub(f"inspect of {repo_id!r}")
     try:

@@ -2,7 +2,7 @@
 
 A backend only encodes (no special tokens added, exactly like ``tokenizer.encode(text, add_special_tokens=False)``;
 added tokens that appear *in the text* are matched exactly as the HF path matches them); the strategies in
-:mod:`hfprep.tokenize` own everything else. Output is the Arrow-style pair
+:mod:`hfprep.tokenization.stage` own everything else. Output is the Arrow-style pair
 ``(values: uint32[total], offsets: int64[n + 1])`` so nothing downstream builds per-row Python lists.
 
 Backends:
@@ -38,8 +38,8 @@ from typing import Any, Protocol
 import numpy as np
 from jaxtyping import Int64, UInt32
 
-from .errors import ConfigError, TokenizerError
-from .tokenizer import backend_tokenizer
+from ..errors import ConfigError, TokenizerError
+from .loading import backend_tokenizer
 
 BACKENDS: tuple[str, ...] = ("auto", "hf", "gigatoken")
 """Names accepted by the ``backend`` setting."""

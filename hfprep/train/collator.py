@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int64
 
-from .errors import ConfigError, DataError
-from .schema import padding_start, segment_ids
+from ..errors import ConfigError, DataError
+from ..schema import padding_start, segment_ids
 
 AttentionMode = Literal["position_ids", "flash_varlen", "4d"]
 IGNORE_INDEX = -100

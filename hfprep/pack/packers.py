@@ -29,9 +29,8 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Bool, Int64, UInt32
 
-from .errors import ConfigError
-from .schema import trailing_padding_like
-from .types import TokenizedRow
+from ..errors import ConfigError
+from ..schema import TokenizedRow, trailing_padding_like
 
 PackingStrategy = Literal["dense", "no_incomplete"]
 
@@ -502,7 +501,7 @@ PACKERS: dict[str, FlatPacker] = {"dense": pack_dense_flat, "no_incomplete": pac
 """Flat packers by strategy name. Other modules register more (e.g. ``bfd``)."""
 
 
-_BUILTIN_PACKER_MODULES = {"bfd": "hfprep.bfd"}
+_BUILTIN_PACKER_MODULES = {"bfd": "hfprep.pack.bfd"}
 """Packers that live in their own module and register themselves on import."""
 
 

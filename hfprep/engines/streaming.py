@@ -1,7 +1,7 @@
 """Streaming sources: run a map-reduce transform over an ``IterableDataset`` (or any iterable of rows) in bounded
 memory.
 
-The data flow is the one of :meth:`~hfprep.mapreduce.MapReduceTransformBase.run`, with disk in place of RAM:
+The data flow is the one of :meth:`~hfprep.engines.mapreduce.MapReduceTransformBase.run`, with disk in place of RAM:
 
 1. **map**: rows are read in batches of ``batch_size`` (an ``IterableDataset`` reads its shards in order) and
    tokenized + keyed by ``transform.map_batch`` with their global row index, exactly as ``run`` does;
@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import scratch
-from .errors import DataError
+from .. import scratch
+from ..errors import DataError
 from .mapreduce import KEY_COLUMN, MapReduceTransformBase, rows_to_columns
 
 DEFAULT_SPILL_BUFFER_BYTES = 64 * 2**20
@@ -151,7 +151,7 @@ def prepare_streaming(
     spill_dir: str | os.PathLike | None = None,
     spill_buffer_bytes: int = DEFAULT_SPILL_BUFFER_BYTES,
 ):
-    """Run ``transform`` (e.g. a :class:`~hfprep.prepare.PrepareForTrainingTransform`) over a stream in bounded
+    """Run ``transform`` (e.g. a :class:`~hfprep.pack.transform.PrepareForTrainingTransform`) over a stream in bounded
     memory and return the packed rows as a memory-mapped ``datasets.Dataset``.
 
     Args:

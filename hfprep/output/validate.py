@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
 from .layout import CARD_NAME, DATA_DIR
-from .schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
 
 EXPECTED_TYPES = ROW_ARROW_TYPES
 OPTIONAL_TYPES = {"source": pa.list_(pa.int16())}  # a mixture's per-token source index (hfprep.mixture)
@@ -289,7 +289,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     s, _, _ = batch_stats(table, pad_id, padded)
                     total.add(s)
                 if "source" in table.column_names:
-                    from .mixture import source_column_counts
+                    from ..mixture import source_column_counts
 
                     counts, problems = source_column_counts(table, pad_id, padded, where, row_base)
                     violations.extend(problems[: max(0, max_violations - len(violations))])
@@ -298,7 +298,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         all_stats[split] = total.as_dict()
         violations.extend(_check_card_stats(meta, split, total))
         if source_tokens is not None and split == next(iter(config_splits or shards)):
-            from .mixture import check_mixture_card
+            from ..mixture import check_mixture_card
 
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     cut = cut or len(violations) > max_violations

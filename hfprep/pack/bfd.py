@@ -44,9 +44,9 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Bool, Int64, UInt32
 
-from .errors import ConfigError
-from .packing import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign, layout_rows
-from .schema import trailing_padding_like
+from ..errors import ConfigError
+from ..schema import trailing_padding_like
+from .packers import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign, layout_rows
 
 Overflow = Literal["drop", "truncate", "split"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("drop", "truncate", "split")

@@ -3,11 +3,11 @@
 :func:`run_recipe` is what ``hfprep run`` calls. Engines:
 
 * ``datasets`` (default): :meth:`PrepareForTrainingTransform.run` with ``num_proc`` workers;
-* ``source.streaming: true``: :func:`hfprep.streaming.prepare_streaming` over an ``IterableDataset``;
-* ``engine: ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` with the :class:`~hfprep.sources.SourceSpec`.
+* ``source.streaming: true``: :func:`hfprep.engines.streaming.prepare_streaming` over an ``IterableDataset``;
+* ``engine: ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` with the :class:`~hfprep.source.loading.SourceSpec`.
 
 The optional pieces are imported only when used. Everything is written into a hidden temporary folder that is
-renamed into place at the end (:func:`hfprep.layout.atomic_output`): an error or Ctrl-C leaves no output, and an
+renamed into place at the end (:func:`hfprep.output.layout.atomic_output`): an error or Ctrl-C leaves no output, and an
 existing output folder is refused unless ``overwrite``.
 
 Example:
@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .card import (
+from .errors import ConfigError, DataError
+from .interrupts import handle_interrupts
+from .output.card import (
     FlowMap,
     backend_sentence,
     dataset_info_yaml,
@@ -45,15 +47,14 @@ from .card import (
     size_category,
     stats_table,
 )
-from .errors import ConfigError, DataError
-from .interrupts import handle_interrupts
-from .layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, split_glob, write_split
-from .plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
-from .prepare import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, split_glob, write_split
+from .output.plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
+from .output.validate import SplitStats, batch_stats
+from .pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from .recipe import Recipe, load_recipe
 from .schema import output_is_padded
 from .scratch import run_scope
-from .sources import (
+from .source.loading import (
     SourceSpec,
     check_source_text,
     load_source,
@@ -62,8 +63,7 @@ from .sources import (
     resolve_source,
     select_split,
 )
-from .tokenize import TokenizeConfig, Tokenizer, document_specials, tokenized_features
-from .tokenizer import (
+from .tokenization.loading import (
     DEFAULT_SPECIAL_TOKENS,
     PORTABLE_TOKENIZER_CLASS,
     eos_token_id,
@@ -72,7 +72,7 @@ from .tokenizer import (
     train_tiny_tokenizer,
     vocab_size,
 )
-from .validate import SplitStats, batch_stats
+from .tokenization.stage import TokenizeConfig, Tokenizer, document_specials, tokenized_features
 
 Log = Callable[[dict[str, Any]], None]
 TOKENIZER_DIR = "tokenizer"
@@ -279,7 +279,7 @@ def run_split_datasets(
     transform.progress_split = name
     part = select_split(source_ds, spec, num_proc=num_proc, name=name)
     if spec.streaming:
-        from .streaming import prepare_streaming
+        from .engines.streaming import prepare_streaming
 
         out = prepare_streaming(transform, part)
     else:
@@ -577,7 +577,7 @@ def build_card(
     )
     quality_section = ""
     if qualities:
-        from .quality import format_report
+        from .output.quality import format_report
 
         quality_section = (
             "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split.\n\n"
@@ -683,7 +683,7 @@ def _measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
 
 
 def _quality(dataset, seq_len: int, stats: dict[str, Any], pad_token_id: int | None, padded: bool) -> dict[str, Any]:
-    from .quality import packing_report
+    from .output.quality import packing_report
 
     return packing_report(dataset, seq_len, stats, pad_token_id=pad_token_id, padded=padded)
 
@@ -712,7 +712,7 @@ def run_recipe(
 
     Raises:
         OutputExistsError: the output exists and ``overwrite`` is false, or it is something ``overwrite`` must not
-            replace (see :func:`hfprep.layout.check_output`); checked before any work.
+            replace (see :func:`hfprep.output.layout.check_output`); checked before any work.
         OutputBusyError: another hfprep process is writing the same output.
         DataError / ConfigError / TokenizerError / HubError: one-line user errors.
     """
@@ -867,7 +867,7 @@ def _run_claimed(
     if do_push:
         if not recipe.hub.repo_id:
             raise ConfigError(f"{recipe.where}: hub.repo_id: set it to push (e.g. your-name/dataset-name)")
-        from .hub import push_folder
+        from .output.hub import push_folder
 
         log({"event": "push", "repo_id": recipe.hub.repo_id})
         summary["pushed"] = push_folder(
@@ -994,7 +994,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     quality = {name: s["quality"] for name, s in summary["splits"].items() if s.get("quality")}
     if quality:
-        from .quality import format_report
+        from .output.quality import format_report
 
         for name, q in quality.items():
             lines.append(f"  packing report ({name}):")

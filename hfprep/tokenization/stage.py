@@ -20,23 +20,29 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pydantic
-from jaxtyping import Bool, Int64, UInt32
 
+from ..errors import ConfigError, DataError, TokenizerError
+from ..schema import Row, TokenizedRow, row_features
 from .backends import TokenizerBackend, get_backend
-from .errors import ConfigError, DataError, TokenizerError
-from .schema import flat_to_table, row_features
-from .tokenizer import END_OF_DOCUMENT_TOKENS, bos_prefix, eos_token_id, fim_token_ids, single_token_id
-from .types import Row, TokenizedRow
+from .chat import chat_encoder_for, tokenizer_chat_template
+from .fim import fim_pieces_to_flat, pretrain_with_fim
+from .loading import (
+    END_OF_DOCUMENT_TOKENS,
+    backend_tokenizer,
+    bos_prefix,
+    eos_token_id,
+    fim_token_ids,
+    single_token_id,
+)
+from .pieces import FlatRows, assemble_pieces, empty_flat, with_prefix
 
 ProcessingStrategy = Literal["pretrain", "fim", "sft"]
 STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
-
 
 
 class FimTokens(pydantic.BaseModel):
@@ -60,15 +66,15 @@ class TokenizeConfig(pydantic.BaseModel):
         only_middle_not_masked: FIM loss only on the middle tokens and the final eos.
         on_empty: what to do with an empty pretrain text: ``error`` (default) or ``drop`` (counted as dropped).
         backend: tokenizer backend name (``hf``).
-        fim_rate: pretrain only: probability that a document becomes a FIM row (0 = off), see :mod:`hfprep.fim`.
+        fim_rate: pretrain only: probability that a document becomes a FIM row (0 = off), see :mod:`hfprep.tokenization.fim`.
         fim_spm_rate: probability that a raw-document FIM row uses SPM (else PSM).
         fim_seed: recipe seed of raw-document FIM; each document's draw is seeded by it + a hash of its text.
         chat_template: sft only: ``auto`` uses the tokenizer's chat template when it has one, ``always`` requires
-            it, ``never`` uses the seed's role tokens; see :mod:`hfprep.chat`.
+            it, ``never`` uses the seed's role tokens; see :mod:`hfprep.tokenization.chat`.
         chat_template_path: sft only: a Jinja chat template file used instead of the tokenizer's own (e.g. for
             gpt-oss, whose tokenizer files ship no template).
         fim_tokens: ``{prefix, middle, suffix}`` token strings; default: detected in the vocabulary
-            (:data:`hfprep.tokenizer.FIM_TOKEN_SETS`, the seed's ``<fim_...>`` first).
+            (:data:`hfprep.tokenization.loading.FIM_TOKEN_SETS`, the seed's ``<fim_...>`` first).
         add_bos: pretrain/fim: ``auto`` puts before each document what ``tokenizer.encode(text)`` adds (the seed's
             behaviour: a bos for Llama 3.1 / Gemma 3, nothing for Qwen3), ``always`` the bos token, ``never`` none.
         eos_token: the token that ends a pretrain/fim document (default: the tokenizer's eos, the seed's choice).
@@ -98,107 +104,6 @@ class TokenizeConfig(pydantic.BaseModel):
         if self.strategy == "fim":
             return [self.prefix_column, self.middle_column, self.suffix_column]
         return [self.text_column]
-
-
-@dataclass
-class FlatRows:
-    """A batch of tokenized documents as flat arrays + offsets (the Arrow list layout, without Arrow).
-
-    ``doc_offsets[i]:doc_offsets[i+1]`` is document ``i``; ``kept`` holds the input-row index of each document
-    (rows dropped by the strategy are absent).
-    """
-
-    input_ids: UInt32[np.ndarray, " total"]
-    position_ids: UInt32[np.ndarray, " total"]
-    loss_mask: Bool[np.ndarray, " total"]
-    doc_offsets: Int64[np.ndarray, " n_plus_1"]
-    kept: Int64[np.ndarray, " n"]
-
-    @property
-    def num_docs(self) -> int:
-        return len(self.doc_offsets) - 1
-
-    def row(self, i: int) -> TokenizedRow:
-        a, b = int(self.doc_offsets[i]), int(self.doc_offsets[i + 1])
-        return {
-            "input_ids": self.input_ids[a:b],
-            "position_ids": self.position_ids[a:b],
-            "loss_mask": self.loss_mask[a:b],
-        }
-
-    def to_arrow(self) -> pa.Table:
-        """Arrow table with ``list<uint32>``, ``list<uint32>``, ``list<bool>`` columns (zero-copy for the values)."""
-        return flat_to_table(self.input_ids, self.position_ids, self.loss_mask, self.doc_offsets)
-
-
-def positions_from_offsets(offsets: Int64[np.ndarray, " n_plus_1"]) -> UInt32[np.ndarray, " total"]:
-    """``arange`` restarted at every offset: the position ids of documents laid end to end."""
-    total = int(offsets[-1])
-    lengths = np.diff(offsets)
-    if total < 2**32:  # uint32 arithmetic: half the memory traffic of int64, exact below 2**32 tokens
-        positions = np.arange(total, dtype=np.uint32)
-        positions -= np.repeat(np.asarray(offsets[:-1]).astype(np.uint32), lengths)
-        return positions
-    return (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint32)
-
-
-def _gather_pieces(
-    source: np.ndarray, piece_start: np.ndarray, piece_len: np.ndarray, out_starts: np.ndarray, total: int
-) -> np.ndarray:
-    """``concat(source[s : s + n] for s, n in pieces)``.
-
-    Fast path (pretrain, sft): when the multi-token pieces appear in source order and do not overlap, they are
-    moved with boolean masks built from run lengths and the single tokens (specials) are scattered, instead of
-    building an int64 index per token (several times less memory traffic). Otherwise one int64 gather.
-    """
-    multi = piece_len > 1
-    ms, ml = piece_start[multi], piece_len[multi]
-    if len(ms) == 0 or not np.all(ms[1:] >= ms[:-1] + ml[:-1]):
-        index = np.arange(total, dtype=np.int64) + np.repeat(piece_start - out_starts[:-1], piece_len)
-        return source[index]
-
-    out = np.empty(total, dtype=source.dtype)
-    end = ms + ml
-    gaps = np.diff(ms, prepend=0) - np.r_[0, ml[:-1]]  # source tokens skipped before each multi piece
-    if not gaps[1:].any():
-        moved = source[ms[0] : end[-1]]
-    else:
-        # Bool masks from run lengths: np.repeat over a few long runs is close to a memset.
-        runs = np.empty(2 * len(ms) + 1, dtype=np.int64)
-        runs[0:-1:2], runs[1:-1:2], runs[-1] = gaps, ml, len(source) - end[-1]
-        flags = np.zeros(len(runs), dtype=np.bool_)
-        flags[1::2] = True
-        moved = source[np.repeat(flags, runs)]
-    out[np.repeat(multi, piece_len)] = moved
-    single = piece_len == 1
-    out[out_starts[:-1][single]] = source[piece_start[single]]
-    return out
-
-
-def assemble_pieces(
-    source: UInt32[np.ndarray, " src"],
-    piece_start: Int64[np.ndarray, " p"],
-    piece_len: Int64[np.ndarray, " p"],
-    piece_loss: Bool[np.ndarray, " p"],
-    pieces_per_doc: Int64[np.ndarray, " n"],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate pieces (slices of ``source``) into documents, with one gather and no per-token loop.
-
-    Piece ``j`` is ``source[piece_start[j] : piece_start[j] + piece_len[j]]`` with loss flag ``piece_loss[j]``;
-    the first ``pieces_per_doc[0]`` pieces form document 0, and so on.
-
-    Returns ``(input_ids, position_ids, loss_mask, doc_offsets)``.
-    """
-    piece_len = np.asarray(piece_len, dtype=np.int64)
-    out_starts = np.zeros(len(piece_len) + 1, dtype=np.int64)
-    np.cumsum(piece_len, out=out_starts[1:])
-    total = int(out_starts[-1])
-    input_ids = _gather_pieces(source, np.asarray(piece_start, np.int64), piece_len, out_starts, total)
-    loss_mask = np.repeat(np.asarray(piece_loss, dtype=np.bool_), piece_len)
-    piece_ends = np.zeros(len(pieces_per_doc) + 1, dtype=np.int64)
-    np.cumsum(pieces_per_doc, out=piece_ends[1:])
-    doc_offsets = out_starts[piece_ends]
-    return input_ids, positions_from_offsets(doc_offsets), loss_mask, doc_offsets
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -247,8 +152,6 @@ class _Specials:
             self.fim_prefix, self.fim_middle, self.fim_suffix = fim["prefix"], fim["middle"], fim["suffix"]
             self.fim_end, self.fim_family = fim["end"], fim["family"]
         if config.strategy == "sft":
-            from .chat import chat_encoder_for
-
             self.chat = chat_encoder_for(tokenizer, config)
         if config.strategy == "sft" and self.chat is None:
             try:
@@ -276,9 +179,6 @@ class _Specials:
 
 def _warn_chat_eos(tokenizer, eos: int) -> None:
     """One line when the document separator is a chat end-of-turn token and an end-of-document token exists."""
-    from .chat import tokenizer_chat_template
-    from .tokenizer import backend_tokenizer
-
     template = tokenizer_chat_template(tokenizer)
     inner = backend_tokenizer(tokenizer)
     eos_str = inner.id_to_token(eos)
@@ -305,8 +205,6 @@ def document_specials(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
         >>> document_specials(tokenizer, TokenizeConfig())  # doctest: +SKIP
         {'bos_token': None, 'bos_token_id': None, 'eos_token': '<|endoftext|>', 'eos_token_id': 0}
     """
-    from .tokenizer import backend_tokenizer
-
     inner = backend_tokenizer(tokenizer)
     eos = eos_token_id(tokenizer, config.eos_token)
     bos = bos_prefix(tokenizer, config.add_bos) if config.strategy in ("pretrain", "fim") else []
@@ -316,31 +214,6 @@ def document_specials(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
         "eos_token": inner.id_to_token(eos),
         "eos_token_id": eos,
     }
-
-
-def _with_prefix(flat: FlatRows, prefix: Sequence[int], loss: bool) -> FlatRows:
-    """Put ``prefix`` (e.g. the bos) before every document, with one scatter (no per-row loop)."""
-    if not prefix or flat.num_docs == 0:
-        return flat
-    k, n = len(prefix), flat.num_docs
-    off = flat.doc_offsets + k * np.arange(n + 1, dtype=np.int64)
-    total = int(off[-1])
-    is_prefix = np.zeros(total, dtype=np.bool_)
-    slots = (off[:-1, None] + np.arange(k)).ravel()
-    is_prefix[slots] = True
-    ids = np.empty(total, dtype=np.uint32)
-    mask = np.empty(total, dtype=np.bool_)
-    ids[slots] = np.tile(np.asarray(prefix, dtype=np.uint32), n)
-    mask[slots] = loss
-    keep = ~is_prefix
-    ids[keep] = flat.input_ids
-    mask[keep] = flat.loss_mask
-    return FlatRows(ids, positions_from_offsets(off), mask, off, flat.kept)
-
-
-def _empty_flat() -> FlatRows:
-    z = np.zeros(0, dtype=np.uint32)
-    return FlatRows(z, z.copy(), np.zeros(0, dtype=np.bool_), np.zeros(1, dtype=np.int64), np.zeros(0, np.int64))
 
 
 def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
@@ -360,11 +233,9 @@ def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: Token
         kept = kept[keep_mask]
         texts = [t for t in texts if t]
     if not texts:
-        return _empty_flat()
+        return empty_flat()
     if config.fim_rate > 0:
-        from .fim import pretrain_with_fim
-
-        return _with_prefix(pretrain_with_fim(texts, kept, config, specials, backend), specials.bos, True)
+        return with_prefix(pretrain_with_fim(texts, kept, config, specials, backend), specials.bos, True)
     values, offsets = backend.encode_batch(texts)
     n = len(texts)
     # Each document is [text span, eos]: two pieces, eos read from the end of the source array.
@@ -377,7 +248,7 @@ def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: Token
     ids, pos, mask, doc_off = assemble_pieces(
         source, piece_start, piece_len, np.ones(2 * n, np.bool_), np.full(n, 2, np.int64)
     )
-    return _with_prefix(FlatRows(ids, pos, mask, doc_off, kept), specials.bos, True)
+    return with_prefix(FlatRows(ids, pos, mask, doc_off, kept), specials.bos, True)
 
 
 def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
@@ -386,72 +257,12 @@ def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerB
         cols[part] = _check_strings(_column(batch, name, "fim"), name, indices)
     n = len(cols["prefix"])
     if n == 0:
-        return _empty_flat()
+        return empty_flat()
     values, offsets = backend.encode_batch(cols["prefix"] + cols["middle"] + cols["suffix"])
     flat = fim_pieces_to_flat(
         values, offsets, n, specials, np.full(n, config.fim_format == "spm"), config.only_middle_not_masked
     )
-    return _with_prefix(flat, specials.bos, not config.only_middle_not_masked)
-
-
-def fim_pieces_to_flat(
-    values: np.ndarray,
-    offsets: np.ndarray,
-    n: int,
-    specials: Any,
-    spm: Bool[np.ndarray, " n"],
-    only_middle_not_masked: bool,
-    kept: np.ndarray | None = None,
-) -> FlatRows:
-    """Assemble FIM documents from encoded ``prefixes + middles + suffixes`` (3n spans, in that order).
-
-    ``spm[i]`` picks SPM for document ``i`` (else PSM), so raw-document FIM can mix formats in one batch. The
-    middle ends with ``specials.fim_end`` where the family has one (CodeLlama's ``<EOT>``), else the eos. SPM is
-    the seed's ``<suffix> suffix <prefix> prefix <middle> middle``, except for CodeLlama, whose documented SPM is
-    ``<PRE> <SUF> suffix <MID> prefix middle``.
-    """
-    base = len(values)
-    end = getattr(specials, "fim_end", None)
-    source = np.concatenate(
-        [
-            values,
-            np.array(
-                [specials.fim_prefix, specials.fim_suffix, specials.fim_middle, specials.eos if end is None else end],
-                np.uint32,
-            ),
-        ]
-    )
-    FP, FS, FM, EOS = base, base + 1, base + 2, base + 3
-    starts = offsets[:-1]
-    lens = np.diff(offsets)
-    pre_s, mid_s, suf_s = starts[:n], starts[n : 2 * n], starts[2 * n :]
-    pre_l, mid_l, suf_l = lens[:n], lens[n : 2 * n], lens[2 * n :]
-    one = np.ones(n, np.int64)
-    zero = np.zeros(n, np.int64)
-    spm = np.asarray(spm, dtype=np.bool_)
-    # Piece order per document: [tok, span, tok, span, <middle>, span, middle, end]. PSM and the seed's SPM leave
-    # the third span empty (SPM swaps the (<prefix>, prefix) and (<suffix>, suffix) pairs); CodeLlama's SPM
-    # moves the prefix after <MID>.
-    code_llama = getattr(specials, "fim_family", None) == "CodeLlama"
-    late = spm & code_llama
-    swap = spm & ~code_llama
-    first_tok = np.where(swap, FS, FP)
-    first_s, first_l = np.where(swap, suf_s, pre_s), np.where(swap, suf_l, np.where(late, 0, pre_l))
-    second_tok = np.where(swap, FP, FS)
-    second_s, second_l = np.where(swap, pre_s, suf_s), np.where(swap, pre_l, suf_l)
-    third_s, third_l = pre_s, np.where(late, pre_l, zero)
-    piece_start = np.stack(
-        [first_tok, first_s, second_tok, second_s, np.full(n, FM), third_s, mid_s, np.full(n, EOS)], 1
-    )
-    piece_len = np.stack([one, first_l, one, second_l, one, third_l, mid_l, one], 1)
-    loss_row = (
-        np.array([0, 0, 0, 0, 0, 0, 1, 1], np.bool_) if only_middle_not_masked else np.ones(8, np.bool_)
-    )
-    piece_loss = np.broadcast_to(loss_row, (n, 8))
-    ids, pos, mask, doc_off = assemble_pieces(
-        source, piece_start.ravel(), piece_len.ravel(), piece_loss.ravel(), np.full(n, 8, np.int64)
-    )
-    return FlatRows(ids, pos, mask, doc_off, np.arange(n, dtype=np.int64) if kept is None else kept)
+    return with_prefix(flat, specials.bos, not config.only_middle_not_masked)
 
 
 def _sft(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
@@ -488,7 +299,7 @@ def _sft(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerB
             roles.append(role)
         turns_per_doc[i] = len(conv)
     if not len(conversations):
-        return _empty_flat()
+        return empty_flat()
     values, offsets = backend.encode_batch(texts)
     # Source = encoded turn texts, then every role's start/end token, then eos.
     role_names = sorted(specials.roles)
@@ -638,7 +449,7 @@ def sft_processing(
 
     Loss on every token of assistant turns (role tokens included) and on the final eos. This is the seed's
     function: it keeps the seed's role tokens even when the tokenizer has a chat template; pass
-    ``chat_template="auto"`` to use the template instead (see :mod:`hfprep.chat`).
+    ``chat_template="auto"`` to use the template instead (see :mod:`hfprep.tokenization.chat`).
 
     Example:
         >>> conv = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello"}]

@@ -2,7 +2,7 @@
 
 With probability ``fim_rate`` a document is cut at two random *character* positions into prefix / middle /
 suffix and emitted in PSM or (with probability ``fim_spm_rate``) SPM form, exactly as the ``fim`` strategy
-assembles its rows (:func:`hfprep.tokenize.fim_pieces_to_flat`)::
+assembles its rows (:func:`fim_pieces_to_flat`)::
 
     PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle <eos>
     SPM: <fim_suffix> suffix <fim_prefix> prefix <fim_middle> middle <eos>
@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from jaxtyping import Bool, Float64, Int64
+
+from .pieces import FlatRows, assemble_pieces, positions_from_offsets
 
 FIM_HASH_DOMAIN = b"hfprep-fim\0"
 _TWO_POW_53 = float(2**53)
@@ -108,8 +110,6 @@ def _gather_docs(
     out_off = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(length, out=out_off[1:])
     gather = np.arange(int(out_off[-1]), dtype=np.int64) + np.repeat(start - out_off[:-1], length)
-    from .tokenize import positions_from_offsets
-
     return ids[gather], positions_from_offsets(out_off), mask[gather], out_off
 
 
@@ -124,15 +124,13 @@ def pretrain_with_fim(
 
     ``texts`` are the non-empty documents of the batch, ``kept`` their input-row indices. The backend encodes
     ``prefixes + middles + suffixes`` of the FIM documents and the whole text of the others in one call; FIM rows
-    are assembled by :func:`hfprep.tokenize.fim_pieces_to_flat`, plain rows as ``text + [eos]``, and the two sets
+    are assembled by :func:`fim_pieces_to_flat`, plain rows as ``text + [eos]``, and the two sets
     are merged back into input order with one gather.
 
     Example:
         >>> cfg = TokenizeConfig(strategy="pretrain", fim_rate=1.0)  # doctest: +SKIP
         >>> Tokenizer(tokenizer, cfg)({"content": ["abc"]}).input_ids  # doctest: +SKIP
     """
-    from .tokenize import FlatRows, fim_pieces_to_flat
-
     draws = draw_fim(texts, config.fim_rate, config.fim_spm_rate, config.fim_seed)
     fim_idx = np.flatnonzero(draws.is_fim)
     plain_idx = np.flatnonzero(~draws.is_fim)
@@ -170,3 +168,63 @@ def pretrain_with_fim(
     order = np.argsort(np.concatenate([fim_idx, plain_idx]), kind="stable")
     ids, pos, mask, doc_off = _gather_docs([fim_part, plain_part], order)
     return FlatRows(ids, pos, mask, doc_off, kept)
+
+
+def fim_pieces_to_flat(
+    values: np.ndarray,
+    offsets: np.ndarray,
+    n: int,
+    specials: Any,
+    spm: Bool[np.ndarray, " n"],
+    only_middle_not_masked: bool,
+    kept: np.ndarray | None = None,
+) -> FlatRows:
+    """Assemble FIM documents from encoded ``prefixes + middles + suffixes`` (3n spans, in that order).
+
+    ``spm[i]`` picks SPM for document ``i`` (else PSM), so raw-document FIM can mix formats in one batch. The
+    middle ends with ``specials.fim_end`` where the family has one (CodeLlama's ``<EOT>``), else the eos. SPM is
+    the seed's ``<suffix> suffix <prefix> prefix <middle> middle``, except for CodeLlama, whose documented SPM is
+    ``<PRE> <SUF> suffix <MID> prefix middle``.
+    """
+    base = len(values)
+    end = getattr(specials, "fim_end", None)
+    source = np.concatenate(
+        [
+            values,
+            np.array(
+                [specials.fim_prefix, specials.fim_suffix, specials.fim_middle, specials.eos if end is None else end],
+                np.uint32,
+            ),
+        ]
+    )
+    FP, FS, FM, EOS = base, base + 1, base + 2, base + 3
+    starts = offsets[:-1]
+    lens = np.diff(offsets)
+    pre_s, mid_s, suf_s = starts[:n], starts[n : 2 * n], starts[2 * n :]
+    pre_l, mid_l, suf_l = lens[:n], lens[n : 2 * n], lens[2 * n :]
+    one = np.ones(n, np.int64)
+    zero = np.zeros(n, np.int64)
+    spm = np.asarray(spm, dtype=np.bool_)
+    # Piece order per document: [tok, span, tok, span, <middle>, span, middle, end]. PSM and the seed's SPM leave
+    # the third span empty (SPM swaps the (<prefix>, prefix) and (<suffix>, suffix) pairs); CodeLlama's SPM
+    # moves the prefix after <MID>.
+    code_llama = getattr(specials, "fim_family", None) == "CodeLlama"
+    late = spm & code_llama
+    swap = spm & ~code_llama
+    first_tok = np.where(swap, FS, FP)
+    first_s, first_l = np.where(swap, suf_s, pre_s), np.where(swap, suf_l, np.where(late, 0, pre_l))
+    second_tok = np.where(swap, FP, FS)
+    second_s, second_l = np.where(swap, pre_s, suf_s), np.where(swap, pre_l, suf_l)
+    third_s, third_l = pre_s, np.where(late, pre_l, zero)
+    piece_start = np.stack(
+        [first_tok, first_s, second_tok, second_s, np.full(n, FM), third_s, mid_s, np.full(n, EOS)], 1
+    )
+    piece_len = np.stack([one, first_l, one, second_l, one, third_l, mid_l, one], 1)
+    loss_row = (
+        np.array([0, 0, 0, 0, 0, 0, 1, 1], np.bool_) if only_middle_not_masked else np.ones(8, np.bool_)
+    )
+    piece_loss = np.broadcast_to(loss_row, (n, 8))
+    ids, pos, mask, doc_off = assemble_pieces(
+        source, piece_start.ravel(), piece_len.ravel(), piece_loss.ravel(), np.full(n, 8, np.int64)
+    )
+    return FlatRows(ids, pos, mask, doc_off, np.arange(n, dtype=np.int64) if kept is None else kept)

@@ -27,14 +27,14 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def template_path(name: str) -> Path:
     """A card template by file name: ``hfprep/assets/<name>`` (links to ``cards/<name>`` in a checkout; a copy in
     an installed wheel)."""
-    here = Path(__file__).resolve().parent
-    for p in (here / "assets" / name, here.parent / "cards" / name):
+    package = Path(__file__).resolve().parents[1]
+    for p in (package / "assets" / name, package.parent / "cards" / name):
         if p.is_file():
             return p
     raise ConfigError(f"card template {name!r} not found next to the hfprep package; reinstall hfprep")
@@ -161,7 +161,7 @@ def license_metadata(license: str | None) -> dict[str, str]:
 
 
 def backend_sentence(report: Mapping[str, Any]) -> str:
-    """The tokenizer backend's report (:func:`hfprep.backends.resolve_backend`) as one sentence for the card.
+    """The tokenizer backend's report (:func:`hfprep.tokenization.backends.resolve_backend`) as one sentence for the card.
 
     Example:
         >>> backend_sentence({"requested": "hf", "backend": "hf", "reason": "requested", "guard": None})

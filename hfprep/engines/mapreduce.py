@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
-from . import scratch
-from .errors import ConfigError, DataError
-from .types import Row
+from .. import scratch
+from ..errors import ConfigError, DataError
+from ..schema import Row
 
 Key = TypeVar("Key")
 KEY_COLUMN = "__key__"
@@ -457,7 +457,7 @@ class MapReduceTransformBase(TransformBase):
         return out
 
     def check_group_bytes(self, group_bytes: np.ndarray, keys: list[Any]) -> None:
-        """Hook: refuse or warn about groups too large for memory (see :mod:`hfprep.prepare`)."""
+        """Hook: refuse or warn about groups too large for memory (see :mod:`hfprep.pack.transform`)."""
 
 
 def _cache_dir(mapped) -> str | None:

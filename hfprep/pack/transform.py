@@ -19,18 +19,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 
-from . import schema as _schema
-from .backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
-from .errors import ConfigError, DataError
-from .hashing import array_hash, batch_keys
-from .mapreduce import (
+from .. import schema as _schema
+from ..engines.mapreduce import (
     DEFAULT_REDUCE_MEMORY_BUDGET,
     INDEX_COLUMN,
     KEY_COLUMN,
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
 )
-from .packing import (
+from ..errors import ConfigError, DataError
+from ..schema import Row, TokenizedRow, flat_to_table, table_to_flat
+from ..tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
+from ..tokenization.loading import eos_token_id, load_tokenizer
+from ..tokenization.stage import ProcessingStrategy, TokenizeConfig, Tokenizer, tokenized_features
+from .keys import array_hash, batch_keys
+from .packers import (
     PackStats,
     check_seq_len,
     dense_stats,
@@ -40,10 +43,6 @@ from .packing import (
     positions_are_aranges,
     rebase_row_heads,
 )
-from .schema import flat_to_table, table_to_flat
-from .tokenize import ProcessingStrategy, TokenizeConfig, Tokenizer, tokenized_features
-from .tokenizer import eos_token_id, load_tokenizer
-from .types import Row, TokenizedRow
 
 BYTES_PER_TOKEN_IN_GROUP = 9  # uint32 id + uint32 position + bool mask, in memory while a group is packed
 
@@ -117,9 +116,9 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     ``run(dataset, num_proc=N)`` returns a ``datasets.Dataset`` of packed rows (``input_ids`` uint32,
     ``position_ids`` uint32, ``loss_mask`` bool); groups come in ascending key order and documents keep input
     order inside a group, so the rows are the same for every ``num_proc``. After a run, :attr:`stats` holds the
-    merged :class:`~hfprep.packing.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization) and
+    merged :class:`~hfprep.pack.packers.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization) and
     :attr:`backend_report` the tokenizer backend actually used with its exactness-guard result
-    (:func:`~hfprep.backends.resolve_backend`).
+    (:func:`~hfprep.tokenization.backends.resolve_backend`).
     """
 
     def progress_label(self, stage: str) -> str:
@@ -148,7 +147,7 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         def __call__(self, key: int, rows: Iterable[TokenizedRow]) -> Iterator[TokenizedRow]:
             # The same code path as run()'s reduce (pack_table with the config's packing_kwargs), so both give the
             # same rows; positions are checked because seed-API callers may pass rows that hold several segments.
-            from .packing import rows_to_flat
+            from .packers import rows_to_flat
 
             t = self.transform
             table = flat_to_table(*rows_to_flat(rows))
@@ -251,7 +250,7 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     # --- driver -----------------------------------------------------------------------------------------------
 
     def run(self, data: Any, num_proc: int | None = None, batch_size: int = 1000) -> Any:
-        from .mapreduce import to_dataset
+        from ..engines.mapreduce import to_dataset
 
         ds = to_dataset(data)
         self.rows_in = len(ds)
@@ -270,7 +269,7 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
 
     def guard_backend(self, sample: Sequence[str]) -> dict[str, Any]:
         """Re-check the fast tokenizer backend on a deterministic sample of this run's input texts (engines call
-        this before mapping; ``run`` does it with :func:`~hfprep.backends.sample_texts`); returns the report."""
+        this before mapping; ``run`` does it with :func:`~hfprep.tokenization.backends.sample_texts`); returns the report."""
         if self.backend_report["backend"] != "hf":  # a fallback at __init__ stays one (and warns once)
             backend, self.backend_report = resolve_backend(self.tokenizer, self.config.backend, sample)
             self.tokenizer_stage = Tokenizer(self.tokenizer, self.tokenizer_stage.config, backend)
@@ -374,7 +373,7 @@ def split_dense_tail(table: pa.Table, seq_len: int) -> tuple[pa.Table, pa.Table]
 
 
 def pack_dense_tails(tails: pa.Table, seq_len: int) -> tuple[pa.Table, dict]:
-    """:func:`~hfprep.packing.pack_dense_tails_flat` on an Arrow table of tails (key order): ``(rows, stats)``."""
+    """:func:`~hfprep.pack.packers.pack_dense_tails_flat` on an Arrow table of tails (key order): ``(rows, stats)``."""
     packed = pack_dense_tails_flat(*table_to_flat(tails), seq_len)
     return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), (
         packed.stats.as_dict()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from .errors import DataError, HubError
+from ..errors import DataError, HubError
 
 FORMAT_BY_EXT = {
     ".jsonl": "jsonl",

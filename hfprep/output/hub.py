@@ -1,4 +1,4 @@
-"""Push a prepared dataset folder (Hub layout, see :mod:`hfprep.layout`) to a config of a Hugging Face Hub repo.
+"""Push a prepared dataset folder (Hub layout, see :mod:`hfprep.output.layout`) to a config of a Hugging Face Hub repo.
 
 What a push changes on the Hub, and what it never touches:
 
@@ -24,7 +24,7 @@ a log line or an error message, and a push refuses to upload a file that contain
 
 Example:
     >>> import os, tempfile, pyarrow as pa
-    >>> from hfprep.layout import write_split
+    >>> from hfprep.output.layout import write_split
     >>> folder = tempfile.mkdtemp()
     >>> _ = write_split(pa.table({"x": [1, 2, 3]}), folder, "train")
     >>> _ = open(os.path.join(folder, "README.md"), "w").write("---\\nlicense: mit\\n---\\n# demo\\n")
@@ -54,7 +54,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, DataError, HubError
+from ..errors import ConfigError, DataError, HubError
 from .layout import CARD_NAME, DATA_DIR
 
 logger = logging.getLogger(__name__)
@@ -765,7 +765,7 @@ def push_folder(
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    from . import __version__
+    from .. import __version__
 
     plan = validate_folder_for_push(folder)
     check_config_name(config_name)
