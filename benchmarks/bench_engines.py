@@ -1,6 +1,6 @@
 """Engines side by side on the same map-reduce packing job: in-memory numpy floor, datasets engine, Ray Data.
 
-The job (DESIGN.md §7): N synthetic pre-tokenized documents (lognormal lengths, median ~300 tokens, random ids),
+The job: N synthetic pre-tokenized documents (lognormal lengths, median ~300 tokens, random ids),
 key = ``array_hash(input_ids) % keys``, group, pack ``dense`` at ``seq_len``. The map side is keys + document index
 only (no text tokenizer, so the comparison measures the engines, not tokenization). Every engine starts from the
 same Parquet files and ends with the packed rows as Arrow; all outputs are asserted identical (sha256 over every

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 # The one export table: public name -> defining module; ``__all__`` is derived from it. Imported on first use so
 # `hfprep --help` and data-only code do not pay for torch/transformers at import time.

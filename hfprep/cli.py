@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import HfprepError
 from .interrupts import Terminated, handle_interrupts, was_interrupted
+from .version import __version__
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 INTERRUPT_NOTES = {
@@ -53,8 +54,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="hfprep", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
-    from . import __version__
-
     p.add_argument("--version", action="version", version=f"hfprep {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -123,7 +122,8 @@ def _human_event(e: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import format_summary, run_recipe
+    from .describe import format_summary
+    from .run import run_recipe
 
     if args.num_proc is not None and args.num_proc < 1:
         raise _UsageError("--num-proc must be >= 1")

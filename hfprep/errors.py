@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pydantic
+
 
 class HfprepError(Exception):
     """Base class for every error hfprep raises on purpose (bad config, bad data, unreachable Hub...).
@@ -12,6 +16,10 @@ class HfprepError(Exception):
 
 class ConfigError(HfprepError, ValueError):
     """A recipe or config value is invalid (unknown key, wrong type, out of range)."""
+
+
+class RecipeError(ConfigError):
+    """The recipe file is invalid (the CLI exits with code 2, a usage error)."""
 
 
 class DataError(HfprepError, ValueError):
@@ -37,3 +45,30 @@ class OutputError(HfprepError, OSError):
 
 class HubError(HfprepError, RuntimeError):
     """The Hugging Face Hub could not be reached or refused the request."""
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "<top level>"
+
+
+def format_validation_error(err: pydantic.ValidationError, where: str) -> str:
+    """One line: ``file: key: message (got value)`` for each problem, ``;``-separated."""
+    msgs = []
+    for e in err.errors():
+        # Skip pydantic's internal union/validator tags in the location (e.g. 'function-after[...]').
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the recipe reference in hfprep.recipe)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = e.get("input")
+        suffix = f" (got {got!r:.60})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict) else ""
+        msgs.append(f"{_loc(loc)}: {msg}{suffix}")
+    return f"{where}: " + "; ".join(msgs)

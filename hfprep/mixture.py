@@ -44,9 +44,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pydantic
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RecipeError, format_validation_error
+from .schema import padding_mask, table_to_flat
+from .tokenization.stage import TokenizeConfig
 
 SOURCE_COLUMN = "source"
 """Optional output column: the mixture source index of every token (``-1`` on padding)."""
@@ -63,8 +66,6 @@ def check_mixture_recipe(recipe: Any, where: str) -> None:
     Per-source ``tokenize`` sections are validated here, merged over the recipe's ``tokenize`` section, so their
     errors name the entry (``sources[1].tokenize.fim_rate: ...``).
     """
-    from .recipe import RecipeError
-
     def fail(key: str, msg: str) -> None:
         raise RecipeError(f"{where}: {key}: {msg}")
 
@@ -104,9 +105,6 @@ def check_mixture_recipe(recipe: Any, where: str) -> None:
 
 def source_tokenize_config(recipe: Any, i: int, where: str | None = None):
     """The :class:`~hfprep.tokenization.stage.TokenizeConfig` of ``sources[i]``: its ``tokenize`` keys over the recipe's."""
-    from .recipe import RecipeError, format_validation_error
-    from .tokenization.stage import TokenizeConfig
-
     where = where or recipe.where
     own = recipe.sources[i].tokenize or {}
     if "backend" in own:
@@ -404,10 +402,6 @@ def mixture_lines(meta: dict[str, Any] | None) -> list[str]:
 def source_column_counts(table: Any, pad_token_id: int | None, padded: bool, where: str, row_base: int):
     """Real tokens per source index in a batch with a ``source`` column, and the rows where the column breaks
     its rule (same length as ``input_ids``; ``-1`` exactly on padding; a non-negative index elsewhere)."""
-    import pyarrow.compute as pc
-
-    from .schema import padding_mask, table_to_flat
-
     ids, pos, loss, offsets = table_to_flat(table)
     col = table.column(SOURCE_COLUMN).combine_chunks()
     src = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)

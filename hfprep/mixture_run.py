@@ -32,7 +32,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .configure import (
+    RecordingTransform,
+    SplitResult,
+    TokenizerInfo,
+    prepare_tokenizer,
+    split_stats_from,
+    transform_config,
+)
+from .describe import card_source, source_revision
 from .engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
+from .engines.ray_engine import run_on_ray
 from .errors import ConfigError, DataError
 from .mixture import (
     SOURCE_COLUMN,
@@ -51,21 +61,11 @@ from .output.plots import _COLORS, _figure, _save
 from .pack.keys import batch_keys
 from .pack.packers import pack_dense_flat
 from .pack.transform import TOKEN_COLUMNS, table_to_flat
-from .run import (
-    SplitResult,
-    TokenizerInfo,
-    _RecordingTransform,
-    _split_stats_from,
-    prepare_tokenizer,
-    source_revision,
-    train_cached_tokenizer,
-    training_texts,
-    transform_config,
-)
 from .source.loading import SourceSpec, load_source, resolve_source, select_split
 from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .tokenization.loading import vocab_size
 from .tokenization.stage import TokenizeConfig, Tokenizer, tokenized_features
+from .tokenization.training import train_cached_tokenizer, training_texts
 
 SOURCE_ID = "__source__"
 HASH = "__hash__"
@@ -83,7 +83,7 @@ def _per_source(prefix: str, counts: np.ndarray) -> dict[str, int]:
     return {f"{prefix}{s}": round(c) for s, c in enumerate(counts.tolist())}
 
 
-class MixtureTransform(_RecordingTransform):
+class MixtureTransform(RecordingTransform):
     """The single-source reduce (pack + document-length bins, dense tails packed together at the end) plus the
     per-token ``source`` column of the packed rows and per-source token counts (written, dropped whole, cut).
 
@@ -443,8 +443,6 @@ class _MixtureSpec:
 def _card_description(spec: SourceSpec, recipe) -> str:
     """A source as the card shows it (no folder of this machine: paths relative to the recipe, or file names with
     their sha256), with the row rules the single-source card also names."""
-    from .run import card_source
-
     return (
         card_source(spec, recipe)
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
@@ -615,7 +613,7 @@ def _run_split(
 
         transform.last_stats = []
         out = Dataset(transform.empty_output())
-    stats, bins = _split_stats_from(transform)
+    stats, bins = split_stats_from(transform)
     outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
     dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
     cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]
@@ -643,10 +641,6 @@ def _run_split(
 
 
 def _reduce_on_ray(transform: MixtureTransform, mixed, recipe):
-    try:
-        from .engines.ray_engine import run_on_ray
-    except ImportError as e:
-        raise ConfigError(f"engine 'ray' is not available ({e}); install it with pip install 'hfprep[ray]'") from e
     mixed = mixed.flatten_indices().select_columns(["input_ids", "position_ids", "loss_mask", KEY_COLUMN, SOURCE_ID])
     return run_on_ray(transform, mixed, address=recipe.engine.address, num_cpus=recipe.engine.num_cpus)
 

@@ -34,7 +34,7 @@ Example:
     >>> load_recipe(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    hfprep.recipe.RecipeError: ...r.yaml: packing.seq_len: Input should be a valid integer...
+    hfprep.errors.RecipeError: ...r.yaml: packing.seq_len: Input should be a valid integer...
 """
 
 from __future__ import annotations
@@ -47,18 +47,16 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from .errors import ConfigError
+from .errors import RecipeError, format_validation_error
+from .mixture import check_mixture_recipe
 from .output.layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
+from .pack.packers import PACKERS
 from .tokenization.stage import TokenizeConfig
 
 STDLIB_PLACEHOLDER = "{stdlib}"
 """Placeholder in ``source.text_dir``: the running Python's standard-library folder."""
 
 SourceFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "text"]
-
-
-class RecipeError(ConfigError):
-    """The recipe file is invalid (the CLI exits with code 2, a usage error)."""
 
 
 class _Section(pydantic.BaseModel):
@@ -291,33 +289,6 @@ class Recipe(_Section):
         return [self.splits.train_name]
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        else:
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "<top level>"
-
-
-def format_validation_error(err: pydantic.ValidationError, where: str) -> str:
-    """One line: ``file: key: message (got value)`` for each problem, ``;``-separated."""
-    msgs = []
-    for e in err.errors():
-        # Skip pydantic's internal union/validator tags in the location (e.g. 'function-after[...]').
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the recipe reference in hfprep.recipe)"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        got = e.get("input")
-        suffix = f" (got {got!r:.60})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict) else ""
-        msgs.append(f"{_loc(loc)}: {msg}{suffix}")
-    return f"{where}: " + "; ".join(msgs)
-
-
 def parse_recipe(data: Any, where: str = "<recipe>") -> Recipe:
     """Validate a recipe dict (no path resolution); errors are one :class:`RecipeError` line."""
     if not isinstance(data, dict):
@@ -326,8 +297,6 @@ def parse_recipe(data: Any, where: str = "<recipe>") -> Recipe:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as e:
         raise RecipeError(format_validation_error(e, where)) from None
-    from .mixture import check_mixture_recipe
-
     check_mixture_recipe(recipe, where)
     return recipe
 
@@ -371,17 +340,7 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
 
 
 def check_packing_strategy(recipe: Recipe) -> None:
-    """The packing strategy must be registered (importing the optional packers first)."""
-    import importlib
-
-    from .pack.packers import PACKERS
-
-    if recipe.packing.strategy not in PACKERS:
-        for mod in ("hfprep.pack.bfd", "hfprep.pack"):
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                continue
+    """The packing strategy must be registered."""
     if recipe.packing.strategy not in PACKERS:
         raise RecipeError(
             f"{recipe.where}: packing.strategy: unknown packer {recipe.packing.strategy!r}; "

@@ -174,8 +174,9 @@ def test_text_dir_strict_refuses_naming_the_file(tmp_path, tokenizer_path, capsy
 
 
 def test_text_dir_replace_counts_in_summary_and_card(tmp_path, tokenizer_path):
+    from hfprep.describe import format_summary
     from hfprep.output.card import read_card_metadata
-    from hfprep.run import format_summary, run_recipe
+    from hfprep.run import run_recipe
 
     _text_dir(tmp_path)
     recipe = _recipe(tmp_path, tokenizer_path, {"text_dir": "corpus", "decode_errors": "replace"})

@@ -16,13 +16,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hfprep.describe import format_summary
 from hfprep.errors import ConfigError, DataError
 from hfprep.mixture import choose_documents, plan_budgets
 from hfprep.output.card import read_card_metadata
 from hfprep.output.inspect_cmd import inspect_folder
 from hfprep.output.validate import validate_folder
 from hfprep.recipe import RecipeError, load_recipe, parse_recipe
-from hfprep.run import format_summary, run_recipe
+from hfprep.run import run_recipe
 from hfprep.tokenization.loading import load_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "the", "quick", "fox"]

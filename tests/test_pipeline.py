@@ -13,11 +13,12 @@ import pytest
 import yaml
 from datasets import load_dataset
 
+from hfprep.describe import format_summary
 from hfprep.errors import DataError, OutputExistsError
 from hfprep.output.card import read_card_metadata
 from hfprep.output.validate import validate_folder
 from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from hfprep.run import format_summary, run_recipe
+from hfprep.run import run_recipe
 
 WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", "print", "the", "quick", "brown", "fox", "lazy", "dog"]
 

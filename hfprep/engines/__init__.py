@@ -1,21 +1,14 @@
-"""Engines move data between the stages; the stages themselves (tokenize, key, pack) are shared functions.
+"""Engines move data; the stages' work is the transform's own functions. An engine takes a transform and a source
+and gives the transform's output rows; it uses only the transform's engine interface, defined by
+:class:`~hfprep.engines.mapreduce.MapReduceTransformBase`: ``map_batch`` / ``map_features``, ``reduce_group``
+(and the tail hooks), ``group_bytes``, ``check_input_columns`` and ``guard_backend``.
 
-* ``datasets`` (the default): :meth:`hfprep.pack.transform.PrepareForTrainingTransform.run` on one machine, ``num_proc``
-  worker processes (see :mod:`hfprep.engines.mapreduce`).
-* ``ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` on a Ray cluster (or a local one), reading Parquet /
-  JSONL files in parallel on the workers. Needs the optional extra: ``pip install 'hfprep[ray]'``.
+* ``datasets`` (the default): :mod:`~hfprep.engines.mapreduce`, the map-reduce on ``datasets.Dataset.map`` with
+  ``num_proc`` worker processes.
+* ``streaming``: :mod:`~hfprep.engines.streaming`, batches of an iterable source, spilled to disk by key.
+* ``ray``: :mod:`~hfprep.engines.ray_engine` on a Ray cluster (or a local one), reading Parquet / JSONL files in
+  parallel on the workers. Needs the optional extra: ``pip install 'hfprep[ray]'``.
 
-Both engines call the same ``map_batch`` and ``reduce_group`` of the transform, so they produce the same rows in
-the same order (groups in ascending key order, input order inside a group).
-
-Example:
-    >>> from hfprep.engines import ENGINES
-    >>> ENGINES
-    ('datasets', 'ray')
+All engines call the same functions of the transform, so they produce the same rows in the same order (groups in
+ascending key order, input order inside a group).
 """
-
-from __future__ import annotations
-
-ENGINES: tuple[str, ...] = ("datasets", "ray")
-
-__all__ = ["ENGINES"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,13 +36,15 @@ import pyarrow.compute as pc
 import pydantic
 
 from .. import scratch
-from ..errors import ConfigError, DataError
+from ..datasets_internals import arrow_table, fingerprint
+from ..errors import DataError
 from ..schema import Row
 
 Key = TypeVar("Key")
 KEY_COLUMN = "__key__"
 INDEX_COLUMN = "__index__"
 DEFAULT_REDUCE_MEMORY_BUDGET = 512 * 2**20
+BYTES_PER_TOKEN_IN_GROUP = 9  # uint32 id + uint32 position + bool mask, in memory while a group is packed
 
 
 class TransformConfigBase(pydantic.BaseModel):
@@ -204,7 +206,7 @@ class _RangeReducer:
             yield self.keys[g], sub.take(pa.array(perm[g0:g1]))
 
     def __call__(self, batch: Mapping[str, list[int]]) -> dict[str, list[Any]] | pa.Table:
-        table = self.table_source.data.table
+        table = arrow_table(self.table_source)
         table = table.drop_columns([c for c in (KEY_COLUMN,) if c in table.column_names])
         if self.schema is None:
             return self._call_inferred(table, batch)
@@ -362,9 +364,7 @@ class MapReduceTransformBase(TransformBase):
         if mapped.num_rows == 0:
             self.last_stats = []
             return Dataset(self.empty_output())
-        if mapped._indices is not None:
-            mapped = mapped.flatten_indices()
-        table = mapped.data.table
+        table = arrow_table(mapped)
         key_col = table.column(KEY_COLUMN)
         order = self.group_order(table)
         sorted_keys = key_col.take(pa.array(order)).combine_chunks()
@@ -459,6 +459,13 @@ class MapReduceTransformBase(TransformBase):
     def check_group_bytes(self, group_bytes: np.ndarray, keys: list[Any]) -> None:
         """Hook: refuse or warn about groups too large for memory (see :mod:`hfprep.pack.transform`)."""
 
+    def input_columns(self) -> list[str]:
+        """Hook: the source columns ``map_batch`` reads (none declared by default)."""
+        return []
+
+    def check_input_columns(self, columns: Sequence[str], where: str) -> None:
+        """Hook: refuse a source without the columns ``map_batch`` reads; every engine calls it before mapping."""
+
 
 def _cache_dir(mapped) -> str | None:
     """The folder of ``mapped``'s cache files (the reduce output lives next to them), or None for a temp folder."""
@@ -487,10 +494,5 @@ def _reduce_fingerprint(mapped, transform) -> str:
     import hashlib
 
     cfg = transform.config.model_dump_json() if hasattr(transform.config, "model_dump_json") else repr(transform.config)
-    h = hashlib.sha256(f"{mapped._fingerprint}|{type(transform).__qualname__}|{cfg}".encode())
+    h = hashlib.sha256(f"{fingerprint(mapped)}|{type(transform).__qualname__}|{cfg}".encode())
     return h.hexdigest()[:32]
-
-
-def check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

@@ -48,9 +48,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import scratch
+from ..datasets_internals import arrow_table
 from ..errors import ConfigError, DataError, HfprepError
-from ..pack.transform import BYTES_PER_TOKEN_IN_GROUP, PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-from .mapreduce import INDEX_COLUMN, KEY_COLUMN, MapReduceTransformBase, _temporary_cache_dir
+from .mapreduce import (
+    BYTES_PER_TOKEN_IN_GROUP,
+    INDEX_COLUMN,
+    KEY_COLUMN,
+    MapReduceTransformBase,
+    MapReduceTransformConfigBase,
+    _temporary_cache_dir,
+)
 
 RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
 TESTED_RAY_VERSIONS = ">=2.50,<2.61"
@@ -149,9 +156,7 @@ def dataset_to_parquet(dataset, folder: str | os.PathLike, num_files_hint: int =
     """Write a ``datasets.Dataset`` as one Parquet file with ~``num_files_hint`` row groups (one read task each)."""
     import pyarrow.parquet as pq
 
-    if dataset._indices is not None:
-        dataset = dataset.flatten_indices()
-    table = dataset.data.table
+    table = arrow_table(dataset)
     path = Path(folder) / "source.parquet"
     rows_per_group = max(1, min(100_000, math.ceil(table.num_rows / max(1, num_files_hint))))
     pq.write_table(table, str(path), row_group_size=rows_per_group)
@@ -688,7 +693,7 @@ def _preflight(transform: MapReduceTransformBase, input_bytes: int) -> None:
 
 
 def prepare_with_ray(
-    config: PrepareForTrainingTransformConfig,
+    config: MapReduceTransformConfigBase,
     source: Any,
     *,
     address: str | None = None,
@@ -697,7 +702,7 @@ def prepare_with_ray(
     tokenizer: Any = None,
     cache_dir: str | os.PathLike | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
-    transform: PrepareForTrainingTransform | None = None,
+    transform: MapReduceTransformBase | None = None,
     verbose: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Tokenize -> key -> group -> pack on Ray Data; the same rows, order and stats as the datasets engine.
@@ -729,7 +734,7 @@ def prepare_with_ray(
         1.0
     """
     if transform is None:
-        transform = PrepareForTrainingTransform(config, tokenizer=tokenizer)
+        transform = config.build_transform(tokenizer=tokenizer)
     with scratch.ScratchDir("raycheck") as tmp:
         files, fmt = (None, None)
         from datasets import Dataset
@@ -754,13 +759,6 @@ def prepare_with_ray(
     return out, transform.stats
 
 
-def _check_columns(transform: PrepareForTrainingTransform, columns: Sequence[str], where: str) -> None:
-    if not columns:
-        return
-    missing = [c for c in transform.tokenizer_stage.config.input_columns() if c not in columns]
-    if missing:
-        raise DataError(
-            f"strategy {transform.config.processing_strategy!r} needs column(s) {missing}, but {where} has "
-            f"{list(columns)}; set tokenize.text_column (fim: tokenize.prefix_column / middle_column / suffix_column; "
-                    "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
-        )
+def _check_columns(transform: MapReduceTransformBase, columns: Sequence[str], where: str) -> None:
+    if columns:  # a file format without a schema up front is checked batch by batch on the workers
+        transform.check_input_columns(columns, where)

@@ -190,7 +190,7 @@ def prepare_streaming(
                     continue
                 if rows_in == 0 and hasattr(transform, "guard_backend"):
                     # A stream cannot be sampled ahead: the fast backend's exactness guard sees the first batch.
-                    columns = transform.tokenizer_stage.config.input_columns()
+                    columns = transform.input_columns()
                     cells = [c for name in columns for c in batch.get(name, [])[:256]]
                     transform.guard_backend(
                         [c for c in cells if isinstance(c, str)]

@@ -91,7 +91,7 @@ def split_files(folder: str | os.PathLike, splits: list[str] | None) -> dict[str
     if not found:
         raise DataError(
             f"input folder {str(root)!r} has no data/<split>-XXXXX-of-YYYYY.parquet shards: it is not a prepared "
-            "hfprep dataset (run `hfprep prepare` first)"
+            "hfprep dataset (make one with `hfprep run RECIPE` first)"
         )
     wanted = splits if splits is not None else sorted(found)
     out: dict[str, list[Path]] = {}
@@ -114,7 +114,7 @@ def validate_rows(table: pa.Table, where: str, first_row: int, vocab_size: int) 
     if missing:
         raise DataError(
             f"{where}: missing column(s) {missing} (has {table.column_names}); a KD cache needs hfprep-prepared rows "
-            "(input_ids, position_ids, loss_mask): run `hfprep prepare` first"
+            "(input_ids, position_ids, loss_mask): make them with `hfprep run RECIPE` first"
         )
     for c in ROW_COLUMNS:
         t = table.schema.field(c).type

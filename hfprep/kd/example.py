@@ -25,6 +25,16 @@ from typing import Any
 
 import torch
 
+from ..datasets_internals import arrow_table
+from ..output.layout import atomic_output, write_split
+from ..pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
+from ..tokenization.loading import train_tiny_tokenizer
+from .builder import build_kd_cache
+from .collator import DataCollatorForKD
+from .config import config_from_dict
+from .readers import RBTopKIterableDataset
+from .trainer import KDTrainer
+
 EXAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "def f(x):\n    return x * 2\n",
@@ -74,10 +84,6 @@ def write_prepared(
 ) -> Path:
     """Prepare ``texts`` (pretrain strategy) into packed rows and write them as a Hub-layout folder."""
     from datasets import Dataset
-
-    from ..output.layout import atomic_output, write_split
-    from ..pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
-
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain",
         packing_strategy=packing,
@@ -87,21 +93,13 @@ def write_prepared(
     )
     packed = PrepareForTrainingTransform(cfg, tokenizer=tokenizer).run(Dataset.from_dict({"content": list(texts)}))
     with atomic_output(folder, overwrite=True) as tmp:
-        write_split(packed.data.table, tmp, split, max_rows_per_shard=max_rows_per_shard)
+        write_split(arrow_table(packed), tmp, split, max_rows_per_shard=max_rows_per_shard)
     return Path(folder)
 
 
 def main(steps: int = 30, workdir: str | None = None, quiet: bool = False, lr: float = 3e-3) -> list[float]:
     """Run the whole example; returns the KD loss of every optimiser step."""
     from transformers import TrainingArguments
-
-    from ..tokenization.loading import train_tiny_tokenizer
-    from .builder import build_kd_cache
-    from .collator import DataCollatorForKD
-    from .config import config_from_dict
-    from .readers import RBTopKIterableDataset
-    from .trainer import KDTrainer
-
     root = Path(workdir or tempfile.mkdtemp(prefix="hfprep-kd-example-"))
     tok = train_tiny_tokenizer(EXAMPLE_TEXTS * 20, root / "tokenizer", vocab_size=300)
     write_prepared(tok, root / "prepared", EXAMPLE_TEXTS * 8, seq_len=32)

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ import pyarrow as pa
 import torch
 
 from .. import schema as _schema
+from ..errors import DataError
 
 FORMAT_VERSION = 1
 FILL_ID = 0
@@ -155,10 +157,6 @@ def check_complete_shards(files: list[str], source: str) -> None:
 
     A glob silently returns whatever is there; a missing shard would mean silently training on part of the data.
     """
-    import re
-
-    from ..errors import DataError
-
     pat = re.compile(r"^(?P<prefix>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
     groups: dict[tuple[str, int], set[int]] = {}
     for f in files:

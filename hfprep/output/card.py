@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from collections.abc import Mapping
@@ -240,7 +239,3 @@ def render_card(context: Mapping[str, Any], template: str | os.PathLike | None =
         return tmpl.substitute({k: str(v) for k, v in context.items()})
     except KeyError as e:
         raise ConfigError(f"card template {str(path)!r} uses ${{{e.args[0]}}}, which hfprep does not provide") from None
-
-
-def compact_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

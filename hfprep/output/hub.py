@@ -55,6 +55,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, DataError, HubError
+from ..version import __version__
+from .card import dump_yaml
 from .layout import CARD_NAME, DATA_DIR
 
 logger = logging.getLogger(__name__)
@@ -129,7 +131,8 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
     Raises :class:`~hfprep.errors.DataError` (or ``ConfigError`` for a missing folder) with the fix.
 
     Example:
-        >>>         >>> validate_folder_for_push(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        >>> import tempfile
+        >>> validate_folder_for_push(tempfile.mkdtemp())  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         hfprep.errors.DataError: ... has no README.md (the dataset card); ...
@@ -338,10 +341,8 @@ def merge_card(
         >>> [c["config_name"] for c in meta["configs"]], meta["owner"]
         (['default', 'fr'], 'kept')
         >>> body.splitlines()
-        ['Hello', '', '<!-- hfprep:begin config=default -->', '# Mine', '<!-- hfprep:end config=default -->']
+        ['', 'Hello', '', '<!-- hfprep:begin config=default -->', '# Mine', '<!-- hfprep:end config=default -->']
     """
-    from .card import dump_yaml
-
     check_config_name(config_name)
     local_meta, local_body = _split_card(local_text, "local card")
     remote_meta, remote_body = _split_card(remote_text, "remote card") if remote_text is not None else ({}, "")
@@ -693,8 +694,6 @@ def plan_push(
     local_card = (plan.folder / CARD_NAME).read_text(encoding="utf-8")
     base_card = remote_card
     if remote_meta.get("configs") and not remote_configs:
-        from .card import dump_yaml
-
         body = _split_card(remote_card, CARD_NAME)[1] if remote_card is not None else ""
         base_card = f"---\n{dump_yaml(remote_meta)}---\n{body}"
     card_text = merge_card(
@@ -764,8 +763,6 @@ def push_folder(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
-
-    from .. import __version__
 
     plan = validate_folder_for_push(folder)
     check_config_name(config_name)

@@ -26,8 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError, HfprepError, HubError
+from ..mixture import mixture_lines
 from ..schema import output_is_padded, padding_mask
-from .layout import CARD_NAME
+from ..source.loading import require_hub
+from ..tokenization.loading import load_tokenizer
+from .card import read_card_metadata
+from .layout import CARD_NAME, list_split_files
 
 MAX_SEGMENT_CHARS = 600
 T = TypeVar("T")
@@ -35,8 +39,6 @@ NO_LOSS_OPEN, NO_LOSS_CLOSE = "\u2039", "\u203a"  # ‹ › around text that car
 
 
 def _load_decoder(tokenizer: str | None, folder: Path | None, card_tok: str | None):
-    from ..tokenization.loading import load_tokenizer
-
     candidates = []
     if tokenizer:
         candidates.append(tokenizer)
@@ -112,9 +114,6 @@ def render_row(
 
 def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int = 0, tokenizer: str | None = None) -> dict[str, Any]:
     """Schema, card stats and one decoded row of a prepared folder, as a dict (``text`` holds the rendering)."""
-    from .card import read_card_metadata
-    from .layout import list_split_files
-
     root = Path(folder)
     meta: dict[str, Any] = {}
     if (root / CARD_NAME).is_file():
@@ -168,8 +167,6 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
             f"{hf.get('num_reduce_chunks')} reduce chunks",
         ]
     if hf.get("mixture"):
-        from ..mixture import mixture_lines
-
         lines += mixture_lines(hf["mixture"])
     lines += ["", f"row {row} of {split!r} ({len(r['input_ids'])} tokens"
               + (f", decoded with {used}" if used else ", ids only: no tokenizer available") + "): " + rendered]
@@ -186,9 +183,6 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
 def inspect_repo(repo_id: str, split: str | None = None, row: int = 0, tokenizer: str | None = None) -> dict[str, Any]:
     """Like :func:`inspect_folder` for a Hub dataset repo, read with ``load_dataset(..., streaming=True)``."""
     from datasets import load_dataset
-
-    from ..source.loading import require_hub
-
     require_hub(f"inspect of {repo_id!r}")
     try:
         ds = load_dataset(repo_id, split=split or "train", streaming=True)

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
 from ..scratch import pid_alive
+from ..version import __version__
 
 try:
     import fcntl
@@ -324,8 +325,6 @@ def output_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _write_marker(folder: Path) -> None:
-    from .. import __version__
-
     files = [f for f in _files_under(folder) if f != MARKER_NAME]
     body = {"written_by": "hfprep", "hfprep_version": __version__, "files": files}
     (folder / MARKER_NAME).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")

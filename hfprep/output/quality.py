@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..datasets_internals import arrow_table
 from ..errors import DataError
 from ..schema import padding_mask
 
@@ -56,9 +57,7 @@ def _as_table(data: Any) -> pa.Table:
     except ImportError:  # pragma: no cover - datasets is a hard dependency
         Dataset = ()  # type: ignore[assignment]
     if isinstance(data, Dataset):
-        if data._indices is not None:
-            data = data.flatten_indices()
-        return data.data.table
+        return arrow_table(data)
     raise DataError(f"packing_report needs a datasets.Dataset or a pyarrow.Table, got {type(data).__name__}")
 
 

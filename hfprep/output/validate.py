@@ -33,7 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..mixture import check_mixture_card, source_column_counts
 from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
+from .card import read_card_metadata
 from .layout import CARD_NAME, DATA_DIR
 
 EXPECTED_TYPES = ROW_ARROW_TYPES
@@ -226,8 +228,6 @@ def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
 
 def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> ValidationReport:
     """Recompute every invariant of a prepared dataset folder; see the module docstring for the list."""
-    from .card import read_card_metadata
-
     root = Path(folder)
     violations: list[str] = []
     if not root.is_dir():
@@ -289,8 +289,6 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     s, _, _ = batch_stats(table, pad_id, padded)
                     total.add(s)
                 if "source" in table.column_names:
-                    from ..mixture import source_column_counts
-
                     counts, problems = source_column_counts(table, pad_id, padded, where, row_base)
                     violations.extend(problems[: max(0, max_violations - len(violations))])
                     source_tokens = source_tokens + counts if source_tokens is not None else counts
@@ -298,8 +296,6 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         all_stats[split] = total.as_dict()
         violations.extend(_check_card_stats(meta, split, total))
         if source_tokens is not None and split == next(iter(config_splits or shards)):
-            from ..mixture import check_mixture_card
-
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     cut = cut or len(violations) > max_violations
     return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut)

@@ -1,4 +1,4 @@
-"""Keys for the map side: ``array_hash(input_ids) % num_reduce_chunks`` (DESIGN.md §2)."""
+"""Keys for the map side: ``array_hash(input_ids) % num_reduce_chunks``."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The packers work on flat arrays + document offsets (the Arrow list layout) and r
 so a whole reduce group is packed with a handful of numpy calls. The seed's list-of-dicts API
 (:func:`pack_dense`, :func:`pack_no_incomplete`, :func:`pack_sequences`, :func:`position_fix_helper`) wraps them.
 
-Semantics (DESIGN.md §2):
+Semantics:
 
 * ``dense``: concatenate, cut into ``seq_len`` rows, drop the incomplete tail; positions rebased so each segment
   of a row starts at 0.
@@ -24,15 +24,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from jaxtyping import Bool, Int64, UInt32
 
 from ..errors import ConfigError
 from ..schema import TokenizedRow, trailing_padding_like
-
-PackingStrategy = Literal["dense", "no_incomplete"]
 
 
 @dataclass
@@ -501,19 +498,10 @@ PACKERS: dict[str, FlatPacker] = {"dense": pack_dense_flat, "no_incomplete": pac
 """Flat packers by strategy name. Other modules register more (e.g. ``bfd``)."""
 
 
-_BUILTIN_PACKER_MODULES = {"bfd": "hfprep.pack.bfd"}
-"""Packers that live in their own module and register themselves on import."""
-
-
 def get_packer(strategy: str) -> FlatPacker:
-    """The flat packer registered as ``strategy`` (built-in modules are imported on first use)."""
-    if strategy not in PACKERS and strategy in _BUILTIN_PACKER_MODULES:
-        import importlib
-
-        importlib.import_module(_BUILTIN_PACKER_MODULES[strategy])
+    """The flat packer registered as ``strategy`` (``hfprep.pack`` registers ``bfd`` when it is imported)."""
     if strategy not in PACKERS:
-        known = sorted(set(PACKERS) | set(_BUILTIN_PACKER_MODULES))
-        raise ConfigError(f"packing strategy {strategy!r} is not supported; choose one of {known}")
+        raise ConfigError(f"packing strategy {strategy!r} is not supported; choose one of {sorted(PACKERS)}")
     return PACKERS[strategy]
 
 

@@ -21,11 +21,13 @@ import pydantic
 
 from .. import schema as _schema
 from ..engines.mapreduce import (
+    BYTES_PER_TOKEN_IN_GROUP,
     DEFAULT_REDUCE_MEMORY_BUDGET,
     INDEX_COLUMN,
     KEY_COLUMN,
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
+    to_dataset,
 )
 from ..errors import ConfigError, DataError
 from ..schema import Row, TokenizedRow, flat_to_table, table_to_flat
@@ -42,9 +44,8 @@ from .packers import (
     pack_dense_tails_flat,
     positions_are_aranges,
     rebase_row_heads,
+    rows_to_flat,
 )
-
-BYTES_PER_TOKEN_IN_GROUP = 9  # uint32 id + uint32 position + bool mask, in memory while a group is packed
 
 
 class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
@@ -90,6 +91,10 @@ class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
         if v < 1:
             raise ValueError("num_reduce_chunks must be >= 1")
         return v
+
+    def build_transform(self, tokenizer=None) -> PrepareForTrainingTransform:
+        """The transform this config describes (engines build it through the config, without importing pack)."""
+        return PrepareForTrainingTransform(self, tokenizer=tokenizer)
 
     def tokenize_config(self) -> TokenizeConfig:
         # The seed's FIM options plus every other tokenize option (raw-document FIM, chat template...), so the
@@ -147,8 +152,6 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         def __call__(self, key: int, rows: Iterable[TokenizedRow]) -> Iterator[TokenizedRow]:
             # The same code path as run()'s reduce (pack_table with the config's packing_kwargs), so both give the
             # same rows; positions are checked because seed-API callers may pass rows that hold several segments.
-            from .packers import rows_to_flat
-
             t = self.transform
             table = flat_to_table(*rows_to_flat(rows))
             packed, _ = pack_table(
@@ -250,22 +253,28 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     # --- driver -----------------------------------------------------------------------------------------------
 
     def run(self, data: Any, num_proc: int | None = None, batch_size: int = 1000) -> Any:
-        from ..engines.mapreduce import to_dataset
-
         ds = to_dataset(data)
         self.rows_in = len(ds)
         if self.rows_in:
-            missing = [c for c in self.tokenizer_stage.config.input_columns() if c not in ds.column_names]
-            if missing:
-                raise DataError(
-                    f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but the data has "
-                    f"{ds.column_names}; set tokenize.text_column (fim: tokenize.prefix_column / middle_column / suffix_column; "
-                    "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
-                )
-        self.guard_backend(sample_texts(ds, self.tokenizer_stage.config.input_columns()))
+            self.check_input_columns(ds.column_names, "the data")
+        self.guard_backend(sample_texts(ds, self.input_columns()))
         with keep_tokenizers_parallelism():  # else HF tokenizers stays single-threaded in this process afterwards
             out = super().run(ds, num_proc=num_proc, batch_size=batch_size)
         return out if isinstance(data, type(ds)) else out.to_list()
+
+    def input_columns(self) -> list[str]:
+        """The source columns the tokenize strategy reads (engines check them before mapping)."""
+        return self.tokenizer_stage.config.input_columns()
+
+    def check_input_columns(self, columns: Sequence[str], where: str) -> None:
+        """Refuse, in one line, a source without the columns the strategy reads (every engine calls this)."""
+        missing = [c for c in self.input_columns() if c not in columns]
+        if missing:
+            raise DataError(
+                f"strategy {self.config.processing_strategy!r} needs column(s) {missing}, but {where} has "
+                f"{list(columns)}; set tokenize.text_column (fim: tokenize.prefix_column / middle_column / suffix_column; "
+                "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
+            )
 
     def guard_backend(self, sample: Sequence[str]) -> dict[str, Any]:
         """Re-check the fast tokenizer backend on a deterministic sample of this run's input texts (engines call

@@ -1,6 +1,6 @@
 """Tokenize stage: raw rows -> ``input_ids`` (uint32), ``position_ids`` (uint32), ``loss_mask`` (bool).
 
-Three strategies (DESIGN.md §2), one implementation each, usable three ways:
+Three strategies, one implementation each, usable three ways:
 
 * the seed's row functions: :func:`pretrain_processing`, :func:`fim_processing`, :func:`sft_processing`,
   :func:`process_row`;

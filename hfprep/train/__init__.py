@@ -1,1 +1,7 @@
-"""train."""
+"""Training side. Takes a prepared dataset; gives batches for PyTorch / transformers.
+
+* :mod:`~hfprep.train.collator`: ``DataCollatorForPackedLM`` (padding-free or padded batches, block-causal masks).
+* :mod:`~hfprep.train.torch_data`: the seed's ``LMDataset`` / ``collate_lm``.
+
+The block-causal mask itself is :func:`hfprep.schema.causal_mask_from_positions` (one definition for every user).
+"""
