@@ -17,17 +17,13 @@ from typing import Any
 from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
 from .mixture import mixture_lines
 from .output.card import (
-    FlowMap,
-    backend_sentence,
-    dataset_info_yaml,
+    CardParams,
+    CardSplit,
+    TokenizerFacts,
     dump_yaml,
-    license_metadata,
     portable_path,
-    render_card,
-    size_category,
-    stats_table,
+    render_dataset_card,
 )
-from .output.layout import split_glob
 from .output.quality import format_report
 from .recipe import STDLIB_PLACEHOLDER, Recipe, stdlib_dir
 from .schema import output_is_padded
@@ -39,7 +35,7 @@ from .tokenization.loading import (
     tokenizer_fingerprint,
     vocab_size,
 )
-from .tokenization.stage import document_specials, tokenized_features
+from .tokenization.stage import document_specials
 from .version import __version__
 
 
@@ -153,7 +149,7 @@ def rows_all_full(results: list[SplitResult], seq_len: int) -> bool:
     return all(r.out_stats.pad_tokens == 0 and r.out_stats.tokens == r.out_stats.rows * seq_len for r in results)
 
 
-def build_card(
+def card_params(
     recipe: Recipe,
     info: TokenizerInfo,
     spec: SourceSpec,
@@ -165,13 +161,12 @@ def build_card(
     date: str,
     download_bytes: dict[str, int] | None = None,
     has_fill_plot: bool = True,
-) -> str:
-    """The dataset card (README.md): YAML for the Hub and ``load_dataset`` plus a compact ``hfprep`` block; prose
-    with the load/train snippets, tables, figures, recipe and provenance. ``split_bytes``: Arrow bytes per split
+) -> CardParams:
+    """The facts of a finished run that the dataset card shows. ``split_bytes``: Arrow bytes per split
     (``num_bytes``); ``download_bytes``: Parquet bytes."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    stats: dict[str, dict[str, Any]] = {}
+    splits = []
     for r in results:
         s = r.out_stats.as_dict()
         for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
@@ -180,30 +175,13 @@ def build_card(
         if r.rows_in is not None:
             s["rows_in"] = int(r.rows_in)
             s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
-        stats[r.name] = FlowMap(s)  # one line per split: the header stays short
-    total_rows = sum(r.out_stats.rows for r in results)
-    recipe_sha = hashlib.sha256((recipe.text or "").encode()).hexdigest()
-    hub = recipe.hub
-    tags = ["hfprep", "tokenized", "packed", tcfg.strategy, *hub.tags]
-    meta: dict[str, Any] = dict(license_metadata(hub.license))
-    if hub.pretty_name or recipe.name:
-        meta["pretty_name"] = hub.pretty_name or recipe.name
-    meta["task_categories"] = ["text-generation"]
-    meta["size_categories"] = [size_category(total_rows)]
-    meta["source_datasets"] = [spec.hub_id] if spec.kind == "hub" else ["original"]
-    meta["tags"] = list(dict.fromkeys(tags))
-    meta["configs"] = [
-        {"config_name": "default", "data_files": [{"split": r.name, "path": split_glob(r.name)} for r in results]}
-    ]
-    meta["dataset_info"] = dataset_info_yaml(
-        tokenized_features(), {r.name: r.out_stats.rows for r in results}, split_bytes, download_bytes
-    )
+        splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
     load_target = card_load_target(recipe)
-    tokenize_opts = json.loads(tcfg.model_dump_json(exclude_defaults=True))
-    tokenize_opts.pop("strategy", None)
-    meta["hfprep"] = {
-        "version": __version__,
-        "tokenizer": {
+    options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
+    options.pop("strategy", None)
+    backend = (backend_report or {}).get("backend", tcfg.backend)
+    tokenizer = TokenizerFacts(
+        metadata={
             # Loadable as written: AutoTokenizer.from_pretrained(name_or_path, subfolder=..., revision=...).
             "name_or_path": load_target if info.bundle_dir else info.name_or_path,
             **({"subfolder": TOKENIZER_DIR} if info.bundle_dir else {}),
@@ -212,139 +190,71 @@ def build_card(
             "fingerprint": tokenizer_fingerprint(tok),
             **document_specials(tok, tcfg),
             "pad_token_id": pad_id,
-            "backend": (backend_report or {}).get("backend", tcfg.backend),
+            "backend": backend,
         },
-        "strategy": tcfg.strategy,
-        "tokenize": tokenize_opts,  # options that differ from the defaults
-        "seq_len": recipe.packing.seq_len,
-        "packing": recipe.packing.strategy,
-        "packing_kwargs": dict(recipe.packing.packing_kwargs),
-        "num_reduce_chunks": recipe.packing.num_reduce_chunks,
-        "splits": {
-            "rule": "sha256 of the strategy input columns (canonical JSON) as a fraction < heldout_fraction",
-            "heldout_fraction": recipe.splits.heldout_fraction,
-        },
-        "stats": stats,
-    }
+        label=(f"`{info.name_or_path}`" if not info.bundle_dir else f"bundled in this repo under `{TOKENIZER_DIR}/`")
+        + (f" @ `{info.revision}`" if info.revision else ""),
+        vocab_size=vocab_size(tok),
+        fingerprint=tokenizer_fingerprint(tok),
+        eos_id=eos_token_id(tok, tcfg.eos_token),
+        pad_id=pad_id,
+        backend=backend,
+        backend_report=backend_report,
+        bundled_dir=TOKENIZER_DIR if info.bundle_dir else None,
+    )
     replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
-    if replaced is not None:
-        meta["hfprep"]["source_decode_replacements"] = replaced.sequences
-    # The packing report (segment histograms, losses by reason) is in the prose and the images, not the YAML.
-    qualities = {r.name: r.quality for r in results if r.quality is not None}
-
-    seq_len = recipe.packing.seq_len
-    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
-    tokens_in = sum(int(s.get("tokens_in", 0)) for s in stats.values())
-    dropped = sum(int(s.get("tokens_dropped", 0)) for s in stats.values())
-    truncated = sum(int(s.get("tokens_truncated", 0)) for s in stats.values())
-    docs_drop = sum(int(s.get("docs_dropped", 0)) for s in stats.values())
-    empty_drop = sum(int(s.get("docs_dropped_by_tokenizer", 0)) for s in stats.values())
-    total_tokens = sum(r.out_stats.tokens for r in results)
-    total_pad = sum(r.out_stats.pad_tokens for r in results)
-    fill = total_tokens / (total_tokens + total_pad) if total_tokens + total_pad else 0.0
-    dropped_reason = {
-        "dense": (
-            "the incomplete last row of the run (dense packing cuts documents at row ends; the leftovers of the "
-            f"{recipe.packing.num_reduce_chunks} reduce groups are packed together at the end)"
-        ),
-        "no_incomplete": f"documents longer than {seq_len} tokens (no_incomplete never cuts a document)",
-    }.get(recipe.packing.strategy, f"what the {recipe.packing.strategy} packer drops")
-    pct = f" ({dropped / tokens_in:.2%} of {tokens_in:,} tokenized)" if tokens_in else ""
-    dropped_par = (
-        f"**Fill ratio {fill:.2%}** ({total_tokens:,} real tokens, {total_pad:,} padding). "
-        f"**Dropped: {dropped:,} tokens{pct}**"
-        + (f" in {docs_drop:,} whole documents" if docs_drop else "")
-        + f" — {dropped_reason}"
-        + (f"; {truncated:,} of them cut off documents" if truncated and truncated != dropped else "")
-        + (f"; plus {empty_drop:,} empty source row(s) skipped before tokenization" if empty_drop else "")
-        + "."
-    )
     caption, note = doc_lengths_note(results)
-    fill_sentence = (
-        "padding fills the rest of each row (no loss on it)." if padded
-        else "dense packing fills every row completely." if recipe.packing.strategy == "dense"
-        else "rows are not padded: each is as long as its documents (at most seq_len)."
-    )
-    quality_section = ""
-    if qualities:
-        quality_section = (
-            "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split.\n\n"
-            + "\n\n".join(f"**{name}**\n\n```text\n{format_report(q)}\n```" for name, q in qualities.items())
-            + "\n"
-        )
-    tok_rows = [
-        ("tokenizer", (f"`{info.name_or_path}`" if not info.bundle_dir else "bundled in this repo under "
-                       f"`{TOKENIZER_DIR}/`") + (f" @ `{info.revision}`" if info.revision else "")),
-        ("vocab size", f"{vocab_size(tok):,}"),
-        ("fingerprint (sha256 of tokenizer.json)", f"`{tokenizer_fingerprint(tok)}`"),
-        ("eos id / pad id", f"{eos_token_id(tok, tcfg.eos_token)} / {pad_id}"),
-        ("backend", (backend_report or {}).get("backend", tcfg.backend)),
-    ]
-    if backend_report:
-        tok_rows.append(("backend check", backend_sentence(backend_report)))
-    tokenizer_table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in tok_rows)
-    if info.bundle_dir:
-        tokenizer_table += (
-            f"\n\nThe tokenizer is included in this repo: "
-            f"`AutoTokenizer.from_pretrained(\"{load_target}\", subfolder=\"{TOKENIZER_DIR}\")`."
-        )
-    fill_section = ""
-    if has_fill_plot:
-        fill_section = (
-            f"### Row fill\n\n![Fill per row](images/fill_per_row.png)\n\nFill = real tokens / {seq_len} per row; "
-            f"{fill_sentence}\n"
-        )
-    elif not padded or rows_all_full(results, seq_len):
-        fill_section = f"Every row holds {seq_len} real tokens (fill 100%), so there is no fill histogram.\n"
-    non_default = json.loads(tcfg.model_dump_json(exclude_defaults=True))
-    non_default.pop("strategy", None)
-    split_names = [r.name for r in results]
-    context = {
-        "metadata": dump_yaml(meta).rstrip("\n"),
-        "title": hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
-        "description": recipe.description or f"Language-model training data prepared from {card_source(spec, recipe)}.",
-        "seq_len": seq_len,
-        "strategy": tcfg.strategy,
-        "packing": recipe.packing.strategy,
-        "padding_note": f"; rows end with padding (id {pad_id}, position 0, no loss)" if padded else "",
-        "loss_note": {
-            "pretrain": " (every real token)",
-            "fim": " (only the middle and the final eos)" if tcfg.only_middle_not_masked else " (every real token)",
-            "sft": " (assistant turns, their role tokens and the final eos)",
-        }.get(tcfg.strategy, ""),
-        "load_target": load_target,
-        "load_comment": ", ".join(f"{r.name}: {r.out_stats.rows:,} rows" for r in results),
-        "train_split": split_names[0],
-        "stats_table": stats_table(stats, seq_len),
-        "dropped_paragraph": dropped_par,
-        "doc_lengths_caption": caption,
-        "doc_lengths_note": note,
-        "fill_sentence": fill_sentence,
-        "fill_section": fill_section,
-        "quality_section": quality_section,
-        "tokenizer_table": tokenizer_table,
-        "source": card_source(spec, recipe)
+    hub = recipe.hub
+    commit = git_commit()
+    return CardParams(
+        title=hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
+        description=recipe.description
+        or f"Language-model training data prepared from {card_source(spec, recipe)}.",
+        pretty_name=hub.pretty_name or recipe.name or None,
+        license=hub.license,
+        tags=list(hub.tags),
+        source_datasets=[spec.hub_id] if spec.kind == "hub" else ["original"],
+        strategy=tcfg.strategy,
+        tokenize_options=options,
+        only_middle_not_masked=tcfg.only_middle_not_masked,
+        seq_len=recipe.packing.seq_len,
+        packing=recipe.packing.strategy,
+        packing_kwargs=dict(recipe.packing.packing_kwargs),
+        num_reduce_chunks=recipe.packing.num_reduce_chunks,
+        padded=output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs),
+        heldout_fraction=recipe.splits.heldout_fraction,
+        heldout_name=recipe.splits.heldout_name,
+        train_name=recipe.splits.train_name,
+        splits=splits,
+        split_bytes=split_bytes,
+        download_bytes=download_bytes,
+        tokenizer=tokenizer,
+        load_target=load_target,
+        doc_lengths_caption=caption,
+        doc_lengths_note=note,
+        has_fill_plot=has_fill_plot,
+        rows_all_full=rows_all_full(results, recipe.packing.seq_len),
+        decode_replacements=replaced.sequences if replaced is not None else None,
+        source_line=card_source(spec, recipe)
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
         + (f", columns renamed {spec.columns}" if spec.columns else "")
         + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else ""),
-        "tokenize_line": f"`{tcfg.strategy}` " + json.dumps(non_default, sort_keys=True),
-        "pack_line": f"`{recipe.packing.strategy}`, seq_len {seq_len}, {recipe.packing.num_reduce_chunks} hash keys"
-        + (f", options {recipe.packing.packing_kwargs}" if recipe.packing.packing_kwargs else ""),
-        "splits_line": (
-            f"{recipe.splits.heldout_fraction:.1%} of documents held out as `{recipe.splits.heldout_name}` by content "
-            f"hash (sha256 of the input columns), the rest is `{recipe.splits.train_name}`"
-            if recipe.splits.heldout_fraction > 0
-            else f"one split, `{recipe.splits.train_name}`"
-        ),
-        "engine_line": engine_line,
-        "recipe": card_recipe_text(recipe, spec),
-        "hfprep_version": __version__,
-        "git_commit": f"`{git_commit()}`" if git_commit() else "(not a git checkout)",
-        "source_revision": source_revision(spec),
-        "recipe_sha256": recipe_sha,
-        "date": date,
-    }
-    return render_card(context, recipe.output.card_template)
+        recipe_text=card_recipe_text(recipe, spec),
+        engine_line=engine_line,
+        version=__version__,
+        git_commit=commit,
+        source_revision=source_revision(spec),
+        recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
+        date=date,
+        template=recipe.output.card_template,
+    )
+
+
+def build_card(*args: Any, **kwargs: Any) -> str:
+    """The dataset card (README.md) of a finished run: :func:`card_params` rendered by
+    :func:`hfprep.output.card.render_dataset_card` (YAML for the Hub and ``load_dataset`` plus a compact
+    ``hfprep`` block; prose with the load/train snippets, tables, figures, recipe and provenance)."""
+    return render_dataset_card(card_params(*args, **kwargs))
 
 
 ROWS_PER_KEY = 32

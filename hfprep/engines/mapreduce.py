@@ -344,6 +344,7 @@ class MapReduceTransformBase(TransformBase):
             return self._wrap_output(data, Dataset(self.empty_output()))
         if self.map_input_format == "arrow":
             ds = ds.with_format("arrow")
+        # The same map call as MapTransformBase.run on purpose, plus the declared map-side features.
         mapped = ds.map(
             self.map_batch,
             batched=True,

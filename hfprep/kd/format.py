@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ import torch
 
 from .. import schema as _schema
 from ..errors import DataError
+from ..output.layout import SHARD_RE
 
 FORMAT_VERSION = 1
 FILL_ID = 0
@@ -157,13 +157,12 @@ def check_complete_shards(files: list[str], source: str) -> None:
 
     A glob silently returns whatever is there; a missing shard would mean silently training on part of the data.
     """
-    pat = re.compile(r"^(?P<prefix>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
     groups: dict[tuple[str, int], set[int]] = {}
     for f in files:
-        m = pat.match(f)
+        m = SHARD_RE.match(f)
         if m is None:
             continue  # not Hub-layout names: nothing to check against
-        groups.setdefault((m["prefix"], int(m["n"])), set()).add(int(m["i"]))
+        groups.setdefault((m["split"], int(m["count"])), set()).add(int(m["index"]))
     prefixes: dict[str, list[int]] = {}
     for (prefix, n), seen in sorted(groups.items()):
         prefixes.setdefault(prefix, []).append(n)

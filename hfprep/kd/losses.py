@@ -114,6 +114,7 @@ def forward_kl_topk(
     return _reduce(per_pos, mask, temperature, t2_scale)
 
 
+# The same signature as forward_kl_topk on purpose: kd_loss dispatches between the two.
 def reverse_kl_topk(
     student_logits: Float[torch.Tensor, "batch seq vocab"],
     topk_ids: Int[torch.Tensor, "batch seq k"],

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError, TokenizerError
+from ..output.card import split_front_matter
 from ..tokenization.loading import tokenizer_fingerprint
 from .format import RB_COLUMNS, bf16_bits_to_float, check_complete_shards, hidden_column, list_values_numpy, read_meta
 
@@ -304,16 +305,13 @@ class FBDataset(_KDParquetIterable):
 
 def read_card_meta(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``hfprep_kd`` block of a cache folder's README.md (None when absent)."""
-    import yaml
-
     card = Path(folder) / "README.md"
     if not card.is_file():
         return None
-    text = card.read_text()
-    if not text.startswith("---"):
+    parts = split_front_matter(card.read_text())
+    if parts is None:
         return None
-    front = text.split("---", 2)[1]
-    return (yaml.safe_load(front) or {}).get("hfprep_kd")
+    return (parts[0] or {}).get("hfprep_kd")
 
 
 def load_kd_dataset(

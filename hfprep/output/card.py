@@ -18,15 +18,21 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError
+from ..schema import row_features
+from .layout import split_glob
+from .quality import format_report
 
 
 def template_path(name: str) -> Path:
@@ -85,17 +91,39 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_NoAlias, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
 
 
+FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.S)
+"""A card's YAML front matter: a ``---`` line, the YAML, a closing ``---`` line (the one definition)."""
+
+
+def split_front_matter(text: str) -> tuple[Any, str] | None:
+    """``(parsed front matter, body)`` of a card, or None when it does not start with a closed ``---`` block.
+
+    Invalid YAML raises ``yaml.YAMLError``; an empty block parses to None. Callers decide what a missing, empty or
+    non-mapping block means for them (the card of a prepared folder, a remote card, a KD cache's card).
+
+    Example:
+        >>> split_front_matter("---\nlicense: mit\n---\n# Title\n")
+        ({'license': 'mit'}, '# Title\n')
+        >>> split_front_matter("# no metadata\n") is None
+        True
+    """
+    match = FRONT_MATTER_RE.match(text)
+    if match is None:
+        return None
+    return yaml.safe_load(match.group(1)), text[match.end() :]
+
+
 def parse_card_metadata(text: str) -> dict[str, Any]:
     """The YAML front matter of a card as a dict (``ValueError`` with the reason when absent or invalid)."""
     if not text.startswith("---"):
         raise ValueError("no YAML front matter (the card must start with a '---' line)")
-    end = text.find("\n---", 3)
-    if end < 0:
-        raise ValueError("YAML front matter is not closed by a '---' line")
     try:
-        data = yaml.safe_load(text[3:end])
+        parts = split_front_matter(text)
     except yaml.YAMLError as e:
         raise ValueError(f"invalid YAML front matter ({getattr(e, 'problem', e)})") from None
+    if parts is None:
+        raise ValueError("YAML front matter is not closed by a '---' line")
+    data = parts[0]
     if not isinstance(data, dict):
         raise ValueError("the YAML front matter must be a mapping")
     return data
@@ -239,3 +267,249 @@ def render_card(context: Mapping[str, Any], template: str | os.PathLike | None =
         return tmpl.substitute({k: str(v) for k, v in context.items()})
     except KeyError as e:
         raise ConfigError(f"card template {str(path)!r} uses ${{{e.args[0]}}}, which hfprep does not provide") from None
+
+
+# ----------------------------------------------------------------------------------------------- dataset card
+
+
+@dataclass
+class CardSplit:
+    """One split as the card shows it: rows, real and padding tokens, its stats line and its packing report."""
+
+    name: str
+    rows: int
+    tokens: int
+    pad_tokens: int
+    stats: dict[str, Any]
+    quality: dict[str, Any] | None = None
+
+
+@dataclass
+class TokenizerFacts:
+    """The tokenizer as the card shows it (``metadata`` is the ``hfprep.tokenizer`` block of the front matter)."""
+
+    metadata: dict[str, Any]
+    label: str
+    vocab_size: int
+    fingerprint: str
+    eos_id: int
+    pad_id: int
+    backend: str
+    backend_report: dict[str, Any] | None
+    bundled_dir: str | None
+
+
+@dataclass
+class CardParams:
+    """Everything the dataset card of a prepared folder says, as plain values; :func:`render_dataset_card` turns
+    it into the README.md (built from a run by :func:`hfprep.describe.card_params`)."""
+
+    title: str
+    description: str
+    pretty_name: str | None
+    license: str | None
+    tags: list[str]
+    source_datasets: list[str]
+    strategy: str
+    tokenize_options: dict[str, Any]
+    only_middle_not_masked: bool
+    seq_len: int
+    packing: str
+    packing_kwargs: dict[str, Any]
+    num_reduce_chunks: int
+    padded: bool
+    heldout_fraction: float
+    heldout_name: str
+    train_name: str
+    splits: list[CardSplit]
+    split_bytes: dict[str, int]
+    download_bytes: dict[str, int] | None
+    tokenizer: TokenizerFacts
+    load_target: str
+    doc_lengths_caption: str
+    doc_lengths_note: str
+    has_fill_plot: bool
+    rows_all_full: bool
+    decode_replacements: int | None
+    source_line: str
+    recipe_text: str
+    engine_line: str
+    version: str
+    git_commit: str | None
+    source_revision: str
+    recipe_sha256: str
+    date: str
+    template: str | None = None
+    stats: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = {s.name: FlowMap(s.stats) for s in self.splits}  # one line per split: a short header
+
+
+def card_front_matter(p: CardParams) -> dict[str, Any]:
+    """The YAML front matter: what the Hub and ``load_dataset`` read, plus the compact ``hfprep`` block."""
+    meta: dict[str, Any] = dict(license_metadata(p.license))
+    if p.pretty_name:
+        meta["pretty_name"] = p.pretty_name
+    meta["task_categories"] = ["text-generation"]
+    meta["size_categories"] = [size_category(sum(s.rows for s in p.splits))]
+    meta["source_datasets"] = p.source_datasets
+    meta["tags"] = list(dict.fromkeys(["hfprep", "tokenized", "packed", p.strategy, *p.tags]))
+    meta["configs"] = [
+        {"config_name": "default", "data_files": [{"split": s.name, "path": split_glob(s.name)} for s in p.splits]}
+    ]
+    meta["dataset_info"] = dataset_info_yaml(
+        row_features(), {s.name: s.rows for s in p.splits}, p.split_bytes, p.download_bytes
+    )
+    meta["hfprep"] = {
+        "version": p.version,
+        "tokenizer": p.tokenizer.metadata,
+        "strategy": p.strategy,
+        "tokenize": p.tokenize_options,  # options that differ from the defaults
+        "seq_len": p.seq_len,
+        "packing": p.packing,
+        "packing_kwargs": dict(p.packing_kwargs),
+        "num_reduce_chunks": p.num_reduce_chunks,
+        "splits": {
+            "rule": "sha256 of the strategy input columns (canonical JSON) as a fraction < heldout_fraction",
+            "heldout_fraction": p.heldout_fraction,
+        },
+        "stats": p.stats,
+    }
+    if p.decode_replacements is not None:
+        meta["hfprep"]["source_decode_replacements"] = p.decode_replacements
+    return meta
+
+
+def dropped_paragraph(p: CardParams) -> str:
+    """Fill ratio and the tokens lost, with the packer's reason."""
+
+    def total(key: str) -> int:
+        return sum(int(s.get(key, 0)) for s in p.stats.values())
+
+    tokens_in, dropped, truncated = total("tokens_in"), total("tokens_dropped"), total("tokens_truncated")
+    docs_drop, empty_drop = total("docs_dropped"), total("docs_dropped_by_tokenizer")
+    real = sum(s.tokens for s in p.splits)
+    pad = sum(s.pad_tokens for s in p.splits)
+    fill = real / (real + pad) if real + pad else 0.0
+    reason = {
+        "dense": (
+            "the incomplete last row of the run (dense packing cuts documents at row ends; the leftovers of the "
+            f"{p.num_reduce_chunks} reduce groups are packed together at the end)"
+        ),
+        "no_incomplete": f"documents longer than {p.seq_len} tokens (no_incomplete never cuts a document)",
+    }.get(p.packing, f"what the {p.packing} packer drops")
+    pct = f" ({dropped / tokens_in:.2%} of {tokens_in:,} tokenized)" if tokens_in else ""
+    return (
+        f"**Fill ratio {fill:.2%}** ({real:,} real tokens, {pad:,} padding). "
+        f"**Dropped: {dropped:,} tokens{pct}**"
+        + (f" in {docs_drop:,} whole documents" if docs_drop else "")
+        + f" — {reason}"
+        + (f"; {truncated:,} of them cut off documents" if truncated and truncated != dropped else "")
+        + (f"; plus {empty_drop:,} empty source row(s) skipped before tokenization" if empty_drop else "")
+        + "."
+    )
+
+
+def fill_sentence(p: CardParams) -> str:
+    if p.padded:
+        return "padding fills the rest of each row (no loss on it)."
+    if p.packing == "dense":
+        return "dense packing fills every row completely."
+    return "rows are not padded: each is as long as its documents (at most seq_len)."
+
+
+def fill_section(p: CardParams) -> str:
+    """The fill histogram, or one line saying why there is none."""
+    if p.has_fill_plot:
+        return (
+            f"### Row fill\n\n![Fill per row](images/fill_per_row.png)\n\nFill = real tokens / {p.seq_len} per row; "
+            f"{fill_sentence(p)}\n"
+        )
+    if not p.padded or p.rows_all_full:
+        return f"Every row holds {p.seq_len} real tokens (fill 100%), so there is no fill histogram.\n"
+    return ""
+
+
+def quality_section(p: CardParams) -> str:
+    """The packing report of each split (segment histograms, losses by reason)."""
+    qualities = {s.name: s.quality for s in p.splits if s.quality is not None}
+    if not qualities:
+        return ""
+    return (
+        "### Packing report\n\nFill, segments per row, segment lengths and tokens lost by reason, per split.\n\n"
+        + "\n\n".join(f"**{name}**\n\n```text\n{format_report(q)}\n```" for name, q in qualities.items())
+        + "\n"
+    )
+
+
+def tokenizer_table(p: CardParams) -> str:
+    t = p.tokenizer
+    rows = [
+        ("tokenizer", t.label),
+        ("vocab size", f"{t.vocab_size:,}"),
+        ("fingerprint (sha256 of tokenizer.json)", f"`{t.fingerprint}`"),
+        ("eos id / pad id", f"{t.eos_id} / {t.pad_id}"),
+        ("backend", t.backend),
+    ]
+    if t.backend_report:
+        rows.append(("backend check", backend_sentence(t.backend_report)))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    if t.bundled_dir:
+        table += (
+            f"\n\nThe tokenizer is included in this repo: "
+            f"`AutoTokenizer.from_pretrained(\"{p.load_target}\", subfolder=\"{t.bundled_dir}\")`."
+        )
+    return table
+
+
+def card_context(p: CardParams) -> dict[str, Any]:
+    """The ``${name}`` values of the card template."""
+    loss_note = {
+        "pretrain": " (every real token)",
+        "fim": " (only the middle and the final eos)" if p.only_middle_not_masked else " (every real token)",
+        "sft": " (assistant turns, their role tokens and the final eos)",
+    }.get(p.strategy, "")
+    return {
+        "metadata": dump_yaml(card_front_matter(p)).rstrip("\n"),
+        "title": p.title,
+        "description": p.description,
+        "seq_len": p.seq_len,
+        "strategy": p.strategy,
+        "packing": p.packing,
+        "padding_note": f"; rows end with padding (id {p.tokenizer.pad_id}, position 0, no loss)" if p.padded else "",
+        "loss_note": loss_note,
+        "load_target": p.load_target,
+        "load_comment": ", ".join(f"{s.name}: {s.rows:,} rows" for s in p.splits),
+        "train_split": p.splits[0].name,
+        "stats_table": stats_table(p.stats, p.seq_len),
+        "dropped_paragraph": dropped_paragraph(p),
+        "doc_lengths_caption": p.doc_lengths_caption,
+        "doc_lengths_note": p.doc_lengths_note,
+        "fill_sentence": fill_sentence(p),
+        "fill_section": fill_section(p),
+        "quality_section": quality_section(p),
+        "tokenizer_table": tokenizer_table(p),
+        "source": p.source_line,
+        "tokenize_line": f"`{p.strategy}` " + json.dumps(p.tokenize_options, sort_keys=True),
+        "pack_line": f"`{p.packing}`, seq_len {p.seq_len}, {p.num_reduce_chunks} hash keys"
+        + (f", options {p.packing_kwargs}" if p.packing_kwargs else ""),
+        "splits_line": (
+            f"{p.heldout_fraction:.1%} of documents held out as `{p.heldout_name}` by content "
+            f"hash (sha256 of the input columns), the rest is `{p.train_name}`"
+            if p.heldout_fraction > 0
+            else f"one split, `{p.train_name}`"
+        ),
+        "engine_line": p.engine_line,
+        "recipe": p.recipe_text,
+        "hfprep_version": p.version,
+        "git_commit": f"`{p.git_commit}`" if p.git_commit else "(not a git checkout)",
+        "source_revision": p.source_revision,
+        "recipe_sha256": p.recipe_sha256,
+        "date": p.date,
+    }
+
+
+def render_dataset_card(p: CardParams) -> str:
+    """The README.md of a prepared folder: :func:`card_context` in the card template."""
+    return render_card(card_context(p), p.template)

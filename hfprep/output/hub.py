@@ -56,8 +56,8 @@ import yaml
 
 from ..errors import ConfigError, DataError, HubError
 from ..version import __version__
-from .card import dump_yaml
-from .layout import CARD_NAME, DATA_DIR
+from .card import FRONT_MATTER_RE, dump_yaml, split_front_matter
+from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,10 @@ MAX_FILES_PER_COMMIT = 50
 REPO_TYPE = "dataset"
 DEFAULT_CONFIG = "default"
 PUSH_ID_CHARS = 10
-_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 _PUSHED_SHARD_RE = re.compile(
     rf"^(?P<id>[0-9a-f]{{{PUSH_ID_CHARS}}})-(?P<split>.+)-(?P<index>\d{{5}})-of-(?P<count>\d{{5}})\.parquet$"
 )
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.S)
 _SECTION_BEGIN = "<!-- hfprep:begin config={} -->"
 _SECTION_END = "<!-- hfprep:end config={} -->"
 # Keys of the card's YAML that hfprep writes; a push replaces their values (tags are merged), keeps all others.
@@ -87,22 +85,12 @@ class PushPlan:
 
 def _card_metadata(card_path: Path) -> dict[str, Any]:
     text = card_path.read_text(encoding="utf-8")
-    match = _FRONT_MATTER_RE.match(text)
-    if match is None:
+    if FRONT_MATTER_RE.match(text) is None:
         raise DataError(
             f"{card_path} has no YAML front matter (a block between '---' lines with configs/dataset_info); "
             "re-create the folder with `hfprep run` or add the metadata"
         )
-    try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as e:
-        problem = " ".join(str(e).split())
-        raise DataError(f"{card_path}: invalid YAML front matter ({problem}); fix the card before pushing") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DataError(f"{card_path}: the YAML front matter must be a mapping, got {type(data).__name__}")
-    return data
+    return _split_card(text, str(card_path))[0]
 
 
 def _config_patterns(metadata: dict[str, Any], card_path: Path) -> list[str]:
@@ -159,7 +147,7 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
         parent, _, name = rel.rpartition("/")
         if parent != DATA_DIR:
             continue
-        m = _SHARD_RE.match(name)
+        m = SHARD_RE.match(name)
         if m is None:
             continue
         shards.setdefault(m["split"], []).append(rel)
@@ -254,19 +242,19 @@ def _git_blob_sha1(path: Path) -> str:
 
 def _split_card(text: str, where: str) -> tuple[dict[str, Any], str]:
     """``(front matter, body)`` of a card; a card without front matter is all body."""
-    match = _FRONT_MATTER_RE.match(text)
-    if match is None:
-        return {}, text
     try:
-        data = yaml.safe_load(match.group(1))
+        parts = split_front_matter(text)
     except yaml.YAMLError as e:
         problem = " ".join(str(e).split())
         raise DataError(f"{where}: invalid YAML front matter ({problem}); fix the card before pushing") from e
+    if parts is None:
+        return {}, text
+    data, body = parts
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise DataError(f"{where}: the YAML front matter must be a mapping, got {type(data).__name__}")
-    return data, text[match.end() :]
+    return data, body
 
 
 def _entry_patterns(entry: Any) -> list[str]:
@@ -663,7 +651,7 @@ def plan_push(
         ours = path in recorded
         if parent_dir == data_dir and _PUSHED_SHARD_RE.match(name):
             ours = True
-        legacy = _SHARD_RE.match(name)
+        legacy = SHARD_RE.match(name)
         if (
             parent_dir == data_dir
             and legacy
@@ -684,7 +672,7 @@ def plan_push(
         # Like push_to_hub: a repo read by file-name conventions keeps its default config once configs exist.
         legacy_splits = sorted(
             {m["split"] for p in remote if p.count("/") == 1 and p.startswith(f"{DATA_DIR}/")
-             for m in [_SHARD_RE.match(p.rpartition("/")[2])] if m}
+             for m in [SHARD_RE.match(p.rpartition("/")[2])] if m}
         )
         if legacy_splits:
             remote_meta["configs"] = [

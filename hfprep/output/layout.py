@@ -26,6 +26,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -48,6 +49,8 @@ except ImportError:  # pragma: no cover - not POSIX: no inter-process lock, the 
 
 DATA_DIR = "data"
 CARD_NAME = "README.md"
+SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+"""A Hub-layout shard name ``<split>-XXXXX-of-YYYYY.parquet`` (the one pattern: validate, push and the KD readers)."""
 IMAGES_DIR = "images"
 DEFAULT_ROW_GROUP_ROWS = 1000
 DEFAULT_MAX_SHARD_BYTES = 500 * 2**20

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,11 @@ import pyarrow.parquet as pq
 from ..mixture import check_mixture_card, source_column_counts
 from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
 from .card import read_card_metadata
-from .layout import CARD_NAME, DATA_DIR
+from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 
 EXPECTED_TYPES = ROW_ARROW_TYPES
 OPTIONAL_TYPES = {"source": pa.list_(pa.int16())}  # a mixture's per-token source index (hfprep.mixture)
 STAT_KEYS = ("rows", "tokens", "pad_tokens", "loss_tokens", "segments")
-SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
 
 
 @dataclasses.dataclass
@@ -206,7 +204,7 @@ def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
         if not m:
             problems.append(f"{DATA_DIR}/{p.name}: not named <split>-XXXXX-of-YYYYY.parquet")
             continue
-        by_split.setdefault(m["split"], []).append((int(m["i"]), int(m["n"]), p))
+        by_split.setdefault(m["split"], []).append((int(m["index"]), int(m["count"]), p))
     out: dict[str, list[Path]] = {}
     for split, items in by_split.items():
         counts = {n for _, n, _ in items}

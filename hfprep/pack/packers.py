@@ -431,6 +431,7 @@ def layout_rows(
     return out_ids, out_pos, out_mask, row_offsets
 
 
+# The same signature as pack_dense_flat on purpose: every registered packer is a FlatPacker.
 def pack_no_incomplete_flat(
     input_ids: np.ndarray,
     position_ids: np.ndarray,
