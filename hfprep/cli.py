@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import HfprepError
+from .errors import HfprepError, RecipeError
 from .interrupts import Terminated, handle_interrupts, was_interrupted
 from .version import __version__
 
@@ -122,6 +122,7 @@ def _human_event(e: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
     from .describe import format_summary
     from .run import run_recipe
 
@@ -146,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
     from .output.hub import check_config_name, plan_push, push_folder
 
     try:
@@ -153,6 +155,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     except HfprepError as e:
         raise _UsageError(f"--config-name: {e}") from None
     if not args.no_validate:
+        # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
         from .output.validate import validate_folder
 
         report = validate_folder(args.folder)
@@ -184,6 +187,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
     from .output.inspect_cmd import inspect_target, to_json
 
     result = inspect_target(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
@@ -192,6 +196,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
     from .output.validate import validate_folder
 
     if args.max_violations < 1:
@@ -218,6 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_kd_cache(args: argparse.Namespace) -> int:
     try:
+        # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
         from .kd.builder import run_kd_recipe
     except ImportError as e:
         raise HfprepError(f"kd-cache is not available in this installation ({e})") from e
@@ -254,8 +260,6 @@ COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code (the console script exits with it)."""
-    from .recipe import RecipeError
-
     args = build_parser().parse_args(argv)
     as_json = getattr(args, "json", False)
     # Warnings are one line on stderr, like errors (Python's default adds the source line that raised them).

@@ -102,9 +102,9 @@ def split_front_matter(text: str) -> tuple[Any, str] | None:
     non-mapping block means for them (the card of a prepared folder, a remote card, a KD cache's card).
 
     Example:
-        >>> split_front_matter("---\nlicense: mit\n---\n# Title\n")
-        ({'license': 'mit'}, '# Title\n')
-        >>> split_front_matter("# no metadata\n") is None
+        >>> split_front_matter("---\\nlicense: mit\\n---\\n# Title\\n")
+        ({'license': 'mit'}, '# Title\\n')
+        >>> split_front_matter("# no metadata\\n") is None
         True
     """
     match = FRONT_MATTER_RE.match(text)
