@@ -168,6 +168,10 @@ def plan_budgets(
 # ----------------------------------------------------------------------------------------------- hashes
 
 
+CONTENT_HASH_RULE = "sha256(hfprep-mixture:{seed}: + utf-8 text, else canonical JSON)[:8]"
+"""Names the rule of :func:`content_hashes`; change it whenever the rule changes (it keys cached tokenized sources)."""
+
+
 def content_hashes(batch: dict[str, Sequence[Any]], columns: Sequence[str], seed: int) -> np.ndarray:
     """A seeded 64-bit hash of each row's content: the first 8 bytes of sha256 over ``hfprep-mixture:{seed}:``
     followed by the document's UTF-8 text (one text column, the usual case) or, for several columns or non-text

@@ -45,6 +45,7 @@ from .engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
 from .engines.ray_engine import run_on_ray
 from .errors import ConfigError, DataError
 from .mixture import (
+    CONTENT_HASH_RULE,
     SOURCE_COLUMN,
     SOURCE_PAD,
     Selection,
@@ -243,6 +244,9 @@ class _TokenizeSource:
         self.columns = columns
         self.seed = seed
         self.num_reduce_chunks = num_reduce_chunks
+        # datasets' cache key of this map is a hash of this object's attributes, not of the code: name the hash rule
+        # so a cache written under another rule is never reused for the choice.
+        self.hash_rule = CONTENT_HASH_RULE
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> pa.Table:
         flat = self.stage(batch, indices)
@@ -384,6 +388,11 @@ class MixtureRun:
             rows = {r.name: r.out_stats.rows for r in self.results}
             sizes = {s["name"]: s.get("num_bytes", 0) for s in meta["dataset_info"].get("splits", [])}
             meta["dataset_info"] = dataset_info_yaml(self.features(), rows, sizes)
+        if self.recipe.source_column:  # the column table names every column the data has
+            row = next((ln for ln in body.splitlines() if ln.startswith("| `loss_mask` |")), None)
+            if row is not None:
+                body = body.replace(row, row + "\n| `source` | list of int16 | the mixture source of every token "
+                                    "(its row in the mixture table, from 0); -1 on padding |", 1)
         section = self.card_section(with_chart)
         at = body.find("\n## Tokenizer")
         body = body[: at + 1] + section + "\n" + body[at + 1 :] if at >= 0 else body.rstrip("\n") + "\n\n" + section

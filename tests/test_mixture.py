@@ -279,6 +279,7 @@ def test_end_to_end_budgets_epochs_source_column_and_card(tmp_path, corpus, toke
     assert validate_folder(folder).ok
     card = (folder / "README.md").read_text()
     assert "## Mixture" in card and "| math |" in card and (folder / "images" / "mixture_shares.png").is_file()
+    assert "| `source` | list of int16 |" in card  # the column table names the source column
     assert "mixture: 3 sources, budget 1,500 tokens" in inspect_folder(folder)["text"]
     assert summary["mixture"]["sources"][2]["name"] == "math"
     screen = format_summary(summary)
@@ -503,3 +504,21 @@ def test_card_shows_no_local_folder_and_source_tokenize_paths_follow_the_recipe(
     segs = segments_by_source(proj / "out")
     texts = [tok.decode(list(s)) for s in segs[2]]
     assert len(texts) == len(WORDS) and all(t.startswith("[user] q ") and "[assistant] a " in t for t in texts)
+
+
+def test_a_changed_hash_rule_never_reuses_cached_tokenized_sources(tmp_path, corpus, tokenizer_path, monkeypatch):
+    """datasets keys a cached map by the map function's attributes, not its code: the hash rule is one of them, so
+    a cache written under another rule (an older hfprep) is not reused and the choice follows the rule in force."""
+    import hfprep.mixture_run as mixture_run
+
+    def chosen(out: str) -> list[int]:
+        run_recipe(mixture_recipe(tmp_path, tokenizer_path, out=out, tokens=400, max_epochs=1))
+        rows = read_card_metadata(tmp_path / out / "README.md")["hfprep"]["mixture"]["sources"]
+        return [r["tokens_chosen"] for r in rows]
+
+    first = chosen("a")
+    assert chosen("b") == first  # same rule: same choice (cached or not)
+    reverse = mixture_run.content_hashes
+    monkeypatch.setattr(mixture_run, "content_hashes", lambda b, c, s: ~reverse(b, c, s))  # the opposite order
+    monkeypatch.setattr(mixture_run, "CONTENT_HASH_RULE", "reversed, for this test")
+    assert chosen("c") != first
