@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -254,6 +255,27 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
+def _end_process_that_ran_ray(code: int) -> None:
+    """End an interrupted ``hfprep`` process that ran Ray with ``code``, now: the run's cleanup is done and its line
+    printed, but Ray's C++ threads can crash the interpreter's own shutdown once a run was cut short (a SIGSEGV in
+    a ``worker.io`` thread, after everything else). Exit handlers (datasets' temporary cache folder) still run;
+    only the interpreter's teardown is skipped. A no-op when Ray was never imported."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        if ray.is_initialized():
+            ray.shutdown()
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate": cmd_validate,
             "kd-cache": cmd_kd_cache}
 
@@ -284,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = EXIT_TERMINATED if signum == signal.SIGTERM or isinstance(e, Terminated) else EXIT_INTERRUPTED
             what = "terminated" if code == EXIT_TERMINATED else "interrupted"
             note = INTERRUPT_NOTES.get(args.command, "no partial output was written (re-run the command to finish)")
-            return fail(code, KeyboardInterrupt(f"{what}; {note}"), what)
+            fail(code, KeyboardInterrupt(f"{what}; {note}"), what)
+            if argv is None:
+                _end_process_that_ran_ray(code)
+            return code
         if isinstance(e, RecipeError | _UsageError):
             return fail(EXIT_USAGE, e, "usage")
         if isinstance(e, HfprepError):

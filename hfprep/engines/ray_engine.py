@@ -467,6 +467,11 @@ def _connect(
         ray.init(**kwargs)
     except ConnectionError as e:
         raise ConfigError(f"cannot join the Ray cluster at {address!r}: {e}; check the address (ray status)") from e
+    except BaseException:
+        # Ctrl-C while Ray starts: stop the processes and threads it has started so far, before the interpreter exits.
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
     return True
 
 
@@ -637,8 +642,9 @@ def run_on_ray(
                 _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": holder}
             )
             sink = _OrderedSink(work.path, out_schema)
+            batches = iter(reduced.iter_batches(batch_size=None, batch_format="pyarrow"))
             try:
-                for batch in reduced.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in batches:
                     sink.add(batch)
             except Exception as e:
                 err = _user_error(e)
@@ -646,6 +652,10 @@ def run_on_ray(
                     raise err from None
                 raise
             finally:
+                # Stop Ray Data's executor and prefetch threads now, on error and Ctrl-C too: left to the garbage
+                # collector, they could still call into Ray after ray.shutdown() below.
+                with contextlib.suppress(Exception):
+                    batches.close()
                 ctx.shuffle_strategy = saved_strategy
                 ctx.enable_progress_bars = saved_bars
             in_cache = cache_dir is None and not keep_work  # datasets' temporary cache folder: a unique cache file name
