@@ -62,6 +62,20 @@ elif moment == "reduce":
         hold("reduce")
         return real_reduce(self, *a, **k)
     T.reduce_group = reduce_group
+elif moment == "ray-start":  # no hold: the signal lands while ray.init starts Ray's processes (seconds)
+    import hfprep.engines.ray_engine as r
+    real_connect = r._connect
+    def connect(*a, **k):
+        print(f"TEST-AT-ray-start pid={os.getpid()}", file=sys.stderr, flush=True)
+        return real_connect(*a, **k)
+    r._connect = connect
+elif moment == "ray-run":  # the driver holds the first packed batch while Ray Data's tasks and threads run
+    import hfprep.engines.ray_engine as r
+    real_add = r._OrderedSink.add
+    def add(self, batch):
+        hold("ray-run")
+        return real_add(self, batch)
+    r._OrderedSink.add = add
 elif moment == "write":
     import hfprep.run as p
     real_write = p.write_split
@@ -151,11 +165,13 @@ def error_lines(err: str) -> list[str]:
 
 
 def scratch_in(*roots: Path) -> list[str]:
-    """hfprep scratch (``hfprep-<kind>-<pid>-*``) anywhere under ``roots``."""
+    """hfprep scratch (``hfprep-<kind>-<pid>-*``) anywhere under ``roots``. (A Ray run's driver log,
+    ``hfprep-driver.log`` in Ray's own session folder, is a log the run announces, not scratch.)"""
     found = []
     for root in roots:
         for p in root.rglob("hfprep-*"):
-            found.append(str(p))
+            if re.match(r"^hfprep-[a-z]+-\d+-", p.name):
+                found.append(str(p))
     return sorted(found)
 
 
@@ -231,17 +247,17 @@ def test_ctrl_c_in_worker_processes_stops_at_once_with_one_line(tmp_path, tokeni
 
 
 @pytest.mark.slow
-def test_ctrl_c_with_the_ray_engine(tmp_path, tokenizer_path, env_dirs):
-    """Ctrl-C while Ray starts or runs: exit 130 with one line, no output, no scratch. It used to hang (the interrupt
-    landed in a fork hook while Ray started its processes, and was dropped) or die with SIGSEGV at interpreter exit
-    (Ray's threads outliving the run)."""
+@pytest.mark.parametrize("moment", ["ray-start", "ray-run"])
+def test_ctrl_c_with_the_ray_engine(tmp_path, tokenizer_path, env_dirs, moment):
+    """Ctrl-C while Ray starts or while its tasks run: exit 130 with one line, no output, no scratch. It used to hang
+    (the interrupt landed in a fork hook while Ray started its processes, and was dropped) or die with SIGSEGV at
+    interpreter exit (Ray's threads outliving the run)."""
     pytest.importorskip("ray")
     env, tmp, cache = env_dirs
     project = tmp_path / "project"
     recipe = write_project(project, tokenizer_path, n_docs=400, engine={"name": "ray", "num_cpus": 2})
-    child = Child(["run", str(recipe)], project, {**env, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
-    assert child.wait_for("[hfprep] split"), child.text[-3000:]
-    time.sleep(4)  # Ray is starting or running its tasks
+    child = Child(["run", str(recipe)], project, {**env, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TEST_MOMENT": moment})
+    assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
     child.signal_group(signal.SIGINT)
     code, err = child.finish()
     assert_interrupted_cleanly(code, err)
