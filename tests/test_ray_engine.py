@@ -55,14 +55,30 @@ WORDS = ["alpha", "beta", "gamma", "delta", "import", "numpy", "def", "return", 
 WORDS += ["quick", "brown", "fox", "lazy", "dog", "café"]
 
 
+NODE_START_ATTEMPTS = 3
+
+
+def _start_cluster() -> ray.cluster_utils.Cluster:
+    """Two 1-CPU nodes. Ray waits a fixed 30 s for a new raylet to register (not configurable); on a loaded machine
+    (the full suite starts two of these clusters at once, next to other work) that wait sometimes ran out at start-up
+    ("timed out during startup"): the partial cluster is stopped and started again, up to NODE_START_ATTEMPTS times."""
+    for attempt in range(1, NODE_START_ATTEMPTS + 1):
+        c = ray.cluster_utils.Cluster()
+        try:
+            c.add_node(num_cpus=1, object_store_memory=150 * 2**20, include_dashboard=False)  # the head
+            c.add_node(num_cpus=1, object_store_memory=150 * 2**20)
+            return c
+        except Exception as e:
+            c.shutdown()
+            if "timed out during startup" not in str(e) or attempt == NODE_START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A real 2-node Ray cluster (1 CPU each) on this machine, shared by the whole module."""
-    c = ray.cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": 150 * 2**20, "include_dashboard": False},
-    )
-    c.add_node(num_cpus=1, object_store_memory=150 * 2**20)
+    c = _start_cluster()
     ray.init(address=c.address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield c
