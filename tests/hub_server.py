@@ -539,6 +539,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             headers: dict[str, str] | None = None,
             head: bool = False,
         ) -> None:
+            # Recorded before the reply goes out: a client that has its answer finds its request counted (a test
+            # that waits for a new request must not mistake a late record of an earlier one for it).
+            with hub.lock:
+                hub.requests.append((self.command, self.path, status))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -547,8 +551,6 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not head:
                 self.wfile.write(body)
-            with hub.lock:
-                hub.requests.append((self.command, self.path, status))
 
         def _json(self, status: int, data: Any, headers: dict[str, str] | None = None, ctype: str = "application/json"):
             self._send(status, json.dumps(data).encode(), ctype, headers)
