@@ -56,16 +56,49 @@ def stdlib_documents(min_bytes: int = 100 * MB) -> list[str]:
     return docs
 
 
-def stdlib_dataset(min_bytes: int = 100 * MB, column: str = "text", path: str | os.PathLike | None = None):
-    """:func:`stdlib_documents` as a ``datasets.Dataset``; with ``path``, saved there and memory-mapped back
-    (what a real run reads), reusing an existing copy."""
+def distinct_documents(min_bytes: int = 100 * MB) -> list[str]:
+    """Real-text documents with no repeats: the stdlib sources, then the ``.py`` files of the running
+    environment's ``site-packages`` (sorted paths), each distinct file content once, up to ``min_bytes``.
+
+    Repetition flatters tokenizers that cache pre-tokens, so a throughput figure needs distinct text. Raises
+    ``ValueError`` when the environment holds less distinct text than asked for.
+    """
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    seen: set[bytes] = set()
+    docs: list[str] = []
+    total = 0
+    for i, root in enumerate(roots):
+        files = stdlib_files() if i == 0 else sorted(root.rglob("*.py"))
+        for f in files:
+            try:
+                raw = f.read_bytes()
+                text = raw.decode("utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            digest = hashlib.sha256(raw).digest()
+            if not text or digest in seen:
+                continue
+            seen.add(digest)
+            docs.append(text)
+            total += len(raw)
+            if total >= min_bytes:
+                return docs
+    raise ValueError(f"only {total / MB:.1f} MB of distinct text found (asked for {min_bytes / MB:.1f} MB)")
+
+
+def stdlib_dataset(
+    min_bytes: int = 100 * MB, column: str = "text", path: str | os.PathLike | None = None, distinct: bool = False
+):
+    """:func:`stdlib_documents` (or, with ``distinct``, :func:`distinct_documents`) as a ``datasets.Dataset``; with
+    ``path``, saved there and memory-mapped back (what a real run reads), reusing an existing copy."""
     from datasets import Dataset, load_from_disk
 
     if path is not None and (Path(path) / "dataset_info.json").exists():
         ds = load_from_disk(str(path))
         if column in ds.column_names:
             return ds
-    ds = Dataset.from_dict({column: stdlib_documents(min_bytes)})
+    docs = distinct_documents(min_bytes) if distinct else stdlib_documents(min_bytes)
+    ds = Dataset.from_dict({column: docs})
     if path is None:
         return ds
     ds.save_to_disk(str(path))

@@ -395,3 +395,20 @@ def test_keep_tokenizers_parallelism_restores_the_c_environment(before, monkeypa
         Dataset.from_dict({"x": list(range(4))}).map(lambda b: b, batched=True, num_proc=2)
     assert _c_getenv("TOKENIZERS_PARALLELISM") == (before.encode() if before else None)
     assert os.environ.get("TOKENIZERS_PARALLELISM") == before
+
+
+def test_tokenizers_threads_allowed_undoes_what_a_num_proc_map_left_behind(monkeypatch):
+    """A run that maps in-process with HF's threads first undoes the ``false`` a num_proc map left in libc's
+    environment; a ``false`` the process set itself is kept and reported."""
+    from datasets import Dataset
+
+    from hfprep.tokenization.backends import tokenizers_threads_allowed
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    Dataset.from_dict({"x": list(range(4))}).map(lambda b: b, batched=True, num_proc=2)
+    assert _c_getenv("TOKENIZERS_PARALLELISM") == b"false"  # datasets' leftover (what the Rust library reads)
+    assert tokenizers_threads_allowed() is True
+    assert _c_getenv("TOKENIZERS_PARALLELISM") is None
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    assert tokenizers_threads_allowed() is False
+    assert _c_getenv("TOKENIZERS_PARALLELISM") == b"false"

@@ -266,3 +266,49 @@ def test_group_over_the_arrow_list_limit_names_the_num_reduce_chunks_to_use(toke
     t = PrepareForTrainingTransform(config(tokenizer_path, num_reduce_chunks=1))
     with pytest.raises(ConfigError, match=r"over the 40 values one Arrow list column can hold; raise num_reduce_chunks"):
         t.run([{"content": f"some words {i}"} for i in range(30)])
+
+
+def _record_map_workers(monkeypatch) -> list[tuple[str, int | None]]:
+    """Spy on ``Dataset.map``: (name of the mapped function, num_proc) per call."""
+    calls: list[tuple[str, int | None]] = []
+    real_map = Dataset.map
+
+    def spy(self, function=None, *args, **kwargs):
+        calls.append((getattr(function, "__name__", type(function).__name__), kwargs.get("num_proc")))
+        return real_map(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "map", spy)
+    return calls
+
+
+def test_hf_backend_tokenizes_in_process_and_packs_with_workers(tokenizer_path, tokenizer, monkeypatch):
+    """hf backend, run(num_proc=2): the map side runs in this process (HF's own threads; datasets would force HF
+    onto one thread per worker), the reduce side with 2 workers; rows equal num_proc=None's and the reference."""
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    texts = corpus(120)
+    ds = Dataset.from_dict({"content": texts})
+    cfg = config(tokenizer_path, seq_len=33, num_reduce_chunks=4, backend="hf")
+    calls = _record_map_workers(monkeypatch)
+    two = PrepareForTrainingTransform(cfg).run(ds, num_proc=2)
+    assert ("map_batch", None) in calls
+    assert any(name != "map_batch" and n == 2 for name, n in calls), calls
+    ref = ref_prepare_dense(texts, tokenizer, 33, 4)
+    assert [(r["input_ids"], r["position_ids"]) for r in two] == ref
+    assert two.to_list() == PrepareForTrainingTransform(cfg).run(ds).to_list()
+
+
+@pytest.mark.parametrize("case", ["sft", "fast backend", "parallelism off"])
+def test_map_keeps_its_workers_where_one_process_would_not_use_every_core(tokenizer_path, monkeypatch, case):
+    """Per-row Python (sft), a backend that encodes on the calling thread, or HF threads switched off by the user:
+    the map side keeps the num_proc workers."""
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    kw = {"backend": "hf"}
+    if case == "sft":
+        kw["processing_strategy"] = "sft"
+    elif case == "fast backend":
+        kw["backend"] = "gigatoken"
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    t = PrepareForTrainingTransform(config(tokenizer_path, **kw))
+    assert t.map_num_proc(2) == 2
+    assert t.map_num_proc(None) is None

@@ -351,12 +351,17 @@ class MapReduceTransformBase(TransformBase):
             batch_size=batch_size,
             with_indices=True,
             remove_columns=ds.column_names,
-            num_proc=num_proc,
+            num_proc=self.map_num_proc(num_proc),
             features=self.map_features(),
             desc=self.progress_label("map"),
         )
         out = self.reduce(mapped, num_proc=num_proc)
         return self._wrap_output(data, out)
+
+    def map_num_proc(self, num_proc: int | None) -> int | None:
+        """Workers for the map side (default: ``num_proc``, as for the reduce side). A transform whose map already
+        uses every core from one process returns None here."""
+        return num_proc
 
     def reduce(self, mapped, num_proc: int | None = None):
         """Group ``mapped`` (output of the map side) by ``__key__`` and reduce each group."""

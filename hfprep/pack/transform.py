@@ -31,7 +31,12 @@ from ..engines.mapreduce import (
 )
 from ..errors import ConfigError, DataError
 from ..schema import Row, TokenizedRow, flat_to_table, table_to_flat
-from ..tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
+from ..tokenization.backends import (
+    keep_tokenizers_parallelism,
+    resolve_backend,
+    sample_texts,
+    tokenizers_threads_allowed,
+)
 from ..tokenization.loading import eos_token_id, load_tokenizer
 from ..tokenization.stage import ProcessingStrategy, TokenizeConfig, Tokenizer, tokenized_features
 from .keys import array_hash, batch_keys
@@ -194,6 +199,21 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         feats[KEY_COLUMN] = Value("int64")
         feats[INDEX_COLUMN] = Value("int64")
         return feats
+
+    def map_num_proc(self, num_proc: int | None) -> int | None:
+        """``hf`` backend, pretrain/fim: tokenize in this process, where HF's Rust threads use every core, and leave
+        ``num_proc`` workers to the reduce side. datasets forces HF onto one thread inside its map workers, which
+        measured slower than one process with threads (``benchmarks/bench_tokenize.py``). sft renders chat
+        templates in Python per row and the fast backend encodes on the calling thread: both keep the workers."""
+        cfg = self.tokenizer_stage.config
+        in_process = (
+            num_proc is not None
+            and num_proc > 1
+            and self.tokenizer_stage.backend.name == "hf"
+            and (cfg.strategy == "fim" or (cfg.strategy == "pretrain" and cfg.fim_rate == 0))
+            and tokenizers_threads_allowed()
+        )
+        return None if in_process else num_proc
 
     # --- reduce side ------------------------------------------------------------------------------------------
 

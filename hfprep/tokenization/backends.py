@@ -152,6 +152,25 @@ def keep_tokenizers_parallelism() -> Iterator[None]:
             os.environ[name] = before  # putenv, whichever mapping object os.environ is now
 
 
+def tokenizers_threads_allowed() -> bool:
+    """Whether HF tokenizers may use its thread pool in this process, after undoing a ``TOKENIZERS_PARALLELISM``
+    that an earlier ``Dataset.map(num_proc=N)`` left in the C environment (see :func:`keep_tokenizers_parallelism`).
+
+    What the process itself set (``os.environ``) wins: ``false`` there keeps HF on one thread.
+
+    Example:
+        >>> isinstance(tokenizers_threads_allowed(), bool)
+        True
+    """
+    name = "TOKENIZERS_PARALLELISM"
+    value = os.environ.get(name)
+    if value is None:
+        os.unsetenv(name)
+    else:
+        os.environ[name] = value
+    return (value or "true").strip().lower() not in ("false", "0", "off", "no")
+
+
 def _import_gigatoken():
     try:
         import gigatoken
