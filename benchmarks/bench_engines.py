@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from hfprep.engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
 from hfprep.pack.keys import batch_keys
-from hfprep.pack.packers import get_packer
+from hfprep.pack.packers import get_packer, pack_dense_tails_flat
 from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig, table_to_flat
 from hfprep.schema import flat_to_table
 
@@ -97,7 +97,8 @@ def digest(table: pa.Table) -> str:
 
 
 def run_reference(cfg, paths: list[str], workdir: Path) -> pa.Table:
-    """Single process, everything in RAM: read, hash, stable sort, pack each key with the same packer."""
+    """Single process, everything in RAM: read, hash, stable sort, pack each key with the same packer (dense: the
+    groups' leftover tails packed together at the end, as the engines do)."""
     table = pa.concat_tables([pq.read_table(p) for p in paths])
     ids, pos, mask, offsets = table_to_flat(table)
     del table
@@ -105,8 +106,9 @@ def run_reference(cfg, paths: list[str], workdir: Path) -> pa.Table:
     order = np.argsort(keys, kind="stable")
     bounds = np.searchsorted(keys[order], np.arange(cfg.num_reduce_chunks + 1))
     packer = get_packer(cfg.packing_strategy)
+    dense = cfg.packing_strategy == "dense"
     lengths = np.diff(offsets)
-    outs = []
+    outs, tails, tail_segments = [], [], []
     for k in range(cfg.num_reduce_chunks):
         docs = order[bounds[k] : bounds[k + 1]]
         if not len(docs):
@@ -117,7 +119,20 @@ def run_reference(cfg, paths: list[str], workdir: Path) -> pa.Table:
         src = np.repeat(starts - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(total)
         g_off = np.zeros(len(docs) + 1, np.int64)
         np.cumsum(ln, out=g_off[1:])
-        packed = packer(ids[src], pos[src], mask[src], g_off, cfg.seq_len, 0)
+        g_ids, g_pos, g_mask = ids[src], pos[src], mask[src]
+        packed = packer(g_ids, g_pos, g_mask, g_off, cfg.seq_len, 0)
+        outs.append(flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets))
+        cut = total // cfg.seq_len * cfg.seq_len
+        if dense and cut < total:  # the group's leftover, packed with all others after the last group
+            tails.append((g_ids[cut:], g_pos[cut:], g_mask[cut:]))
+            inner = g_off[(g_off > cut) & (g_off < total)] - cut
+            tail_segments.append(np.diff(np.concatenate([[0], inner, [total - cut]])))
+    if tails:
+        seg = np.concatenate(tail_segments)
+        seg_off = np.zeros(len(seg) + 1, np.int64)
+        np.cumsum(seg, out=seg_off[1:])
+        t_ids, t_pos, t_mask = (np.concatenate([t[i] for t in tails]) for i in range(3))
+        packed = pack_dense_tails_flat(t_ids, t_pos, t_mask, seg_off, cfg.seq_len)
         outs.append(flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets))
     return pa.concat_tables(outs)
 
