@@ -34,56 +34,44 @@ WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy", "café", "ret
 # Runs the CLI after optional patches; a patch prints TEST-AT-<moment> (from whichever process reaches it first:
 # the main one or a forked worker) and then waits, so the signal lands exactly there.
 CHILD = """
-import os, sys, time
+import importlib, os, sys, time
 moment = os.environ.get("TEST_MOMENT")
 
-def hold(name):
+def mark(name):
     print(f"TEST-AT-{name} pid={os.getpid()}", file=sys.stderr, flush=True)
+
+def hold(name):
+    mark(name)
     time.sleep(120)
 
-if moment == "split":
-    import hfprep.source.loading as s
-    real_mask = s.heldout_mask
-    def mask(*a, **k):
-        hold("split")
-        return real_mask(*a, **k)
-    s.heldout_mask = mask
-elif moment == "map":
-    from hfprep.pack.transform import PrepareForTrainingTransform as T
-    real_map = T.map_batch
-    def map_batch(self, *a, **k):
-        hold("map")
-        return real_map(self, *a, **k)
-    T.map_batch = map_batch
-elif moment == "reduce":
-    from hfprep.pack.transform import PrepareForTrainingTransform as T
-    real_reduce = T.reduce_group
-    def reduce_group(self, *a, **k):
-        hold("reduce")
-        return real_reduce(self, *a, **k)
-    T.reduce_group = reduce_group
-elif moment == "ray-start":  # no hold: the signal lands while ray.init starts Ray's processes (seconds)
-    import hfprep.engines.ray_engine as r
-    real_connect = r._connect
-    def connect(*a, **k):
-        print(f"TEST-AT-ray-start pid={os.getpid()}", file=sys.stderr, flush=True)
-        return real_connect(*a, **k)
-    r._connect = connect
-elif moment == "ray-run":  # the driver holds the first packed batch while Ray Data's tasks and threads run
-    import hfprep.engines.ray_engine as r
-    real_add = r._OrderedSink.add
-    def add(self, batch):
-        hold("ray-run")
-        return real_add(self, batch)
-    r._OrderedSink.add = add
-elif moment == "write":
-    import hfprep.run as p
-    real_write = p.write_split
-    def write_split(*a, **k):
-        out = real_write(*a, **k)
-        hold("write")
+def patch(module, path, before=None, after=None):
+    # Wraps module.<path> (a function or Class.method): ``before``/``after`` run around the real call.
+    owner = importlib.import_module(module)
+    *outer, name = path.split(".")
+    for part in outer:
+        owner = getattr(owner, part)
+    real = getattr(owner, name)
+    def wrapper(*a, **k):
+        if before:
+            before(moment)
+        out = real(*a, **k)
+        if after:
+            after(moment)
         return out
-    p.write_split = write_split
+    setattr(owner, name, wrapper)
+
+PATCHES = {
+    "split": ("hfprep.source.loading", "heldout_mask", hold, None),
+    "map": ("hfprep.pack.transform", "PrepareForTrainingTransform.map_batch", hold, None),
+    "reduce": ("hfprep.pack.transform", "PrepareForTrainingTransform.reduce_group", hold, None),
+    # no hold: the signal lands while ray.init starts Ray's processes (seconds)
+    "ray-start": ("hfprep.engines.ray_engine", "_connect", mark, None),
+    # the driver holds the first packed batch while Ray Data's tasks and threads run
+    "ray-run": ("hfprep.engines.ray_engine", "_OrderedSink.add", hold, None),
+    "write": ("hfprep.run", "write_split", None, hold),
+}
+if moment in PATCHES:
+    patch(*PATCHES[moment])
 from hfprep.cli import main
 sys.argv[0] = "hfprep"
 sys.exit(main())  # as the console script calls it
