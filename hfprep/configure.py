@@ -31,9 +31,6 @@ from .tokenization.training import train_cached_tokenizer, training_texts
 TOKENIZER_DIR = "tokenizer"
 
 
-DOC_BIN_PREFIX = "doclen_bin_"
-
-
 PREPARE_TOKENIZE_FIELDS = ("strategy", "text_column", "on_empty", "backend")
 
 
@@ -123,8 +120,7 @@ class RecordingTransform(PrepareForTrainingTransform):
     def reduce_group_with_tail(self, key: Any, table: pa.Table) -> tuple[pa.Table, dict, pa.Table | None]:
         packed, stats, tail = super().reduce_group_with_tail(key, table)
         lengths = pa.compute.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
-        for b, c in length_bin_counts(lengths).items():
-            stats[f"{DOC_BIN_PREFIX}{b}"] = c
+        stats["doc_length_bins"] = length_bin_counts(lengths)
         return packed, stats, tail
 
 
@@ -151,7 +147,7 @@ class SplitResult:
     quality: dict[str, Any] | None = None
 
 
-def split_stats_from(transform: PrepareForTrainingTransform) -> tuple[dict[str, Any], dict[int, int]]:
-    stats = transform.stats
-    bins = {int(k[len(DOC_BIN_PREFIX) :]): int(v) for k, v in stats.items() if k.startswith(DOC_BIN_PREFIX)}
-    return {k: v for k, v in stats.items() if not k.startswith(DOC_BIN_PREFIX)}, bins
+def split_stats_from(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[int, int] | None]:
+    """A run's packing stats without the document-length bins, and the bins (None when not recorded)."""
+    stats = dict(stats)
+    return stats, stats.pop("doc_length_bins", None) or None

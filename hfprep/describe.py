@@ -14,6 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
 from .mixture import mixture_lines
 from .output.card import (
@@ -24,7 +27,9 @@ from .output.card import (
     portable_path,
     render_dataset_card,
 )
+from .output.plots import fill_bin_counts, length_bin_counts
 from .output.quality import format_report
+from .output.validate import SplitStats, batch_stats
 from .recipe import STDLIB_PLACEHOLDER, Recipe, stdlib_dir
 from .schema import output_is_padded
 from .source.loading import (
@@ -35,7 +40,7 @@ from .tokenization.loading import (
     tokenizer_fingerprint,
     vocab_size,
 )
-from .tokenization.stage import document_specials
+from .tokenization.stage import document_specials, tokenized_features
 from .version import __version__
 
 
@@ -179,6 +184,8 @@ def card_params(
     load_target = card_load_target(recipe)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
+    if isinstance(options.get("chat_template_path"), str):  # resolved to an absolute path when the recipe loaded
+        options["chat_template_path"] = portable_path(options["chat_template_path"], _recipe_dir(recipe), _path_aliases())
     backend = (backend_report or {}).get("backend", tcfg.backend)
     tokenizer = TokenizerFacts(
         metadata={
@@ -387,3 +394,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("pushed"):
         lines.append(f"  pushed: {summary['pushed']}")
     return "\n".join(lines)
+
+
+def measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
+    """The split's Arrow table; sets ``r.out_stats``, ``r.fill_bins`` and ``r.segment_bins`` from the rows written
+    (the numbers the card and the summary give)."""
+    ds = r.dataset
+    table = ds.with_format("arrow")[:] if len(ds) else tokenized_features().arrow_schema.empty_table()
+    table = table.select(["input_ids", "position_ids", "loss_mask"])
+    total = SplitStats()
+    fills: list[np.ndarray] = []
+    segs: dict[int, int] = {}
+    for batch in table.to_batches(max_chunksize=4096):
+        s, fill, seg_len = batch_stats(pa.Table.from_batches([batch]), pad_id, padded)
+        total.add(s)
+        fills.append(fill)
+        for b, c in length_bin_counts(seg_len).items() if len(seg_len) else ():
+            segs[b] = segs.get(b, 0) + c
+    r.out_stats = total
+    r.fill_bins = fill_bin_counts(np.concatenate(fills) if fills else np.zeros(0))
+    r.segment_bins = segs
+    return table

@@ -622,7 +622,7 @@ def _run_split(
 
         transform.last_stats = []
         out = Dataset(transform.empty_output())
-    stats, bins = split_stats_from(transform)
+    stats, bins = split_stats_from(transform.stats)
     outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
     dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
     cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]

@@ -1,15 +1,11 @@
-"""Run a recipe end to end: source -> splits -> tokenize/key/group/pack per split -> Hub-layout folder -> card.
+"""Run a recipe end to end: source -> splits -> tokenize/key/group/pack per split -> Hub-layout folder -> card -> push.
 
-:func:`run_recipe` is what ``hfprep run`` calls. Engines:
-
-* ``datasets`` (default): :meth:`PrepareForTrainingTransform.run` with ``num_proc`` workers;
-* ``source.streaming: true``: :func:`hfprep.engines.streaming.prepare_streaming` over an ``IterableDataset``;
-* ``engine: ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` with the :class:`~hfprep.source.loading.SourceSpec`.
-
-The recipe becomes the stages' objects in :mod:`hfprep.configure`; the card and the summary come from
-:mod:`hfprep.describe`. Everything is written into a hidden temporary folder that is
-renamed into place at the end (:func:`hfprep.output.layout.atomic_output`): an error or Ctrl-C leaves no output, and an
-existing output folder is refused unless ``overwrite``.
+:func:`run_recipe` is what ``hfprep run`` calls. The splits run in :mod:`hfprep.run_splits` (one source, on the
+``datasets``, streaming or Ray engine) or :mod:`hfprep.mixture_run` (``sources:``); the recipe becomes the stages'
+objects in :mod:`hfprep.configure`; the card and the summary come from :mod:`hfprep.describe`. This module only
+orders those steps and writes: everything goes into a hidden temporary folder that is renamed into place at the end
+(:func:`hfprep.output.layout.atomic_output`), so an error or Ctrl-C leaves no output, and an existing output folder
+is refused unless ``overwrite``.
 
 Example:
     >>> summary = run_recipe("recipes/quickstart.yaml", overwrite=True)  # doctest: +SKIP
@@ -27,44 +23,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from .configure import (
-    DOC_BIN_PREFIX,
-    TOKENIZER_DIR,
-    SplitResult,
-    effective_tokenize_config,
-    make_transform,
-    prepare_tokenizer,
-    split_stats_from,
-)
-from .describe import build_card, doc_lengths_note, make_summary, reduce_chunks_advice, rows_all_full
-from .engines.ray_engine import prepare_with_ray
-from .engines.streaming import prepare_streaming
+from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
+from .describe import build_card, doc_lengths_note, make_summary, measure_output, reduce_chunks_advice, rows_all_full
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.hub import push_folder
 from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, write_split
-from .output.plots import fill_bin_counts, fill_histogram_png, length_bin_counts, length_histogram_png
+from .output.plots import fill_histogram_png, length_histogram_png
 from .output.quality import packing_report
-from .output.validate import SplitStats, batch_stats
 from .recipe import Recipe, load_recipe
+from .run_splits import run_source_splits
 from .schema import output_is_padded
 from .scratch import run_scope
-from .source.loading import (
-    SourceSpec,
-    check_source_text,
-    load_source,
-    locate_row_error,
-    resolve_source,
-    select_split,
-)
-from .tokenization.loading import (
-    eos_token_id,
-    vocab_size,
-)
+from .source.loading import SourceSpec, resolve_source
+from .tokenization.loading import eos_token_id
 from .tokenization.stage import tokenized_features
 from .version import __version__
 
@@ -73,97 +46,6 @@ Log = Callable[[dict[str, Any]], None]
 
 def _noop(_: dict[str, Any]) -> None:
     return None
-
-
-# ----------------------------------------------------------------------------------------------- engines
-
-
-def run_split_datasets(
-    recipe, info, source_ds, spec: SourceSpec, num_proc: int | None, name: str | None = None
-) -> SplitResult:
-    transform = make_transform(recipe, info)
-    transform.progress_split = name
-    part = select_split(source_ds, spec, num_proc=num_proc, name=name)
-    if spec.streaming:
-        out = prepare_streaming(transform, part)
-    else:
-        out = transform.run(part, num_proc=num_proc)
-    stats, bins = split_stats_from(transform)
-    report = getattr(transform, "backend_report", None)
-    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
-
-
-def ray_reads_files(spec: SourceSpec) -> bool:
-    """True when the ray engine can read ``spec.paths`` itself (Parquet/JSONL, no row rules to apply)."""
-    return (
-        spec.kind == "files"
-        and spec.format in ("parquet", "jsonl", "json")
-        and not spec.columns
-        and spec.max_rows is None
-        and spec.heldout_fraction <= 0
-    )
-
-
-def ray_source(spec: SourceSpec, source_ds, num_proc: int | None, name: str | None = None) -> Any:
-    """What the ray engine reads: the spec itself (files read on the workers) when no row rule applies, else the
-    rows with the rules applied here (``max_rows``, renames, split; text folders and csv/text files)."""
-    if ray_reads_files(spec):
-        return spec
-    return select_split(source_ds if source_ds is not None else load_source(spec), spec, num_proc=num_proc, name=name)
-
-
-def run_split_ray(
-    recipe, info, spec: SourceSpec, source_ds, address: str | None, num_cpus: int | None,
-    name: str | None = None, verbose: bool = False, log: Log | None = None,
-) -> SplitResult:
-    if spec.streaming:
-        raise ConfigError("engine 'ray' does not read streaming sources; set source.streaming: false or use 'datasets'")
-    # The same transform object as the datasets engine: full tokenize section, document-length bins.
-    transform = make_transform(recipe, info)
-    transform.progress_split = name
-    out, stats = prepare_with_ray(
-        transform.config,
-        ray_source(spec, source_ds, num_cpus, name),
-        address=address,
-        num_cpus=num_cpus,
-        tokenizer=info.tokenizer,
-        transform=transform,
-        verbose=verbose,
-    )
-    if getattr(transform, "ray_log_path", None) and log is not None:
-        log({"event": "ray", "ray": f"log in {transform.ray_log_path} (--verbose prints it)"})
-    stats = dict(stats)
-    report = stats.pop("backend_report", None)
-    bins = {int(k[len(DOC_BIN_PREFIX) :]): int(v) for k, v in stats.items() if str(k).startswith(DOC_BIN_PREFIX)}
-    stats = {k: v for k, v in stats.items() if not str(k).startswith(DOC_BIN_PREFIX)}
-    return SplitResult(spec.keep, out, stats, bins or None, stats.get("rows_in"), report)
-
-
-# ----------------------------------------------------------------------------------------------- run
-
-
-def _measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
-    """The split's Arrow table, with its stats, fill bins and segment bins computed from the rows written."""
-    ds = r.dataset
-    table = ds.with_format("arrow")[:] if len(ds) else tokenized_features().arrow_schema.empty_table()
-    table = table.select(["input_ids", "position_ids", "loss_mask"])
-    total = SplitStats()
-    fills: list[np.ndarray] = []
-    segs: dict[int, int] = {}
-    for batch in table.to_batches(max_chunksize=4096):
-        s, fill, seg_len = batch_stats(pa.Table.from_batches([batch]), pad_id, padded)
-        total.add(s)
-        fills.append(fill)
-        for b, c in length_bin_counts(seg_len).items() if len(seg_len) else ():
-            segs[b] = segs.get(b, 0) + c
-    r.out_stats = total
-    r.fill_bins = fill_bin_counts(np.concatenate(fills) if fills else np.zeros(0))
-    r.segment_bins = segs
-    return table
-
-
-def _quality(dataset, seq_len: int, stats: dict[str, Any], pad_token_id: int | None, padded: bool) -> dict[str, Any]:
-    return packing_report(dataset, seq_len, stats, pad_token_id=pad_token_id, padded=padded)
 
 
 def run_recipe(
@@ -224,107 +106,39 @@ def run_inputs(recipe: Recipe, spec: SourceSpec | None = None) -> list[str]:
 def _run_claimed(
     recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose=False
 ) -> dict[str, Any]:
-    tcfg = effective_tokenize_config(recipe)
-    heldout = recipe.splits.heldout_fraction
     mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
     if recipe.sources is not None:
         mix = run_mixture_splits(recipe, engine, num_proc, log)
         spec, info, results = mix.spec, mix.info, mix.results
         protect = run_inputs(recipe, spec)
     else:
-        spec = resolve_source(recipe.source, tcfg.input_columns(), heldout)
+        spec = resolve_source(recipe.source, effective_tokenize_config(recipe).input_columns(),
+                              recipe.splits.heldout_fraction)
         protect = run_inputs(recipe, spec)
-        check_output(out_dir, overwrite, protect)
-        log({"event": "source", "source": spec.describe()})
-
-        source_ds = None
-        if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
-            source_ds = load_source(spec)
-        else:
-            check_source_text(spec)  # the ray workers read the files: refuse undecodable bytes here, up front
-        info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
-        log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
-
-        plan = [(recipe.splits.train_name, "train"), (recipe.splits.heldout_name, "heldout")] if heldout > 0 else [
-            (recipe.splits.train_name, "all")
-        ]
-        results: list[SplitResult] = []
-        for name, keep in plan:
-            log({"event": "split", "split": name})
-            part_spec = spec.for_split(keep)
-            try:
-                if engine == "ray":
-                    r = run_split_ray(
-                        recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus,
-                        name, verbose, log,
-                    )
-                elif engine == "datasets":
-                    r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc, name)
-                else:
-                    raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
-            except DataError as e:
-                # Row numbers inside a split mean nothing to the user: name the source file and line instead.
-                located = locate_row_error(e, part_spec, source_ds)
-                if located is e:
-                    raise
-                raise located from e.__cause__
-            r.name = name
-            results.append(r)
+        check_output(out_dir, overwrite, protect)  # before the source is read: a refused run costs nothing
+        info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose)
 
     pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
-    tables = {r.name: _measure_output(r, pad_id, padded) for r in results}
+    tables = {r.name: measure_output(r, pad_id, padded) for r in results}
     if mix is not None:
         tables = mix.output_tables(tables)
-    if results[0].out_stats.rows == 0:
-        tokens_in = int(results[0].pack_stats.get("tokens_in", 0))
-        raise DataError(
-            f"packing produced no rows for split {results[0].name!r} ({tokens_in:,} tokens in, all dropped); "
-            f"lower packing.seq_len ({recipe.packing.seq_len}) or use more source rows"
-        )
-    warnings = []
-    for r in results[1:]:
-        if r.out_stats.rows == 0:
-            warnings.append(f"split {r.name!r} is empty after packing; it is not written")
-    results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
-    advice = reduce_chunks_advice(recipe, results)
-    if advice:
-        warnings.append(advice)
-        log({"event": "warning", "warning": advice})
+    results, warnings = _keep_written_splits(recipe, results, log)
     for r in results:
-        r.quality = _quality(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_id, padded)
+        r.quality = packing_report(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_token_id=pad_id, padded=padded)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
     engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
 
-    # A fill histogram of full rows is one bar: shown only when some row has room left.
-    has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
     with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
-        split_bytes: dict[str, int] = {}
-        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
-        for r in results:
-            rel = write_split(
-                tables[r.name],
-                tmp,
-                r.name,
-                features=mix.features() if mix is not None else tokenized_features(),
-                max_rows_per_shard=recipe.output.max_rows_per_shard,
-                max_shard_bytes=recipe.output.max_shard_bytes,
-                row_group_rows=recipe.output.row_group_rows,
-            )
-            split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
-            log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
+        split_bytes = _write_splits(tmp, recipe, results, tables, mix, log)
         if info.bundle_dir:
             shutil.copytree(info.bundle_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
+        # A fill histogram of full rows is one bar: shown only when some row has room left.
+        has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
         if recipe.output.plots:
-            (tmp / IMAGES_DIR).mkdir()
-            doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
-            caption, _ = doc_lengths_note(results)
-            length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption,
-                                 seq_len=recipe.packing.seq_len)
-            if has_fill_plot:
-                fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png",
-                                   recipe.packing.seq_len)
+            _write_plots(tmp, recipe, results, has_fill_plot)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
                           download_bytes=split_bytes, has_fill_plot=has_fill_plot)
         if mix is not None:
@@ -341,15 +155,61 @@ def _run_claimed(
         summary["mixture"] = mix.summary()
     do_push = push if push is not None else (recipe.hub.push and recipe.hub.repo_id is not None)
     if do_push:
-        if not recipe.hub.repo_id:
-            raise ConfigError(f"{recipe.where}: hub.repo_id: set it to push (e.g. your-name/dataset-name)")
-        log({"event": "push", "repo_id": recipe.hub.repo_id})
-        summary["pushed"] = push_folder(
-            str(out_dir), recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision,
-            config_name=recipe.hub.config_name,
-            commit_message=f"hfprep {__version__}: {recipe.name or out_dir.name}",
-        )
+        summary["pushed"] = _push(recipe, out_dir, log)
     log({"event": "summary", **summary})
     return summary
 
 
+def _keep_written_splits(recipe: Recipe, results: list[SplitResult], log: Log) -> tuple[list[SplitResult], list[str]]:
+    """Refuse a run whose first split packed no row; drop (with a warning) later splits that are empty."""
+    if results[0].out_stats.rows == 0:
+        tokens_in = int(results[0].pack_stats.get("tokens_in", 0))
+        raise DataError(
+            f"packing produced no rows for split {results[0].name!r} ({tokens_in:,} tokens in, all dropped); "
+            f"lower packing.seq_len ({recipe.packing.seq_len}) or use more source rows"
+        )
+    warnings = [f"split {r.name!r} is empty after packing; it is not written" for r in results[1:] if not r.out_stats.rows]
+    results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
+    advice = reduce_chunks_advice(recipe, results)
+    if advice:
+        warnings.append(advice)
+        log({"event": "warning", "warning": advice})
+    return results, warnings
+
+
+def _write_splits(tmp: Path, recipe: Recipe, results: list[SplitResult], tables, mix, log: Log) -> dict[str, int]:
+    """Write every split's Parquet shards into ``tmp``; returns the bytes written per split."""
+    split_bytes: dict[str, int] = {}
+    for r in results:
+        rel = write_split(
+            tables[r.name],
+            tmp,
+            r.name,
+            features=mix.features() if mix is not None else tokenized_features(),
+            max_rows_per_shard=recipe.output.max_rows_per_shard,
+            max_shard_bytes=recipe.output.max_shard_bytes,
+            row_group_rows=recipe.output.row_group_rows,
+        )
+        split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
+        log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
+    return split_bytes
+
+
+def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill_plot: bool) -> None:
+    (tmp / IMAGES_DIR).mkdir()
+    seq_len = recipe.packing.seq_len
+    doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
+    caption, _ = doc_lengths_note(results)
+    length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption, seq_len=seq_len)
+    if has_fill_plot:
+        fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png", seq_len)
+
+
+def _push(recipe: Recipe, out_dir: Path, log: Log) -> Any:
+    if not recipe.hub.repo_id:
+        raise ConfigError(f"{recipe.where}: hub.repo_id: set it to push (e.g. your-name/dataset-name)")
+    log({"event": "push", "repo_id": recipe.hub.repo_id})
+    return push_folder(
+        str(out_dir), recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision,
+        config_name=recipe.hub.config_name, commit_message=f"hfprep {__version__}: {recipe.name or out_dir.name}",
+    )

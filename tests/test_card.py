@@ -221,6 +221,30 @@ def test_card_leaks_no_local_path_and_checks_the_license(dense_run, tokenizer_pa
     assert "github.com" not in text
 
 
+def test_chat_template_path_shows_relative_to_the_recipe(tmp_path, tokenizer_path, monkeypatch):
+    """The recipe names its chat template relative to itself; the run resolves it to an absolute path, and the card
+    (front matter and tokenize line) shows it relative to the recipe again, run from another folder."""
+    proj = tmp_path / "proj"
+    (proj / "templates").mkdir(parents=True)
+    (proj / "chat.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"a {i}"}]})
+        + "\n" for i in range(40)))
+    (proj / "templates" / "t.jinja").write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}{% endfor %}")
+    (proj / "r.yaml").write_text(yaml.safe_dump({
+        "source": {"files": ["chat.jsonl"]},
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "tokenize": {"strategy": "sft", "text_column": "messages", "chat_template_path": "templates/t.jinja"},
+        "packing": {"seq_len": 32, "strategy": "no_incomplete", "num_reduce_chunks": 1},
+        "output": {"folder": "out"},
+    }, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    run_recipe(proj / "r.yaml")
+    text = (proj / "out" / "README.md").read_text()
+    assert str(tmp_path) not in text
+    assert parse_card_metadata(text)["hfprep"]["tokenize"]["chat_template_path"] == "templates/t.jinja"
+
+
 def test_card_tokenizer_and_load_snippet_are_loadable(dense_run, tokenizer):
     import os
 

@@ -260,3 +260,21 @@ def test_dense_on_arrow_chunks_equals_flat_packer(lengths, seq_len, cuts, seed):
     ]
     assert str(got.schema.field("input_ids").type) == "list<item: uint32>"
     assert str(got.schema.field("loss_mask").type) == "list<item: bool>"
+
+
+def test_pack_stats_merge_adds_every_count_and_survives_json():
+    import json
+
+    from hfprep import PackStats
+
+    a = PackStats(docs_in=2, tokens_in=10, tokens_out=8, tokens_dropped=2, rows=1, extra={"tail_rows": 1},
+                  doc_length_bins={3: 1, 5: 1})
+    b = PackStats(docs_in=1, tokens_in=4, tokens_out=4, rows=1, extra={"tail_rows": 2, "x": 1}, doc_length_bins={5: 4})
+    m = a.merge(b)
+    assert (m.docs_in, m.tokens_in, m.tokens_out, m.tokens_dropped, m.rows) == (3, 14, 12, 2, 2)
+    assert m.extra == {"tail_rows": 3, "x": 1}
+    assert m.doc_length_bins == {3: 1, 5: 5}
+    assert (a.doc_length_bins, b.extra) == ({3: 1, 5: 1}, {"tail_rows": 2, "x": 1})  # inputs untouched
+    back = PackStats.from_dict(json.loads(json.dumps(m.as_dict())))
+    assert back == m
+    assert "doc_length_bins" not in PackStats(rows=1).as_dict()  # only a recording transform adds bins

@@ -233,6 +233,45 @@ def test_jsonl_files_fim_in_file_order(cluster, tokenizer, tokenizer_path, tmp_p
     assert stats == ref_stats and stats["rows_in"] == 80
 
 
+@pytest.mark.parametrize("source_kind", ["dataset", "parquet", "jsonl"])
+def test_the_backend_guard_checks_the_same_input_sample_on_both_engines(
+    cluster, tokenizer, tokenizer_path, tmp_path, source_kind, monkeypatch
+):
+    """300 documents in two files (row groups of 50): both engines guard the fast backend with the 256 evenly spaced
+    documents of the whole input, and record the same report."""
+    import pyarrow.parquet as pq
+
+    texts = [f"doc {i} " + " ".join(WORDS[(i + j) % len(WORDS)] for j in range(i % 7 + 1)) for i in range(300)]
+    expected = [texts[round(i * 299 / 255)] for i in range(256)]  # evenly spaced, first and last included
+    source: object = Dataset.from_dict({"content": texts})
+    if source_kind != "dataset":
+        source = []
+        for f, part in enumerate((texts[:150], texts[150:])):
+            path = tmp_path / f"part-{f}.{source_kind}"
+            if source_kind == "parquet":
+                pq.write_table(pa.table({"content": part}), path, row_group_size=50)
+            else:
+                path.write_text("".join(json.dumps({"content": t}) + "\n" for t in part))
+            source.append(str(path))
+    guarded: list[list[str]] = []
+    guard = PrepareForTrainingTransform.guard_backend
+
+    def recording_guard(self, sample):  # patched on the class: only the driver calls the guard
+        guarded.append(list(sample))
+        return guard(self, sample)
+
+    monkeypatch.setattr(PrepareForTrainingTransform, "guard_backend", recording_guard)
+    cfg = _cfg(tokenizer_path, "dense", backend="auto")
+    ref = PrepareForTrainingTransform(cfg, tokenizer=tokenizer)
+    ref.run(Dataset.from_dict({"content": texts}))
+    ray_t = PrepareForTrainingTransform(cfg, tokenizer=tokenizer)
+    prepare_with_ray(cfg, source, tokenizer=tokenizer, transform=ray_t, cache_dir=tmp_path / "cache")
+    # The files' sample comes from up to 8 evenly spaced row groups / files, so it is the whole input's sample
+    # when every read item is sampled: 6 row groups of 50 or 2 JSON files here.
+    assert guarded == [expected, expected]
+    assert ray_t.backend_report == ref.backend_report
+
+
 def test_no_output_rows(cluster, tokenizer, tokenizer_path, skewed, tmp_path):
     """Every group shorter than one row: zero packed rows, all tokens dropped, stats still merged."""
     cfg = _cfg(tokenizer_path, "dense", seq_len=2**16)

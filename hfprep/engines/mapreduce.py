@@ -472,6 +472,11 @@ class MapReduceTransformBase(TransformBase):
     def check_input_columns(self, columns: Sequence[str], where: str) -> None:
         """Hook: refuse a source without the columns ``map_batch`` reads; every engine calls it before mapping."""
 
+    def guard_backend(self, sample: Sequence[str]) -> dict[str, Any] | None:
+        """Hook: check the transform's tokenizer backend on ``sample``, texts of this run's input that every engine
+        draws with :func:`~hfprep.tokenization.backends.sample_texts` before mapping (nothing to check by default)."""
+        return None
+
 
 def _cache_dir(mapped) -> str | None:
     """The folder of ``mapped``'s cache files (the reduce output lives next to them), or None for a temp folder."""

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,6 +51,7 @@ import pyarrow.compute as pc
 from .. import scratch
 from ..datasets_internals import arrow_table
 from ..errors import ConfigError, DataError, HfprepError
+from ..tokenization.backends import sample_texts
 from .mapreduce import (
     BYTES_PER_TOKEN_IN_GROUP,
     INDEX_COLUMN,
@@ -79,6 +81,7 @@ runs aggregator actors (slower to start, no range sampling)."""
 ROWS_COLUMN = "__rows__"
 SEQ_COLUMN = "__seq__"
 STATS_COLUMN = "__stats__"
+JSON_SAMPLE_BYTES = 1 << 20  # read from each sampled JSON Lines file for the backend guard
 TAIL_COLUMN = "__tail__"
 """True on a group's leftover rows (dense packing's tail): the driver packs them after the last group."""
 META_KEY = -1
@@ -203,8 +206,6 @@ def _open(path: str):
     """A binary file object for a local path or any fsspec URL (``hf://``, ``s3://`` ...)."""
     if "://" not in path:
         return open(path, "rb")
-    import fsspec
-
     fs, inner = fsspec.core.url_to_fs(path)
     return fs.open(inner, "rb")
 
@@ -248,8 +249,6 @@ def plan_reads(files: Sequence[str], fmt: str) -> tuple[list[dict[str, Any]], in
 
 
 def _fs_size(path: str) -> int:
-    import fsspec
-
     fs, inner = fsspec.core.url_to_fs(path)
     return fs.size(inner)
 
@@ -265,6 +264,48 @@ def read_item(item: dict[str, Any]) -> pa.Table:
             return pj.read_json(f)
         except pa.ArrowInvalid as e:
             raise DataError(f"{item['path']}: not valid JSON Lines ({e})") from e
+
+
+def sample_read_items(
+    items: Sequence[dict[str, Any]], columns: Sequence[str], max_items: int = 8, max_rows: int = 256
+) -> list[str]:
+    """Texts for the backend guard from up to ``max_items`` evenly spaced read items: the ``columns`` of a Parquet
+    row group, or the lines in the first MiB of a JSON Lines file (lines that do not parse are left to the workers,
+    which report them). Deterministic; read in the driver before any task starts.
+
+    Example:
+        >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.parquet")
+        >>> pq.write_table(pa.table({"text": ["a", "b", "c"]}), path, row_group_size=2)
+        >>> items, _, _ = plan_reads([path], "parquet")
+        >>> sample_read_items(items, ["text"])
+        ['a', 'b', 'c']
+    """
+    if not items or not columns:
+        return []
+    picks = np.unique(np.linspace(0, len(items) - 1, min(len(items), max_items)).round().astype(np.int64)).tolist()
+    parts: dict[str, list[Any]] = {c: [] for c in columns}
+    for i in picks:
+        item = items[i]
+        if item["format"] == "parquet":
+            pf = _parquet_file(item["path"])
+            present = [c for c in columns if c in pf.schema_arrow.names]
+            cols = pf.read_row_group(int(item["row_group"]), columns=present).to_pydict()
+            for c in present:
+                parts[c].extend(cols[c])
+            continue
+        with fsspec.open(item["path"], "rb", compression="infer") as f:
+            head = f.read(JSON_SAMPLE_BYTES)
+        lines = head.split(b"\n")
+        for line in lines[:-1] if len(head) == JSON_SAMPLE_BYTES else lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and all(c in row for c in columns):
+                for c in columns:
+                    parts[c].append(row[c])
+    return sample_texts({c: v for c, v in parts.items() if v}, columns, max_rows=max_rows)
 
 
 # --- worker side -----------------------------------------------------------------------------------------------
@@ -623,9 +664,13 @@ def run_on_ray(
     partial: Path | None = None
     try:
         with scratch.ScratchDir("raysource") as source_dir:
+            in_memory = not isinstance(source, str | os.PathLike) and hasattr(source, "select_columns")
+            sample = sample_texts(source, transform.input_columns()) if in_memory else None
             files, fmt = resolve_source(source, format, str(source_dir))
             items, nbytes, _ = plan_reads(files, fmt)
             _preflight(transform, nbytes)
+            # The datasets engine's guard, on the same kind of sample (files: a few evenly spaced read items).
+            transform.guard_backend(sample if sample is not None else sample_read_items(items, transform.input_columns()))
             holder = [ray.put(transform)]
             ctx = ray.data.DataContext.get_current()
             saved_strategy = ctx.shuffle_strategy

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from .. import scratch
 from ..errors import DataError
+from ..tokenization.backends import sample_texts
 from .mapreduce import KEY_COLUMN, MapReduceTransformBase, rows_to_columns
 
 DEFAULT_SPILL_BUFFER_BYTES = 64 * 2**20
@@ -188,15 +189,9 @@ def prepare_streaming(
                 n = len(next(iter(batch.values()))) if batch else 0
                 if n == 0:
                     continue
-                if rows_in == 0 and hasattr(transform, "guard_backend"):
+                if rows_in == 0:
                     # A stream cannot be sampled ahead: the fast backend's exactness guard sees the first batch.
-                    columns = transform.input_columns()
-                    cells = [c for name in columns for c in batch.get(name, [])[:256]]
-                    transform.guard_backend(
-                        [c for c in cells if isinstance(c, str)]
-                        + [t["content"] for c in cells if isinstance(c, list) for t in c
-                           if isinstance(t, dict) and isinstance(t.get("content"), str)]
-                    )
+                    transform.guard_backend(sample_texts(batch, transform.input_columns()))
                 mapped = transform.map_batch(batch, list(range(rows_in, rows_in + n)))
                 if not isinstance(mapped, pa.Table):
                     mapped = pa.Table.from_pydict(dict(mapped))

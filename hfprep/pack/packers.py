@@ -22,8 +22,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from jaxtyping import Bool, Int64, UInt32
@@ -38,6 +39,8 @@ class PackStats:
 
     ``tokens_out`` counts real (non-pad) tokens written; ``tokens_in == tokens_out + tokens_dropped`` always
     holds (truncated tokens are part of ``tokens_dropped`` and also counted in ``tokens_truncated``).
+    ``doc_length_bins`` (bin -> documents, :func:`hfprep.output.plots.length_bin_counts` bins) is filled by a
+    transform that records document lengths (the runs' card histogram); ``extra`` holds packer-specific counts.
     """
 
     docs_in: int = 0
@@ -51,16 +54,15 @@ class PackStats:
     pad_tokens: int = 0
     rows: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    doc_length_bins: dict[int, int] = field(default_factory=dict)
 
     def merge(self, other: PackStats) -> PackStats:
         out = PackStats()
         for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
-        out.extra = dict(self.extra)
-        for k, v in other.extra.items():
-            out.extra[k] = out.extra.get(k, 0) + v
+            if f.name in _COUNTS:
+                getattr(out, f.name).update(_add_counts(getattr(self, f.name), getattr(other, f.name)))
+            else:
+                setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
         return out
 
     @property
@@ -69,12 +71,42 @@ class PackStats:
         slots = self.tokens_out + self.pad_tokens
         return self.tokens_out / slots if slots else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, Any]:
+        """Flat counts (``extra`` merged in), ``fill_ratio``, and ``doc_length_bins`` when any were recorded."""
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
+        bins = d.pop("doc_length_bins")
         d.update(extra)
         d["fill_ratio"] = self.fill_ratio
+        if bins:
+            d["doc_length_bins"] = bins
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PackStats:
+        """The inverse of :meth:`as_dict`, also after a JSON round trip (bin keys come back as strings).
+
+        Example:
+            >>> import json
+            >>> s = PackStats(docs_in=2, tokens_in=9, tokens_out=9, rows=1, doc_length_bins={12: 2})
+            >>> PackStats.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+            True
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - _COUNTS
+        s = cls(**{k: int(v) for k, v in d.items() if k in names})
+        s.extra = {k: int(v) for k, v in d.items() if k not in names and k not in _COUNTS and k != "fill_ratio"}
+        s.doc_length_bins = {int(b): int(c) for b, c in (d.get("doc_length_bins") or {}).items()}
+        return s
+
+
+_COUNTS = frozenset({"extra", "doc_length_bins"})  # PackStats fields that are dicts of counts, merged per key
+
+
+def _add_counts(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
 
 
 @dataclass

@@ -309,20 +309,11 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         """Merged packing stats of the last run, with tokenization counts."""
         merged = PackStats()
         for s in self.last_stats:
-            merged = merged.merge(stats_from_dict(s))
+            merged = merged.merge(PackStats.from_dict(s))
         d = merged.as_dict()
         d["rows_in"] = self.rows_in
         d["docs_dropped_by_tokenizer"] = self.rows_in - merged.docs_in
         return d
-
-
-def stats_from_dict(d: Mapping[str, Any]) -> PackStats:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(PackStats)} - {"extra"}
-    s = PackStats(**{k: int(v) for k, v in d.items() if k in names})
-    s.extra = {k: int(v) for k, v in d.items() if k not in names and k != "fill_ratio"}
-    return s
 
 
 def pack_dense_table(table: pa.Table, seq_len: int) -> tuple[pa.Table, PackStats]:

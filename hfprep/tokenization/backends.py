@@ -547,22 +547,32 @@ def get_backend(tokenizer, backend: str = "hf") -> TokenizerBackend:
     return resolve_backend(tokenizer, backend)[0]
 
 
-def sample_texts(dataset, columns: Sequence[str], max_rows: int = 256) -> list[str]:
-    """A deterministic sample of the strings in ``columns`` of ``dataset`` (evenly spaced rows), for the guard.
+def sample_texts(data, columns: Sequence[str], max_rows: int = 256) -> list[str]:
+    """A deterministic sample of the strings in ``columns`` of ``data`` (evenly spaced rows), for the guard.
 
-    String cells are taken as they are; list cells (chat conversations) contribute every turn's ``content``.
+    ``data`` is a ``datasets.Dataset``, a ``pyarrow.Table`` or a batch (a dict of column lists): every engine
+    samples its input the same way. String cells are taken as they are; list cells (chat conversations) contribute
+    every turn's ``content``.
 
     Example:
         >>> from datasets import Dataset
         >>> sample_texts(Dataset.from_dict({"content": ["a", "b", "c"]}), ["content"], max_rows=2)
         ['a', 'c']
+        >>> sample_texts({"content": ["a", "b", "c"], "n": [1, 2, 3]}, ["content"], max_rows=2)
+        ['a', 'c']
     """
-    n = len(dataset)
-    columns = [c for c in columns if c in dataset.column_names]
+    names = list(data.keys()) if isinstance(data, dict) else list(data.column_names)
+    columns = [c for c in columns if c in names]
+    n = len(data[columns[0]]) if isinstance(data, dict) and columns else (0 if isinstance(data, dict) else len(data))
     if not n or not columns:
         return []
     rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64)).tolist()
-    picked = dataset.select_columns(columns).select(rows).to_dict()
+    if isinstance(data, dict):
+        picked = {c: [data[c][i] for i in rows if i < len(data[c])] for c in columns}
+    elif hasattr(data, "take") and not hasattr(data, "select_columns"):  # a pyarrow.Table
+        picked = data.select(columns).take(rows).to_pydict()
+    else:
+        picked = data.select_columns(columns).select(rows).to_dict()
     out: list[str] = []
     for c in columns:
         for cell in picked[c]:

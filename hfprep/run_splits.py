@@ -1,0 +1,152 @@
+"""Run a single-source recipe's splits on the chosen engine: tokenize -> key -> group -> pack, one split at a time.
+
+:func:`run_source_splits` loads the source (unless Ray reads the files itself), prepares the tokenizer and runs each
+split (``train``, and ``heldout`` when the recipe holds some rows out) on one engine:
+
+* ``datasets`` (default): :meth:`~hfprep.pack.transform.PrepareForTrainingTransform.run` with ``num_proc`` workers;
+* ``source.streaming: true``: :func:`hfprep.engines.streaming.prepare_streaming` over an ``IterableDataset``;
+* ``engine: ray``: :func:`hfprep.engines.ray_engine.prepare_with_ray` with the
+  :class:`~hfprep.source.loading.SourceSpec` (files read on the workers) or the rows with the recipe's row rules
+  applied.
+
+Every engine gets the same transform (:func:`hfprep.configure.make_transform`) and returns a
+:class:`~hfprep.configure.SplitResult`; mixtures have their own runner (:mod:`hfprep.mixture_run`).
+
+Example:
+    >>> info, results = run_source_splits(recipe, spec, "datasets", num_proc=2)  # doctest: +SKIP
+    >>> [r.name for r in results]  # doctest: +SKIP
+    ['train', 'heldout']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .configure import (
+    SplitResult,
+    TokenizerInfo,
+    effective_tokenize_config,
+    make_transform,
+    prepare_tokenizer,
+    split_stats_from,
+)
+from .engines.ray_engine import prepare_with_ray
+from .engines.streaming import prepare_streaming
+from .errors import ConfigError, DataError
+from .recipe import Recipe
+from .source.loading import SourceSpec, check_source_text, load_source, locate_row_error, select_split
+from .tokenization.loading import vocab_size
+
+Log = Callable[[dict[str, Any]], None]
+
+
+def _noop(_: dict[str, Any]) -> None:
+    return None
+
+
+def run_source_splits(
+    recipe: Recipe, spec: SourceSpec, engine: str, num_proc: int | None = None, log: Log | None = None,
+    verbose: bool = False,
+) -> tuple[TokenizerInfo, list[SplitResult]]:
+    """Load ``spec``, prepare the recipe's tokenizer and run every split on ``engine``; returns the tokenizer and the
+    splits' results (train first). A :class:`~hfprep.errors.DataError` about a row names the source file and line."""
+    log = log or _noop
+    if engine not in ("datasets", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
+    tcfg = effective_tokenize_config(recipe)
+    log({"event": "source", "source": spec.describe()})
+    source_ds = None
+    if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
+        source_ds = load_source(spec)
+    else:
+        check_source_text(spec)  # the ray workers read the files: refuse undecodable bytes here, up front
+    info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
+    log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
+
+    splits = recipe.splits
+    plan = [(splits.train_name, "train"), (splits.heldout_name, "heldout")] if splits.heldout_fraction > 0 else [
+        (splits.train_name, "all")
+    ]
+    results: list[SplitResult] = []
+    for name, keep in plan:
+        log({"event": "split", "split": name})
+        part_spec = spec.for_split(keep)
+        try:
+            if engine == "ray":
+                r = run_split_ray(
+                    recipe, info, part_spec, source_ds, recipe.engine.address, recipe.engine.num_cpus,
+                    name, verbose, log,
+                )
+            else:
+                r = run_split_datasets(recipe, info, source_ds, part_spec, num_proc, name)
+        except DataError as e:
+            # Row numbers inside a split mean nothing to the user: name the source file and line instead.
+            located = locate_row_error(e, part_spec, source_ds)
+            if located is e:
+                raise
+            raise located from e.__cause__
+        r.name = name
+        results.append(r)
+    return info, results
+
+
+def run_split_datasets(
+    recipe, info, source_ds, spec: SourceSpec, num_proc: int | None, name: str | None = None
+) -> SplitResult:
+    transform = make_transform(recipe, info)
+    transform.progress_split = name
+    part = select_split(source_ds, spec, num_proc=num_proc, name=name)
+    if spec.streaming:
+        out = prepare_streaming(transform, part)
+    else:
+        out = transform.run(part, num_proc=num_proc)
+    stats, bins = split_stats_from(transform.stats)
+    report = getattr(transform, "backend_report", None)
+    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
+
+
+def ray_reads_files(spec: SourceSpec) -> bool:
+    """True when the ray engine can read ``spec.paths`` itself (Parquet/JSONL, no row rules to apply)."""
+    return (
+        spec.kind == "files"
+        and spec.format in ("parquet", "jsonl", "json")
+        and not spec.columns
+        and spec.max_rows is None
+        and spec.heldout_fraction <= 0
+    )
+
+
+def ray_source(spec: SourceSpec, source_ds, num_proc: int | None, name: str | None = None) -> Any:
+    """What the ray engine reads: the spec itself (files read on the workers) when no row rule applies, else the
+    rows with the rules applied here (``max_rows``, renames, split; text folders and csv/text files)."""
+    if ray_reads_files(spec):
+        return spec
+    return select_split(source_ds if source_ds is not None else load_source(spec), spec, num_proc=num_proc, name=name)
+
+
+def run_split_ray(
+    recipe, info, spec: SourceSpec, source_ds, address: str | None, num_cpus: int | None,
+    name: str | None = None, verbose: bool = False, log: Log | None = None,
+) -> SplitResult:
+    if spec.streaming:
+        raise ConfigError("engine 'ray' does not read streaming sources; set source.streaming: false or use 'datasets'")
+    # The same transform object as the datasets engine: full tokenize section, document-length bins.
+    transform = make_transform(recipe, info)
+    transform.progress_split = name
+    out, stats = prepare_with_ray(
+        transform.config,
+        ray_source(spec, source_ds, num_cpus, name),
+        address=address,
+        num_cpus=num_cpus,
+        tokenizer=info.tokenizer,
+        transform=transform,
+        verbose=verbose,
+    )
+    if getattr(transform, "ray_log_path", None) and log is not None:
+        log({"event": "ray", "ray": f"log in {transform.ray_log_path} (--verbose prints it)"})
+    stats, bins = split_stats_from(stats)
+    report = stats.pop("backend_report", None)
+    return SplitResult(spec.keep, out, stats, bins, stats.get("rows_in"), report)
+
+
