@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -44,6 +45,28 @@ tokenize -> pack -> write a Hub-layout folder with a dataset card -> push.
 """
 
 EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recipe, 130 interrupted, 143 terminated."
+
+
+# The functions the commands run -> their modules, imported when a command runs (the CLI's only lazy imports): the
+# stages load datasets, transformers and pyarrow (about a second; the KD builder torch too), which `hfprep --help`,
+# `--version` and a usage error must not wait for.
+STAGE_FUNCTIONS = {
+    "run_recipe": "hfprep.run",
+    "format_summary": "hfprep.describe",
+    "disable_progress_bar": "datasets.utils.logging",
+    "check_config_name": "hfprep.output.hub",
+    "plan_push": "hfprep.output.hub",
+    "push_folder": "hfprep.output.hub",
+    "validate_folder": "hfprep.output.validate",
+    "inspect_target": "hfprep.output.inspect_cmd",
+    "to_json": "hfprep.output.inspect_cmd",
+    "run_kd_recipe": "hfprep.kd.builder",
+}
+
+
+def _stage(name: str) -> Any:
+    """The function ``name`` of :data:`STAGE_FUNCTIONS`, its module imported on first use."""
+    return getattr(importlib.import_module(STAGE_FUNCTIONS[name]), name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,17 +146,11 @@ def _human_event(e: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-    from .describe import format_summary
-    from .run import run_recipe
-
     if args.num_proc is not None and args.num_proc < 1:
         raise _UsageError("--num-proc must be >= 1")
     if args.json:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-    summary = run_recipe(
+        _stage("disable_progress_bar")()
+    summary = _stage("run_recipe")(
         args.recipe,
         overwrite=True if args.overwrite else None,
         engine=args.engine,
@@ -143,23 +160,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     if not args.json:
-        print(format_summary(summary))
+        print(_stage("format_summary")(summary))
     return EXIT_OK
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-    from .output.hub import check_config_name, plan_push, push_folder
-
     try:
-        check_config_name(args.config_name)
+        _stage("check_config_name")(args.config_name)
     except HfprepError as e:
         raise _UsageError(f"--config-name: {e}") from None
     if not args.no_validate:
-        # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-        from .output.validate import validate_folder
-
-        report = validate_folder(args.folder)
+        report = _stage("validate_folder")(args.folder)
         if not report.ok:
             first = report.violations[0] if report.violations else "invalid"
             raise HfprepError(
@@ -167,7 +178,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                 f"run `hfprep validate {args.folder}` for all, re-create the folder, or pass --no-validate"
             )
     if args.dry_run:
-        plan = plan_push(args.folder, args.repo_id, config_name=args.config_name, revision=args.revision)
+        plan = _stage("plan_push")(args.folder, args.repo_id, config_name=args.config_name, revision=args.revision)
         if args.json:
             _emit({"event": "dry_run", "folder": args.folder, "repo_id": args.repo_id, "revision": plan.revision,
                    "config_name": plan.config_name, "added": plan.added, "deleted": plan.deleted,
@@ -178,8 +189,8 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"dry run: {len(plan.added)} to add, {len(plan.deleted)} to delete in {len(plan.commits)} "
                   f"commit(s) to {args.repo_id}@{plan.revision} (config {plan.config_name}); nothing was changed")
         return EXIT_OK
-    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                      commit_message=args.message, config_name=args.config_name)
+    url = _stage("push_folder")(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                                commit_message=args.message, config_name=args.config_name)
     if args.json:
         _emit({"event": "pushed", "folder": args.folder, "repo_id": args.repo_id, "url": url})
     else:
@@ -188,24 +199,18 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-    from .output.inspect_cmd import inspect_target, to_json
-
-    result = inspect_target(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
-    print(to_json(result) if args.json else result["text"])
+    result = _stage("inspect_target")(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
+    print(_stage("to_json")(result) if args.json else result["text"])
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-    from .output.validate import validate_folder
-
     if args.max_violations < 1:
         raise _UsageError("--max-violations must be >= 1")
     if not os.path.isdir(args.folder):
         what = "is a file, not a folder" if os.path.exists(args.folder) else "does not exist"
         raise _UsageError(f"{args.folder}: {what}; give the dataset folder that `hfprep run` wrote")
-    report = validate_folder(args.folder, max_violations=args.max_violations)
+    report = _stage("validate_folder")(args.folder, max_violations=args.max_violations)
     if args.json:
         _emit({"event": "validate", "folder": report.folder, "ok": report.ok, "violations": report.violations,
                "truncated": report.truncated, "stats": report.stats})
@@ -224,8 +229,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_kd_cache(args: argparse.Namespace) -> int:
     try:
-        # Imported when the command runs (datasets, transformers...): `hfprep --help` stays instant.
-        from .kd.builder import run_kd_recipe
+        run_kd_recipe = _stage("run_kd_recipe")
     except ImportError as e:
         raise HfprepError(f"kd-cache is not available in this installation ({e})") from e
     result = run_kd_recipe(args.recipe, overwrite=args.overwrite)

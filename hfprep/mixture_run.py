@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets import Dataset, List, Value, concatenate_datasets
 
 from .configure import (
     RecordingTransform,
@@ -201,8 +203,6 @@ class MixtureTransform(RecordingTransform):
         return batch.select(cols).append_column(INDEX_COLUMN, pa.array(np.asarray(indices, dtype=np.int64)))
 
     def map_features(self):
-        from datasets import Value
-
         feats = tokenized_features()
         feats[KEY_COLUMN] = Value("int64")
         feats[SOURCE_ID] = Value("int64")
@@ -210,8 +210,6 @@ class MixtureTransform(RecordingTransform):
         return feats
 
     def output_features(self):
-        from datasets import List, Value
-
         feats = tokenized_features()
         feats[SOURCE_COLUMN] = List(Value("int16"))
         return feats
@@ -262,8 +260,6 @@ class _TokenizeSource:
 
 
 def _tokenized_features():
-    from datasets import Value
-
     feats = tokenized_features()
     feats[KEY_COLUMN] = Value("int64")
     feats[SOURCE_ID] = Value("int64")
@@ -304,9 +300,6 @@ def _materialize(ds, spec: SourceSpec, where: str):
     """A streaming source read once, in order, into a local Arrow dataset (only its first ``max_rows`` rows are
     ever fetched). The choice needs every document's hash and length before any is emitted, so a streamed source
     is kept on disk like a loaded one; afterwards it is the same rows as the non-streaming source."""
-    import uuid
-
-    from datasets import Dataset
 
     # A fresh fingerprint: the stream's content is not known up front, so datasets' cache must not reuse a file.
     out = Dataset.from_generator(
@@ -354,8 +347,6 @@ class MixtureRun:
     def features(self):
         feats = tokenized_features()
         if self.recipe.source_column:
-            from datasets import List, Value
-
             feats[SOURCE_COLUMN] = List(Value("int16"))
         return feats
 
@@ -545,8 +536,6 @@ def _run_split(
     recipe, info, backend, sources: list[_Source], keep: str, budgeted: bool, num_proc: int | None, engine: str,
     split_name: str = "",
 ):
-    from datasets import concatenate_datasets
-
     epochs_of: list[dict[int, Any]] = []
     avail_docs, avail_tokens = [], []
     with keep_tokenizers_parallelism():
@@ -618,8 +607,6 @@ def _run_split(
             transform.mix_rows = rows
             out = transform.reduce(side_by_side, num_proc=num_proc)
     else:
-        from datasets import Dataset
-
         transform.last_stats = []
         out = Dataset(transform.empty_output())
     stats, bins = split_stats_from(transform.stats)

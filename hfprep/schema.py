@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets import Features, List, Value
 from jaxtyping import Bool, Int64, UInt32
 
 from .errors import ConfigError
@@ -69,8 +70,6 @@ def row_features():
         >>> row_features()["input_ids"]
         List(Value('uint32'))
     """
-    from datasets import Features, List, Value
-
     return Features({name: List(Value(dtype)) for name, dtype in ROW_FEATURES_SPEC.items()})
 
 
@@ -221,7 +220,7 @@ def segment_ids(position_ids: Any) -> Any:
         [1, 1, 2, 3, 3]
     """
     if _is_torch(position_ids):
-        import torch
+        import torch  # only for a tensor argument, which means torch is loaded already (numpy callers never pay)
 
         starts = position_ids == 0
         if position_ids.shape[-1]:
@@ -246,7 +245,7 @@ def causal_mask_from_positions(position_ids: Any) -> Any:
     seg = segment_ids(position_ids)
     length = seg.shape[-1]
     if _is_torch(seg):
-        import torch
+        import torch  # only for a tensor argument, which means torch is loaded already (numpy callers never pay)
 
         causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
     else:

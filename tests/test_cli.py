@@ -127,6 +127,31 @@ def test_runtime_errors_exit_1(tmp_path, capsys):
     assert ev["event"] == "error" and ev["exit_code"] == 1 and "README.md" in ev["message"]
 
 
+def test_help_and_usage_errors_answer_before_any_stage_is_imported(tmp_path):
+    # The stages load datasets/transformers/torch (seconds): `--help` and a usage error must not wait for them.
+    code = (
+        "import sys\n"
+        "from hfprep.cli import main\n"
+        "codes = [main(['validate', 'no-such-folder']), main(['run', 'r.yaml', '--num-proc', '0'])]\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    codes.append(e.code)\n"
+        "print(codes, sorted(m for m in ('torch', 'transformers', 'datasets', 'pyarrow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[2, 2, 0] []"
+
+
+def test_every_stage_function_of_the_cli_resolves():
+    # The table names modules and functions as strings: a typo would only show when that command runs.
+    from hfprep.cli import STAGE_FUNCTIONS, _stage
+
+    for name, module in STAGE_FUNCTIONS.items():
+        fn = _stage(name)
+        assert callable(fn) and module in sys.modules, name
+
+
 def test_keyboard_interrupt_in_process_exits_130_without_output(tmp_path, tokenizer_path, capsys, monkeypatch):
     import hfprep.run
 

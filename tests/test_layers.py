@@ -11,9 +11,11 @@ The layers, bottom to top (a module may import its own layer and the layers belo
    the stages' objects), ``describe`` (provenance, card, summary); 11. ``run``, ``mixture_run``: orchestration;
    12. ``cli``, ``__main__`` and the package ``__init__``.
 
-Function-local imports of hfprep modules hide cycles, so only the entry points may use them, to keep start-up
-light: the CLI (each command imports its stage when it runs) and ``hfprep.kd`` (its trainer pulls in
-transformers' Trainer).
+Function-local imports of hfprep modules hide cycles, so only ``hfprep.kd`` uses one (its trainer pulls in
+transformers' Trainer, loaded on first use); the CLI imports each command's stage when it runs through one table
+(``hfprep.cli.STAGE_FUNCTIONS``, checked in tests/test_cli.py). Every other dependency is imported at the top of
+its module, where a reader sees it, except the optional or heavy ones of ``LOCAL_THIRD_PARTY``; each
+function-local import says why in a comment on its line or the line above.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ LAYERS: list[set[str]] = [
     {"run", "mixture_run"},
     {"cli", "__main__", "__init__"},
 ]
-LOCAL_IMPORTS_ALLOWED = {"hfprep.cli", "hfprep.kd"}
+LOCAL_IMPORTS_ALLOWED = {"hfprep.kd"}
+# Top-level packages a function may import for itself, and why; everything else is imported at module top.
+LOCAL_THIRD_PARTY = {
+    "torch": "heavy (seconds to import); only the training-side paths need it",
+    "ray": "an optional extra (hfprep[ray])",
+    "gigatoken": "the fast tokenizer backend, without a wheel on some platforms",
+    "awkward": "comes with gigatoken and reads only gigatoken's results",
+    "matplotlib": "heavy; only the card's plots need it",
+}
 
 PACKAGE = Path(hfprep.__file__).parent
 
@@ -134,6 +144,37 @@ def _local(graph) -> list[str]:
     ]
 
 
+def _local_third_party(package: Path) -> list[str]:
+    """Function-local imports of modules outside hfprep and not in ``LOCAL_THIRD_PARTY``, and function-local
+    imports (hfprep's own included) without a comment on their line or the line above."""
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        name = _module_name(package, path)
+
+        def visit(node: ast.AST, local: bool, name=name, lines=lines) -> None:
+            for child in ast.iter_child_nodes(node):
+                inner = local or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+                if inner and isinstance(child, ast.Import | ast.ImportFrom):
+                    if isinstance(child, ast.Import):
+                        tops = {a.name.split(".")[0] for a in child.names}
+                    else:
+                        tops = {"hfprep" if child.level else (child.module or "").split(".")[0]}
+                    where = f"{name}:{child.lineno}"
+                    # hfprep's own modules: test_function_local_imports_of_hfprep_only_in_entry_points
+                    for top in sorted(tops - LOCAL_THIRD_PARTY.keys() - {"hfprep"}):
+                        problems.append(f"{where} imports {top} inside a function: import it at the module top")
+                    above = lines[child.lineno - 2].strip() if child.lineno > 1 else ""
+                    if "#" not in lines[child.lineno - 1] and not above.startswith("#"):
+                        problems.append(f"{where} imports {', '.join(sorted(tops))} inside a function without a "
+                                        "comment (on the line or the line above) saying why")
+                visit(child, inner)
+
+        visit(ast.parse(source), False)
+    return problems
+
+
 @pytest.fixture(scope="module")
 def graph():
     return _graph(PACKAGE)
@@ -156,6 +197,10 @@ def test_function_local_imports_of_hfprep_only_in_entry_points(graph):
     assert _local(graph) == []
 
 
+def test_function_local_imports_only_of_optional_heavy_dependencies_each_with_a_reason():
+    assert _local_third_party(PACKAGE) == []
+
+
 def test_the_checks_catch_a_cycle_an_upward_edge_and_a_hidden_import(tmp_path):
     # A hand-made package: errors -> run is upward, run -> schema -> run is a cycle hidden in a function.
     pkg = tmp_path / "hfprep"
@@ -175,3 +220,26 @@ def test_the_checks_catch_a_cycle_an_upward_edge_and_a_hidden_import(tmp_path):
     ]
     assert ["hfprep.run", "hfprep.schema", "hfprep.run"] in [c[-3:] for c in _cycles(graph)]
     assert _local(graph) == ["hfprep.schema:2 imports hfprep.run inside a function"]
+
+
+def test_the_local_import_check_catches_a_core_dependency_and_a_missing_comment(tmp_path):
+    pkg = tmp_path / "hfprep"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import datasets\n\ntry:\n    import torch\nexcept ImportError:\n    pass\n")
+    (pkg / "run.py").write_text(
+        "def f():\n"
+        "    import torch  # heavy\n"
+        "    # optional extra\n"
+        "    import ray.data\n"
+        "    from datasets import Dataset\n"
+        "    import matplotlib\n"
+        "    from . import schema  # only where allowed: test_function_local_imports_of_hfprep_only_in_entry_points\n"
+        "    from . import errors\n"
+        "    return [torch, ray, Dataset, matplotlib, schema, errors]\n"
+    )
+    assert _local_third_party(pkg) == [
+        "hfprep.run:5 imports datasets inside a function: import it at the module top",
+        "hfprep.run:5 imports datasets inside a function without a comment (on the line or the line above) saying why",
+        "hfprep.run:6 imports matplotlib inside a function without a comment (on the line or the line above) saying why",
+        "hfprep.run:8 imports hfprep inside a function without a comment (on the line or the line above) saying why",
+    ]

@@ -24,6 +24,7 @@ Example (the seed's letter count):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
+from datasets import Dataset, DatasetInfo, concatenate_datasets
+from datasets.fingerprint import get_temporary_cache_files_directory
 
 from .. import scratch
 from ..datasets_internals import arrow_table, fingerprint
@@ -63,8 +66,6 @@ class MapReduceTransformConfigBase(TransformConfigBase):
 
 def to_dataset(data: Any):
     """Accept a ``datasets.Dataset`` or an iterable of row dicts (the seed's input)."""
-    from datasets import Dataset
-
     if isinstance(data, Dataset):
         return data
     rows = list(data)
@@ -102,8 +103,6 @@ class TransformBase:
 
     @staticmethod
     def _wrap_output(data: Any, out):
-        from datasets import Dataset
-
         return out if isinstance(data, Dataset) else out.to_list()
 
 
@@ -337,8 +336,6 @@ class MapReduceTransformBase(TransformBase):
     # --- engine -------------------------------------------------------------------------------------------
 
     def run(self, data: Any, num_proc: int | None = None, batch_size: int = 1000) -> Any:
-        from datasets import Dataset
-
         ds = to_dataset(data)
         if len(ds) == 0:
             return self._wrap_output(data, Dataset(self.empty_output()))
@@ -365,8 +362,6 @@ class MapReduceTransformBase(TransformBase):
 
     def reduce(self, mapped, num_proc: int | None = None):
         """Group ``mapped`` (output of the map side) by ``__key__`` and reduce each group."""
-        from datasets import Dataset
-
         if mapped.num_rows == 0:
             self.last_stats = []
             return Dataset(self.empty_output())
@@ -413,7 +408,6 @@ class MapReduceTransformBase(TransformBase):
         except BaseException:
             work.cleanup()
             raise
-        from datasets import DatasetInfo, concatenate_datasets
 
         info = DatasetInfo(features=feats) if feats is not None else None
         parts = [Dataset.from_file(p, info=info) for p in paths]
@@ -486,8 +480,6 @@ def _cache_dir(mapped) -> str | None:
 
 def _temporary_cache_dir() -> str:
     """datasets' temporary cache folder of this process (removed by datasets when Python exits)."""
-    from datasets.fingerprint import get_temporary_cache_files_directory
-
     return get_temporary_cache_files_directory()
 
 
@@ -502,8 +494,6 @@ def _as_cache_files(paths: list[str], cache_dir: Path, fingerprint: str) -> list
 
 
 def _reduce_fingerprint(mapped, transform) -> str:
-    import hashlib
-
     cfg = transform.config.model_dump_json() if hasattr(transform.config, "model_dump_json") else repr(transform.config)
     h = hashlib.sha256(f"{fingerprint(mapped)}|{type(transform).__qualname__}|{cfg}".encode())
     return h.hexdigest()[:32]

@@ -47,6 +47,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetInfo
 
 from .. import scratch
 from ..datasets_internals import arrow_table
@@ -100,8 +103,8 @@ def import_ray():
         >>> ray = import_ray()  # doctest: +SKIP
     """
     try:
-        import ray
-        import ray.data
+        # Ray is an optional extra (hfprep[ray]): imported only by the ray engine, with the install hint if missing.
+        import ray.data  # binds `ray` too
     except ImportError as e:
         raise ConfigError(f"the 'ray' engine needs Ray Data, which is not installed; run: {RAY_INSTALL_HINT}") from e
     return ray
@@ -157,8 +160,6 @@ def _expand(path: str) -> list[str]:
 
 def dataset_to_parquet(dataset, folder: str | os.PathLike, num_files_hint: int = 4) -> str:
     """Write a ``datasets.Dataset`` as one Parquet file with ~``num_files_hint`` row groups (one read task each)."""
-    import pyarrow.parquet as pq
-
     table = arrow_table(dataset)
     path = Path(folder) / "source.parquet"
     rows_per_group = max(1, min(100_000, math.ceil(table.num_rows / max(1, num_files_hint))))
@@ -174,8 +175,6 @@ def resolve_source(source: Any, fmt: str | None = None, scratch: str | None = No
         >>> resolve_source(["a.parquet", "b.parquet"])
         (['a.parquet', 'b.parquet'], 'parquet')
     """
-    from datasets import Dataset
-
     if isinstance(source, Dataset):
         if scratch is None:
             raise ConfigError("a datasets.Dataset source needs a scratch folder to be written to Parquet")
@@ -211,8 +210,6 @@ def _open(path: str):
 
 
 def _parquet_file(path: str):
-    import pyarrow.parquet as pq
-
     if "://" not in path:
         return pq.ParquetFile(path, memory_map=True)
     return pq.ParquetFile(_open(path))
@@ -257,7 +254,6 @@ def read_item(item: dict[str, Any]) -> pa.Table:
     """Read one planned item (a Parquet row group or a whole JSONL file) on a worker."""
     if item["format"] == "parquet":
         return _parquet_file(item["path"]).read_row_group(int(item["row_group"]))
-    import pyarrow.json as pj
 
     with _open(item["path"]) as f:
         try:
@@ -314,7 +310,7 @@ def sample_read_items(
 def _get_transform(holder: list) -> MapReduceTransformBase:
     """The transform, deserialized once per worker process (a Ray object ref wrapped in a list, so Ray does not
     resolve it on every task)."""
-    import ray
+    import ray  # the optional extra; a Ray worker process has it (import_ray() checked it on the driver)
 
     ref = holder[0]
     key = ref.hex()
@@ -633,7 +629,6 @@ def run_on_ray(
         >>> packed = run_on_ray(transform, ["part-0.parquet"], num_cpus=2)  # doctest: +SKIP
     """
     ray = import_ray()
-    from datasets import Dataset, DatasetInfo
 
     if shuffle not in SHUFFLE_STRATEGIES:
         raise ConfigError(f"shuffle {shuffle!r} is not supported; choose one of {sorted(SHUFFLE_STRATEGIES)}")
@@ -792,7 +787,6 @@ def prepare_with_ray(
         transform = config.build_transform(tokenizer=tokenizer)
     with scratch.ScratchDir("raycheck") as tmp:
         files, fmt = (None, None)
-        from datasets import Dataset
 
         if not isinstance(source, Dataset):
             files, fmt = resolve_source(source, format, str(tmp))

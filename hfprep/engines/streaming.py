@@ -39,6 +39,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets import Dataset, IterableDataset
+from datasets.arrow_writer import ArrowWriter
+from datasets.fingerprint import get_temporary_cache_files_directory
+from datasets.utils.tqdm import tqdm
 
 from .. import scratch
 from ..errors import DataError
@@ -57,7 +61,6 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[dict[str, list[Any]]]:
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    from datasets import Dataset, IterableDataset
 
     if isinstance(data, Dataset | IterableDataset):
         yield from data.iter(batch_size=batch_size)
@@ -138,8 +141,6 @@ class _Spiller:
 
 
 def _progress(total: int | None, desc: str, unit: str):
-    from datasets.utils.tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit)
 
 
@@ -174,9 +175,6 @@ def prepare_streaming(
         >>> transform.rows_in  # doctest: +SKIP
         100
     """
-    from datasets import Dataset
-    from datasets.arrow_writer import ArrowWriter
-
     if spill_buffer_bytes < 1:
         raise DataError(f"spill_buffer_bytes must be >= 1, got {spill_buffer_bytes}")
     map_feats = transform.map_features()
@@ -264,8 +262,6 @@ def _progress_iter(items: list[Any], desc: str) -> Iterable[Any]:
 
 
 def _temporary_cache_dir() -> str:
-    from datasets.fingerprint import get_temporary_cache_files_directory
-
     return get_temporary_cache_files_directory()
 
 

@@ -16,9 +16,8 @@ from .readers import FBDataset, RBTopKIterableDataset, load_kd_dataset
 
 
 def __getattr__(name: str):
-    # the trainer imports transformers.Trainer (slow); load it only when asked for
     if name == "KDTrainer":
-        from .trainer import KDTrainer
+        from .trainer import KDTrainer  # it imports transformers.Trainer (seconds): only when asked for
 
         return KDTrainer
     raise AttributeError(name)

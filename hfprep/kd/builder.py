@@ -35,6 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from jaxtyping import Bool, Float, UInt32
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
 from ..interrupts import handle_interrupts
@@ -254,8 +256,6 @@ def _local_weights_sha256(folder: Path) -> str:
 
 def load_teacher(cfg: KDCacheConfig) -> Teacher:
     """Load the teacher by Hub id or local path, in eval mode, bf16 on CUDA / fp32 on CPU unless told otherwise."""
-    from transformers import AutoModelForCausalLM
-
     t = cfg.teacher
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if t.device == "auto" else t.device)
     if t.dtype == "auto":
@@ -611,7 +611,6 @@ def _build_claimed(cfg: KDCacheConfig, overwrite: bool, progress: bool, inputs: 
     }
     hidden_spec = {i: (teacher.hidden_size, cfg.hidden_dtype) for i in cfg.hidden_layers}
     features = cache_features(cfg.k, cfg.logprob_dtype, hidden_spec)
-    from tqdm.auto import tqdm
 
     for split, plan in plans.items():
         stream = _RowStream(plan.files, vocab)

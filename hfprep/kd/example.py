@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from ..datasets_internals import arrow_table
 from ..output.layout import atomic_output, write_split
@@ -47,8 +49,6 @@ EXAMPLE_TEXTS = [
 
 def tiny_llama(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0, **kw: Any):
     """A randomly initialised ``LlamaForCausalLM`` small enough for CPU tests (fp32, eval mode)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     cfg = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -83,7 +83,6 @@ def write_prepared(
     split: str = "train",
 ) -> Path:
     """Prepare ``texts`` (pretrain strategy) into packed rows and write them as a Hub-layout folder."""
-    from datasets import Dataset
     cfg = PrepareForTrainingTransformConfig(
         processing_strategy="pretrain",
         packing_strategy=packing,
@@ -99,7 +98,6 @@ def write_prepared(
 
 def main(steps: int = 30, workdir: str | None = None, quiet: bool = False, lr: float = 3e-3) -> list[float]:
     """Run the whole example; returns the KD loss of every optimiser step."""
-    from transformers import TrainingArguments
     root = Path(workdir or tempfile.mkdtemp(prefix="hfprep-kd-example-"))
     tok = train_tiny_tokenizer(EXAMPLE_TEXTS * 20, root / "tokenizer", vocab_size=300)
     write_prepared(tok, root / "prepared", EXAMPLE_TEXTS * 8, seq_len=32)

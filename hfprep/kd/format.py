@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from datasets import Array2D, Features, List, Value
 
 from .. import schema as _schema
 from ..errors import DataError
@@ -134,8 +135,6 @@ def read_meta(schema: pa.Schema) -> dict[str, Any] | None:
 
 def cache_features(k: int, logprob_dtype: str, hidden: dict[int, tuple[int, str]] | None = None):
     """``datasets.Features`` of a cache (``Array2D((None, k))`` for the top-k columns: fast with torch format)."""
-    from datasets import Array2D, Features, List, Value
-
     feats = Features(
         {
             "input_ids": List(Value("uint32")),

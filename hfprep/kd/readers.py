@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from datasets import load_dataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError, TokenizerError
@@ -332,8 +333,6 @@ def load_kd_dataset(
         >>> ds[0]["topk_ids"].shape  # doctest: +SKIP
         torch.Size([2048, 32])
     """
-    from datasets import load_dataset
-
     meta = read_card_meta(folder)
     if meta is None:
         raise DataError(f"{str(folder)!r} has no README.md with an hfprep_kd block: not a hfprep KD cache folder")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datasets import DatasetInfo, SplitDict, SplitInfo
 
 from ..errors import ConfigError
 from ..schema import row_features
@@ -143,8 +144,6 @@ def dataset_info_yaml(
     """``dataset_info`` exactly as ``push_to_hub`` writes it: ``num_bytes`` per split and ``dataset_size`` are the
     Arrow size of the rows (``Dataset._estimate_nbytes``), ``download_size`` the bytes of the Parquet files
     (``download_bytes``; ``split_bytes`` when not given)."""
-    from datasets import DatasetInfo, SplitDict, SplitInfo
-
     info = DatasetInfo(features=features)
     info.splits = SplitDict()
     for split, rows in split_rows.items():

@@ -52,7 +52,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import yaml
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
 from ..errors import ConfigError, DataError, HubError
 from ..version import __version__
@@ -468,13 +479,6 @@ def _server_message(err: Exception) -> str:
 @contextmanager
 def _hub_errors(repo_id: str, endpoint: str, token: str | None) -> Iterator[None]:
     """Turn huggingface_hub / network exceptions into one-line :class:`HubError` messages (token scrubbed)."""
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     namespace = repo_id.split("/")[0] if "/" in repo_id else "your user"
     try:
         yield
@@ -534,9 +538,6 @@ def _split_order(plan: PushPlan) -> list[str]:
 def _remote_state(api: Any, repo_id: str, revision: str) -> tuple[str | None, dict[str, Any], str | None]:
     """``(commit sha, {path: RepoFile}, card text)`` of the branch (or of ``main`` for a branch not made yet);
     ``(None, {}, None)`` for a repo that does not exist."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.hf_api import RepoFile
-
     try:
         sha = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
     except RepositoryNotFoundError:
@@ -552,8 +553,6 @@ def _remote_state(api: Any, repo_id: str, revision: str) -> tuple[str | None, di
     }
     card = None
     if CARD_NAME in files:
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
         # Read at the exact commit, straight from the endpoint (no cache: the plan must see this commit's card).
         url = f"{api.endpoint}/datasets/{repo_id}/resolve/{sha}/{CARD_NAME}"
         response = get_session().get(url, headers=build_hf_headers(token=api.token), follow_redirects=True)
@@ -591,8 +590,6 @@ def plan_push(
         add data/fr/3f9a0c1d2e-train-00000-of-00001.parquet
         add README.md
     """
-    from huggingface_hub import HfApi, constants
-
     plan = validate_folder_for_push(folder)
     check_config_name(config_name)
     revision = revision or "main"
@@ -748,10 +745,6 @@ def push_folder(
         >>> push_folder("out/quickstart", "me/quickstart", private=True)  # doctest: +SKIP
         'https://huggingface.co/datasets/me/quickstart'
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     plan = validate_folder_for_push(folder)
     check_config_name(config_name)
     try:
@@ -759,7 +752,7 @@ def push_folder(
     except HFValidationError as e:
         raise ConfigError(f"invalid repo id {repo_id!r}: use 'namespace/name' (letters, digits, '-', '_', '.')") from e
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    token = token or get_token()
+    token = token or huggingface_hub.get_token()  # looked up when called, so a replaced get_token is seen
     if not token:
         raise HubError("no Hugging Face token found: set HF_TOKEN or run `hf auth login` (a write token)")
     for rel in plan.files:

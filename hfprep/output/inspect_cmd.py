@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets import load_dataset
 
 from ..errors import DataError, HfprepError, HubError
 from ..mixture import mixture_lines
@@ -182,7 +183,6 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
 
 def inspect_repo(repo_id: str, split: str | None = None, row: int = 0, tokenizer: str | None = None) -> dict[str, Any]:
     """Like :func:`inspect_folder` for a Hub dataset repo, read with ``load_dataset(..., streaming=True)``."""
-    from datasets import load_dataset
     require_hub(f"inspect of {repo_id!r}")
     try:
         ds = load_dataset(repo_id, split=split or "train", streaming=True)

@@ -37,6 +37,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
+from datasets import Features
 
 from ..errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
 from ..scratch import pid_alive
@@ -100,7 +102,6 @@ def _card_is_hfprep(folder: Path) -> bool:
     end = text.find("\n---", 3)
     if end < 0:
         return False
-    import yaml
 
     try:
         meta = yaml.safe_load(text[3:end])
@@ -413,8 +414,6 @@ def atomic_output(
 def hf_schema(table: pa.Table, features=None) -> pa.Schema:
     """Schema with datasets' ``huggingface`` metadata, so ``load_dataset`` restores the exact features."""
     if features is None:
-        from datasets import Features
-
         features = Features.from_arrow_schema(table.schema)
     meta = {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()}
     return table.schema.with_metadata(meta)

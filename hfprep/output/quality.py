@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets import Dataset
 
 from ..datasets_internals import arrow_table
 from ..errors import DataError
@@ -52,10 +53,6 @@ def histogram_edges(seq_len: int) -> list[int]:
 def _as_table(data: Any) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
-    try:
-        from datasets import Dataset
-    except ImportError:  # pragma: no cover - datasets is a hard dependency
-        Dataset = ()  # type: ignore[assignment]
     if isinstance(data, Dataset):
         return arrow_table(data)
     raise DataError(f"packing_report needs a datasets.Dataset or a pyarrow.Table, got {type(data).__name__}")

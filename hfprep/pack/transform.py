@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
+from datasets import Value
 
 from .. import schema as _schema
 from ..engines.mapreduce import (
@@ -193,8 +194,6 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         return table.append_column(KEY_COLUMN, pa.array(keys)).append_column(INDEX_COLUMN, pa.array(index))
 
     def map_features(self):
-        from datasets import Value
-
         feats = tokenized_features()
         feats[KEY_COLUMN] = Value("int64")
         feats[INDEX_COLUMN] = Value("int64")

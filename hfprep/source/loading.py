@@ -26,12 +26,17 @@ import hashlib
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, Features, IterableDataset, Value, load_dataset
+from huggingface_hub import constants
 
 from ..errors import DataError, HubError
 
@@ -374,8 +379,6 @@ def text_dir_generator_kwargs(spec: SourceSpec) -> dict[str, Any]:
 
 
 def _load_raw(spec: SourceSpec):
-    from datasets import Dataset, Features, IterableDataset, Value, load_dataset
-
     if spec.kind == "text_dir":
         feats = Features({"text": Value("string"), "path": Value("string")})
         kwargs = text_dir_generator_kwargs(spec)
@@ -409,8 +412,6 @@ def _load_raw(spec: SourceSpec):
 def _files_have_rows(spec: SourceSpec) -> bool:
     """Cheap up-front check so an empty source is one clear error, not a datasets builder failure."""
     if spec.format == "parquet":
-        import pyarrow.parquet as pq
-
         try:
             return any(pq.read_metadata(p).num_rows > 0 for p in spec.paths)
         except Exception:  # unreadable: let the loader report it
@@ -505,8 +506,6 @@ def _rows_per_file(spec: SourceSpec) -> list[int] | None:
         if p.endswith((".gz", ".zst", ".bz2", ".xz")):
             return None
         if spec.format == "parquet":
-            import pyarrow.parquet as pq
-
             counts.append(pq.read_metadata(p).num_rows)
         elif spec.format == "jsonl":
             with open(p, "rb") as f:
@@ -601,12 +600,8 @@ def require_hub(what: str, timeout: float = 3.0) -> None:
     Example:
         >>> require_hub("Hub dataset 'user/name'")  # doctest: +SKIP
     """
-    import socket
-    from urllib.parse import urlsplit
-
     if hub_offline() or any(os.environ.get(v) for v in _PROXY_VARS):
         return
-    from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT.rstrip("/")
     parts = urlsplit(endpoint)

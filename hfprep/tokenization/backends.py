@@ -173,6 +173,7 @@ def tokenizers_threads_allowed() -> bool:
 
 def _import_gigatoken():
     try:
+        # Imported when the fast backend is first chosen: it has no wheel on some platforms (then `auto` uses hf).
         import gigatoken
     except ImportError as e:
         raise BackendUnavailableError(
@@ -220,7 +221,7 @@ def _awkward_to_flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
             values = values[offsets[0] : offsets[-1]]
             offsets = offsets - offsets[0]
     else:  # any other layout awkward may hand back: go through its public API
-        import awkward as ak
+        import awkward as ak  # comes with gigatoken, the only producer of these arrays
 
         lengths = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from ..errors import TokenizerError
 
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -38,8 +41,6 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
         >>> tok.eos_token_id  # doctest: +SKIP
         0
     """
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
     except (OSError, ValueError, ImportError) as e:  # 4.x: ImportError when it tries a slow->fast conversion
@@ -57,8 +58,6 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
 
 def backend_tokenizer(tokenizer):
     """The Rust ``tokenizers.Tokenizer`` behind a transformers fast tokenizer (or the object itself)."""
-    from tokenizers import Tokenizer
-
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     inner = getattr(tokenizer, "backend_tokenizer", None)
@@ -220,9 +219,6 @@ def train_tiny_tokenizer(
         >>> tok.decode(tok.encode("hello world"))
         'hello world'
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset as HFDataset
 from jaxtyping import Bool, UInt32
 from torch.utils.data import Dataset
 
@@ -66,10 +67,6 @@ class LMDataset(Dataset):
 
     def __init__(self, rows: Sequence[TokenizedRow] | Any, attention_mask: bool = True) -> None:
         super().__init__()
-        try:
-            from datasets import Dataset as HFDataset
-        except ImportError:  # pragma: no cover
-            HFDataset = ()
         if isinstance(rows, HFDataset):
             rows = rows.with_format("numpy", columns=["input_ids", "position_ids", "loss_mask"])
         self.rows = rows
