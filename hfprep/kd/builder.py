@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+import transformers  # AutoModelForCausalLM is resolved on use: importing it costs about half a second more
 from jaxtyping import Bool, Float, UInt32
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
 
 from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
 from ..interrupts import handle_interrupts
@@ -266,7 +266,7 @@ def load_teacher(cfg: KDCacheConfig) -> Teacher:
     if t.attn_implementation:
         kwargs["attn_implementation"] = t.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(t.name_or_path, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(t.name_or_path, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"could not load teacher {t.name_or_path!r}: {str(e).splitlines()[0]} -- check teacher.name_or_path "

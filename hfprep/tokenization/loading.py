@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import transformers  # its classes are resolved on use: AutoTokenizer alone imports torch (seconds)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..errors import TokenizerError
 
@@ -42,7 +42,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
         0
     """
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
+        tok = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
     except (OSError, ValueError, ImportError) as e:  # 4.x: ImportError when it tries a slow->fast conversion
         where = "local folder" if os.path.isdir(name_or_path) else "Hub id or local path"
         raise TokenizerError(
@@ -229,7 +229,7 @@ def train_tiny_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token)
     if chat_template is not None:
         fast.chat_template = chat_template
     out = Path(output_dir)
