@@ -35,7 +35,14 @@ from .engines.ray_engine import prepare_with_ray
 from .engines.streaming import prepare_streaming
 from .errors import ConfigError, DataError
 from .recipe import Recipe
-from .source.loading import SourceSpec, check_source_text, load_source, locate_row_error, select_split
+from .source.loading import (
+    SourceSpec,
+    check_parquet_files,
+    check_source_text,
+    load_source,
+    locate_row_error,
+    select_split,
+)
 from .tokenization.loading import vocab_size
 
 Log = Callable[[dict[str, Any]], None]
@@ -57,10 +64,13 @@ def run_source_splits(
     tcfg = effective_tokenize_config(recipe)
     log({"event": "source", "source": spec.describe()})
     source_ds = None
-    if engine == "datasets" or recipe.tokenizer.train is not None or not ray_reads_files(spec):
+    reads_files = ray_reads_files(spec) if engine == "ray" else datasets_reads_parquet(spec)
+    if recipe.tokenizer.train is not None or not reads_files:
         source_ds = load_source(spec)
-    else:
+    elif engine == "ray":
         check_source_text(spec)  # the ray workers read the files: refuse undecodable bytes here, up front
+    else:
+        check_parquet_files(spec)  # the map reads the row groups itself: refuse unreadable files here, up front
     info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
     log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
 
@@ -96,14 +106,21 @@ def run_split_datasets(
 ) -> SplitResult:
     transform = make_transform(recipe, info)
     transform.progress_split = name
-    part = select_split(source_ds, spec, num_proc=num_proc, name=name)
-    if spec.streaming:
-        out = prepare_streaming(transform, part)
+    if source_ds is None:  # plain Parquet files (datasets_reads_parquet): no Arrow cache of the input
+        out = transform.run_parquet(spec.paths, num_proc=num_proc)
+    elif spec.streaming:
+        out = prepare_streaming(transform, select_split(source_ds, spec, num_proc=num_proc, name=name))
     else:
-        out = transform.run(part, num_proc=num_proc)
+        out = transform.run(select_split(source_ds, spec, num_proc=num_proc, name=name), num_proc=num_proc)
     stats, bins = split_stats_from(transform.stats)
     report = getattr(transform, "backend_report", None)
     return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
+
+
+def datasets_reads_parquet(spec: SourceSpec) -> bool:
+    """True when the datasets engine maps ``spec``'s Parquet files row group by row group instead of converting them
+    to an Arrow cache first (plain Parquet files, no row rules, not streamed)."""
+    return ray_reads_files(spec) and spec.format == "parquet" and not spec.streaming
 
 
 def ray_reads_files(spec: SourceSpec) -> bool:

@@ -298,3 +298,37 @@ def test_too_many_reduce_keys_warns_with_the_number_to_use(tmp_path, tokenizer_p
     better, warns2 = _fill_and_warnings(tmp_path, tokenizer_path, suggested, strategy)
     assert better > fill + 0.04
     assert not [w for w in warns2 if "num_reduce_chunks" in w]
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_parquet_source_is_read_without_an_arrow_cache_and_gives_the_same_output(
+    tmp_path, tokenizer_path, monkeypatch, num_proc
+):
+    """Plain Parquet files on the datasets engine are mapped row group by row group (never through load_source);
+    the packed shard is byte-identical to the one made from the same rows as JSON Lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import hfprep.run_splits as run_splits
+
+    docs = make_docs(90)
+    pq.write_table(pa.table({"content": docs[:50]}), tmp_path / "a.parquet", row_group_size=16)
+    pq.write_table(pa.table({"content": docs[50:]}), tmp_path / "b.parquet", row_group_size=16)
+    write_jsonl(tmp_path / "docs.jsonl", docs, key="content")
+    run_recipe(write_recipe(tmp_path, tokenizer_path, source={"files": ["docs.jsonl"], "columns": {}}), num_proc=num_proc)
+    expected = (tmp_path / "out" / "data" / "train-00000-of-00001.parquet").read_bytes()
+
+    def no_conversion(spec):
+        raise AssertionError("the Parquet source went through load_source")
+
+    monkeypatch.setattr(run_splits, "load_source", no_conversion)
+    recipe = write_recipe(tmp_path, tokenizer_path, source={"files": ["a.parquet", "b.parquet"], "columns": {}})
+    run_recipe(recipe, overwrite=True, num_proc=num_proc)
+    assert (tmp_path / "out" / "data" / "train-00000-of-00001.parquet").read_bytes() == expected
+
+
+def test_unreadable_parquet_source_is_one_clear_line(tmp_path, tokenizer_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"source file .*bad.parquet cannot be read as Parquet: .*; fix or remove it"):
+        run_recipe(write_recipe(tmp_path, tokenizer_path, source={"files": ["bad.parquet"], "columns": {}}))
+    assert not (tmp_path / "out").exists()

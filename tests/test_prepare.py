@@ -312,3 +312,52 @@ def test_map_keeps_its_workers_where_one_process_would_not_use_every_core(tokeni
     t = PrepareForTrainingTransform(config(tokenizer_path, **kw))
     assert t.map_num_proc(2) == 2
     assert t.map_num_proc(None) is None
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_run_parquet_equals_run_on_the_loaded_dataset(tokenizer_path, tokenizer, tmp_path, num_proc):
+    """Reading the Parquet row groups directly (no Arrow cache of the input) gives the rows, stats and backend
+    report of ``run(load_dataset("parquet", ...))`` and of a plain-Python reference, and leaves no map file."""
+    import os
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    texts = corpus(300)
+    paths = []
+    for i, (a, b) in enumerate([(0, 130), (130, 131), (131, 300)]):  # a one-row file between two others
+        p = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"content": pa.array(texts[a:b], pa.string()), "other": list(range(a, b))}), p,
+                       row_group_size=37)
+        paths.append(str(p))
+    cfg = config(tokenizer_path, seq_len=33, num_reduce_chunks=4, backend="auto")
+    before = set(Path(get_temporary_cache_files_directory()).glob("*"))
+    t1 = PrepareForTrainingTransform(cfg)
+    direct = t1.run_parquet(paths, num_proc=num_proc)
+    loaded = load_dataset("parquet", data_files=paths, split="train", cache_dir=str(tmp_path / "cache"))
+    t2 = PrepareForTrainingTransform(cfg)
+    via_cache = t2.run(loaded, num_proc=num_proc)
+    assert direct.to_list() == via_cache.to_list()
+    assert [(r["input_ids"], r["position_ids"]) for r in direct] == ref_prepare_dense(texts, tokenizer, 33, 4)
+    assert t1.stats == t2.stats and t1.backend_report == t2.backend_report and t1.rows_in == 300
+    new = set(Path(get_temporary_cache_files_directory()).glob("*")) - before
+    assert not [p for p in new if "-map" in p.name], new  # only the reduce output stays (as cache files)
+    assert all(os.path.exists(f["filename"]) for f in direct.cache_files)
+
+
+def test_run_parquet_checks_columns_and_handles_empty_files(tokenizer_path, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"text": ["a b"]}), p)
+    with pytest.raises(DataError, match=r"needs column\(s\) \['content'\].*part.parquet"):
+        PrepareForTrainingTransform(config(tokenizer_path, backend="hf")).run_parquet([str(p)])
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"content": pa.array([], pa.string())}), empty)
+    t = PrepareForTrainingTransform(config(tokenizer_path, backend="hf"))
+    out = t.run_parquet([str(empty)])
+    assert (len(out), t.rows_in, t.stats["tokens_in"]) == (0, 0, 0)

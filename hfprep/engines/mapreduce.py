@@ -24,9 +24,11 @@ Example (the seed's letter count):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pydantic
 from datasets import Dataset, DatasetInfo, concatenate_datasets
 from datasets.fingerprint import get_temporary_cache_files_directory
@@ -42,6 +45,7 @@ from .. import scratch
 from ..datasets_internals import arrow_table, fingerprint
 from ..errors import DataError
 from ..schema import Row
+from ..tokenization.backends import sample_rows, sample_texts
 
 Key = TypeVar("Key")
 KEY_COLUMN = "__key__"
@@ -252,6 +256,73 @@ class _RangeReducer:
         return pa.concat_tables([o for o in outs if o.num_rows] or outs[:1])
 
 
+def parquet_row_groups(paths: Iterable[str]) -> list[tuple[str, int, int, int]]:
+    """``(path, row group, first row, rows)`` of every row group of ``paths`` in order, from the footers only;
+    ``first row`` counts rows across all files, as ``load_dataset("parquet", data_files=paths)`` numbers them.
+
+    Example:
+        >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.parquet")
+        >>> pq.write_table(pa.table({"text": ["a", "b", "c"]}), path, row_group_size=2)
+        >>> [g[1:] for g in parquet_row_groups([path, path])]
+        [(0, 0, 2), (1, 2, 1), (0, 3, 2), (1, 5, 1)]
+    """
+    out, start = [], 0
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            out.append((str(path), g, start, n))
+            start += n
+    return out
+
+
+def parquet_sample_texts(
+    groups: Sequence[tuple[str, int, int, int]], columns: Sequence[str], max_rows: int = 256
+) -> list[str]:
+    """:func:`~hfprep.tokenization.backends.sample_texts` of the rows of Parquet row ``groups`` (from
+    :func:`parquet_row_groups`): the same rows as on the loaded dataset, reading only the row groups that hold one.
+
+    Example:
+        >>> parquet_sample_texts([], ["text"])
+        []
+    """
+    n = sum(g[3] for g in groups)
+    if not n:
+        return []
+    names = set(pq.ParquetFile(groups[0][0]).schema_arrow.names)
+    columns = [c for c in columns if c in names]
+    rows = np.asarray(sample_rows(n, max_rows), dtype=np.int64)
+    parts = []
+    for path, group, start, count in groups:
+        mine = rows[(rows >= start) & (rows < start + count)] - start
+        if len(mine) and columns:
+            parts.append(pq.ParquetFile(path).read_row_group(group, columns=columns).take(pa.array(mine)))
+    return sample_texts(pa.concat_tables(parts), columns, max_rows=len(rows)) if parts else []
+
+
+class _ParquetMapper:
+    """The map side read straight from Parquet row groups: one task row = one row group, cut into batches of
+    ``batch_size`` rows for :meth:`MapReduceTransformBase.map_batch`; rows keep their numbers across the files."""
+
+    def __init__(self, transform: MapReduceTransformBase, batch_size: int, columns: list[str] | None) -> None:
+        self.transform = transform
+        self.batch_size = batch_size
+        self.columns = columns
+
+    def __call__(self, tasks: Mapping[str, list[Any]]) -> pa.Table:
+        outs = []
+        arrow = self.transform.map_input_format == "arrow"
+        for path, group, start in zip(tasks["path"], tasks["row_group"], tasks["start"], strict=True):
+            table = pq.ParquetFile(path).read_row_group(group, columns=self.columns)
+            for a in range(0, table.num_rows, self.batch_size):
+                part = table.slice(a, self.batch_size)
+                out = self.transform.map_batch(part if arrow else part.to_pydict(), list(range(start + a, start + a + part.num_rows)))
+                outs.append(out if isinstance(out, pa.Table) else pa.Table.from_pydict(out))
+        outs = [o for o in outs if o.num_rows] or outs[:1]
+        return pa.concat_tables(outs) if outs else pa.table({})
+
+
 class MapReduceTransformBase(TransformBase):
     """A map-reduce: ``map_fn(row)`` yields ``(key, row)``; ``reduce_fn(key, rows)`` yields rows.
 
@@ -354,6 +425,57 @@ class MapReduceTransformBase(TransformBase):
         )
         out = self.reduce(mapped, num_proc=num_proc)
         return self._wrap_output(data, out)
+
+    def run_parquet(
+        self, paths: Sequence[str], num_proc: int | None = None, batch_size: int = 1000,
+        columns: list[str] | None = None,
+    ) -> Any:
+        """:meth:`run` on Parquet files without converting them to an Arrow cache first: the map side reads each row
+        group itself (``num_proc`` workers, only ``columns`` when given) and its output is removed once reduced. Rows
+        are numbered across the files in order, so the result equals
+        ``run(load_dataset("parquet", data_files=paths, split="train"))`` with one full pass over the data less.
+
+        Example:
+            >>> packed = transform.run_parquet(["part-0.parquet", "part-1.parquet"], num_proc=2)  # doctest: +SKIP
+        """
+        from datasets import Dataset
+
+        groups = parquet_row_groups(paths)
+        if not sum(g[3] for g in groups):
+            self.last_stats = []
+            return Dataset(self.empty_output())
+        tasks = Dataset.from_dict({k: list(v) for k, v in zip(("path", "row_group", "start", "rows"), zip(*groups))})
+        procs = self.map_num_proc(num_proc)
+        # Inside a run the map output goes to the run's scratch (removed when the run ends, however it ends);
+        # otherwise to datasets' temporary cache folder (removed when Python exits). The reduce output is written
+        # next to it; the map files themselves are deleted as soon as the reduce is done.
+        if scratch.in_run_scope():
+            work = scratch.ScratchDir("map")
+            scratch.adopt(work)
+            folder = work.path
+        else:
+            folder = Path(_temporary_cache_dir())
+        token = _run_token()
+        mapped = tasks.map(
+            _ParquetMapper(self, batch_size, columns),
+            batched=True,
+            batch_size=1,
+            remove_columns=tasks.column_names,
+            num_proc=min(procs, len(tasks)) if procs else None,
+            features=self.map_features(),
+            cache_file_name=str(folder / f"cache-{token}-map.arrow"),
+            load_from_cache_file=False,
+            new_fingerprint=token,  # unique: the reduce output's name derives from it, and the files' content may change
+            desc=self.progress_label("map"),
+        )
+        map_files = [f["filename"] for f in mapped.cache_files]
+        try:
+            return self.reduce(mapped, num_proc=num_proc)
+        finally:
+            del mapped
+            for f in map_files:
+                with contextlib.suppress(OSError):
+                    os.remove(f)
 
     def map_num_proc(self, num_proc: int | None) -> int | None:
         """Workers for the map side (default: ``num_proc``, as for the reduce side). A transform whose map already
@@ -481,6 +603,11 @@ def _cache_dir(mapped) -> str | None:
 def _temporary_cache_dir() -> str:
     """datasets' temporary cache folder of this process (removed by datasets when Python exits)."""
     return get_temporary_cache_files_directory()
+
+
+def _run_token() -> str:
+    """A fingerprint no other map output of any process has (datasets names cache files after fingerprints)."""
+    return hashlib.sha256(f"{os.getpid()}-{secrets.token_hex(16)}".encode()).hexdigest()[:32]
 
 
 def _as_cache_files(paths: list[str], cache_dir: Path, fingerprint: str) -> list[str]:

@@ -54,7 +54,7 @@ from datasets import Dataset, DatasetInfo
 from .. import scratch
 from ..datasets_internals import arrow_table
 from ..errors import ConfigError, DataError, HfprepError
-from ..tokenization.backends import sample_texts
+from ..tokenization.backends import sample_rows, sample_texts
 from .mapreduce import (
     BYTES_PER_TOKEN_IN_GROUP,
     INDEX_COLUMN,
@@ -62,6 +62,7 @@ from .mapreduce import (
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
     _temporary_cache_dir,
+    parquet_sample_texts,
 )
 
 RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
@@ -233,7 +234,7 @@ def plan_reads(files: Sequence[str], fmt: str) -> tuple[list[dict[str, Any]], in
                 columns = list(pf.schema_arrow.names)
             for g in range(md.num_row_groups):
                 rg = md.row_group(g)
-                items.append({"path": path, "format": fmt, "row_group": g, "start": start})
+                items.append({"path": path, "format": fmt, "row_group": g, "start": start, "rows": rg.num_rows})
                 start += rg.num_rows
                 nbytes += rg.total_byte_size
         else:
@@ -265,9 +266,10 @@ def read_item(item: dict[str, Any]) -> pa.Table:
 def sample_read_items(
     items: Sequence[dict[str, Any]], columns: Sequence[str], max_items: int = 8, max_rows: int = 256
 ) -> list[str]:
-    """Texts for the backend guard from up to ``max_items`` evenly spaced read items: the ``columns`` of a Parquet
-    row group, or the lines in the first MiB of a JSON Lines file (lines that do not parse are left to the workers,
-    which report them). Deterministic; read in the driver before any task starts.
+    """Texts for the backend guard, read in the driver before any task starts. Parquet: the rows the datasets engine
+    samples (:func:`~hfprep.engines.mapreduce.parquet_sample_texts`, only the row groups holding one are read).
+    JSON Lines (no row count up front): the lines in the first MiB of up to ``max_items`` evenly spaced files
+    (lines that do not parse are left to the workers, which report them).
 
     Example:
         >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, os
@@ -279,18 +281,12 @@ def sample_read_items(
     """
     if not items or not columns:
         return []
-    picks = np.unique(np.linspace(0, len(items) - 1, min(len(items), max_items)).round().astype(np.int64)).tolist()
+    if items[0]["format"] == "parquet":
+        groups = [(i["path"], int(i["row_group"]), int(i["start"]), int(i["rows"])) for i in items]
+        return parquet_sample_texts(groups, columns, max_rows=max_rows)
     parts: dict[str, list[Any]] = {c: [] for c in columns}
-    for i in picks:
-        item = items[i]
-        if item["format"] == "parquet":
-            pf = _parquet_file(item["path"])
-            present = [c for c in columns if c in pf.schema_arrow.names]
-            cols = pf.read_row_group(int(item["row_group"]), columns=present).to_pydict()
-            for c in present:
-                parts[c].extend(cols[c])
-            continue
-        with fsspec.open(item["path"], "rb", compression="infer") as f:
+    for i in sample_rows(len(items), max_items):
+        with fsspec.open(items[i]["path"], "rb", compression="infer") as f:
             head = f.read(JSON_SAMPLE_BYTES)
         lines = head.split(b"\n")
         for line in lines[:-1] if len(head) == JSON_SAMPLE_BYTES else lines:
@@ -301,7 +297,7 @@ def sample_read_items(
             if isinstance(row, dict) and all(c in row for c in columns):
                 for c in columns:
                     parts[c].append(row[c])
-    return sample_texts({c: v for c, v in parts.items() if v}, columns, max_rows=max_rows)
+    return sample_texts(parts, columns, max_rows=max_rows)
 
 
 # --- worker side -----------------------------------------------------------------------------------------------

@@ -409,6 +409,29 @@ def _load_raw(spec: SourceSpec):
         ) from e
 
 
+def check_parquet_files(spec: SourceSpec) -> None:
+    """What :func:`load_source` checks before reading Parquet files, for an engine that reads their row groups
+    itself: every file readable (a one-line error naming it) and at least one row in all.
+
+    Example:
+        >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty.parquet")
+        >>> pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+        >>> check_parquet_files(SourceSpec(kind="files", paths=[path], format="parquet"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hfprep.errors.DataError: source ... has zero rows; check the files (nothing to prepare)
+    """
+    rows = 0
+    for p in spec.paths:
+        try:
+            rows += pq.read_metadata(p).num_rows
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a truncated or non-Parquet file
+            raise DataError(f"source file {p} cannot be read as Parquet: {_first_line(e)}; fix or remove it") from e
+    if not rows:
+        raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)")
+
+
 def _files_have_rows(spec: SourceSpec) -> bool:
     """Cheap up-front check so an empty source is one clear error, not a datasets builder failure."""
     if spec.format == "parquet":

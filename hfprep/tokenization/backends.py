@@ -567,7 +567,7 @@ def sample_texts(data, columns: Sequence[str], max_rows: int = 256) -> list[str]
     n = len(data[columns[0]]) if isinstance(data, dict) and columns else (0 if isinstance(data, dict) else len(data))
     if not n or not columns:
         return []
-    rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64)).tolist()
+    rows = sample_rows(n, max_rows)
     if isinstance(data, dict):
         picked = {c: [data[c][i] for i in rows if i < len(data[c])] for c in columns}
     elif hasattr(data, "take") and not hasattr(data, "select_columns"):  # a pyarrow.Table
@@ -582,3 +582,13 @@ def sample_texts(data, columns: Sequence[str], max_rows: int = 256) -> list[str]
             elif isinstance(cell, list | tuple):
                 out.extend(t["content"] for t in cell if isinstance(t, dict) and isinstance(t.get("content"), str))
     return out
+
+
+def sample_rows(n: int, max_rows: int = 256) -> list[int]:
+    """The rows :func:`sample_texts` reads out of ``n``: up to ``max_rows`` evenly spaced, first and last included.
+
+    Example:
+        >>> sample_rows(10, 4)
+        [0, 3, 6, 9]
+    """
+    return np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64)).tolist() if n else []
