@@ -170,8 +170,8 @@ def run_ray(transform, paths: list[str], workdir: Path) -> pa.Table:
 def child(args) -> None:
     cfg = PrepareForTrainingTransformConfig(**json.loads(args.cfg))
     paths = json.loads(args.paths)
-    workdir = Path(args.workdir) / args.child
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir) / f"{args.child}-{os.getpid()}"  # a fresh folder per run: no cache reused
+    workdir.mkdir(parents=True)
     # Fixed start-up costs stay off the clock for every engine: imports, the transform, the local Ray cluster
     # (its worker processes still start on the clock, as they would on a fresh cluster).
     transform = PretokenizedTransform(cfg)
