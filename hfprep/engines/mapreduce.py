@@ -438,8 +438,6 @@ class MapReduceTransformBase(TransformBase):
         Example:
             >>> packed = transform.run_parquet(["part-0.parquet", "part-1.parquet"], num_proc=2)  # doctest: +SKIP
         """
-        from datasets import Dataset
-
         groups = parquet_row_groups(paths)
         if not sum(g[3] for g in groups):
             self.last_stats = []
