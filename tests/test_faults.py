@@ -34,7 +34,8 @@ WORDS = ["alpha", "beta", "gamma", "import", "def", "fox", "lazy", "café", "ret
 # Runs the CLI after optional patches; a patch prints TEST-AT-<moment> (from whichever process reaches it first:
 # the main one or a forked worker) and then waits, so the signal lands exactly there.
 CHILD = """
-import importlib, os, sys, time
+import faulthandler, importlib, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack before a kill
 moment = os.environ.get("TEST_MOMENT")
 
 def mark(name):
@@ -122,9 +123,12 @@ class Child:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            with _suppress_lookup():  # where it hangs: every thread's stack, in the failure message
+                os.kill(self.proc.pid, signal.SIGUSR1)
+                time.sleep(2)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            pytest.fail(f"hfprep did not stop within {timeout} s of the signal:\n{self.text[-3000:]}")
+            pytest.fail(f"hfprep did not stop within {timeout} s of the signal:\n{self.text[-6000:]}")
         self._reader.join(10)
         with _suppress_lookup():  # workers of the killed job may outlive it: stop them
             os.killpg(self.proc.pid, signal.SIGKILL)
