@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 
 from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
-from .mixture import mixture_lines
 from .output.card import (
     CardParams,
     CardSplit,
@@ -27,6 +26,7 @@ from .output.card import (
     portable_path,
     render_dataset_card,
 )
+from .output.mixture_report import mixture_lines
 from .output.plots import fill_bin_counts, length_bin_counts
 from .output.quality import format_report
 from .output.validate import SplitStats, batch_stats

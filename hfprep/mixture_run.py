@@ -48,22 +48,20 @@ from .engines.ray_engine import run_on_ray
 from .errors import ConfigError, DataError
 from .mixture import (
     CONTENT_HASH_RULE,
-    SOURCE_COLUMN,
-    SOURCE_PAD,
     Selection,
-    SourceReport,
     choose_documents,
     content_hashes,
     mix_order,
-    mixture_table,
     plan_budgets,
     source_tokenize_config,
 )
 from .output.card import dataset_info_yaml, dump_yaml, parse_card_metadata
+from .output.mixture_report import SourceReport, mixture_table
 from .output.plots import _COLORS, _figure, _save
 from .pack.keys import batch_keys
 from .pack.packers import pack_dense_flat
 from .pack.transform import TOKEN_COLUMNS, table_to_flat
+from .schema import SOURCE_COLUMN, SOURCE_PAD
 from .source.loading import SourceSpec, load_source, resolve_source, select_split
 from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .tokenization.loading import vocab_size

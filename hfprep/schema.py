@@ -53,6 +53,12 @@ ROW_ARROW_TYPES: dict[str, pa.DataType] = {
     "loss_mask": pa.list_(pa.bool_()),
 }
 
+SOURCE_COLUMN = "source"
+"""Optional output column of a mixture: the source index of every token (``SOURCE_PAD`` exactly on padding)."""
+SOURCE_PAD = -1
+MAX_SOURCES = 127
+"""Most sources one mixture may have (the ``source`` column is int16)."""
+
 Row = dict[Any, Any]
 """A raw input row, as the seed notebook calls it."""
 

@@ -27,12 +27,12 @@ import pyarrow.parquet as pq
 from datasets import load_dataset
 
 from ..errors import DataError, HfprepError, HubError
-from ..mixture import mixture_lines
 from ..schema import output_is_padded, padding_mask
 from ..source.loading import require_hub
 from ..tokenization.loading import load_tokenizer
 from .card import read_card_metadata
 from .layout import CARD_NAME, list_split_files
+from .mixture_report import mixture_lines
 
 MAX_SEGMENT_CHARS = 600
 T = TypeVar("T")

@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..mixture import check_mixture_card, source_column_counts
 from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
 from .card import read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
+from .mixture_report import check_mixture_card, source_column_counts
 
 EXPECTED_TYPES = ROW_ARROW_TYPES
 OPTIONAL_TYPES = {"source": pa.list_(pa.int16())}  # a mixture's per-token source index (hfprep.mixture)
