@@ -61,6 +61,7 @@ from .mapreduce import (
     KEY_COLUMN,
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
+    RowGather,
     _temporary_cache_dir,
     parquet_sample_texts,
 )
@@ -367,10 +368,15 @@ def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
     if key == META_KEY:
         rows_in = int(pc.sum(group.column(ROWS_COLUMN)).as_py() or 0)
         return _null_row(schema, {KEY_COLUMN: META_KEY, STATS_COLUMN: json.dumps({"rows_in": rows_in})})
-    # Ray's shuffle does not keep input order: restore it before packing (the datasets engine's order).
-    group = group.take(pc.sort_indices(group.column(INDEX_COLUMN)))
+    # Ray's shuffle does not keep input order: restore it before packing (the datasets engine's order), with the
+    # datasets engine's numpy gather where the columns allow it (Arrow's take copies list columns slowly).
     group = group.select([c for c in group.column_names if c not in (KEY_COLUMN, ROWS_COLUMN)])
+    order = pc.sort_indices(group.column(INDEX_COLUMN))
     n = group.num_rows
+    if RowGather.supports(group):
+        group = RowGather(group, order.to_numpy()).table(0, n)
+    else:
+        group = group.take(order)
     transform.check_group_bytes(transform.group_bytes(group, np.array([0, n]), np.arange(n)), [key])
     out, stats, tail = transform.reduce_group_with_tail(key, group)
     parts = []
