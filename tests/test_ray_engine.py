@@ -266,9 +266,15 @@ def test_the_backend_guard_checks_the_same_input_sample_on_both_engines(
     ref.run(Dataset.from_dict({"content": texts}))
     ray_t = PrepareForTrainingTransform(cfg, tokenizer=tokenizer)
     prepare_with_ray(cfg, source, tokenizer=tokenizer, transform=ray_t, cache_dir=tmp_path / "cache")
-    # The files' sample comes from up to 8 evenly spaced row groups / files, so it is the whole input's sample
-    # when every read item is sampled: 6 row groups of 50 or 2 JSON files here.
-    assert guarded == [expected, expected]
+    if source_kind == "parquet":
+        # Files are sampled without reading them whole: the first ceil(256 / 6) = 43 rows of each of the 6 row
+        # groups of 50 (all of them: at most 8 are read), then 256 evenly spaced rows of those 258.
+        heads = [t for g in range(6) for t in texts[50 * g : 50 * g + 43]]
+        assert guarded == [expected, [heads[round(i * 257 / 255)] for i in range(256)]]
+    else:
+        # A Dataset is sampled as the datasets engine samples it; JSON Lines files (the first MiB of up to 8 files)
+        # are read whole here, so their sample is the whole input's.
+        assert guarded == [expected, expected]
     assert ray_t.backend_report == ref.backend_report
 
 

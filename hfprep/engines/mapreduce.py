@@ -374,27 +374,41 @@ def parquet_row_groups(paths: Iterable[str]) -> list[tuple[str, int, int, int]]:
 
 
 def parquet_sample_texts(
-    groups: Sequence[tuple[str, int, int, int]], columns: Sequence[str], max_rows: int = 256
+    groups: Sequence[tuple[str, int, int, int]], columns: Sequence[str], max_rows: int = 256, max_groups: int = 8
 ) -> list[str]:
-    """:func:`~hfprep.tokenization.backends.sample_texts` of the rows of Parquet row ``groups`` (from
-    :func:`parquet_row_groups`): the same rows as on the loaded dataset, reading only the row groups that hold one.
+    """Texts for the backend guard from Parquet row ``groups`` (from :func:`parquet_row_groups`), cheaply: the first
+    rows of up to ``max_groups`` evenly spaced row groups (only their first pages are decoded, only the text
+    columns: strings and chat lists), then :func:`~hfprep.tokenization.backends.sample_texts` over those rows.
+    Deterministic; a full read of the input just for the guard would cost as much as the map itself.
 
     Example:
-        >>> parquet_sample_texts([], ["text"])
-        []
+        >>> import pyarrow as pa, pyarrow.parquet as pq, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.parquet")
+        >>> pq.write_table(pa.table({"text": ["a", "b", "c", "d", "e"]}), path, row_group_size=2)
+        >>> parquet_sample_texts(parquet_row_groups([path]), ["text"], max_rows=4)
+        ['a', 'b', 'd', 'e']
     """
-    n = sum(g[3] for g in groups)
-    if not n:
+    groups = [g for g in groups if g[3]]
+    if not groups:
         return []
-    names = set(pq.ParquetFile(groups[0][0]).schema_arrow.names)
-    columns = [c for c in columns if c in names]
-    rows = np.asarray(sample_rows(n, max_rows), dtype=np.int64)
+    schema = pq.ParquetFile(groups[0][0]).schema_arrow
+    texts = [c for c in columns if c in schema.names and _may_hold_text(schema.field(c).type)]
+    if not texts:
+        return []
+    picked = [groups[i] for i in sample_rows(len(groups), max_groups)]
+    per_group = -(-max_rows // len(picked))
     parts = []
-    for path, group, start, count in groups:
-        mine = rows[(rows >= start) & (rows < start + count)] - start
-        if len(mine) and columns:
-            parts.append(pq.ParquetFile(path).read_row_group(group, columns=columns).take(pa.array(mine)))
-    return sample_texts(pa.concat_tables(parts), columns, max_rows=len(rows)) if parts else []
+    for path, group, _, _ in picked:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=per_group, row_groups=[group], columns=texts)
+        parts.append(pa.Table.from_batches([next(batches)]))
+    return sample_texts(pa.concat_tables(parts), texts, max_rows=max_rows)
+
+
+def _may_hold_text(t: pa.DataType) -> bool:
+    """Columns :func:`~hfprep.tokenization.backends.sample_texts` takes texts from: strings, lists of structs."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
 
 
 class _ParquetMapper:

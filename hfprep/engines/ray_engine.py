@@ -267,8 +267,9 @@ def read_item(item: dict[str, Any]) -> pa.Table:
 def sample_read_items(
     items: Sequence[dict[str, Any]], columns: Sequence[str], max_items: int = 8, max_rows: int = 256
 ) -> list[str]:
-    """Texts for the backend guard, read in the driver before any task starts. Parquet: the rows the datasets engine
-    samples (:func:`~hfprep.engines.mapreduce.parquet_sample_texts`, only the row groups holding one are read).
+    """Texts for the backend guard, read in the driver before any task starts. Parquet: what the datasets engine
+    samples from the same files (:func:`~hfprep.engines.mapreduce.parquet_sample_texts`: the first rows of up to 8
+    evenly spaced row groups).
     JSON Lines (no row count up front): the lines in the first MiB of up to ``max_items`` evenly spaced files
     (lines that do not parse are left to the workers, which report them).
 
