@@ -412,3 +412,49 @@ def test_tokenizers_threads_allowed_undoes_what_a_num_proc_map_left_behind(monke
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     assert tokenizers_threads_allowed() is False
     assert _c_getenv("TOKENIZERS_PARALLELISM") == b"false"
+
+
+# ----------------------------------------------------------------------------------------------- hf encode path
+
+
+def _mixed_length_texts() -> list[str]:
+    """Lengths far from sorted (long after short, empties in between), special tokens inside some texts."""
+    rng = np.random.default_rng(7)
+    texts = [(CORPUS[i % len(CORPUS)] + " ") * int(k) for i, k in enumerate(rng.integers(0, 40, 60))]
+    texts[5] = ""
+    texts[17] = "x <|endoftext|> y " * 30
+    texts[30] = TRICKY[-1] * 4
+    return texts
+
+
+def test_hf_backend_equals_per_text_encode_in_input_order(tokenizer):
+    """Flat ids + offsets equal transformers' own encode of each text, in input order, as a writable uint32 array."""
+    texts = _mixed_length_texts()
+    values, offsets = HFBackend(tokenizer).encode_batch(texts)
+    assert values.dtype == np.uint32 and values.flags.writeable and offsets.dtype == np.int64
+    assert as_lists(values, offsets) == reference_ids(tokenizer, texts)
+    assert as_lists(*HFBackend(tokenizer).encode_batch(("", ""))) == [[], []]  # a tuple, only empty texts
+
+
+def test_hf_stage_rows_equal_plain_python_reference(tokenizer):
+    """The batched stage (Dataset.map, several batches) on the hf backend: each row is encode(text) + [eos],
+    positions 0..n-1, loss everywhere, computed here one document at a time."""
+    from datasets import Dataset
+
+    from hfprep.tokenization.stage import TokenizeConfig, make_tokenize_fn, tokenized_features
+
+    texts = [t for t in _mixed_length_texts() if t]
+    ds = Dataset.from_dict({"content": texts})
+    out = ds.map(
+        make_tokenize_fn(tokenizer, TokenizeConfig(strategy="pretrain"), HFBackend(tokenizer)),
+        batched=True,
+        batch_size=25,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        features=tokenized_features(),
+    )
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    expected = [[*tokenizer.encode(t, add_special_tokens=False), eos] for t in texts]
+    assert out["input_ids"] == expected
+    assert out["position_ids"] == [list(range(len(e))) for e in expected]
+    assert out["loss_mask"] == [[True] * len(e) for e in expected]

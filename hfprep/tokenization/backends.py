@@ -31,6 +31,7 @@ import json
 import os
 import re
 import warnings
+from array import array
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any, Protocol
@@ -91,6 +92,22 @@ def lists_to_flat(lists: Sequence[Sequence[int]]) -> tuple[UInt32[np.ndarray, " 
     return values, offsets
 
 
+def _ids_to_flat(per_doc: Sequence[array]) -> tuple[UInt32[np.ndarray, " total"], Int64[np.ndarray, " n_plus_1"]]:
+    """``array('I')`` id rows -> ``(values, offsets)`` with one byte join (writable, like every backend's output).
+
+    Example:
+        >>> values, offsets = _ids_to_flat([array("I", [1, 2]), array("I"), array("I", [3])])
+        >>> values.tolist(), offsets.tolist()
+        ([1, 2, 3], [0, 2, 2, 3])
+    """
+    lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
+    offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if not offsets[-1]:
+        return np.zeros(0, dtype=np.uint32), offsets
+    return np.frombuffer(bytearray().join(per_doc), dtype=np.uint32), offsets
+
+
 def gather_rows(
     source: UInt32[np.ndarray, " src"], starts: Int64[np.ndarray, " n"], lengths: Int64[np.ndarray, " n"]
 ) -> tuple[UInt32[np.ndarray, " total"], Int64[np.ndarray, " n_plus_1"]]:
@@ -124,8 +141,11 @@ class HFBackend:
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if not len(texts):
             return _empty()
-        encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
-        return lists_to_flat([e.ids for e in encodings])
+        texts = texts if isinstance(texts, list) else list(texts)
+        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        # array('I') straight from each Encoding's id list: half the time of keeping the lists and flattening them
+        # with np.fromiter (this runs on one core after HF's threads are done).
+        return _ids_to_flat([array("I", e.ids) for e in encodings])
 
 
 @contextlib.contextmanager
