@@ -297,6 +297,34 @@ def test_hf_backend_tokenizes_in_process_and_packs_with_workers(tokenizer_path, 
     assert two.to_list() == PrepareForTrainingTransform(cfg).run(ds).to_list()
 
 
+def test_reduce_workers_get_the_transform_without_its_tokenizer(tokenizer_path, tokenizer, monkeypatch):
+    """Packing needs only the config: the reduce workers are sent no tokenizer (unpickling one in every worker cost
+    more than the second worker saved); the rows still equal the reference and the transform keeps its tokenizer."""
+    import pickle
+
+    from hfprep.engines import mapreduce
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    sent = []
+    real_init = mapreduce._RangeReducer.__init__
+
+    def spy(self, transform, *args, **kwargs):
+        sent.append(pickle.dumps(transform))
+        real_init(self, transform, *args, **kwargs)
+
+    monkeypatch.setattr(mapreduce._RangeReducer, "__init__", spy)
+    texts = corpus(120)
+    cfg = config(tokenizer_path, seq_len=33, num_reduce_chunks=4, backend="hf")
+    t = PrepareForTrainingTransform(cfg)
+    two = t.run(Dataset.from_dict({"content": texts}), num_proc=2)
+    assert len(sent) == 1
+    assert b"merges" not in sent[0]  # no tokenizer JSON (vocabulary, merges) inside
+    assert b"merges" in pickle.dumps(t)  # ... which the full transform does carry
+    ref = ref_prepare_dense(texts, tokenizer, 33, 4)
+    assert [(r["input_ids"], r["position_ids"]) for r in two] == ref
+    assert [(r["input_ids"], r["position_ids"]) for r in t.run(Dataset.from_dict({"content": texts}))] == ref
+
+
 @pytest.mark.parametrize("case", ["sft", "fast backend", "parallelism off"])
 def test_map_keeps_its_workers_where_one_process_would_not_use_every_core(tokenizer_path, monkeypatch, case):
     """Per-row Python (sft), a backend that encodes on the calling thread, or HF threads switched off by the user:

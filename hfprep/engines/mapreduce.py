@@ -489,6 +489,11 @@ class MapReduceTransformBase(TransformBase):
         out, stats = self.reduce_group(key, table)
         return out, stats, None
 
+    def reduce_worker_view(self) -> MapReduceTransformBase:
+        """What the reduce workers get (pickled once per worker): the transform itself by default. A transform whose
+        map side holds heavy state that reducing never touches (a tokenizer) returns a copy without it."""
+        return self
+
     def reduce_tails(self, tails: pa.Table) -> tuple[pa.Table, Any]:
         """The final pass over all groups' tails (key order, one table); returns ``(table, stats)``."""
         return self.empty_output(), None
@@ -623,7 +628,7 @@ class MapReduceTransformBase(TransformBase):
             cache_dir = _temporary_cache_dir()
         work = scratch.ScratchDir("reduce", cache_dir)
         try:
-            reducer = _RangeReducer(self, mapped, order, bounds, keys, str(work.path), schema)
+            reducer = _RangeReducer(self.reduce_worker_view(), mapped, order, bounds, keys, str(work.path), schema)
             done = self._map_tasks(tasks, reducer, mapped, num_proc)
             paths = list(done["path"])
             self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
@@ -681,7 +686,7 @@ class MapReduceTransformBase(TransformBase):
         """Reduce for transforms without :meth:`output_features`: tables go through datasets' writer, which infers
         one schema over all groups (the seed's row-dict transforms)."""
         with scratch.ScratchDir("stats") as stats_dir:
-            reducer = _RangeReducer(self, mapped, order, bounds, keys, str(stats_dir), None)
+            reducer = _RangeReducer(self.reduce_worker_view(), mapped, order, bounds, keys, str(stats_dir), None)
             out = self._map_tasks(tasks, reducer, mapped, num_proc)
             self.last_stats = [s for p in sorted(Path(stats_dir).glob("range-*.json")) for s in json.loads(p.read_text())]
         return out
