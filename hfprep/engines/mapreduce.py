@@ -411,6 +411,25 @@ def _may_hold_text(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
 
 
+def map_in_batches(transform: Any, table: pa.Table, start: int, batch_size: int) -> Iterator[pa.Table]:
+    """``transform.map_batch`` over ``table`` in slices of ``batch_size`` rows numbered from ``start``, as Arrow
+    tables: the map side of the engines that read files themselves (Parquet row groups here, Ray's read items).
+
+    Example:
+        >>> class Upper:
+        ...     map_input_format = None
+        ...     def map_batch(self, batch, indices):
+        ...         return {"i": indices, "t": [x.upper() for x in batch["t"]]}
+        >>> [o.to_pydict() for o in map_in_batches(Upper(), pa.table({"t": ["a", "b", "c"]}), 10, 2)]
+        [{'i': [10, 11], 't': ['A', 'B']}, {'i': [12], 't': ['C']}]
+    """
+    arrow = getattr(transform, "map_input_format", None) == "arrow"
+    for a in range(0, table.num_rows, batch_size):
+        part = table.slice(a, batch_size)
+        out = transform.map_batch(part if arrow else part.to_pydict(), list(range(start + a, start + a + part.num_rows)))
+        yield out if isinstance(out, pa.Table) else pa.Table.from_pydict(out)
+
+
 class _ParquetMapper:
     """The map side read straight from Parquet row groups: one task row = one row group, cut into batches of
     ``batch_size`` rows for :meth:`MapReduceTransformBase.map_batch`; rows keep their numbers across the files."""
@@ -422,13 +441,9 @@ class _ParquetMapper:
 
     def __call__(self, tasks: Mapping[str, list[Any]]) -> pa.Table:
         outs = []
-        arrow = self.transform.map_input_format == "arrow"
         for path, group, start in zip(tasks["path"], tasks["row_group"], tasks["start"], strict=True):
             table = pq.ParquetFile(path).read_row_group(group, columns=self.columns)
-            for a in range(0, table.num_rows, self.batch_size):
-                part = table.slice(a, self.batch_size)
-                out = self.transform.map_batch(part if arrow else part.to_pydict(), list(range(start + a, start + a + part.num_rows)))
-                outs.append(out if isinstance(out, pa.Table) else pa.Table.from_pydict(out))
+            outs.extend(map_in_batches(self.transform, table, start, self.batch_size))
         outs = [o for o in outs if o.num_rows] or outs[:1]
         return pa.concat_tables(outs) if outs else pa.table({})
 

@@ -63,6 +63,7 @@ from .mapreduce import (
     MapReduceTransformConfigBase,
     RowGather,
     _temporary_cache_dir,
+    map_in_batches,
     parquet_sample_texts,
 )
 
@@ -288,8 +289,11 @@ def sample_read_items(
         return parquet_sample_texts(groups, columns, max_rows=max_rows)
     parts: dict[str, list[Any]] = {c: [] for c in columns}
     for i in sample_rows(len(items), max_items):
-        with fsspec.open(items[i]["path"], "rb", compression="infer") as f:
-            head = f.read(JSON_SAMPLE_BYTES)
+        try:
+            with fsspec.open(items[i]["path"], "rb", compression="infer") as f:
+                head = f.read(JSON_SAMPLE_BYTES)
+        except (OSError, ValueError, ImportError):  # unreadable here (e.g. no zstd codec): the workers say why
+            continue
         lines = head.split(b"\n")
         for line in lines[:-1] if len(head) == JSON_SAMPLE_BYTES else lines:
             try:
@@ -314,7 +318,8 @@ def _get_transform(holder: list) -> MapReduceTransformBase:
     key = ref.hex()
     t = _transform_cache.get(key)
     if t is None:
-        _transform_cache.clear()
+        if len(_transform_cache) >= 2:  # a run's map and reduce transforms; an older run's are dropped
+            _transform_cache.clear()
         t = _transform_cache[key] = ray.get(ref)
     return t
 
@@ -345,15 +350,9 @@ def _conform(table: pa.Table, schema: pa.Schema, extra: dict[str, pa.Array]) -> 
 def _map_task(plan: pa.Table, holder: list, batch_rows: int) -> Iterator[pa.Table]:
     transform = _get_transform(holder)
     schema = _map_schema(transform)
-    arrow_input = getattr(transform, "map_input_format", None) == "arrow"
     for item in plan.to_pylist():
         table = read_item(item)
-        for a in range(0, table.num_rows, batch_rows):
-            part = table.slice(a, batch_rows)
-            indices = list(range(item["start"] + a, item["start"] + a + part.num_rows))
-            out = transform.map_batch(part if arrow_input else part.to_pydict(), indices)
-            if not isinstance(out, pa.Table):
-                out = pa.Table.from_pydict(out)
+        for out in map_in_batches(transform, table, item["start"], batch_rows):
             if out.num_rows:
                 yield _conform(out, schema, {ROWS_COLUMN: pa.array(np.zeros(out.num_rows, np.int64))})
         # The bookkeeping row: how many input rows this task read (docs dropped by tokenization have no row).
@@ -662,14 +661,15 @@ def run_on_ray(
     partial: Path | None = None
     try:
         with scratch.ScratchDir("raysource") as source_dir:
-            in_memory = not isinstance(source, str | os.PathLike) and hasattr(source, "select_columns")
-            sample = sample_texts(source, transform.input_columns()) if in_memory else None
+            sample = sample_texts(source, transform.input_columns()) if isinstance(source, Dataset) else None
             files, fmt = resolve_source(source, format, str(source_dir))
             items, nbytes, _ = plan_reads(files, fmt)
             _preflight(transform, nbytes)
             # The datasets engine's guard, on the same kind of sample (files: a few evenly spaced read items).
             transform.guard_backend(sample if sample is not None else sample_read_items(items, transform.input_columns()))
             holder = [ray.put(transform)]
+            # The reduce tasks only pack: they get the transform without its map-side state (the tokenizer).
+            reduce_holder = [ray.put(transform.reduce_worker_view())]
             ctx = ray.data.DataContext.get_current()
             saved_strategy = ctx.shuffle_strategy
             ctx.shuffle_strategy = SHUFFLE_STRATEGIES[shuffle]
@@ -682,7 +682,7 @@ def run_on_ray(
             # One shuffle partition per key (+1 for the bookkeeping key): a reduce task holds ~one group, not many.
             chunks = getattr(transform.config, "num_reduce_chunks", None) or 64
             reduced = mapped.groupby(KEY_COLUMN, num_partitions=chunks + 1).map_groups(
-                _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": holder}
+                _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": reduce_holder}
             )
             sink = _OrderedSink(work.path, out_schema)
             batches = iter(reduced.iter_batches(batch_size=None, batch_format="pyarrow"))

@@ -584,7 +584,7 @@ def sample_texts(data, columns: Sequence[str], max_rows: int = 256) -> list[str]
     """
     names = list(data.keys()) if isinstance(data, dict) else list(data.column_names)
     columns = [c for c in columns if c in names]
-    n = len(data[columns[0]]) if isinstance(data, dict) and columns else (0 if isinstance(data, dict) else len(data))
+    n = max((len(data[c]) for c in columns), default=0) if isinstance(data, dict) else len(data)
     if not n or not columns:
         return []
     rows = sample_rows(n, max_rows)
