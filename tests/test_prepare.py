@@ -392,6 +392,10 @@ def test_run_parquet_checks_columns_and_handles_empty_files(tokenizer_path, tmp_
     pq.write_table(pa.table({"text": ["a b"]}), p)
     with pytest.raises(DataError, match=r"needs column\(s\) \['content'\].*part.parquet"):
         PrepareForTrainingTransform(config(tokenizer_path, backend="hf")).run_parquet([str(p)])
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"content": ["a b"]}), good)
+    with pytest.raises(DataError, match=r"needs column\(s\) \['content'\].*part.parquet"):  # the 2nd file too
+        PrepareForTrainingTransform(config(tokenizer_path, backend="hf")).run_parquet([str(good), str(p)])
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"content": pa.array([], pa.string())}), empty)
     t = PrepareForTrainingTransform(config(tokenizer_path, backend="hf"))

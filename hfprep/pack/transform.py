@@ -303,8 +303,8 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         """
         groups = parquet_row_groups(paths)
         self.rows_in = sum(g[3] for g in groups)
-        if self.rows_in:
-            self.check_input_columns(pq.ParquetFile(groups[0][0]).schema_arrow.names, groups[0][0])
+        for path in dict.fromkeys(g[0] for g in groups):  # every file: a missing column is one line, not a worker's
+            self.check_input_columns(pq.ParquetFile(path).schema_arrow.names, path)
         self.guard_backend(parquet_sample_texts(groups, self.input_columns()))
         with keep_tokenizers_parallelism():  # as in run
             return super().run_parquet(paths, num_proc=num_proc, batch_size=batch_size, columns=self.input_columns())
