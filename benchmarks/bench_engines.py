@@ -53,6 +53,11 @@ class PretokenizedTransform(PrepareForTrainingTransform):
     def input_columns(self) -> list[str]:
         return COLUMNS  # what map_batch reads (run_parquet reads only these columns)
 
+    def map_num_proc(self, num_proc):
+        # The pack transform maps in one process for the hf backend, whose Rust threads tokenize on every core;
+        # this map tokenizes nothing, so it takes the workers like any other map.
+        return num_proc
+
     def map_batch(self, batch, indices):
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         table = table.select(COLUMNS)

@@ -148,6 +148,30 @@ def test_plan_reduce_ranges():
     assert plan_reduce_ranges(np.array([50, 1, 1]), budget=10) == [(0, 1), (1, 3)]
     assert plan_reduce_ranges(np.array([1, 1, 1, 1]), budget=100, min_ranges=2) == [(0, 2), (2, 4)]
     assert plan_reduce_ranges(np.array([]), budget=10) == []
+    # The case that stalled a 1M-document run: filling to the budget gave [2.0, 2.0, 0.5] GiB, so with two workers
+    # (contiguous shares) one packed 4 GiB while the other packed 0.5. Now: 4 ranges of 1.125 GiB, 2 per worker.
+    gib = 2**30
+    assert plan_reduce_ranges(np.full(36, gib / 8), budget=2 * gib, min_ranges=2) == [(0, 9), (9, 18), (18, 27), (27, 36)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_reduce_ranges_invariants(seed):
+    """Random group sizes: the ranges tile 0..n in order, respect the budget (a bigger group alone), come in a
+    multiple of the workers while groups allow, and no two ranges differ by more than the largest group."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 100, int(rng.integers(1, 80)))
+    budget = int(rng.integers(100, 2000))
+    workers = int(rng.integers(1, 5))
+    ranges = plan_reduce_ranges(sizes, budget=budget, min_ranges=workers)
+    assert [lo for lo, _ in ranges] == [0] + [hi for _, hi in ranges[:-1]] and ranges[-1][1] == len(sizes)
+    totals = [int(sizes[lo:hi].sum()) for lo, hi in ranges]
+    assert all(t <= budget or hi - lo == 1 for t, (lo, hi) in zip(totals, ranges))
+    if len(ranges) < len(sizes):
+        assert len(ranges) % workers == 0
+        assert max(totals) - min(totals) <= 2 * sizes.max()
+    # never more ranges than needed: the fewest whole multiple of the workers that fits the budget, plus rounding
+    fewest = -(-int(sizes.sum()) // budget)
+    assert len(ranges) >= min(len(sizes), fewest)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -180,6 +204,24 @@ def test_row_gather_equals_arrow_take_on_chunked_sliced_tables(seed):
         part = gathered.table(cut, len(rows))
         assert part.to_pylist() == expected[cut:]
         assert part.column("input_ids").chunk(0).offsets[0].as_py() == 0  # zero-offset arrays for the packers
+
+
+def test_row_gather_reads_bool_values_that_start_mid_byte():
+    """Masks whose value array is itself a slice (bit offset 1..7): the numpy unpacking RowGather uses agrees
+    with pyarrow's own conversion, and a gather over such a list column equals Arrow's take."""
+    from hfprep.engines.mapreduce import RowGather, _values_to_numpy
+
+    rng = np.random.default_rng(5)
+    bits = pa.array(rng.random(203) < 0.5)
+    for start in range(0, 12):
+        for length in (0, 1, 7, 8, 9, 203 - start):
+            part = bits.slice(start, length)
+            assert _values_to_numpy(part).tolist() == part.to_pylist()
+    values = bits.slice(3)
+    offsets = pa.array([0, 5, 5, 17, 40, 200], pa.int32())
+    table = pa.table({"loss_mask": pa.ListArray.from_arrays(offsets, values)})
+    rows = np.array([3, 0, 4, 2, 1])
+    assert RowGather(table, rows).table(0, 5).to_pylist() == table.take(pa.array(rows)).to_pylist()
 
 
 def test_row_gather_leaves_nulls_and_other_types_to_arrow():
