@@ -186,9 +186,8 @@ def child(args) -> None:
 
         t0 = time.perf_counter()
         ray.init(num_cpus=args.num_proc, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
         # A first tiny job starts the worker processes: a fixed cost per cluster, stated apart from the run.
-        ray.data.range(4 * args.num_proc, override_num_blocks=2 * args.num_proc).map_batches(lambda b: b).materialize()
+        ray.get([ray.remote(lambda i: i).remote(i) for i in range(4 * args.num_proc)])
         startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     if args.child == "reference":

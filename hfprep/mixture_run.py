@@ -5,7 +5,7 @@ epoch, ``num_proc`` workers), each document carrying its map-reduce key and the 
 :func:`hfprep.mixture.choose_documents` picks whole documents per source to within one document of its budget
 (whole epochs first; raw-document FIM is re-drawn per epoch with ``fim_seed + epoch``); the chosen documents of
 all sources are laid out in :func:`hfprep.mixture.mix_order` and go through the same group + pack reduce as a
-single source (:class:`MixtureTransform`): on the ``datasets`` engine, or with ``engine: ray`` on Ray Data (the
+single source (:class:`MixtureTransform`): on the ``datasets`` engine, or with ``engine: ray`` on Ray (the
 tokenization and the choice stay on this machine; Ray groups and packs), with the same rows. The reduce reads the
 tokenized sources in mixing order (no mixed copy), labels every packed token with its source index (dense: from
 the documents' order; the other packers: by packing the group a second time with each token replaced by its

@@ -67,8 +67,8 @@ PATCHES = {
     "reduce": ("hfprep.pack.transform", "PrepareForTrainingTransform.reduce_group", hold, None),
     # no hold: the signal lands while ray.init starts Ray's processes (seconds)
     "ray-start": ("hfprep.engines.ray_engine", "_connect", mark, None),
-    # the driver holds the first packed batch while Ray Data's tasks and threads run
-    "ray-run": ("hfprep.engines.ray_engine", "_OrderedSink.add", hold, None),
+    # the driver holds the first packed range while the other reduce tasks run
+    "ray-run": ("hfprep.engines.ray_engine", "_OutputSink.add", hold, None),
     "write": ("hfprep.run", "write_split", None, hold),
 }
 if moment in PATCHES:

@@ -29,12 +29,10 @@ import ray
 import ray.cluster_utils
 
 from hfprep.engines import ray_engine
+from hfprep.engines.mapreduce import plan_reduce_ranges
 from hfprep.engines.ray_engine import (
-    KEY_COLUMN,
-    SEQ_COLUMN,
-    STATS_COLUMN,
-    TAIL_COLUMN,
-    _OrderedSink,
+    _from_buffer,
+    _to_buffer,
     prepare_with_ray,
     recommended_num_reduce_chunks,
     resolve_source,
@@ -323,45 +321,54 @@ def test_transform_pickles_and_maps_the_same(tokenizer, tokenizer_path):
     assert clone.map_batch(batch, [0, 1]).equals(t.map_batch(batch, [0, 1]))
 
 
-def _packed_batch(keys: list[int], seqs: list[int], stats_for: list[int] = (), tails: list[bool] = ()) -> pa.Table:
-    ids = [[k * 100 + s] for k, s in zip(keys, seqs)]
-    tails = list(tails) or [False] * len(keys)
-    t = pa.table(
-        {
-            "input_ids": pa.array(ids + [None] * len(stats_for), pa.list_(pa.uint32())),
-            "position_ids": pa.array([[0]] * len(keys) + [None] * len(stats_for), pa.list_(pa.uint32())),
-            "loss_mask": pa.array([[True]] * len(keys) + [None] * len(stats_for), pa.list_(pa.bool_())),
-            KEY_COLUMN: pa.array(list(keys) + list(stats_for), pa.int64()),
-            SEQ_COLUMN: pa.array(list(seqs) + [None] * len(stats_for), pa.int64()),
-            STATS_COLUMN: pa.array([None] * len(keys) + [json.dumps({"rows": k}) for k in stats_for], pa.string()),
-            TAIL_COLUMN: pa.array(tails + [None] * len(stats_for), pa.bool_()),
-        }
-    )
-    return t
+def test_task_results_carry_only_their_rows(tmp_path):
+    """A map batch is a slice of its row group: the buffer a task returns holds the slice's rows only (pickling
+    the table itself would copy the whole parent buffers), and reads back equal, zero-copy."""
+    parent = pa.table({
+        "input_ids": pa.array([list(range(i, i + 50)) for i in range(2000)], pa.list_(pa.uint32())),
+        "loss_mask": pa.array([[i % 3 == 0] * 50 for i in range(2000)], pa.list_(pa.bool_())),
+    })
+    part = parent.slice(1003, 10)
+    buf = _to_buffer(part)
+    assert _from_buffer(buf).equals(part)
+    assert buf.size < parent.nbytes / 50
+    assert len(pickle.dumps(part, protocol=5)) > parent.nbytes / 2  # what the buffer avoids
 
 
-def test_ordered_sink_restores_key_then_row_order(tmp_path):
-    schema = tokenized_features().arrow_schema
-    sink = _OrderedSink(tmp_path, schema)
-    sink.add(_packed_batch([2, 2, 0], [0, 1, 0], stats_for=[2]))
-    sink.add(_packed_batch([0, 0, 1], [1, 2, 0], stats_for=[0, 1]))
-    sink.add(_packed_batch([2], [2]))
-    # Tail rows (a group's leftovers) come back apart, in (key, row) order whatever order they arrived in.
-    sink.add(_packed_batch([2, 0, 0], [0, 1, 0], tails=[True, True, True]))
-    assert sink.tail_table()["input_ids"].to_pylist() == [[0], [1], [200]]
-    last = pa.table({"input_ids": [[7, 7]], "position_ids": [[0, 1]], "loss_mask": [[True, True]]})
-    sink.finish(tmp_path / "out.arrow", last)
-    out = Dataset.from_file(str(tmp_path / "out.arrow"))
-    assert out["input_ids"] == [[0], [1], [2], [100], [200], [201], [202], [7, 7]]
-    assert sink.stats == {0: {"rows": 0}, 1: {"rows": 1}, 2: {"rows": 2}}
-    assert not (tmp_path / "unordered.arrow").exists()
+@pytest.mark.parametrize("nodes", ["two nodes: split tasks", "one node: whole map outputs"])
+def test_many_reduce_ranges_give_the_datasets_rows(cluster, tokenizer, tokenizer_path, skewed, tmp_path, nodes,
+                                                   monkeypatch):
+    """A budget that fits only one or two groups per range: many reduce tasks, their rows still in key order and
+    the dense tails of all of them packed together at the end, as on the datasets engine. Both ways of feeding
+    the reduce tasks (the one-node way forced on this two-node cluster by hiding a node from the driver)."""
+    if nodes.startswith("one"):
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    tokens = {}
+    for t in skewed["content"]:
+        k = _key(tokenizer, t)
+        tokens[k] = tokens.get(k, 0) + len(tokenizer.encode(t, add_special_tokens=False)) + 1
+    budget = 9 * (tokens[3] + 1)  # key 3 (60% of the tokens) alone; the small groups two or three together
+    cfg = _cfg(tokenizer_path, "dense", reduce_memory_budget=budget)
+    ref, ref_stats = _datasets_run(cfg, tokenizer, skewed)
+    out, stats = prepare_with_ray(cfg, skewed, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert _parquet_bytes(out, tmp_path / "ray.parquet") == _parquet_bytes(ref, tmp_path / "ds.parquet")
+    assert stats == ref_stats
+    assert plan_reduce_ranges(np.array([9.0 * tokens[k] for k in sorted(tokens)]), budget, 2)[2:], "few ranges"
 
 
-def test_ordered_sink_refuses_a_split_group(tmp_path):
-    sink = _OrderedSink(tmp_path, tokenized_features().arrow_schema)
-    sink.add(_packed_batch([1], [0], stats_for=[1]))
-    with pytest.raises(RuntimeError, match="group 1 was emitted twice"):
-        sink.add(_packed_batch([1], [1], stats_for=[1]))
+@pytest.mark.parametrize("ranges", [[[0], [1, 2]], [[0, 1, 2]]])
+def test_split_tasks_cut_each_map_output_by_reduce_range(cluster, ranges):
+    """On several nodes each reduce range gets, from every map output, exactly its keys' rows in input order."""
+    table = pa.table({
+        "__key__": pa.array([2, 0, 1, 2, 0], pa.int64()),
+        "input_ids": pa.array([[1], [2, 2], [3], [4], [5]], pa.list_(pa.uint32())),
+    })
+    ref = ray.put(_to_buffer(table))
+    inputs = ray_engine._reduce_inputs(ray, [ref, ref], ranges)
+    assert len(inputs) == len(ranges)
+    for keys, parts in zip(ranges, inputs):
+        want = [r for r in table.to_pylist() if r["__key__"] in keys]
+        assert [_from_buffer(ray.get(part)).to_pylist() for part in parts] == [want, want]
 
 
 def test_resolve_source_formats_and_errors(tmp_path):

@@ -331,6 +331,51 @@ class RowGather:
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
+def key_groups(key_column: pa.ChunkedArray | pa.Array, order: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """``(bounds, keys)`` of the groups of ``key_column`` read in ``order`` (rows sorted by key): group ``g`` is
+    ``order[bounds[g]:bounds[g + 1]]`` and holds key ``keys[g]``. A None key is a :class:`DataError`.
+
+    Example:
+        >>> key_groups(pa.array([2, 1, 2]), np.array([1, 0, 2]))
+        (array([0, 1, 3]), [1, 2])
+    """
+    sorted_keys = key_column.take(pa.array(order))
+    if isinstance(sorted_keys, pa.ChunkedArray):
+        sorted_keys = sorted_keys.combine_chunks()
+    if sorted_keys.null_count:
+        raise DataError("the map side produced a None key; keys must be comparable non-null values")
+    change = np.flatnonzero(pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)) + 1
+    bounds = np.concatenate([[0], change, [len(order)]]).astype(np.int64)
+    return bounds, sorted_keys.take(pa.array(bounds[:-1])).to_pylist()
+
+
+def range_groups(
+    table: pa.Table, order: np.ndarray, bounds: np.ndarray, keys: Sequence[Any], lo: int, hi: int
+) -> Iterator[tuple[Any, pa.Table]]:
+    """``(key, rows in input order)`` for the groups ``lo..hi`` of ``table``, from one gather of the whole range:
+    the reduce side of every engine. Group ``g`` is ``table``'s rows ``order[bounds[g]:bounds[g + 1]]``.
+
+    Example:
+        >>> t = pa.table({"x": [10, 11, 12, 13]})
+        >>> [(k, g["x"].to_pylist()) for k, g in range_groups(t, np.array([1, 3, 0, 2]), np.array([0, 2, 4]), "ab", 0, 2)]
+        [('a', [11, 13]), ('b', [10, 12])]
+    """
+    a, b = int(bounds[lo]), int(bounds[hi])
+    wanted = order[a:b]
+    if RowGather.supports(table):
+        gathered = RowGather(table, wanted)  # one numpy copy, key-major; groups are then contiguous runs
+        for g in range(lo, hi):
+            yield keys[g], gathered.table(int(bounds[g]) - a, int(bounds[g + 1]) - a)
+        return
+    rows = np.sort(wanted)
+    sub = gather_rows(table, rows)
+    # Key-major order with input order inside each key: positions of ``wanted`` among the sorted rows.
+    perm = np.searchsorted(rows, wanted)
+    for g in range(lo, hi):
+        g0, g1 = int(bounds[g]) - a, int(bounds[g + 1]) - a
+        yield keys[g], sub.take(pa.array(perm[g0:g1]))
+
+
 class _RangeReducer:
     """The reduce side's ``Dataset.map`` function: one task row = one contiguous key range.
 
@@ -349,21 +394,7 @@ class _RangeReducer:
         self.schema = schema
 
     def _groups(self, table: pa.Table, lo: int, hi: int) -> Iterator[tuple[Any, pa.Table]]:
-        """``(key, rows in input order)`` for the groups ``lo..hi``, from one gather of the whole range."""
-        a, b = int(self.bounds[lo]), int(self.bounds[hi])
-        wanted = self.order[a:b]
-        if RowGather.supports(table):
-            gathered = RowGather(table, wanted)  # one numpy copy, key-major; groups are then contiguous runs
-            for g in range(lo, hi):
-                yield self.keys[g], gathered.table(int(self.bounds[g]) - a, int(self.bounds[g + 1]) - a)
-            return
-        rows = np.sort(wanted)
-        sub = gather_rows(table, rows)
-        # Key-major order with input order inside each key: positions of ``wanted`` among the sorted rows.
-        perm = np.searchsorted(rows, wanted)
-        for g in range(lo, hi):
-            g0, g1 = int(self.bounds[g]) - a, int(self.bounds[g + 1]) - a
-            yield self.keys[g], sub.take(pa.array(perm[g0:g1]))
+        return range_groups(table, self.order, self.bounds, self.keys, lo, hi)
 
     def __call__(self, batch: Mapping[str, list[int]]) -> dict[str, list[Any]] | pa.Table:
         table = arrow_table(self.table_source)
@@ -677,14 +708,8 @@ class MapReduceTransformBase(TransformBase):
             self.last_stats = []
             return Dataset(self.empty_output())
         table = arrow_table(mapped)
-        key_col = table.column(KEY_COLUMN)
         order = self.group_order(table)
-        sorted_keys = key_col.take(pa.array(order)).combine_chunks()
-        if sorted_keys.null_count:
-            raise DataError("the map side produced a None key; keys must be comparable non-null values")
-        change = np.flatnonzero(pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)) + 1
-        bounds = np.concatenate([[0], change, [len(order)]]).astype(np.int64)
-        keys = sorted_keys.take(pa.array(bounds[:-1])).to_pylist()
+        bounds, keys = key_groups(table.column(KEY_COLUMN), order)
         gbytes = self.group_bytes(table, bounds, order)
         self.check_group_bytes(gbytes, keys)
         ranges = plan_reduce_ranges(gbytes, self.reduce_memory_budget, min_ranges=max(1, num_proc or 1))

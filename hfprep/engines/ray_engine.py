@@ -1,20 +1,24 @@
-"""The Ray Data engine: the same map-reduce as :mod:`hfprep.engines.mapreduce`, spread over a Ray cluster.
+"""The Ray engine: the same map-reduce as :mod:`hfprep.engines.mapreduce`, spread over a Ray cluster with Ray
+tasks and its object store.
 
 The engine only moves data; the work is the transform's own functions, so the rows are the same as the datasets
 engine's, in the same order:
 
-* **read + map** (one Ray task per Parquet row group / JSONL file, on the workers): each batch of
-  ``MAP_BATCH_ROWS`` input rows goes through ``transform.map_batch(batch, indices)`` with the *global* input row
-  numbers as ``indices``, so every document carries ``__index__`` (its input row) next to ``__key__``.
-* **group** (Ray's shuffle): ``groupby("__key__").map_groups(...)``. Ray does not keep input order inside a group,
-  so each group is sorted by ``__index__`` first; then the group size is checked against
-  ``reduce_memory_budget`` (the same ``check_group_bytes`` as the datasets engine) and
-  ``transform.reduce_group_with_tail(key, rows)`` packs it. A group's leftover (dense packing's incomplete tail)
-  travels back marked ``__tail__``; the driver packs all of them with ``transform.reduce_tails`` after the last
-  group, exactly as the datasets engine does.
-* **collect** (driver): the packed rows stream into one Arrow file in a cache folder, in ascending key order, and
-  come back as a memory-mapped ``datasets.Dataset`` (never one big in-memory table). Per-group stats travel as
-  extra rows and are merged exactly as the datasets engine merges them.
+* **read + map** (one Ray task per Parquet row group / JSONL file): each batch of ``MAP_BATCH_ROWS`` input rows
+  goes through ``transform.map_batch(batch, indices)`` with the *global* input row numbers as ``indices``. The task
+  leaves its rows in the object store (one Arrow IPC buffer) and returns a small summary to the driver: the input
+  rows it read, and each key's rows and bytes (``transform.group_bytes``).
+* **plan** (driver): the keys of all summaries, sorted, with their sizes: ``check_group_bytes`` refuses a group
+  over ``reduce_memory_budget`` before any reduce starts (the datasets engine's check and message), and
+  :func:`~hfprep.engines.mapreduce.plan_reduce_ranges` cuts contiguous key ranges of equal size,
+  ``RANGES_PER_WORKER`` per worker CPU.
+* **reduce** (one task per range): the range's rows from every map output, in input order, gathered key by key
+  (:func:`~hfprep.engines.mapreduce.range_groups`) and packed with ``transform.reduce_group_with_tail``, the
+  datasets engine's reduce. On one node the tasks read the map outputs in place (shared memory); on several, a
+  split task per map output first cuts it by range where it lives, so each row crosses the network once.
+* **collect** (driver): the ranges' packed rows stream, in key order, into one Arrow file in a cache folder, then
+  the groups' leftovers (dense packing's incomplete tails) are packed together with ``transform.reduce_tails``,
+  as on the datasets engine; the file comes back as a memory-mapped ``datasets.Dataset``.
 
 Input order: Parquet files are numbered in the order given, then by row group and row, exactly like
 ``load_dataset("parquet", data_files=[...])``. JSONL files have no row count in a footer, so their documents are
@@ -35,7 +39,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import uuid
 import warnings
@@ -57,14 +60,17 @@ from ..errors import ConfigError, DataError, HfprepError
 from ..tokenization.backends import sample_rows, sample_texts
 from .mapreduce import (
     BYTES_PER_TOKEN_IN_GROUP,
-    INDEX_COLUMN,
     KEY_COLUMN,
     MapReduceTransformBase,
     MapReduceTransformConfigBase,
     RowGather,
     _temporary_cache_dir,
+    gather_rows,
+    key_groups,
     map_in_batches,
     parquet_sample_texts,
+    plan_reduce_ranges,
+    range_groups,
 )
 
 RAY_INSTALL_HINT = "pip install 'hfprep[ray]'"
@@ -80,18 +86,11 @@ TEXT_BYTES_PER_TOKEN = 3.0
 JSON_FILE_STRIDE = 2**40
 """Document numbers of JSONL file ``i`` start at ``i * JSON_FILE_STRIDE`` (no row counts are known up front)."""
 
-SHUFFLE_STRATEGIES = {"sort": "sort_shuffle_pull_based", "hash": "shuffle_v2"}
-"""Ray Data shuffles for the group step. ``sort`` (default) starts at once and emits groups in key order; ``hash``
-runs aggregator actors (slower to start, no range sampling)."""
+RANGES_PER_WORKER = 4
+"""Reduce ranges per worker CPU (at least): the driver writes one range's rows while the workers pack the next, so
+smaller ranges keep both busy, leave a short write after the last one, and hold less in the object store."""
 
-ROWS_COLUMN = "__rows__"
-SEQ_COLUMN = "__seq__"
-STATS_COLUMN = "__stats__"
 JSON_SAMPLE_BYTES = 1 << 20  # read from each sampled JSON Lines file for the backend guard
-TAIL_COLUMN = "__tail__"
-"""True on a group's leftover rows (dense packing's tail): the driver packs them after the last group."""
-META_KEY = -1
-"""Key of the bookkeeping rows (input rows read per task); real keys are >= 0."""
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson")
@@ -107,9 +106,9 @@ def import_ray():
     """
     try:
         # Ray is an optional extra (hfprep[ray]): imported only by the ray engine, with the install hint if missing.
-        import ray.data  # binds `ray` too
+        import ray
     except ImportError as e:
-        raise ConfigError(f"the 'ray' engine needs Ray Data, which is not installed; run: {RAY_INSTALL_HINT}") from e
+        raise ConfigError(f"the 'ray' engine needs Ray, which is not installed; run: {RAY_INSTALL_HINT}") from e
     return ray
 
 
@@ -328,7 +327,7 @@ def _map_schema(transform: MapReduceTransformBase) -> pa.Schema:
     feats = transform.map_features()
     if feats is None:
         raise ConfigError(f"{type(transform).__name__} must declare map_features() to run on the 'ray' engine")
-    return feats.arrow_schema.append(pa.field(ROWS_COLUMN, pa.int64()))
+    return feats.arrow_schema
 
 
 def _out_schema(transform: MapReduceTransformBase) -> pa.Schema:
@@ -338,68 +337,90 @@ def _out_schema(transform: MapReduceTransformBase) -> pa.Schema:
     return feats.arrow_schema
 
 
-def _null_row(schema: pa.Schema, values: dict[str, Any]) -> pa.Table:
-    return pa.table({f.name: pa.array([values.get(f.name)], type=f.type) for f in schema}, schema=schema)
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    return table.select(schema.names).cast(schema)
 
 
-def _conform(table: pa.Table, schema: pa.Schema, extra: dict[str, pa.Array]) -> pa.Table:
-    cols = [table.column(f.name) if f.name in table.column_names else extra[f.name] for f in schema]
-    return pa.Table.from_arrays(cols, names=schema.names).cast(schema)
+def _to_buffer(table: pa.Table) -> pa.Buffer:
+    """``table`` as one Arrow IPC stream buffer: what a task returns to the object store. Pickling a table instead
+    would copy the whole parent buffer of every sliced column (a map batch is a slice of its row group)."""
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1000)
+    buf = pa.allocate_buffer(sink.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as writer:
+        writer.write_table(table, max_chunksize=1000)
+    return buf
 
 
-def _map_task(plan: pa.Table, holder: list, batch_rows: int) -> Iterator[pa.Table]:
+def _from_buffer(buf: pa.Buffer) -> pa.Table:
+    """The table of :func:`_to_buffer`'s buffer, zero-copy (in the object store's shared memory)."""
+    return pa.ipc.open_stream(buf).read_all()
+
+
+def _map_task(item: dict[str, Any], holder: list, batch_rows: int) -> tuple[pa.Buffer, dict[str, Any]]:
+    """Read and map one item; returns ``(mapped rows, summary)``. The rows stay in the object store where the task
+    ran; the summary (input rows read, and each key's rows and bytes) is all the driver needs to plan the reduce."""
     transform = _get_transform(holder)
     schema = _map_schema(transform)
-    for item in plan.to_pylist():
-        table = read_item(item)
-        for out in map_in_batches(transform, table, item["start"], batch_rows):
-            if out.num_rows:
-                yield _conform(out, schema, {ROWS_COLUMN: pa.array(np.zeros(out.num_rows, np.int64))})
-        # The bookkeeping row: how many input rows this task read (docs dropped by tokenization have no row).
-        yield _null_row(schema, {KEY_COLUMN: META_KEY, INDEX_COLUMN: -1, ROWS_COLUMN: table.num_rows})
+    table = read_item(item)
+    outs = [_conform(out, schema) for out in map_in_batches(transform, table, item["start"], batch_rows)]
+    mapped = pa.concat_tables([o for o in outs if o.num_rows]) if any(o.num_rows for o in outs) else schema.empty_table()
+    keys, sizes = [], []
+    if mapped.num_rows:
+        order = pc.sort_indices(mapped.column(KEY_COLUMN)).to_numpy()
+        bounds, keys = key_groups(mapped.column(KEY_COLUMN), order)
+        sizes = transform.group_bytes(mapped, bounds, order).tolist()
+    return _to_buffer(mapped), {"rows_in": table.num_rows, "keys": keys, "bytes": sizes}
 
 
-def _reduce_task(group: pa.Table, holder: list) -> pa.Table:
-    transform = _get_transform(holder)
-    schema = _out_schema(transform).append(pa.field(KEY_COLUMN, pa.int64()))
-    schema = schema.append(pa.field(SEQ_COLUMN, pa.int64())).append(pa.field(STATS_COLUMN, pa.string()))
-    schema = schema.append(pa.field(TAIL_COLUMN, pa.bool_()))
-    key = group.column(KEY_COLUMN)[0].as_py()
-    if key == META_KEY:
-        rows_in = int(pc.sum(group.column(ROWS_COLUMN)).as_py() or 0)
-        return _null_row(schema, {KEY_COLUMN: META_KEY, STATS_COLUMN: json.dumps({"rows_in": rows_in})})
-    # Ray's shuffle does not keep input order: restore it before packing (the datasets engine's order), with the
-    # datasets engine's numpy gather where the columns allow it (Arrow's take copies list columns slowly).
-    group = group.select([c for c in group.column_names if c not in (KEY_COLUMN, ROWS_COLUMN)])
-    order = pc.sort_indices(group.column(INDEX_COLUMN))
-    n = group.num_rows
-    if RowGather.supports(group):
-        group = RowGather(group, order.to_numpy()).table(0, n)
-    else:
-        group = group.take(order)
-    transform.check_group_bytes(transform.group_bytes(group, np.array([0, n]), np.arange(n)), [key])
-    out, stats, tail = transform.reduce_group_with_tail(key, group)
+def _split_task(mapped: pa.Buffer, range_keys: list[list[Any]]) -> pa.Buffer | tuple[pa.Buffer, ...]:
+    """One map task's rows cut by reduce range, in input order: one buffer per range. Ray runs it where the map
+    output lives, so on a cluster of several nodes each row travels once, to the node that reduces its range."""
+    table = _from_buffer(mapped)
+    key_col = table.column(KEY_COLUMN)
+    gather = RowGather.supports(table)
     parts = []
-    for rows, is_tail in ((out, False), (tail, True)):
-        if rows is None:
-            continue
-        m = rows.num_rows
-        extra = {
-            KEY_COLUMN: pa.array(np.full(m, key, np.int64)),
-            SEQ_COLUMN: pa.array(np.arange(m, dtype=np.int64)),
-            STATS_COLUMN: pa.nulls(m, pa.string()),
-            TAIL_COLUMN: pa.array(np.full(m, is_tail)),
-        }
-        parts.append(_conform(rows, schema, extra))
-    return pa.concat_tables([*parts, _null_row(schema, {KEY_COLUMN: key, STATS_COLUMN: json.dumps(stats)})])
+    for keys in range_keys:
+        rows = np.flatnonzero(pc.is_in(key_col, value_set=pa.array(keys, type=key_col.type)).to_numpy(zero_copy_only=False))
+        part = RowGather(table, rows).table(0, len(rows)) if gather else gather_rows(table, rows)
+        parts.append(_to_buffer(part))
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _reduce_task(keys: list[Any], holder: list, *mapped: pa.Buffer) -> tuple[pa.Buffer, list[Any], pa.Table | None]:
+    """Reduce the groups ``keys`` (ascending) from every map task's rows (in input order): one gather of the
+    range, then the datasets engine's per-group reduce. Returns ``(packed rows, stats per group, tails or None)``, tables as IPC buffers."""
+    transform = _get_transform(holder)
+    schema = _out_schema(transform)
+    table = pa.concat_tables([t for t in map(_from_buffer, mapped) if t.num_rows])
+    key_col = table.column(KEY_COLUMN)
+    chosen = pc.is_in(key_col, value_set=pa.array(keys, type=key_col.type))
+    rows = np.flatnonzero(chosen.to_numpy(zero_copy_only=False))
+    # Stable: inside a key the rows keep input order, the order the map tasks' tables were passed in.
+    order = rows[pc.sort_indices(key_col.take(pa.array(rows))).to_numpy()] if len(rows) else rows
+    bounds, _ = key_groups(key_col, order)
+    if len(bounds) - 1 != len(keys):
+        raise RuntimeError(f"the reduce range holds {len(bounds) - 1} groups, the map tasks reported {len(keys)}")
+    table = table.drop_columns([KEY_COLUMN])
+    outs, stats, tails = [], [], []
+    for key, part in range_groups(table, order, bounds, keys, 0, len(keys)):
+        out, st, tail = transform.reduce_group_with_tail(key, part)
+        if out.num_rows:
+            outs.append(_conform(out, schema))
+        stats.append(st)
+        if tail is not None and tail.num_rows:
+            tails.append(_conform(tail, schema))
+    packed = pa.concat_tables(outs) if outs else schema.empty_table()
+    return _to_buffer(packed), stats, _to_buffer(pa.concat_tables(tails)) if tails else None
 
 
 # --- driver ------------------------------------------------------------------------------------------------------
 
 
 RAY_LOG_NAME = "hfprep-driver.log"
-"""Where a quiet run puts the driver's Ray log records, inside Ray's session log folder (next to Ray Data's
-``ray-data/`` logs and the workers' ``worker-*.out``)."""
+"""Where a quiet run puts the driver's Ray log records, inside Ray's session log folder (next to the
+workers' ``worker-*.out``)."""
 
 
 class _RayLogFile(logging.Handler):
@@ -460,7 +481,7 @@ def _mute(_record: logging.LogRecord) -> bool:
 def ray_logs(verbose: bool) -> Iterator[_RayLogFile | None]:
     """Quiet Ray for one run unless ``verbose``: its terminal log handlers are muted, driver records go to
     :data:`RAY_LOG_NAME` in Ray's session log folder (the handler's ``path`` once Ray started), worker output
-    stays in that folder (``log_to_driver=False``) and Ray Data's progress bars are off. Restored on exit.
+    stays in that folder (``log_to_driver=False``). Restored on exit.
 
     Example:
         >>> with ray_logs(verbose=False) as log_file:  # doctest: +SKIP
@@ -533,72 +554,97 @@ def _user_error(exc: BaseException) -> HfprepError | None:
     return None
 
 
-class _OrderedSink:
-    """Streams packed rows to an Arrow file; puts them in (key, row) order at the end if they came unordered."""
+class _OutputSink:
+    """The packed rows, range by range in key order, streamed to one Arrow file (never one big table in memory)."""
 
-    def __init__(self, folder: Path, schema: pa.Schema) -> None:
-        self.folder = folder
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.schema = schema
-        self.spill = folder / "unordered.arrow"
-        self.writer = pa.ipc.new_stream(str(self.spill), schema)
-        self.keys: list[np.ndarray] = []
-        self.seqs: list[np.ndarray] = []
-        self.stats: dict[int, dict[str, Any]] = {}
-        self.tails: list[pa.Table] = []  # (key, seq) + rows of the groups' leftovers: small, kept in memory
+        self.writer = pa.ipc.new_stream(str(path), schema)
 
-    def add(self, batch: pa.Table) -> None:
-        is_stats = pc.is_valid(batch.column(STATS_COLUMN))
-        if pc.any(is_stats).as_py():
-            st = batch.filter(is_stats)
-            for k, s in zip(st.column(KEY_COLUMN).to_pylist(), st.column(STATS_COLUMN).to_pylist()):
-                if k in self.stats:
-                    raise RuntimeError(f"reduce group {k} was emitted twice; the Ray shuffle split a group")
-                self.stats[k] = json.loads(s)
-            batch = batch.filter(pc.invert(is_stats))
-        is_tail = pc.fill_null(batch.column(TAIL_COLUMN), False)
-        if pc.any(is_tail).as_py():
-            self.tails.append(batch.filter(is_tail))
-            batch = batch.filter(pc.invert(is_tail))
-        if batch.num_rows:
-            self.keys.append(batch.column(KEY_COLUMN).to_numpy())
-            self.seqs.append(batch.column(SEQ_COLUMN).to_numpy())
-            self.writer.write_table(batch.select(self.schema.names).cast(self.schema))
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writer.write_table(_conform(table, self.schema), max_chunksize=1000)
 
-    def tail_table(self) -> pa.Table | None:
-        """The groups' leftover rows in (key, row) order, token columns only; None when no group left any."""
-        if not self.tails:
-            return None
-        tails = pa.concat_tables(self.tails)
-        tails = tails.take(pc.sort_indices(tails, [(KEY_COLUMN, "ascending"), (SEQ_COLUMN, "ascending")]))
-        return tails.select(self.schema.names).cast(self.schema)
-
-    def finish(self, final: Path, last: pa.Table | None = None) -> None:
-        """Write the rows in (key, row) order to ``final``, then ``last`` (the final pass's rows)."""
-        last = last.select(self.schema.names).cast(self.schema) if last is not None and last.num_rows else None
-        keys = np.concatenate(self.keys) if self.keys else np.zeros(0, np.int64)
-        seqs = np.concatenate(self.seqs) if self.seqs else np.zeros(0, np.int64)
-        dk, ds = np.diff(keys), np.diff(seqs)
-        if np.all((dk > 0) | ((dk == 0) & (ds > 0))):
-            if last is not None:
-                self.writer.write_table(last)
-            self.writer.close()
-            shutil.move(self.spill, final)  # a rename, or a copy when the output is on another disk
-            return
+    def close(self) -> None:
         self.writer.close()
-        perm = np.lexsort((seqs, keys))
-        # Runs of consecutive rows in the spill become one slice each: a few per group, not one per row.
-        breaks = np.flatnonzero(np.diff(perm) != 1) + 1
-        starts = np.concatenate([[0], breaks])
-        ends = np.concatenate([breaks, [len(perm)]])
-        with pa.memory_map(str(self.spill)) as src:
-            table = pa.ipc.open_stream(src).read_all()
-            with pa.ipc.new_stream(str(final), self.schema) as w:
-                for a, b in zip(starts.tolist(), ends.tolist()):
-                    w.write_table(table.slice(int(perm[a]), b - a))
-                if last is not None:
-                    w.write_table(last)
-            del table
-        self.spill.unlink()
+
+
+def _get(ray, refs):
+    """``ray.get`` with a worker's :class:`HfprepError` raised as itself, in one line (see :func:`_user_error`)."""
+    try:
+        return ray.get(refs)
+    except Exception as e:
+        err = _user_error(e)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def _cancel(ray, refs: Sequence[Any]) -> None:
+    """Stop tasks still running for a run that is being abandoned (error, Ctrl-C) on a cluster we do not own."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+
+
+def _reduce_inputs(ray, mapped: list[Any], range_keys: list[list[Any]]) -> list[list[Any]]:
+    """The object refs each reduce range reads. On one node, every map output whole: the object store is shared
+    memory there, a task reads its rows in place. On several nodes, a split task per map output first cuts it by
+    range where it lives, so a reduce task pulls only its own rows over the network (a shuffle moves each row once)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) <= 1:
+        return [mapped] * len(range_keys)
+    split = ray.remote(_split_task).options(num_returns=len(range_keys))
+    cuts = [split.remote(m, range_keys) for m in mapped]
+    if len(range_keys) == 1:
+        cuts = [[c] for c in cuts]
+    return [[c[r] for c in cuts] for r in range(len(range_keys))]
+
+
+def _map_reduce(ray, transform: MapReduceTransformBase, items: list[dict[str, Any]], batch_rows: int,
+                sink: _OutputSink) -> tuple[list[Any], pa.Table | None]:
+    """Map every read item, plan the reduce ranges from the map tasks' key summaries, reduce the ranges and stream
+    their rows into ``sink`` in key order. Returns ``(stats per group in key order, the groups' tails or None)``."""
+    holder = [ray.put(transform)]
+    # The reduce tasks only pack: they get the transform without its map-side state (the tokenizer).
+    reduce_holder = [ray.put(transform.reduce_worker_view())]
+    map_task = ray.remote(_map_task).options(num_returns=2)
+    reduce_task = ray.remote(_reduce_task)
+    maps = [map_task.remote(item, holder, batch_rows) for item in items]
+    pending = [m[0] for m in maps]
+    try:
+        summaries = _get(ray, [m[1] for m in maps])
+        transform.rows_in = sum(int(s["rows_in"]) for s in summaries)
+        sizes: dict[Any, float] = {}
+        for s in summaries:
+            for k, b in zip(s["keys"], s["bytes"], strict=True):
+                sizes[k] = sizes.get(k, 0.0) + b
+        try:
+            keys = sorted(sizes)
+        except TypeError as e:
+            raise DataError(f"the map side produced keys that cannot be ordered: {e}") from None
+        gbytes = np.array([sizes[k] for k in keys], dtype=np.float64)
+        transform.check_group_bytes(gbytes, keys)
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ranges = plan_reduce_ranges(gbytes, transform.reduce_memory_budget, min_ranges=RANGES_PER_WORKER * workers)
+        range_keys = [keys[lo:hi] for lo, hi in ranges]
+        inputs = _reduce_inputs(ray, [m[0] for m in maps], range_keys)
+        del maps  # each map output goes once the last task that reads it is done
+        pending = [reduce_task.remote(k, reduce_holder, *parts) for k, parts in zip(range_keys, inputs, strict=True)]
+        stats: list[Any] = []
+        tails = []
+        for ref in pending:
+            packed, group_stats, tail = _get(ray, ref)
+            sink.add(_from_buffer(packed))
+            del packed
+            # Through JSON, as the datasets engine's range files hand them over: the same stats either way.
+            stats.extend(json.loads(json.dumps([st for st in group_stats if st is not None])))
+            if tail is not None:
+                tails.append(_from_buffer(tail))
+    except BaseException:
+        _cancel(ray, pending)
+        raise
+    return stats, pa.concat_tables(tails) if tails else None
 
 
 def run_on_ray(
@@ -610,11 +656,10 @@ def run_on_ray(
     format: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     batch_rows: int = MAP_BATCH_ROWS,
-    shuffle: str = "sort",
     ray_init_kwargs: dict[str, Any] | None = None,
     verbose: bool = False,
 ):
-    """Run ``transform`` (map -> group -> reduce) on Ray Data; returns the output as a memory-mapped Dataset.
+    """Run ``transform`` (map -> group -> reduce) on Ray; returns the output as a memory-mapped Dataset.
 
     Ray is quiet unless ``verbose`` (see :func:`ray_logs`); ``transform.ray_log_path`` then names the file that
     holds its driver log (None when verbose or when Ray did not start).
@@ -632,9 +677,6 @@ def run_on_ray(
     """
     ray = import_ray()
 
-    if shuffle not in SHUFFLE_STRATEGIES:
-        raise ConfigError(f"shuffle {shuffle!r} is not supported; choose one of {sorted(SHUFFLE_STRATEGIES)}")
-
     out_feats = transform.output_features()
     out_schema = _out_schema(transform)
     _map_schema(transform)  # fail in the driver, not on the workers
@@ -646,8 +688,7 @@ def run_on_ray(
     except BaseException:
         quiet.close()
         raise
-    # Work (the source written as Parquet, the unordered spill) happens in a scratch folder removed at the end,
-    # however the run ends. The output file goes to ``cache_dir``; by default it stays in the scratch folder until the
+    # Work (a Dataset source written as Parquet) happens in a scratch folder removed at the end, however the run ends. The output file goes to ``cache_dir``; by default it stays in the scratch folder until the
     # current run ends (``scratch.run_scope``), or becomes a file in datasets' temporary cache folder.
     work = scratch.ScratchDir("ray")
     keep_work = False
@@ -667,46 +708,17 @@ def run_on_ray(
             _preflight(transform, nbytes)
             # The datasets engine's guard, on the same kind of sample (files: a few evenly spaced read items).
             transform.guard_backend(sample if sample is not None else sample_read_items(items, transform.input_columns()))
-            holder = [ray.put(transform)]
-            # The reduce tasks only pack: they get the transform without its map-side state (the tokenizer).
-            reduce_holder = [ray.put(transform.reduce_worker_view())]
-            ctx = ray.data.DataContext.get_current()
-            saved_strategy = ctx.shuffle_strategy
-            ctx.shuffle_strategy = SHUFFLE_STRATEGIES[shuffle]
-            saved_bars = ctx.enable_progress_bars
-            ctx.enable_progress_bars = verbose and saved_bars  # its bars name Ray operators, not hfprep stages
-            plan = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-            mapped = plan.map_batches(
-                _map_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"holder": holder, "batch_rows": batch_rows}
-            )
-            # One shuffle partition per key (+1 for the bookkeeping key): a reduce task holds ~one group, not many.
-            chunks = getattr(transform.config, "num_reduce_chunks", None) or 64
-            reduced = mapped.groupby(KEY_COLUMN, num_partitions=chunks + 1).map_groups(
-                _reduce_task, batch_format="pyarrow", fn_kwargs={"holder": reduce_holder}
-            )
-            sink = _OrderedSink(work.path, out_schema)
-            batches = iter(reduced.iter_batches(batch_size=None, batch_format="pyarrow"))
-            try:
-                for batch in batches:
-                    sink.add(batch)
-            except Exception as e:
-                err = _user_error(e)
-                if err is not None:
-                    raise err from None
-                raise
-            finally:
-                # Stop Ray Data's executor and prefetch threads now, on error and Ctrl-C too: left to the garbage
-                # collector, they could still call into Ray after ray.shutdown() below.
-                with contextlib.suppress(Exception):
-                    batches.close()
-                ctx.shuffle_strategy = saved_strategy
-                ctx.enable_progress_bars = saved_bars
             in_cache = cache_dir is None and not keep_work  # datasets' temporary cache folder: a unique cache file name
             final = folder / (f"cache-hfprep-ray-{uuid.uuid4().hex}.arrow" if in_cache else "packed.arrow")
             partial = final.with_name(f".{final.name}.incomplete")
-            tails = sink.tail_table()
-            last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
-            sink.finish(partial, last)
+            sink = _OutputSink(partial, out_schema)
+            try:
+                group_stats, tails = _map_reduce(ray, transform, items, batch_rows, sink)
+                last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
+                if last is not None:
+                    sink.add(last)
+            finally:
+                sink.close()
             os.replace(partial, final)
     except BaseException:
         if partial is not None:
@@ -722,11 +734,9 @@ def run_on_ray(
         scratch.adopt(work)
     else:
         work.cleanup()
-    meta = sink.stats.pop(META_KEY, {"rows_in": 0})
-    transform.last_stats = [sink.stats[k] for k in sorted(sink.stats)]
+    transform.last_stats = group_stats
     if tail_stats is not None:
         transform.last_stats.append(tail_stats)
-    transform.rows_in = int(meta["rows_in"])
     return Dataset.from_file(str(final), info=DatasetInfo(features=out_feats))
 
 
@@ -758,7 +768,7 @@ def prepare_with_ray(
     transform: MapReduceTransformBase | None = None,
     verbose: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Tokenize -> key -> group -> pack on Ray Data; the same rows, order and stats as the datasets engine.
+    """Tokenize -> key -> group -> pack on Ray; the same rows, order and stats as the datasets engine.
 
     Args:
         config: the transform config (the recipe's tokenize + packing sections).
