@@ -220,8 +220,15 @@ def tree_rss(pid: int) -> int:
 
 
 def measure(engine: str, args, cfg_json: str, paths: list[str]) -> dict:
+    # Each run's output and caches go when it ends: at 1M documents a run leaves 4-9 GB, and three rounds of four
+    # engines filled the disk (Ray's spilling then failed).
+    with tempfile.TemporaryDirectory(prefix=f"{engine}-", dir=args.workdir) as workdir:
+        return _measure(engine, args, cfg_json, paths, workdir)
+
+
+def _measure(engine: str, args, cfg_json: str, paths: list[str], workdir: str) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, "--cfg", cfg_json, "--paths", json.dumps(paths)]
-    cmd += ["--workdir", args.workdir, "--num-proc", str(args.num_proc)]
+    cmd += ["--workdir", workdir, "--num-proc", str(args.num_proc)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL, text=True)
     peak = [0]
 
