@@ -629,8 +629,8 @@ def _map_reduce(ray, transform: MapReduceTransformBase, items: list[dict[str, An
         ranges = plan_reduce_ranges(gbytes, transform.reduce_memory_budget, min_ranges=RANGES_PER_WORKER * workers)
         range_keys = [keys[lo:hi] for lo, hi in ranges]
         inputs = _reduce_inputs(ray, [m[0] for m in maps], range_keys)
-        del maps  # each map output goes once the last task that reads it is done
         pending = [reduce_task.remote(k, reduce_holder, *parts) for k, parts in zip(range_keys, inputs, strict=True)]
+        del maps, inputs  # the driver's refs: each map output goes once the last task that reads it is done
         stats: list[Any] = []
         tails = []
         for ref in pending:
