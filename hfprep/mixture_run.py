@@ -192,7 +192,7 @@ class MixtureTransform(RecordingTransform):
         return doc, real_offsets
 
     # --- the Ray engine's map side: the mixed documents are already tokenized and keyed; pass them through with
-    # their global position as ``__index__`` (Ray sorts each group by it, restoring the mixing order) ---------------
+    # their global position as ``__index__`` (Ray's reduce keeps the input order, which is the mixing order) ------
 
     map_input_format = "arrow"
 

@@ -393,9 +393,6 @@ class _RangeReducer:
         self.out_dir = out_dir
         self.schema = schema
 
-    def _groups(self, table: pa.Table, lo: int, hi: int) -> Iterator[tuple[Any, pa.Table]]:
-        return range_groups(table, self.order, self.bounds, self.keys, lo, hi)
-
     def __call__(self, batch: Mapping[str, list[int]]) -> dict[str, list[Any]] | pa.Table:
         table = arrow_table(self.table_source)
         table = table.drop_columns([c for c in (KEY_COLUMN,) if c in table.column_names])
@@ -407,7 +404,7 @@ class _RangeReducer:
             path = Path(self.out_dir) / f"range-{lo:09d}.arrow"
             tmp = path.with_suffix(".tmp")
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
-                for key, part in self._groups(table, lo, hi):
+                for key, part in range_groups(table, self.order, self.bounds, self.keys, lo, hi):
                     out, st, tail = self.transform.reduce_group_with_tail(key, part)
                     if out.num_rows:
                         writer.write_table(out.select(self.schema.names).cast(self.schema), max_chunksize=1000)
@@ -429,7 +426,7 @@ class _RangeReducer:
         outs = []
         for lo, hi in zip(batch["lo"], batch["hi"]):
             stats = []
-            for key, part in self._groups(table, lo, hi):
+            for key, part in range_groups(table, self.order, self.bounds, self.keys, lo, hi):
                 out, st = self.transform.reduce_group(key, part)
                 outs.append(out)
                 if st is not None:

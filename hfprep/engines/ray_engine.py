@@ -364,14 +364,20 @@ def _map_task(item: dict[str, Any], holder: list, batch_rows: int) -> tuple[pa.B
     transform = _get_transform(holder)
     schema = _map_schema(transform)
     table = read_item(item)
-    outs = [_conform(out, schema) for out in map_in_batches(transform, table, item["start"], batch_rows)]
-    mapped = pa.concat_tables([o for o in outs if o.num_rows]) if any(o.num_rows for o in outs) else schema.empty_table()
+    outs = [_conform(o, schema) for o in map_in_batches(transform, table, item["start"], batch_rows) if o.num_rows]
+    mapped = pa.concat_tables(outs) if outs else schema.empty_table()
     keys, sizes = [], []
     if mapped.num_rows:
         order = pc.sort_indices(mapped.column(KEY_COLUMN)).to_numpy()
         bounds, keys = key_groups(mapped.column(KEY_COLUMN), order)
         sizes = transform.group_bytes(mapped, bounds, order).tolist()
     return _to_buffer(mapped), {"rows_in": table.num_rows, "keys": keys, "bytes": sizes}
+
+
+def _rows_with_keys(key_col: pa.ChunkedArray, keys: list[Any]) -> np.ndarray:
+    """Ascending numbers of the rows whose key is one of ``keys``."""
+    chosen = pc.is_in(key_col, value_set=pa.array(keys, type=key_col.type))
+    return np.flatnonzero(chosen.to_numpy(zero_copy_only=False))
 
 
 def _split_task(mapped: pa.Buffer, range_keys: list[list[Any]]) -> pa.Buffer | tuple[pa.Buffer, ...]:
@@ -382,21 +388,21 @@ def _split_task(mapped: pa.Buffer, range_keys: list[list[Any]]) -> pa.Buffer | t
     gather = RowGather.supports(table)
     parts = []
     for keys in range_keys:
-        rows = np.flatnonzero(pc.is_in(key_col, value_set=pa.array(keys, type=key_col.type)).to_numpy(zero_copy_only=False))
+        rows = _rows_with_keys(key_col, keys)
         part = RowGather(table, rows).table(0, len(rows)) if gather else gather_rows(table, rows)
         parts.append(_to_buffer(part))
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _reduce_task(keys: list[Any], holder: list, *mapped: pa.Buffer) -> tuple[pa.Buffer, list[Any], pa.Table | None]:
+def _reduce_task(keys: list[Any], holder: list, *mapped: pa.Buffer) -> tuple[pa.Buffer, list[Any], pa.Buffer | None]:
     """Reduce the groups ``keys`` (ascending) from every map task's rows (in input order): one gather of the
-    range, then the datasets engine's per-group reduce. Returns ``(packed rows, stats per group, tails or None)``, tables as IPC buffers."""
+    range, then the datasets engine's per-group reduce. Returns ``(packed rows, stats per group, tails or None)``,
+    the tables as IPC buffers."""
     transform = _get_transform(holder)
     schema = _out_schema(transform)
     table = pa.concat_tables([t for t in map(_from_buffer, mapped) if t.num_rows])
     key_col = table.column(KEY_COLUMN)
-    chosen = pc.is_in(key_col, value_set=pa.array(keys, type=key_col.type))
-    rows = np.flatnonzero(chosen.to_numpy(zero_copy_only=False))
+    rows = _rows_with_keys(key_col, keys)
     # Stable: inside a key the rows keep input order, the order the map tasks' tables were passed in.
     order = rows[pc.sort_indices(key_col.take(pa.array(rows))).to_numpy()] if len(rows) else rows
     bounds, _ = key_groups(key_col, order)
@@ -688,15 +694,16 @@ def run_on_ray(
     except BaseException:
         quiet.close()
         raise
-    # Work (a Dataset source written as Parquet) happens in a scratch folder removed at the end, however the run ends. The output file goes to ``cache_dir``; by default it stays in the scratch folder until the
-    # current run ends (``scratch.run_scope``), or becomes a file in datasets' temporary cache folder.
-    work = scratch.ScratchDir("ray")
-    keep_work = False
+    # The output file goes to ``cache_dir``; by default, inside a run (``scratch.run_scope``), to a scratch folder
+    # that stays until the run ends, otherwise to datasets' temporary cache folder. (A Dataset source is written as
+    # Parquet to a scratch folder of its own, removed at the end however the run ends.)
+    work: scratch.ScratchDir | None = None
     if cache_dir is not None:
         folder = Path(cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
     elif scratch.in_run_scope():
-        folder, keep_work = work.path, True
+        work = scratch.ScratchDir("ray")
+        folder = work.path
     else:
         folder = Path(_temporary_cache_dir())
     partial: Path | None = None
@@ -708,7 +715,7 @@ def run_on_ray(
             _preflight(transform, nbytes)
             # The datasets engine's guard, on the same kind of sample (files: a few evenly spaced read items).
             transform.guard_backend(sample if sample is not None else sample_read_items(items, transform.input_columns()))
-            in_cache = cache_dir is None and not keep_work  # datasets' temporary cache folder: a unique cache file name
+            in_cache = cache_dir is None and work is None  # datasets' temporary cache folder: a unique cache file name
             final = folder / (f"cache-hfprep-ray-{uuid.uuid4().hex}.arrow" if in_cache else "packed.arrow")
             partial = final.with_name(f".{final.name}.incomplete")
             sink = _OutputSink(partial, out_schema)
@@ -723,17 +730,16 @@ def run_on_ray(
     except BaseException:
         if partial is not None:
             partial.unlink(missing_ok=True)
-        work.cleanup()
+        if work is not None:
+            work.cleanup()
         raise
     finally:
         if started:
             ray.shutdown()
         quiet.close()
         transform.ray_log_path = log_file.path if log_file is not None else None
-    if keep_work:
+    if work is not None:
         scratch.adopt(work)
-    else:
-        work.cleanup()
     transform.last_stats = group_stats
     if tail_stats is not None:
         transform.last_stats.append(tail_stats)
