@@ -25,7 +25,7 @@ from .source.loading import (
 from .tokenization.loading import (
     load_tokenizer,
 )
-from .tokenization.stage import TokenizeConfig, Tokenizer
+from .tokenization.stage import TokenizeConfig
 from .tokenization.training import train_cached_tokenizer, training_texts
 
 TOKENIZER_DIR = "tokenizer"
@@ -125,12 +125,9 @@ class RecordingTransform(PrepareForTrainingTransform):
 
 
 def make_transform(recipe: Recipe, info: TokenizerInfo) -> PrepareForTrainingTransform:
+    """The recipe's transform, with its whole tokenize section (some options do not fit the seed's config)."""
     cfg = transform_config(recipe, info.name_or_path)
-    transform = RecordingTransform(cfg, tokenizer=info.tokenizer)
-    full = effective_tokenize_config(recipe)
-    if full != transform.tokenizer_stage.config:
-        transform.tokenizer_stage = Tokenizer(info.tokenizer, full, transform.tokenizer_stage.backend)
-    return transform
+    return RecordingTransform(cfg, tokenizer=info.tokenizer, tokenize_config=effective_tokenize_config(recipe))
 
 
 @dataclass

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from .engines.direct import DEFAULT_MEMORY_BUDGET
 from .errors import RecipeError, format_validation_error
 from .mixture import check_mixture_recipe
 from .output.layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
@@ -235,12 +236,22 @@ class HubSection(_Section):
 
 
 class EngineSection(_Section):
-    """``datasets`` (one machine, ``num_proc`` workers) or ``ray`` (a Ray cluster at ``address``)."""
+    """``datasets`` (one machine, ``num_proc`` workers) or ``ray`` (a Ray cluster at ``address``).
+
+    Attributes:
+        memory_budget: bytes of tokenized documents the ``datasets`` engine keeps in memory when it reads local
+            files directly; beyond it they are spilled to the run's scratch folder (removed when the run ends).
+        reuse_tokenized: keep the source and its tokenized rows in the ``datasets`` cache, so a later run of the
+            same recipe on the same files skips tokenizing (``datasets``' cache rules); off by default, since those
+            copies take several times the input's size and outlive the run.
+    """
 
     name: Literal["datasets", "ray"] = "datasets"
     num_proc: int | None = pydantic.Field(default=None, ge=1)
     address: str | None = None
     num_cpus: int | None = pydantic.Field(default=None, ge=1)
+    memory_budget: int = pydantic.Field(default=DEFAULT_MEMORY_BUDGET, ge=1)
+    reuse_tokenized: bool = False
 
 
 class Recipe(_Section):

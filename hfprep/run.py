@@ -23,15 +23,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
-from .describe import build_card, doc_lengths_note, make_summary, measure_output, reduce_chunks_advice, rows_all_full
+from .datasets_internals import arrow_table
+from .describe import build_card, doc_lengths_note, make_summary, reduce_chunks_advice, rows_all_full
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.hub import push_folder
-from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, write_split
+from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output
+from .output.meter import SplitMeter
 from .output.plots import fill_histogram_png, length_histogram_png
-from .output.quality import packing_report
+from .output.shards import ShardWriter
 from .recipe import Recipe, load_recipe
 from .run_splits import run_source_splits
 from .schema import output_is_padded
@@ -116,21 +120,22 @@ def _run_claimed(
                               recipe.splits.heldout_fraction)
         protect = run_inputs(recipe, spec)
         check_output(out_dir, overwrite, protect)  # before the source is read: a refused run costs nothing
-        info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose)
 
-    pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
-    tables = {r.name: measure_output(r, pad_id, padded) for r in results}
-    if mix is not None:
-        tables = mix.output_tables(tables)
-    results, warnings = _keep_written_splits(recipe, results, log)
-    for r in results:
-        r.quality = packing_report(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_token_id=pad_id, padded=padded)
-    backend_report = next((r.backend_report for r in results if r.backend_report), None)
-    engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
-
-    with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
-        split_bytes = _write_splits(tmp, recipe, results, tables, mix, log)
+    with (
+        atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp,
+        SplitOutputs(tmp, recipe, padded, features=mix.features() if mix is not None else None,
+                     threads=num_proc or 2) as outputs,
+    ):
+        if mix is None:
+            # Local files are packed straight into ``tmp`` (the direct engine); other sources give datasets.
+            info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose, outputs=outputs)
+        pad_id = outputs.pad_id(info)
+        results, warnings = _keep_written_splits(recipe, results, outputs, log)
+        for r in results:
+            r.quality = outputs.meters[r.name].report(r.pack_stats)
+        backend_report = next((r.backend_report for r in results if r.backend_report), None)
+        engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
         if info.bundle_dir:
             shutil.copytree(info.bundle_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
         # A fill histogram of full rows is one bar: shown only when some row has room left.
@@ -138,7 +143,8 @@ def _run_claimed(
         if recipe.output.plots:
             _write_plots(tmp, recipe, results, has_fill_plot)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
-        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
+        arrow_bytes = {r.name: outputs.arrow_bytes[r.name] for r in results}  # num_bytes (datasets' dataset_info)
+        split_bytes = {r.name: outputs.parquet_bytes[r.name] for r in results}
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
                           download_bytes=split_bytes, has_fill_plot=has_fill_plot)
         if mix is not None:
@@ -160,8 +166,92 @@ def _run_claimed(
     return summary
 
 
-def _keep_written_splits(recipe: Recipe, results: list[SplitResult], log: Log) -> tuple[list[SplitResult], list[str]]:
-    """Refuse a run whose first split packed no row; drop (with a warning) later splits that are empty."""
+class SplitOutputs:
+    """Where a run's splits go: one :class:`~hfprep.output.shards.ShardWriter` per split under the output folder,
+    each row group measured on its way (:class:`~hfprep.output.meter.SplitMeter`) for the card and the summary.
+
+    The direct engine writes into :meth:`open` as it packs; splits an engine returned as a ``datasets.Dataset`` are
+    written with :meth:`write_dataset`. Both give the same bytes for the same rows.
+    """
+
+    def __init__(self, folder: Path, recipe: Recipe, padded: bool, features=None, threads: int = 2) -> None:
+        self.folder = folder
+        self.recipe = recipe
+        self.padded = padded
+        self.features = features if features is not None else tokenized_features()
+        self.threads = max(1, threads)
+        self.writers: dict[str, ShardWriter] = {}
+        self.meters: dict[str, SplitMeter] = {}
+        self.paths: dict[str, list[str]] = {}
+        self.arrow_bytes: dict[str, int] = {}
+        self.parquet_bytes: dict[str, int] = {}
+        self._pad_id: int | None = None
+
+    def __enter__(self) -> SplitOutputs:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # A failed or interrupted run: stop the writer threads (atomic_output removes the files).
+        if exc_type is not None:
+            for name, writer in self.writers.items():
+                if name not in self.paths:
+                    writer.abort()
+
+    def pad_id(self, info) -> int:
+        """The padding id of the run: ``packing.pad_token_id``, else the tokenizer's eos."""
+        if self._pad_id is None:
+            p = self.recipe.packing.pad_token_id
+            self._pad_id = p if p is not None else eos_token_id(info.tokenizer)
+        return self._pad_id
+
+    def open(self, name: str, info) -> ShardWriter:
+        """The writer of split ``name`` (rows in output order), measured as it writes."""
+        out = self.recipe.output
+        meter = self.meters[name] = SplitMeter(self.recipe.packing.seq_len, self.pad_id(info), self.padded)
+        writer = self.writers[name] = ShardWriter(
+            self.folder, name, self.features, row_group_rows=out.row_group_rows,
+            max_rows_per_shard=out.max_rows_per_shard, max_shard_bytes=out.max_shard_bytes, threads=self.threads,
+            on_row_group=meter.add,
+        )
+        return writer
+
+    def close(self, name: str) -> None:
+        """Finish split ``name``'s shards; its sizes are then known."""
+        writer = self.writers[name]
+        self.paths[name] = writer.close()
+        self.arrow_bytes[name] = writer.nbytes
+        self.parquet_bytes[name] = sum((self.folder / p).stat().st_size for p in self.paths[name])
+
+    def write_dataset(self, name: str, dataset, info) -> None:
+        """Write a split an engine returned as a ``datasets.Dataset`` (its token columns, and ``source`` when the
+        features have it)."""
+        writer = self.open(name, info)
+        if len(dataset):
+            table = arrow_table(dataset).select(list(self.features))
+            for batch in table.to_batches(max_chunksize=self.recipe.output.row_group_rows):
+                writer.write(pa.Table.from_batches([batch]))
+        self.close(name)
+
+    def discard(self, name: str) -> None:
+        """Remove what split ``name`` wrote (an empty split is not part of the output)."""
+        for rel in self.paths.pop(name, []):
+            (self.folder / rel).unlink(missing_ok=True)
+
+
+def _keep_written_splits(
+    recipe: Recipe, results: list[SplitResult], outputs: SplitOutputs, log: Log
+) -> tuple[list[SplitResult], list[str]]:
+    """Write the splits engines returned as datasets, take every split's numbers from its meter, refuse a run whose
+    first split packed no row and drop (with a warning) later splits that are empty."""
+    for r in results:
+        if r.name not in outputs.writers:
+            outputs.write_dataset(r.name, r.dataset, None)
+        elif r.name not in outputs.paths:
+            outputs.close(r.name)
+        meter = outputs.meters[r.name]
+        r.out_stats, r.fill_bins, r.segment_bins = meter.stats, meter.fill_bins, meter.segment_bins
+        log({"event": "wrote", "split": r.name, "shards": len(outputs.paths[r.name]),
+             "bytes": outputs.parquet_bytes[r.name]})
     if results[0].out_stats.rows == 0:
         tokens_in = int(results[0].pack_stats.get("tokens_in", 0))
         raise DataError(
@@ -169,30 +259,15 @@ def _keep_written_splits(recipe: Recipe, results: list[SplitResult], log: Log) -
             f"lower packing.seq_len ({recipe.packing.seq_len}) or use more source rows"
         )
     warnings = [f"split {r.name!r} is empty after packing; it is not written" for r in results[1:] if not r.out_stats.rows]
+    for r in results[1:]:
+        if not r.out_stats.rows:
+            outputs.discard(r.name)
     results = [results[0]] + [r for r in results[1:] if r.out_stats.rows]
     advice = reduce_chunks_advice(recipe, results)
     if advice:
         warnings.append(advice)
         log({"event": "warning", "warning": advice})
     return results, warnings
-
-
-def _write_splits(tmp: Path, recipe: Recipe, results: list[SplitResult], tables, mix, log: Log) -> dict[str, int]:
-    """Write every split's Parquet shards into ``tmp``; returns the bytes written per split."""
-    split_bytes: dict[str, int] = {}
-    for r in results:
-        rel = write_split(
-            tables[r.name],
-            tmp,
-            r.name,
-            features=mix.features() if mix is not None else tokenized_features(),
-            max_rows_per_shard=recipe.output.max_rows_per_shard,
-            max_shard_bytes=recipe.output.max_shard_bytes,
-            row_group_rows=recipe.output.row_group_rows,
-        )
-        split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
-        log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
-    return split_bytes
 
 
 def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill_plot: bool) -> None:

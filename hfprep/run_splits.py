@@ -31,6 +31,7 @@ from .configure import (
     prepare_tokenizer,
     split_stats_from,
 )
+from .engines.direct import prepare_direct
 from .engines.ray_engine import prepare_with_ray
 from .engines.streaming import prepare_streaming
 from .errors import ConfigError, DataError
@@ -43,6 +44,7 @@ from .source.loading import (
     locate_row_error,
     select_split,
 )
+from .source.readers import first_rows, reads_directly
 from .tokenization.loading import vocab_size
 
 Log = Callable[[dict[str, Any]], None]
@@ -54,15 +56,22 @@ def _noop(_: dict[str, Any]) -> None:
 
 def run_source_splits(
     recipe: Recipe, spec: SourceSpec, engine: str, num_proc: int | None = None, log: Log | None = None,
-    verbose: bool = False,
+    verbose: bool = False, outputs: Any = None,
 ) -> tuple[TokenizerInfo, list[SplitResult]]:
     """Load ``spec``, prepare the recipe's tokenizer and run every split on ``engine``; returns the tokenizer and the
-    splits' results (train first). A :class:`~hfprep.errors.DataError` about a row names the source file and line."""
+    splits' results (train first). A :class:`~hfprep.errors.DataError` about a row names the source file and line.
+
+    With ``outputs`` (``hfprep.run.SplitOutputs``), local files the direct engine reads are packed straight into
+    the splits' writers (:func:`run_splits_direct`); the results then carry no dataset."""
     log = log or _noop
     if engine not in ("datasets", "ray"):
         raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
     tcfg = effective_tokenize_config(recipe)
     log({"event": "source", "source": spec.describe()})
+    if outputs is not None and engine == "datasets" and not recipe.engine.reuse_tokenized and reads_directly(
+        spec, tcfg.input_columns(), tcfg.strategy in STRING_STRATEGIES
+    ):
+        return run_splits_direct(recipe, spec, outputs, log, verbose)
     source_ds = None
     reads_files = ray_reads_files(spec) if engine == "ray" else datasets_reads_parquet(spec)
     if recipe.tokenizer.train is not None or not reads_files:
@@ -74,10 +83,7 @@ def run_source_splits(
     info = prepare_tokenizer(recipe, source_ds, tcfg.input_columns(), spec.streaming)
     log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
 
-    splits = recipe.splits
-    plan = [(splits.train_name, "train"), (splits.heldout_name, "heldout")] if splits.heldout_fraction > 0 else [
-        (splits.train_name, "all")
-    ]
+    plan = split_plan(recipe)
     results: list[SplitResult] = []
     for name, keep in plan:
         log({"event": "split", "split": name})
@@ -98,6 +104,45 @@ def run_source_splits(
             raise located from e.__cause__
         r.name = name
         results.append(r)
+    return info, results
+
+
+def split_plan(recipe: Recipe) -> list[tuple[str, str]]:
+    """``(split name, side of the held-out rule)`` of every split the recipe writes, train first."""
+    splits = recipe.splits
+    if splits.heldout_fraction > 0:
+        return [(splits.train_name, "train"), (splits.heldout_name, "heldout")]
+    return [(splits.train_name, "all")]
+
+
+STRING_STRATEGIES = ("pretrain", "fim")
+"""Strategies whose input columns are strings (the direct engine reads JSON Lines with an explicit string schema)."""
+
+
+def run_splits_direct(
+    recipe: Recipe, spec: SourceSpec, outputs: Any, log: Log, verbose: bool = False
+) -> tuple[TokenizerInfo, list[SplitResult]]:
+    """Every split of a local-files source in one pass (:func:`hfprep.engines.direct.prepare_direct`), packed rows
+    straight into ``outputs``' writers: no Arrow copy of the source, no map output on disk."""
+    tcfg = effective_tokenize_config(recipe)
+    first = None
+    if recipe.tokenizer.train is not None:  # the tokenizer learns from the first rows of the source
+        first = first_rows(spec, tcfg.input_columns(), recipe.tokenizer.train.max_docs)
+    info = prepare_tokenizer(recipe, first, tcfg.input_columns(), False)
+    log({"event": "tokenizer", "tokenizer": info.card_id, "vocab_size": vocab_size(info.tokenizer)})
+    transform = make_transform(recipe, info)
+    plan = split_plan(recipe)
+    writers = {name: outputs.open(name, info).write for name, _ in plan}
+    timings: dict[str, float] = {}
+    stats = prepare_direct(transform, spec, plan, writers, memory_budget=recipe.engine.memory_budget, log=log,
+                           timings=timings)
+    if verbose:  # where the time went: the backend's exactness guard, reading + tokenizing, packing + writing
+        log({"event": "timings", **{k: f"{v:.2f} s" for k, v in timings.items()}})
+    results = []
+    for name, _ in plan:
+        outputs.close(name)
+        pack_stats, bins = split_stats_from(stats[name])
+        results.append(SplitResult(name, None, pack_stats, bins, pack_stats.get("rows_in"), transform.backend_report))
     return info, results
 
 

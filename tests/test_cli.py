@@ -158,7 +158,7 @@ def test_keyboard_interrupt_in_process_exits_130_without_output(tmp_path, tokeni
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfprep.run, "write_split", boom)
+    monkeypatch.setattr(hfprep.run.SplitOutputs, "close", boom)
     assert main(["run", str(make_recipe(tmp_path, tokenizer_path))]) == 130
     assert "interrupted; no partial output" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "r.yaml"]
@@ -175,13 +175,13 @@ def test_sigint_subprocess_mid_run_then_rerun(tmp_path, tokenizer_path):
     cmd = [sys.executable, "-m", "hfprep", "run", str(recipe)]
     child = (
         "import sys, time, hfprep.run as p\n"
-        "real = p.write_split\n"
+        "real = p.SplitOutputs.close\n"
         "def slow(*a, **k):\n"
         "    out = real(*a, **k)\n"
         "    print('TEST-WRITING', file=sys.stderr, flush=True)\n"
         "    time.sleep(120)\n"
         "    return out\n"
-        "p.write_split = slow\n"
+        "p.SplitOutputs.close = slow\n"
         "from hfprep.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

@@ -375,6 +375,7 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     import subprocess
     import sys
 
+    from hfprep.tokenization.backends import FAST_BACKEND_MIN_BYTES
     from hfprep.tokenization.loading import train_tiny_tokenizer
 
     tok_dir = tmp_path / "tok"
@@ -383,7 +384,9 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     config = json.loads((tok_dir / "tokenizer.json").read_text())
     config["truncation"] = {"direction": "Right", "max_length": 10000, "strategy": "LongestFirst", "stride": 0}
     (tok_dir / "tokenizer.json").write_text(json.dumps(config))
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"document {i} hello"}) + "\n" for i in range(30)))
+    # Above FAST_BACKEND_MIN_BYTES: for smaller inputs 'auto' keeps 'hf' without trying the fast backend.
+    body = "hello world " * (FAST_BACKEND_MIN_BYTES // 12 // 30 + 1)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"document {i} {body}"}) + "\n" for i in range(30)))
     recipe = _recipe(tmp_path, str(tok_dir), {"files": ["docs.jsonl"]}, splits={"heldout_fraction": 0.2})
     data = yaml.safe_load(recipe.read_text())
     data["tokenizer"]["backend"] = "auto"

@@ -69,7 +69,12 @@ PATCHES = {
     "ray-start": ("hfprep.engines.ray_engine", "_connect", mark, None),
     # the driver holds the first packed range while the other reduce tasks run
     "ray-run": ("hfprep.engines.ray_engine", "_OutputSink.add", hold, None),
-    "write": ("hfprep.run", "write_split", None, hold),
+    "write": ("hfprep.run", "SplitOutputs.close", None, hold),
+    # the direct engine (local files read in this process): reading, tokenizing, packing, writing shards
+    "direct-read": ("hfprep.source.readers", "SourceBatch.__init__", None, hold),
+    "direct-map": ("hfprep.pack.transform", "PrepareForTrainingTransform.map_documents", hold, None),
+    "direct-reduce": ("hfprep.pack.transform", "PrepareForTrainingTransform.reduce_group", hold, None),
+    "direct-write": ("hfprep.output.shards", "_ShardThread.put", None, hold),
 }
 if moment in PATCHES:
     patch(*PATCHES[moment])
@@ -226,6 +231,25 @@ def assert_interrupted_cleanly(code: int, err: str, command: str = "run") -> Non
 def test_ctrl_c_in_worker_processes_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment):
     """Ctrl-C while ``num_proc=2`` workers run the split filter, the tokenize map or the reduce: exit 130, one line,
     no traceback from any worker, no hang, no output, no scratch (it used to print ~115 lines and once hung)."""
+    env, tmp, cache = env_dirs
+    project = tmp_path / "project"
+    # reuse_tokenized: the source goes through datasets' cache and num_proc worker processes (not the direct engine)
+    recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2},
+                           engine={"reuse_tokenized": True})
+    child = Child(["run", str(recipe), "--num-proc", "2"], project, {**env, "TEST_MOMENT": moment})
+    assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
+    child.signal_group(signal.SIGINT)
+    code, err = child.finish()
+    assert_interrupted_cleanly(code, err)
+    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["direct-read", "direct-map", "direct-reduce", "direct-write"])
+def test_ctrl_c_in_the_direct_engine_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment):
+    """Ctrl-C while the direct engine reads the source (its reader thread), tokenizes, packs or writes shards (its
+    writer threads): exit 130, one line, no output, no scratch, no spill folder left."""
     env, tmp, cache = env_dirs
     project = tmp_path / "project"
     recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2})

@@ -364,13 +364,13 @@ def test_run_recipe_leaves_no_scratch(isolated_dirs, tmp_path, tokenizer_path, m
         tmp_path / "p", tokenizer_path, n_docs=120, source={"files": ["docs.jsonl"], "streaming": streaming}
     )
     if fail is not None:
-        real = hfprep.run.write_split
+        real = hfprep.run.SplitOutputs.close
 
         def broken(*args, **kwargs):
             real(*args, **kwargs)
             raise KeyboardInterrupt if fail == "interrupt" else OSError(28, "No space left on device")
 
-        monkeypatch.setattr(hfprep.run, "write_split", broken)
+        monkeypatch.setattr(hfprep.run.SplitOutputs, "close", broken)
     tmp_before = entries(tmp)
     if fail is None:
         run_recipe(str(recipe), num_proc=2 if not streaming else None)

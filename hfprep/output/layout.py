@@ -38,35 +38,36 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from datasets import Features
 
 from ..errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
 from ..scratch import pid_alive
 from ..version import __version__
+from .shards import (  # noqa: F401  (re-exported: the layout's one place for shard names and writes)
+    DATA_DIR,
+    DEFAULT_MAX_SHARD_BYTES,
+    DEFAULT_ROW_GROUP_ROWS,
+    ShardWriter,
+    parquet_options,
+    shard_filename,
+    shard_schema,
+    write_split,
+)
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no inter-process lock, the rest still holds
     fcntl = None  # type: ignore[assignment]
 
-DATA_DIR = "data"
 CARD_NAME = "README.md"
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 """A Hub-layout shard name ``<split>-XXXXX-of-YYYYY.parquet`` (the one pattern: validate, push and the KD readers)."""
 IMAGES_DIR = "images"
-DEFAULT_ROW_GROUP_ROWS = 1000
-DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
 MARKER_NAME = ".hfprep-output.json"
 """Written by hfprep into every output folder it publishes: the list of its files. ``--overwrite`` replaces only
 folders with this marker (or an hfprep card) and nothing else in them. Hidden, so neither ``load_dataset`` nor a
 push sees it."""
 CARD_KEYS = frozenset({"hfprep", "hfprep_kd"})
 LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, "tokenizer", ".gitattributes"})
-
-
-def shard_filename(split: str, index: int, num_shards: int) -> str:
-    """``data/<split>-XXXXX-of-YYYYY.parquet`` (relative to the dataset folder)."""
-    return f"{DATA_DIR}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
 
 
 def split_glob(split: str) -> str:
@@ -413,10 +414,7 @@ def atomic_output(
 
 def hf_schema(table: pa.Table, features=None) -> pa.Schema:
     """Schema with datasets' ``huggingface`` metadata, so ``load_dataset`` restores the exact features."""
-    if features is None:
-        features = Features.from_arrow_schema(table.schema)
-    meta = {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()}
-    return table.schema.with_metadata(meta)
+    return shard_schema(table.schema, features)
 
 
 def write_parquet(
@@ -424,58 +422,12 @@ def write_parquet(
     path: str | os.PathLike,
     features=None,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-    compression: str = "zstd",
-    **kwargs,
 ) -> None:
-    """Write one Parquet file deterministically (fixed row groups and settings: same table -> same bytes)."""
+    """Write one Parquet file with the output's settings (:func:`hfprep.output.shards.parquet_options`):
+    same table -> same bytes. Splits are written with :func:`write_split`."""
     table = table.replace_schema_metadata(None).cast(hf_schema(table, features))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table,
-        str(path),
-        row_group_size=row_group_rows,
-        compression=compression,
-        write_statistics=False,
-        **kwargs,
-    )
-
-
-def plan_shards(table: pa.Table, max_rows_per_shard: int | None, max_shard_bytes: int | None) -> int:
-    """Number of shards so that each holds at most ``max_rows_per_shard`` rows and ~``max_shard_bytes`` bytes."""
-    n = table.num_rows
-    by_rows = -(-n // max_rows_per_shard) if max_rows_per_shard else 1
-    by_bytes = -(-table.nbytes // max_shard_bytes) if max_shard_bytes else 1
-    return max(1, by_rows, by_bytes)
-
-
-def write_split(
-    table: pa.Table,
-    folder: str | os.PathLike,
-    split: str,
-    features=None,
-    max_rows_per_shard: int | None = None,
-    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
-    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-    compression: str = "zstd",
-) -> list[str]:
-    """Write ``table`` as the shards of ``split`` under ``folder``; returns the relative shard paths.
-
-    Shards are contiguous, equal-sized slices (the last may be shorter), so the row order is kept.
-    """
-    num_shards = plan_shards(table, max_rows_per_shard, max_shard_bytes)
-    per = -(-table.num_rows // num_shards) if table.num_rows else 0
-    paths = []
-    for i in range(num_shards):
-        rel = shard_filename(split, i, num_shards)
-        write_parquet(
-            table.slice(i * per, per),
-            Path(folder) / rel,
-            features,
-            row_group_rows=row_group_rows,
-            compression=compression,
-        )
-        paths.append(rel)
-    return paths
+    pq.write_table(table, str(path), row_group_size=row_group_rows, **parquet_options(table.schema))
 
 
 def list_split_files(folder: str | os.PathLike) -> dict[str, list[str]]:

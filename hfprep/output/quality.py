@@ -30,7 +30,7 @@ from datasets import Dataset
 
 from ..datasets_internals import arrow_table
 from ..errors import DataError
-from ..schema import padding_mask
+from ..schema import row_segments, table_to_flat
 
 REPORT_BATCH_ROWS = 8192
 
@@ -75,31 +75,13 @@ def _batch_segments(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """One batch of rows -> (row lengths, pad tokens per row, segments per row, segment lengths, loss tokens)."""
     offsets = _row_offsets(batch.column("input_ids"))
-    pos = _flat(batch.column("position_ids"), np.int64)
-    loss = _flat(batch.column("loss_mask"), np.bool_)
-    n = len(pos)
-    row_len = np.diff(offsets)
-    if len(loss) != n or not np.array_equal(_row_offsets(batch.column("position_ids")), offsets):
+    if not np.array_equal(_row_offsets(batch.column("position_ids")), offsets) or not np.array_equal(
+        _row_offsets(batch.column("loss_mask")), offsets
+    ):
         raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
-    if padded is False:
-        pad = np.zeros(n, dtype=np.bool_)
-    else:
-        pad = padding_mask(_flat(batch.column("input_ids"), np.int64), pos, loss, offsets, pad_token_id)
-    nonempty = row_len > 0
-    row_of_all = np.repeat(np.arange(len(row_len)), row_len)
-    last_real = offsets[1:] - 1 - np.bincount(row_of_all[pad], minlength=len(row_len))
-    real_end = np.maximum(last_real + 1, offsets[:-1])
-    pad_per_row = offsets[1:] - real_end
-    row_of = np.repeat(np.arange(len(row_len)), row_len)
-    is_start = pos == 0
-    is_start[offsets[:-1][nonempty]] = True
-    real = np.arange(n) < real_end[row_of] if n else np.zeros(0, bool)
-    starts = np.flatnonzero(is_start & real)
-    seg_rows = row_of[starts]
-    next_start = np.append(starts[1:], n)
-    seg_len = np.minimum(next_start, real_end[seg_rows]) - starts
-    seg_per_row = np.bincount(seg_rows, minlength=len(row_len))
-    return row_len, pad_per_row, seg_per_row, seg_len, int(np.count_nonzero(loss & real))
+    ids, pos, loss, _ = table_to_flat(batch)
+    r = row_segments(ids, pos, loss, offsets, pad_token_id, padded)
+    return r.row_len, r.pad_per_row, np.bincount(r.seg_row, minlength=len(r.row_len)), r.seg_len, r.loss_tokens
 
 
 def packing_report(
@@ -138,61 +120,94 @@ def packing_report(
     missing = [c for c in ("input_ids", "position_ids", "loss_mask") if c not in table.column_names]
     if missing:
         raise DataError(f"packing_report: packed rows lack column(s) {missing}; columns are {table.column_names}")
-    edges = np.array(histogram_edges(int(seq_len)), dtype=np.int64)
-    hist_count = np.zeros(len(edges) - 1, dtype=np.int64)
-    hist_tokens = np.zeros(len(edges) - 1, dtype=np.int64)
-    rows = tokens_all = pad_tokens = loss_tokens = n_segments = over = 0
-    seg_min, seg_max, spr_min, spr_max = None, 0, None, 0
-    has_padding = padded
-    padded = True  # the report's own key: every row exactly seq_len long
+    builder = PackingReportBuilder(int(seq_len), pad_token_id=pad_token_id, padded=padded)
     for start in range(0, table.num_rows, REPORT_BATCH_ROWS):
-        batch = table.slice(start, REPORT_BATCH_ROWS).select(["input_ids", "position_ids", "loss_mask"])
-        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, pad_token_id, has_padding)
-        rows += len(row_len)
-        tokens_all += int(row_len.sum())
-        pad_tokens += int(pad_row.sum())
-        loss_tokens += n_loss
-        n_segments += len(seg_len)
-        over += int(np.count_nonzero(row_len > seq_len))
-        padded &= bool((row_len == seq_len).all())
+        builder.add(table.slice(start, REPORT_BATCH_ROWS))
+    return builder.report(stats)
+
+
+class PackingReportBuilder:
+    """:func:`packing_report` fed batch by batch (e.g. each row group as it is written): the same dict at the end,
+    whatever the batches.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> b = PackingReportBuilder(2)
+        >>> b.add(pa.table({"input_ids": [[1, 2]], "position_ids": [[0, 0]], "loss_mask": [[True, True]]}))
+        >>> b.report()["segments"]["total"]
+        2
+    """
+
+    def __init__(self, seq_len: int, *, pad_token_id: int | None = None, padded: bool | None = None) -> None:
+        self.seq_len = seq_len
+        self.pad_token_id = pad_token_id
+        self.has_padding = padded
+        self.edges = np.array(histogram_edges(seq_len), dtype=np.int64)
+        self.hist_count = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.hist_tokens = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.rows = self.tokens_all = self.pad_tokens = self.loss_tokens = self.n_segments = self.over = 0
+        self.seg_min: int | None = None
+        self.seg_max = 0
+        self.spr_min: int | None = None
+        self.spr_max = 0
+        self.padded = True  # the report's own key: every row exactly seq_len long
+
+    def add(self, table: pa.Table) -> None:
+        """Measure one batch of packed rows (``input_ids``, ``position_ids``, ``loss_mask``)."""
+        batch = table.select(["input_ids", "position_ids", "loss_mask"])
+        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, self.pad_token_id, self.has_padding)
+        self.rows += len(row_len)
+        self.tokens_all += int(row_len.sum())
+        self.pad_tokens += int(pad_row.sum())
+        self.loss_tokens += n_loss
+        self.n_segments += len(seg_len)
+        self.over += int(np.count_nonzero(row_len > self.seq_len))
+        self.padded &= bool((row_len == self.seq_len).all())
         if len(seg_len):
-            bins = np.clip(np.searchsorted(edges, seg_len, side="right") - 1, 0, len(hist_count) - 1)
-            hist_count += np.bincount(bins, minlength=len(hist_count))
-            hist_tokens += np.bincount(bins, weights=seg_len, minlength=len(hist_count)).astype(np.int64)
-            seg_min = int(seg_len.min()) if seg_min is None else min(seg_min, int(seg_len.min()))
-            seg_max = max(seg_max, int(seg_len.max()))
+            k = len(self.hist_count)
+            bins = np.clip(np.searchsorted(self.edges, seg_len, side="right") - 1, 0, k - 1)
+            self.hist_count += np.bincount(bins, minlength=k)
+            self.hist_tokens += np.bincount(bins, weights=seg_len, minlength=k).astype(np.int64)
+            low = int(seg_len.min())
+            self.seg_min = low if self.seg_min is None else min(self.seg_min, low)
+            self.seg_max = max(self.seg_max, int(seg_len.max()))
         if len(seg_row):
-            spr_min = int(seg_row.min()) if spr_min is None else min(spr_min, int(seg_row.min()))
-            spr_max = max(spr_max, int(seg_row.max()))
-    real = tokens_all - pad_tokens
-    slots = rows * int(seq_len)
-    return {
-        "rows": rows,
-        "seq_len": int(seq_len),
-        "tokens": real,
-        "pad_tokens": pad_tokens,
-        "fill_ratio": real / slots if slots else 0.0,
-        "padded": padded and rows > 0,
-        "loss_tokens": loss_tokens,
-        "rows_over_seq_len": over,
-        "segments": {
-            "total": n_segments,
-            "per_row_mean": n_segments / rows if rows else 0.0,
-            "per_row_min": spr_min or 0,
-            "per_row_max": spr_max,
-        },
-        "segment_lengths": {
-            "mean": real / n_segments if n_segments else 0.0,
-            "min": seg_min or 0,
-            "max": seg_max,
-            "histogram": [
-                {"lo": int(edges[i]), "hi": int(edges[i + 1]), "count": int(hist_count[i]),
-                 "tokens": int(hist_tokens[i])}
-                for i in range(len(hist_count))
-            ],
-        },
-        "losses": losses_by_reason(stats),
-    }
+            low = int(seg_row.min())
+            self.spr_min = low if self.spr_min is None else min(self.spr_min, low)
+            self.spr_max = max(self.spr_max, int(seg_row.max()))
+
+    def report(self, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The :func:`packing_report` dict of every batch added so far, with ``stats``' losses by reason."""
+        rows, n_segments, edges = self.rows, self.n_segments, self.edges
+        real = self.tokens_all - self.pad_tokens
+        slots = rows * self.seq_len
+        return {
+            "rows": rows,
+            "seq_len": self.seq_len,
+            "tokens": real,
+            "pad_tokens": self.pad_tokens,
+            "fill_ratio": real / slots if slots else 0.0,
+            "padded": self.padded and rows > 0,
+            "loss_tokens": self.loss_tokens,
+            "rows_over_seq_len": self.over,
+            "segments": {
+                "total": n_segments,
+                "per_row_mean": n_segments / rows if rows else 0.0,
+                "per_row_min": self.spr_min or 0,
+                "per_row_max": self.spr_max,
+            },
+            "segment_lengths": {
+                "mean": real / n_segments if n_segments else 0.0,
+                "min": self.seg_min or 0,
+                "max": self.seg_max,
+                "histogram": [
+                    {"lo": int(edges[i]), "hi": int(edges[i + 1]), "count": int(self.hist_count[i]),
+                     "tokens": int(self.hist_tokens[i])}
+                    for i in range(len(self.hist_count))
+                ],
+            },
+            "losses": losses_by_reason(stats),
+        }
 
 
 def losses_by_reason(stats: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
+from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, row_segments, table_to_flat
 from .card import read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 from .mixture_report import check_mixture_card, source_column_counts
@@ -70,28 +70,20 @@ class SplitStats:
 def batch_stats(
     table: pa.Table, pad_token_id: int | None, padded: bool
 ) -> tuple[SplitStats, np.ndarray, np.ndarray]:
-    """Stats of packed rows, plus each row's fill (real tokens / length) and every segment's length."""
+    """Stats of packed rows, plus each row's fill (real tokens / length) and every segment's length
+    (:func:`hfprep.schema.row_segments`)."""
     ids, pos, mask, offsets = table_to_flat(table)
-    pad = padding_mask(ids, pos, mask, offsets, pad_token_id) if padded else np.zeros(len(ids), np.bool_)
-    lengths = np.diff(offsets)
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    real_per_row = np.bincount(row_of[~pad], minlength=len(lengths))
-    fill = np.divide(real_per_row, lengths, out=np.zeros(len(lengths)), where=lengths > 0)
-    starts = (pos == 0) & ~pad
-    starts[offsets[:-1][lengths > 0]] = True
-    seg_start_idx = np.flatnonzero(starts)
-    # A segment ends at the next segment start, the first padding token, or the row end.
-    real_idx = np.flatnonzero(~pad)
-    seg_id = np.cumsum(starts)[real_idx] - 1
-    seg_lengths = np.bincount(seg_id, minlength=len(seg_start_idx)) if len(real_idx) else np.zeros(0, np.int64)
+    r = row_segments(ids, pos, mask, offsets, pad_token_id, padded)
+    lengths = r.row_len
+    fill = np.divide(r.real_per_row, lengths, out=np.zeros(len(lengths)), where=lengths > 0)
     stats = SplitStats(
         rows=len(lengths),
-        tokens=int((~pad).sum()),
-        pad_tokens=int(pad.sum()),
-        loss_tokens=int(mask.sum()),
-        segments=len(seg_start_idx),
+        tokens=int(r.real_per_row.sum()),
+        pad_tokens=int(r.pad_per_row.sum()),
+        loss_tokens=r.loss_tokens,
+        segments=len(r.seg_len),
     )
-    return stats, fill, seg_lengths
+    return stats, fill, r.seg_len
 
 
 def check_batch(

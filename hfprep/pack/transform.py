@@ -43,6 +43,7 @@ from ..tokenization.backends import (
     tokenizers_threads_allowed,
 )
 from ..tokenization.loading import eos_token_id, load_tokenizer
+from ..tokenization.pieces import positions_from_offsets
 from ..tokenization.stage import ProcessingStrategy, TokenizeConfig, Tokenizer, tokenized_features
 from .keys import array_hash, batch_keys
 from .packers import (
@@ -171,15 +172,21 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
             for a, b in itertools.pairwise(offsets.tolist()):
                 yield {"input_ids": ids[a:b], "position_ids": pos[a:b], "loss_mask": mask[a:b]}
 
-    def __init__(self, config: PrepareForTrainingTransformConfig, tokenizer=None) -> None:
+    def __init__(
+        self, config: PrepareForTrainingTransformConfig, tokenizer=None, tokenize_config: TokenizeConfig | None = None
+    ) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_name, revision=config.tokenizer_revision
         )
         self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else eos_token_id(self.tokenizer)
         self.packer = get_packer(config.packing_strategy)
-        # The backend is resolved again in run() with a sample of the input; here the guard sees its stress set.
-        backend, self.backend_report = resolve_backend(self.tokenizer, config.backend)
-        self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config(), backend)
+        # ``tokenize_config``: a tokenize section richer than the seed's config carries (hfprep run's recipes).
+        self.tokenize_config = tokenize_config if tokenize_config is not None else config.tokenize_config()
+        # The tokenizer stage and its backend are made on first use: engines first call guard_backend with a sample
+        # of their input, so the backend is resolved (and the fast one built) once per run.
+        self._stage: Tokenizer | None = None
+        self.backend_report: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}  # e.g. the exactness guard's seconds (shown by --verbose)
         super().__init__(self._MapFn(self), self._ReduceFn(self), config)
         # A reduce range is gathered into one Arrow table: keep it under what one list column can hold.
         self.reduce_memory_budget = min(
@@ -197,6 +204,44 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         index = np.asarray(indices, dtype=np.int64)[flat.kept]
         return table.append_column(KEY_COLUMN, pa.array(keys)).append_column(INDEX_COLUMN, pa.array(index))
 
+    @property
+    def num_keys(self) -> int:
+        """Reduce keys: ``array_hash(input_ids) % num_keys``."""
+        return self.config.num_reduce_chunks
+
+    def map_documents(
+        self, batch: pa.Table | Mapping[str, Any], indices: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The map side keeping only what cannot be derived (the direct engine's hook): ``(ids, lengths, keys,
+        loss mask or None when every token has loss)``; positions are ``0..n-1`` per document, as the tokenize
+        stage always writes them, and :meth:`documents_to_rows` rebuilds them.
+
+        Example:
+            >>> ids, lengths, keys, mask = transform.map_documents({"content": ["a b", "c"]}, [0, 1])  # doctest: +SKIP
+        """
+        if isinstance(batch, pa.Table):
+            # pretrain reads Arrow strings as they are (a fast backend encodes them without Python strings)
+            arrow = self.tokenize_config.strategy == "pretrain"
+            batch = {c: batch.column(c) if arrow else batch.column(c).to_pylist() for c in self.input_columns()}
+        flat = self.tokenizer_stage(batch, indices)
+        keys = batch_keys(flat.input_ids, flat.doc_offsets, self.config.num_reduce_chunks)
+        mask = flat.loss_mask
+        return flat.input_ids, np.diff(flat.doc_offsets), keys, None if mask.all() else mask
+
+    @staticmethod
+    def documents_to_rows(offsets: np.ndarray, ids: np.ndarray, mask: np.ndarray | None) -> pa.Table:
+        """Tokenized rows from what :meth:`map_documents` kept: ``offsets`` (from 0) cut ``ids`` (and ``mask``)
+        into documents; positions ``0..n-1`` per document; an all-true mask when ``mask`` is None.
+
+        Example:
+            >>> PrepareForTrainingTransform.documents_to_rows(np.array([0, 2, 3]), np.array([7, 8, 9], np.uint32),
+            ...                                               None).to_pydict()["position_ids"]
+            [[0, 1], [0]]
+        """
+        if mask is None:
+            mask = np.ones(len(ids), np.bool_)
+        return flat_to_table(ids, positions_from_offsets(offsets), mask, offsets)
+
     def map_features(self):
         feats = tokenized_features()
         feats[KEY_COLUMN] = Value("int64")
@@ -208,7 +253,7 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         ``num_proc`` workers to the reduce side. datasets forces HF onto one thread inside its map workers, which
         measured slower than one process with threads (``benchmarks/bench_tokenize.py``). sft renders chat
         templates in Python per row and the fast backend encodes on the calling thread: both keep the workers."""
-        cfg = self.tokenizer_stage.config
+        cfg = self.tokenize_config
         in_process = (
             num_proc is not None
             and num_proc > 1
@@ -311,7 +356,7 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
 
     def input_columns(self) -> list[str]:
         """The source columns the tokenize strategy reads (engines check them before mapping)."""
-        return self.tokenizer_stage.config.input_columns()
+        return self.tokenize_config.input_columns()
 
     def check_input_columns(self, columns: Sequence[str], where: str) -> None:
         """Refuse, in one line, a source without the columns the strategy reads (every engine calls this)."""
@@ -323,12 +368,29 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
                 "in Python: PrepareForTrainingTransformConfig.text_column or .fim_kwargs)"
             )
 
-    def guard_backend(self, sample: Sequence[str]) -> dict[str, Any]:
-        """Re-check the fast tokenizer backend on a deterministic sample of this run's input texts (engines call
-        this before mapping; ``run`` does it with :func:`~hfprep.tokenization.backends.sample_texts`); returns the report."""
-        if self.backend_report["backend"] != "hf":  # a fallback at __init__ stays one (and warns once)
-            backend, self.backend_report = resolve_backend(self.tokenizer, self.config.backend, sample)
-            self.tokenizer_stage = Tokenizer(self.tokenizer, self.tokenizer_stage.config, backend)
+    @property
+    def tokenizer_stage(self) -> Tokenizer:
+        """The tokenize strategy bound to the tokenizer and its backend (made on first use; the backend is checked
+        on the guard's built-in stress set when no engine called :meth:`guard_backend` first)."""
+        if self._stage is None:
+            self.guard_backend(())
+        assert self._stage is not None
+        return self._stage
+
+    @tokenizer_stage.setter
+    def tokenizer_stage(self, stage: Tokenizer | None) -> None:
+        self._stage = stage
+
+    def guard_backend(self, sample: Sequence[str], input_bytes: int | None = None) -> dict[str, Any]:
+        """Resolve the tokenizer backend, proving a fast one exact on ``sample``, a deterministic sample of this
+        run's input texts (engines call this before mapping; ``run`` does it with
+        :func:`~hfprep.tokenization.backends.sample_texts`); ``input_bytes``: the input's size when known (``auto``
+        keeps ``hf`` for inputs too small to pay for building the fast backend). Returns the backend report."""
+        if self.backend_report is None or self.backend_report["backend"] != "hf":  # a fallback stays one
+            backend, self.backend_report = resolve_backend(
+                self.tokenizer, self.config.backend, sample, input_bytes, self.timings
+            )
+            self._stage = Tokenizer(self.tokenizer, self.tokenize_config, backend)
         return self.backend_report
 
     @property

@@ -275,31 +275,41 @@ def decode_error_message(path: str, data: bytes, exc: UnicodeDecodeError, encodi
     return f"{path}: line {line}, column {col}: byte(s) {bad} are not valid {encoding} ({exc.reason}); {fix}"
 
 
-def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace") -> str:
-    """A whole file as text.
+def decode_text(
+    data: bytes, path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace"
+) -> tuple[str, int]:
+    """A file's bytes as text, and how many undecodable byte sequences were replaced by U+FFFD.
 
-    ``errors="replace"`` turns undecodable bytes into U+FFFD (deterministic); ``"strict"`` raises a one-line
-    :class:`~hfprep.errors.DataError` naming the file, line and column.
+    ``errors="replace"`` turns each undecodable sequence into one U+FFFD (deterministic, counted); ``"strict"``
+    raises a one-line :class:`~hfprep.errors.DataError` naming ``path``, the line and the column.
+
+    Example:
+        >>> decode_text(b"ok \\xff", "a.txt")
+        ('ok \ufffd', 1)
     """
-    with open(path, "rb") as f:
-        data = f.read()
     try:
-        text = data.decode(encoding, errors="strict" if errors == "strict" else "replace")
+        return data.decode(encoding), 0
     except UnicodeDecodeError as e:
-        raise DataError(
-            decode_error_message(path, data, e, encoding, "fix or re-encode the file, set source.encoding, or set "
-                                 "source.decode_errors: replace to replace such bytes by U+FFFD (they are counted)")
-        ) from None
-    # open(newline="") semantics: the text is the file's characters, line ends untouched.
-    return text
+        if errors == "strict":
+            raise DataError(
+                decode_error_message(path, data, e, encoding, "fix or re-encode the file, set source.encoding, or "
+                                     "set source.decode_errors: replace to replace such bytes by U+FFFD (they are "
+                                     "counted)")
+            ) from None
+    _replacements[0] = 0
+    text = data.decode(encoding, errors=_COUNTING_REPLACE)
+    return text, _replacements[0]
+
+
+def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace") -> str:
+    """A whole file as text (the file's characters, line ends untouched); see :func:`decode_text` for ``errors``."""
+    with open(path, "rb") as f:
+        return decode_text(f.read(), path, encoding, errors)[0]
 
 
 def _count_replacements(path: str, encoding: str) -> int:
     with open(path, "rb") as f:
-        data = f.read()
-    _replacements[0] = 0
-    data.decode(encoding, errors=_COUNTING_REPLACE)
-    return _replacements[0]
+        return decode_text(f.read(), path, encoding, "replace")[1]
 
 
 def check_source_text(spec: SourceSpec) -> DecodeReport | None:
@@ -334,11 +344,12 @@ def check_source_text(spec: SourceSpec) -> DecodeReport | None:
     if spec.kind == "files" and spec.format in ("jsonl", "json", "csv", "text"):
         for p in spec.paths:
             if not p.endswith((".gz", ".zst", ".bz2", ".xz")):
-                _check_utf8_file(p)
+                check_utf8_file(p)
     return None
 
 
-def _check_utf8_file(path: str, chunk: int = 1 << 24) -> None:
+def check_utf8_file(path: str, chunk: int = 1 << 24) -> None:
+    """Refuse a file that is not valid UTF-8 with one line naming the file, line and column."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     read = 0
     with open(path, "rb") as f:

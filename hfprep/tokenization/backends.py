@@ -26,10 +26,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
 import re
+import time
 import warnings
 from array import array
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,7 @@ from itertools import chain
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 from jaxtyping import Int64, UInt32
 
 from ..errors import ConfigError, TokenizerError
@@ -53,6 +56,9 @@ GUARD_MAX_SAMPLE_CHARS = 500_000
 GUARD_MAX_TEXT_CHARS = 2_000  # per sampled text: more texts, each a realistic prefix
 # Look-alikes are generated for at most this many added tokens (some tokenizers carry thousands).
 GUARD_MAX_ADDED_TOKENS = 64
+FAST_BACKEND_MIN_BYTES = 4 * 2**20
+"""``auto`` keeps ``hf`` for smaller inputs: building gigatoken for a 128k vocabulary and running the guard take ~1 s,
+about what ``hf`` spends on 4 MiB of text on 2 cores."""
 
 
 class BackendUnavailableError(ConfigError):
@@ -108,6 +114,28 @@ def _ids_to_flat(per_doc: Sequence[array]) -> tuple[UInt32[np.ndarray, " total"]
     return np.frombuffer(bytearray().join(per_doc), dtype=np.uint32), offsets
 
 
+def _as_list(texts: Sequence[str] | pa.Array) -> list[str]:
+    if isinstance(texts, pa.Array):
+        return texts.to_pylist()
+    return texts if isinstance(texts, list) else list(texts)
+
+
+def _arrow_to_awkward(texts: pa.Array) -> Any:
+    """An Arrow string array as the awkward array of strings gigatoken reads without copying the text (it needs
+    64-bit offsets: only the offsets are converted)."""
+    import awkward as ak  # comes with gigatoken, the only consumer
+
+    if texts.null_count:
+        raise ValueError("null texts cannot be encoded")
+    buffers = texts.buffers()
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(buffers[1], dtype=width)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    chars = ak.contents.NumpyArray(data, parameters={"__array__": "char"})
+    layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets), chars, parameters={"__array__": "string"})
+    return ak.Array(layout)
+
+
 def gather_rows(
     source: UInt32[np.ndarray, " src"], starts: Int64[np.ndarray, " n"], lengths: Int64[np.ndarray, " n"]
 ) -> tuple[UInt32[np.ndarray, " total"], Int64[np.ndarray, " n_plus_1"]]:
@@ -138,10 +166,10 @@ class HFBackend:
     def __init__(self, tokenizer) -> None:
         self._tok = backend_tokenizer(tokenizer)
 
-    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if not len(texts):
             return _empty()
-        texts = texts if isinstance(texts, list) else list(texts)
+        texts = _as_list(texts)
         encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
         # array('I') straight from each Encoding's id list: half the time of keeping the lists and flattening them
         # with np.fromiter (this runs on one core after HF's threads are done).
@@ -250,6 +278,30 @@ def _awkward_to_flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(values, dtype=np.uint32), offsets
 
 
+_BUILT: dict[int, tuple[Any, Any]] = {}  # id(HF Rust tokenizer) -> (it, the GigatokenBackend built for it)
+_BY_FINGERPRINT: dict[str, Any] = {}  # tokenizer.json sha256 -> gigatoken tokenizer built in this process
+
+
+def gigatoken_backend(tokenizer, parallel: bool | None = None) -> GigatokenBackend:
+    """A :class:`GigatokenBackend` for ``tokenizer``, built once per process and tokenizer (serialising the
+    tokenizer and loading a 128k vocabulary into gigatoken takes ~1 s); worker processes forked afterwards
+    inherit it instead of building their own.
+
+    Example:
+        >>> gigatoken_backend(tokenizer)._tokenizer() is gigatoken_backend(tokenizer)._tokenizer()  # doctest: +SKIP
+        True
+    """
+    hf = backend_tokenizer(tokenizer)
+    hit = _BUILT.get(id(hf))
+    if hit is None or hit[0] is not hf:
+        if len(_BUILT) >= 4:  # a process rarely holds more than a couple of tokenizers: drop the oldest
+            _BUILT.pop(next(iter(_BUILT)))
+        hit = _BUILT[id(hf)] = (hf, GigatokenBackend(tokenizer))
+    backend = copy.copy(hit[1])
+    backend.parallel = parallel
+    return backend
+
+
 class GigatokenBackend:
     """The ``gigatoken`` package behind the same contract as :class:`HFBackend` (same ids, uint32 + offsets).
 
@@ -313,7 +365,9 @@ class GigatokenBackend:
 
     def _tokenizer(self):
         if self._gt is None:
-            self._gt = _import_gigatoken().Tokenizer.from_json(self._json)
+            built = _BY_FINGERPRINT.get(self.fingerprint)  # inherited from the parent process (fork)
+            self._gt = built if built is not None else _import_gigatoken().Tokenizer.from_json(self._json)
+        _BY_FINGERPRINT.setdefault(self.fingerprint, self._gt)
         return self._gt
 
     def _prenormalize(self, texts: list[str]) -> tuple[list[str], list[int]]:
@@ -341,10 +395,13 @@ class GigatokenBackend:
             out[i] = n
         return out, via_hf
 
-    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if not len(texts):
             return _empty()
-        original = texts if isinstance(texts, list) else list(texts)
+        if isinstance(texts, pa.Array) and self.normalizer_in_python is None:
+            # Arrow strings go to gigatoken as they are: no Python string per document.
+            return _awkward_to_flat(self._tokenizer().encode_batch(_arrow_to_awkward(texts), parallel=self.parallel))
+        original = _as_list(texts)
         texts, via_hf = original, []
         if self.normalizer_in_python is not None:
             texts, via_hf = self._prenormalize(original)
@@ -455,10 +512,13 @@ def _describe_mismatch(texts: list[str], ref: tuple[np.ndarray, np.ndarray], got
     )
 
 
-def run_guard(reference: TokenizerBackend, fast: TokenizerBackend, texts: Sequence[str]) -> tuple[int, str]:
-    """Encode ``texts`` with both backends; return ``(mismatching texts, description of the first one)``."""
+def run_guard(
+    reference: TokenizerBackend | tuple[np.ndarray, np.ndarray], fast: TokenizerBackend, texts: Sequence[str]
+) -> tuple[int, str]:
+    """Encode ``texts`` with both backends (``reference`` may be its encoding already); return ``(mismatching
+    texts, description of the first one)``."""
     texts = list(texts)
-    ref = reference.encode_batch(texts)
+    ref = reference if isinstance(reference, tuple) else reference.encode_batch(texts)
     got = fast.encode_batch(texts)
     if np.array_equal(ref[1], got[1]) and np.array_equal(ref[0], got[0]):
         return 0, ""
@@ -473,7 +533,8 @@ class BackendFallbackWarning(UserWarning):
 
 
 def resolve_backend(
-    tokenizer, requested: str, sample_texts: Sequence[str] = ()
+    tokenizer, requested: str, sample_texts: Sequence[str] = (), input_bytes: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[TokenizerBackend, dict[str, Any]]:
     """Pick the backend for a run and prove it exact on this input: ``(backend, report)``.
 
@@ -481,7 +542,10 @@ def resolve_backend(
     ``sample_texts`` (a deterministic sample of the run's input; capped at 500k characters) plus
     :func:`stress_texts` with both ``hf`` and the fast backend and requires identical ids. On an unsupported
     tokenizer feature, a missing package or any mismatch, ``auto`` falls back to ``hf`` with a one-line warning
-    and ``gigatoken`` raises :class:`BackendUnsupportedError` / :class:`BackendUnavailableError`.
+    and ``gigatoken`` raises :class:`BackendUnsupportedError` / :class:`BackendUnavailableError`. With ``auto`` and
+    ``input_bytes`` (the input's size, when the engine knows it) below :data:`FAST_BACKEND_MIN_BYTES`, ``hf`` is
+    used without building the fast backend: building it and running the guard cost more than it saves there.
+    ``timings``, when given, receives ``guard_seconds`` (kept out of the report, which must be deterministic).
 
     The report (JSON-able, deterministic) is what summaries and dataset cards record::
 
@@ -508,6 +572,12 @@ def resolve_backend(
     if requested == "hf":
         report["reason"] = "requested"
         return hf, report
+    if requested == "auto" and input_bytes is not None and input_bytes < FAST_BACKEND_MIN_BYTES:
+        report["reason"] = (
+            f"input of {input_bytes:,} bytes: hf is faster below {FAST_BACKEND_MIN_BYTES // 2**20} MiB "
+            "(the fast backend's start-up)"
+        )
+        return hf, report
 
     def fall_back(reason: str, error: type[Exception], cause: Exception | None = None):
         report["reason"] = reason
@@ -520,7 +590,7 @@ def resolve_backend(
         return hf, report
 
     try:
-        fast = GigatokenBackend(tokenizer)
+        fast = gigatoken_backend(tokenizer)
     except BackendUnavailableError as e:
         return fall_back(str(e), BackendUnavailableError, e)
     except BackendUnsupportedError as e:
@@ -531,12 +601,14 @@ def resolve_backend(
     # The stress set is fixed per tokenizer: once it passed (e.g. when a transform was built), only the sample
     # of the input needs checking.
     texts = sample if _STRESS_PASSED.get(fast.fingerprint) == len(stress) else sample + stress
-    mismatches, first = run_guard(hf, fast, texts)
+    started = time.perf_counter()
+    reference = hf.encode_batch(texts)  # once: the slow side of the comparison
+    mismatches, first = run_guard(reference, fast, texts)
     if not mismatches:
         # gigatoken encodes sequentially inside map workers and in parallel in the driver: check both agree.
-        sequential = GigatokenBackend.__new__(GigatokenBackend)
-        sequential.__setstate__({**fast.__getstate__(), "parallel": False})
-        mismatches, first = run_guard(hf, sequential, texts)
+        mismatches, first = run_guard(reference, gigatoken_backend(tokenizer, parallel=False), texts)
+    if timings is not None:
+        timings["guard_seconds"] = time.perf_counter() - started
     if not mismatches:
         _STRESS_PASSED[fast.fingerprint] = len(stress)
     report["guard"] = {

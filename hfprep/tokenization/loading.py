@@ -42,7 +42,8 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
         0
     """
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
+        cls = transformers.PreTrainedTokenizerFast if _generic_local_tokenizer(name_or_path) else transformers.AutoTokenizer
+        tok = cls.from_pretrained(name_or_path, revision=revision, **kwargs)
     except (OSError, ValueError, ImportError) as e:  # 4.x: ImportError when it tries a slow->fast conversion
         where = "local folder" if os.path.isdir(name_or_path) else "Hub id or local path"
         raise TokenizerError(
@@ -54,6 +55,24 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
             f"tokenizer {name_or_path!r} is a slow (Python) tokenizer; hfprep needs a fast one (tokenizer.json)"
         )
     return tok
+
+
+GENERIC_TOKENIZER_CLASSES = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
+"""``tokenizer_class`` values that name the plain ``tokenizer.json`` tokenizer, no model-specific class."""
+
+
+def _generic_local_tokenizer(name_or_path: str) -> bool:
+    """True for a local folder whose ``tokenizer.json`` is used as is (its config names a generic class): it is
+    loaded with ``PreTrainedTokenizerFast`` directly, which gives what ``AutoTokenizer`` gives without importing
+    torch through transformers' model registry (~1.5 s of a run's start-up)."""
+    folder = Path(name_or_path)
+    config = folder / "tokenizer_config.json"
+    if not (folder / "tokenizer.json").is_file() or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    except (OSError, ValueError):
+        return False
 
 
 def backend_tokenizer(tokenizer):

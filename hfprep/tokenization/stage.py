@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pydantic
 
 from ..errors import ConfigError, DataError, TokenizerError
@@ -216,23 +217,57 @@ def document_specials(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
     }
 
 
+def _arrow_texts(values: pa.Array | pa.ChunkedArray, config: TokenizeConfig, indices) -> tuple[Any, np.ndarray]:
+    """An Arrow string column's non-empty texts (still Arrow: a fast backend reads them without Python strings) and
+    their rows; nulls and empty strings follow ``tokenize.on_empty``, with the errors :func:`_check_strings` gives."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    column = config.text_column
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise DataError(
+            f"row {indices[0] if len(indices) else 0}: column {column!r} must be a string, got {arr.type}; "
+            "clean or filter the source"
+        )
+    empty = pc.fill_null(pc.equal(pc.binary_length(arr), 0), True).to_numpy(zero_copy_only=False)
+    if arr.null_count and config.on_empty == "error":
+        i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(
+            f"row {indices[i]}: column {column!r} must be a string, got NoneType (None); set tokenize.on_empty: drop "
+            "to skip null texts, or clean or filter the source"
+        )
+    if not empty.any():
+        return arr, np.arange(len(arr), dtype=np.int64)
+    if config.on_empty == "error":
+        first = int(np.flatnonzero(empty)[0])
+        raise DataError(
+            f"row {indices[first]}: column {column!r} is an empty string ({int(empty.sum())} empty in this batch); "
+            "set tokenize.on_empty: drop to skip them (they are counted)"
+        )
+    kept = np.flatnonzero(~empty).astype(np.int64)
+    return arr.filter(pa.array(~empty)), kept
+
+
 def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
     values = _column(batch, config.text_column, "pretrain")
-    if config.on_empty == "drop":  # a null text is as empty as "" (JSON null, a missing Parquet value)
-        values = ["" if v is None else v for v in values]
-    texts = _check_strings(values, config.text_column, indices)
-    kept = np.arange(len(texts), dtype=np.int64)
-    if any(not t for t in texts):
-        empty = [i for i, t in enumerate(texts) if not t]
-        if config.on_empty == "error":
-            raise DataError(
-                f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
-                f"({len(empty)} empty in this batch); set tokenize.on_empty: drop to skip them (they are counted)"
-            )
-        keep_mask = np.array([bool(t) for t in texts])
-        kept = kept[keep_mask]
-        texts = [t for t in texts if t]
-    if not texts:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        texts, kept = _arrow_texts(values, config, indices)
+        if config.fim_rate > 0:  # raw-document FIM cuts the text in Python
+            texts = texts.to_pylist()
+    else:
+        if config.on_empty == "drop":  # a null text is as empty as "" (JSON null, a missing Parquet value)
+            values = ["" if v is None else v for v in values]
+        texts = _check_strings(values, config.text_column, indices)
+        kept = np.arange(len(texts), dtype=np.int64)
+        if any(not t for t in texts):
+            empty = [i for i, t in enumerate(texts) if not t]
+            if config.on_empty == "error":
+                raise DataError(
+                    f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
+                    f"({len(empty)} empty in this batch); set tokenize.on_empty: drop to skip them (they are counted)"
+                )
+            keep_mask = np.array([bool(t) for t in texts])
+            kept = kept[keep_mask]
+            texts = [t for t in texts if t]
+    if not len(texts):
         return empty_flat()
     if config.fim_rate > 0:
         return with_prefix(pretrain_with_fim(texts, kept, config, specials, backend), specials.bos, True)

@@ -37,8 +37,12 @@ def _texts_of(value: Any) -> Iterable[str]:
 
 
 def training_texts(ds, columns: list[str], max_docs: int, max_chars: int, streaming: bool) -> list[str]:
-    """The first documents of the source (strategy input columns), capped by count and characters."""
-    rows = ds.take(max_docs) if streaming else ds.select(range(min(max_docs, len(ds))))
+    """The first documents of the source (strategy input columns), capped by count and characters. ``ds`` is the
+    loaded source (a ``Dataset`` or, with ``streaming``, an ``IterableDataset``) or a list of its first rows."""
+    if isinstance(ds, list):  # rows already read (the direct engine's first rows)
+        rows = ds[:max_docs]
+    else:
+        rows = ds.take(max_docs) if streaming else ds.select(range(min(max_docs, len(ds))))
     texts: list[str] = []
     total = 0
     for row in rows:
