@@ -108,6 +108,7 @@ class DocumentStore:
         self.on_spill = on_spill
         self.chunks: list[Chunk] = []
         self.nbytes = 0
+        self.peak_nbytes = 0  # the most held in memory at once (tests check the budget holds)
         self.tokens_per_key = np.zeros(num_keys, dtype=np.int64)
         self.docs = 0
         self.spill_dir: Path | None = None
@@ -120,6 +121,7 @@ class DocumentStore:
             return
         self.chunks.append(chunk)
         self.nbytes += chunk.nbytes
+        self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
         self.docs += len(chunk.lengths)
         self.tokens_per_key += np.bincount(chunk.keys, weights=chunk.lengths, minlength=self.num_keys).astype(np.int64)
         if self.nbytes > self.budget:
@@ -364,7 +366,10 @@ def prepare_direct(
             _reduce_phase(transform, state, log)
             timings[f"reduce {state.name}"] = time.perf_counter() - started
             transform.last_stats, transform.rows_in = state.stats, state.rows_in
-            out[state.name] = {**transform.stats, "spilled_bytes": state.store.spilled_bytes}
+            out[state.name] = transform.stats
+            if state.store.spilled_bytes and log is not None:
+                log({"event": "spilled", "split": state.name, "bytes": state.store.spilled_bytes,
+                     "memory_budget": budget})
     finally:
         if not scratch.in_run_scope():
             spill.cleanup()
