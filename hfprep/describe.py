@@ -187,6 +187,7 @@ def card_params(
     if isinstance(options.get("chat_template_path"), str):  # resolved to an absolute path when the recipe loaded
         options["chat_template_path"] = portable_path(options["chat_template_path"], _recipe_dir(recipe), _path_aliases())
     backend = (backend_report or {}).get("backend", tcfg.backend)
+    fingerprint = tokenizer_fingerprint(tok)  # serialises the whole tokenizer: once
     tokenizer = TokenizerFacts(
         metadata={
             # Loadable as written: AutoTokenizer.from_pretrained(name_or_path, subfolder=..., revision=...).
@@ -194,7 +195,7 @@ def card_params(
             **({"subfolder": TOKENIZER_DIR} if info.bundle_dir else {}),
             "revision": info.revision,
             "vocab_size": vocab_size(tok),
-            "fingerprint": tokenizer_fingerprint(tok),
+            "fingerprint": fingerprint,
             **document_specials(tok, tcfg),
             "pad_token_id": pad_id,
             "backend": backend,
@@ -202,7 +203,7 @@ def card_params(
         label=(f"`{info.name_or_path}`" if not info.bundle_dir else f"bundled in this repo under `{TOKENIZER_DIR}/`")
         + (f" @ `{info.revision}`" if info.revision else ""),
         vocab_size=vocab_size(tok),
-        fingerprint=tokenizer_fingerprint(tok),
+        fingerprint=fingerprint,
         eos_id=eos_token_id(tok, tcfg.eos_token),
         pad_id=pad_id,
         backend=backend,

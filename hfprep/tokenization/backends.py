@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -243,14 +242,15 @@ def _normalizer_types(spec: dict | None) -> list[str]:
     return [str(spec.get("type"))]
 
 
-def _static_check(config: dict[str, Any]) -> None:
-    """Reject tokenizer features the fast backend is known to mishandle, before any encoding."""
-    if config.get("truncation") is not None or config.get("padding") is not None:
+def _static_check(hf) -> None:
+    """Reject tokenizer features the fast backend is known to mishandle, before any encoding (read off the Rust
+    tokenizer: parsing its 10 MB of JSON again would cost more than the check)."""
+    if hf.truncation is not None or hf.padding is not None:
         raise BackendUnsupportedError(
             "tokenizer.json enables truncation/padding, which gigatoken does not apply; "
             "disable them (tokenizer.backend_tokenizer.no_truncation()/no_padding()) or use backend: hf"
         )
-    single = [t["content"] for t in config.get("added_tokens") or [] if t.get("single_word")]
+    single = sorted(t.content for t in hf.get_added_tokens_decoder().values() if t.single_word)
     if single:
         raise BackendUnsupportedError(
             f"added token {single[0]!r} has single_word=True, which gigatoken does not implement"
@@ -291,13 +291,15 @@ def gigatoken_backend(tokenizer, parallel: bool | None = None) -> GigatokenBacke
         >>> gigatoken_backend(tokenizer)._tokenizer() is gigatoken_backend(tokenizer)._tokenizer()  # doctest: +SKIP
         True
     """
+    _import_gigatoken()  # raises BackendUnavailableError where the package is missing
     hf = backend_tokenizer(tokenizer)
     hit = _BUILT.get(id(hf))
     if hit is None or hit[0] is not hf:
         if len(_BUILT) >= 4:  # a process rarely holds more than a couple of tokenizers: drop the oldest
             _BUILT.pop(next(iter(_BUILT)))
         hit = _BUILT[id(hf)] = (hf, GigatokenBackend(tokenizer))
-    backend = copy.copy(hit[1])
+    backend = GigatokenBackend.__new__(GigatokenBackend)
+    backend.__dict__.update(hit[1].__dict__)  # not copy.copy: pickling state drops the built tokenizer
     backend.parallel = parallel
     return backend
 
@@ -325,10 +327,9 @@ class GigatokenBackend:
     def __init__(self, tokenizer, parallel: bool | None = None) -> None:
         self._hf = backend_tokenizer(tokenizer)
         self.parallel = parallel
+        _static_check(self._hf)
         text = self._hf.to_str()
         self.fingerprint = hashlib.sha256(text.encode()).hexdigest()
-        config = json.loads(text)
-        _static_check(config)
         gigatoken = _import_gigatoken()
         self.normalizer_in_python: str | None = None
         self._added_re: re.Pattern[str] | None = None
@@ -336,6 +337,7 @@ class GigatokenBackend:
         try:
             self._gt = gigatoken.Tokenizer.from_json(text)
         except Exception as e:  # gigatoken reports unsupported configurations as RuntimeError/ValueError
+            config = json.loads(text)
             if config.get("normalizer") is None or "normalizer" not in str(e).lower():
                 raise BackendUnsupportedError(f"gigatoken cannot load this tokenizer: {_first_line(e)}") from e
             kinds = _normalizer_types(config["normalizer"])
@@ -350,6 +352,7 @@ class GigatokenBackend:
             added = sorted({t["content"] for t in config.get("added_tokens") or [] if t["content"]}, key=len, reverse=True)
             self._added_re = re.compile("|".join(map(re.escape, added))) if added else None
         self._json = text
+        _BY_FINGERPRINT.setdefault(self.fingerprint, self._gt)
 
     # The Rust tokenizer is not picklable: ship the tokenizer.json text and rebuild it on first use. The HF
     # tokenizer is only needed for the Python-side normalizer; unpickling it costs ~0.5 s for a 65k vocab.
