@@ -272,10 +272,14 @@ most ~1/64 of the group (dense drops it, the padded packers pad it)."""
 
 def reduce_chunks_advice(recipe: Recipe, results: list[SplitResult]) -> str | None:
     """A warning with the number to use when ``num_reduce_chunks`` is so large for the data that every group is
-    small and packing loses fill (padded packers) or tokens (dense tails); None when the keys do no harm.
+    small and packing loses fill (each group of a padded packer ends in a partly filled row); None when the keys do
+    no harm. Dense packing never needs it: the groups' tails are packed together at the end, so a run loses at most
+    one partial row whatever the number of keys.
 
     The advice is the largest key count that still gives every group ``ROWS_PER_KEY`` rows' worth of tokens.
     """
+    if recipe.packing.strategy == "dense":
+        return None
     keys, seq_len = recipe.packing.num_reduce_chunks, recipe.packing.seq_len
     first = results[0]
     tokens_in = int(first.pack_stats.get("tokens_in", 0))
@@ -288,13 +292,7 @@ def reduce_chunks_advice(recipe: Recipe, results: list[SplitResult]) -> str | No
     # a noticeable share of the output.
     if not s.rows or groups / s.rows <= 2 / ROWS_PER_KEY:
         return None
-    if recipe.packing.strategy == "dense":
-        lost = int(first.pack_stats.get("tokens_dropped", 0))  # the tails dense could not pack
-        if lost / tokens_in <= 0.01:
-            return None
-        harm = f"dense packing dropped {lost / tokens_in:.1%} of the tokens (the last row of every group)"
-    else:
-        harm = f"fill is {s.fill_ratio:.2f} (each group ends in a partly filled row: ~{groups} of {s.rows} rows)"
+    harm = f"fill is {s.fill_ratio:.2f} (each group ends in a partly filled row: ~{groups} of {s.rows} rows)"
     return (
         f"packing.num_reduce_chunks: {keys} keys for {tokens_in:,} tokens of split {first.name!r} "
         f"(~{tokens_in / keys / seq_len:.1f} rows of {seq_len} per key): {harm}; "

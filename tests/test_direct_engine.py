@@ -263,3 +263,18 @@ def test_document_store_buckets_give_every_document_once_in_input_order(tmp_path
     for key in range(10):
         assert [r for r in got if r[0] == key] == [r for r in added if r[0] == key]
     assert len(got) == len(added)
+
+
+@pytest.mark.parametrize("strategy", ["dense", "no_incomplete"])
+def test_too_many_keys_warn_only_where_they_cost_fill(tmp_path, tokenizer_path, strategy):
+    """64 keys for a few rows' worth of tokens: padded packers end every group in a partly filled row (a warning with
+    the key count to use); dense packs the groups' tails together at the end, so it has nothing to warn about."""
+    path = project(tmp_path, tokenizer_path, {"files": ["docs.jsonl"]},
+                   packing={"seq_len": 256, "strategy": strategy, "num_reduce_chunks": 64})
+    summary = run_recipe(str(path))
+    advice = [w for w in summary["warnings"] if "num_reduce_chunks" in w]
+    if strategy == "dense":
+        assert advice == [] and summary["totals"]["tokens_dropped"] < 256
+    else:
+        wanted = max(1, summary["splits"]["train"]["tokens_in"] // (32 * 256))  # 32 rows of 256 per key
+        assert len(advice) == 1 and f"use num_reduce_chunks: {wanted} (" in advice[0], advice
