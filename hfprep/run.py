@@ -23,13 +23,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
-from .describe import build_card, doc_lengths_note, make_summary, measure_output, reduce_chunks_advice, rows_all_full
+from .configure import SplitResult, effective_tokenize_config
+from .describe import (
+    build_card,
+    doc_lengths_note,
+    make_summary,
+    measure_output,
+    portable_recipe,
+    reduce_chunks_advice,
+    rows_all_full,
+)
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.hub import push_folder
-from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, write_split
+from .output.layout import (
+    CARD_NAME,
+    IMAGES_DIR,
+    RECIPE_NAME,
+    TOKENIZER_DIR,
+    atomic_output,
+    check_output,
+    claim_output,
+    write_split,
+)
 from .output.plots import fill_histogram_png, length_histogram_png
 from .output.quality import packing_report
 from .recipe import Recipe, load_recipe
@@ -139,8 +156,10 @@ def _run_claimed(
             _write_plots(tmp, recipe, results, has_fill_plot)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
+        recipe_text = portable_recipe(recipe, info)  # the card shows it; the folder keeps it to re-run
+        (tmp / RECIPE_NAME).write_text(recipe_text + "\n", encoding="utf-8")
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
-                          download_bytes=split_bytes, has_fill_plot=has_fill_plot)
+                          download_bytes=split_bytes, has_fill_plot=has_fill_plot, recipe_text=recipe_text)
         if mix is not None:
             if recipe.output.plots:
                 mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")
