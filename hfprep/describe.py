@@ -170,8 +170,8 @@ def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
     tok, tok_out = recipe.tokenizer, data["tokenizer"]
     if info.bundle_dir and tok.name_or_path:
         tok_out["name_or_path"] = f"./{TOKENIZER_DIR}"
-        inputs.append(f"#   ./{TOKENIZER_DIR}  the local tokenizer folder {Path(tok.name_or_path).name!r}, bundled with "
-                      f"this dataset, sha256:{files_sha256(_tree(tok.name_or_path), tok.name_or_path)} over its files")
+        inputs.append(f"#   ./{TOKENIZER_DIR}  local tokenizer folder, bundled with this dataset, "
+                      f"sha256:{files_sha256(_tree(tok.name_or_path), tok.name_or_path)} over its files")
     if tok.train is not None and tok.train.cache_dir:
         tok_out["train"]["cache_dir"] = port(tok.train.cache_dir)
     if isinstance(data.get("tokenize", {}).get("chat_template_path"), str):

@@ -316,14 +316,15 @@ def render_card(context: Mapping[str, Any], template: str | os.PathLike | None =
 
 @dataclass(frozen=True)
 class CardTarget:
-    """Where a card is read, as its snippets name it: a local folder as typed (``load_dataset(folder)``), or config
-    ``config`` of the Hub repo ``name`` at ``revision`` (None: ``main``) whose rows lie under ``data_dir`` and other
-    files (tokenizer, images) under ``prefix`` (``""`` or ``"<config>/"``, see :func:`hfprep.output.hub.hub_card_target`).
+    """Where a card is read, as its snippets name it: a local folder as typed (``load_dataset(folder)``), or
+    (``on_hub``) config ``config`` of the Hub dataset repo ``name`` at ``revision`` (None: ``main``), whose rows lie
+    under ``data_dir`` and other files (tokenizer, images) under ``prefix`` (``""`` or ``"<config>/"``, see
+    :func:`hfprep.output.hub.hub_card_target`).
 
     Example:
-        >>> CardTarget("me/x", "sft", "dev", "sft/", "data/sft").call("split", "train")
+        >>> CardTarget("me/x", "sft", "dev", "sft/", "data/sft", on_hub=True).load_args(split="train")
         '"me/x", "sft", split="train", revision="dev"'
-        >>> CardTarget("out/x").call()
+        >>> CardTarget("out/x").load_args()
         '"out/x"'
     """
 
@@ -332,20 +333,24 @@ class CardTarget:
     revision: str | None = None
     prefix: str = ""
     data_dir: str = DATA_DIR
+    on_hub: bool = False
 
-    def call(self, *keyword: str, config: bool = True) -> str:
-        """The arguments naming this target: ``load_dataset``'s (the config positional, when not ``default``), or
-        with ``config=False`` ``from_pretrained``'s; ``keyword`` is one extra ``name, value`` pair, written before
-        the revision."""
-        args = [_py(self.name)] + ([_py(self.config)] if config and self.config != DEFAULT_CONFIG else [])
-        pairs = [tuple(keyword)] if keyword else []
-        pairs += [("revision", self.revision)] if self.revision else []
-        return ", ".join(args + [f"{k}={_py(v)}" for k, v in pairs])
+    def load_args(self, **kwargs: str) -> str:
+        """``load_dataset``'s arguments: the repo id or folder, the config unless ``default``, ``kwargs``, the
+        revision unless ``main``."""
+        config = [self.config] if self.config != DEFAULT_CONFIG else []
+        return _args([self.name, *config], {**kwargs, **self._revision()})
+
+    def _revision(self) -> dict[str, str]:
+        return {"revision": self.revision} if self.revision else {}
 
 
-def _py(text: str) -> str:
-    """A Python string literal."""
-    return json.dumps(text, ensure_ascii=False)
+def _args(positional: list[str], keywords: Mapping[str, str]) -> str:
+    """Python call arguments of string values: ``"a", k="v"``."""
+    def py(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    return ", ".join([py(v) for v in positional] + [f"{k}={py(v)}" for k, v in keywords.items()])
 
 
 SNIPPET_BEGIN = "<!-- hfprep:snippet {} -->"
@@ -363,30 +368,46 @@ def card_snippets(target: CardTarget, split_rows: Mapping[str, int], tokenizer_d
     bundled tokenizer (``tokenizer_dir`` in the folder) by its path in the repo.
 
     Example:
-        >>> snip = card_snippets(CardTarget("me/x", "sft", None, "sft/", "data/sft"), {"train": 3}, "tokenizer")
-        >>> [line for line in snip["load"].splitlines() if "(" in line]
-        ['ds = load_dataset("me/x", "sft")', 'print(ds)  # train: 3 rows', 'tokenizer = AutoTokenizer.from_pretrained("me/x", subfolder="sft/tokenizer")  # the tokenizer that made the rows']
+        >>> snip = card_snippets(CardTarget("out/x"), {"train": 3}, "tokenizer")
+        >>> print(snip["load"])
+        <!-- hfprep:snippet load -->
+        ```python
+        from datasets import load_dataset
+        from transformers import AutoTokenizer
+        <BLANKLINE>
+        ds = load_dataset("out/x")
+        print(ds)  # train: 3 rows
+        tokenizer = AutoTokenizer.from_pretrained("out/x", subfolder="tokenizer")  # the tokenizer that made the rows
+        ```
+        <!-- hfprep:snippet-end load -->
     """
     where = ""
     if target.config != DEFAULT_CONFIG:
         where = (f"Config **`{target.config}`** of this repository: its rows are under `{target.data_dir}/`"
                  + (f", its other files under `{target.prefix}`" if target.prefix else "") + ".\n\n")
     rows = ", ".join(f"{s}: {n:,} rows" for s, n in split_rows.items())
-    tok = ""
-    if tokenizer_dir:
-        where_tok = target.call("subfolder", target.prefix + tokenizer_dir, config=False)
-        tok = (f"tokenizer = AutoTokenizer.from_pretrained({where_tok})"
+    imports, tok = ["from datasets import load_dataset"], ""
+    if tokenizer_dir and target.on_hub:
+        # transformers looks for a subfolder in model repos only: fetch the dataset repo's tokenizer files first.
+        sub = target.prefix + tokenizer_dir
+        fetch = {"repo_type": "dataset", "allow_patterns": f"{sub}/*", **target._revision()}
+        imports += ["from huggingface_hub import snapshot_download", "from transformers import AutoTokenizer"]
+        tok = (f"files = snapshot_download({_args([target.name], fetch)})\n"
+               f"tokenizer = AutoTokenizer.from_pretrained(files, subfolder={json.dumps(sub)})"
+               "  # the tokenizer that made the rows\n")
+    elif tokenizer_dir:
+        imports.append("from transformers import AutoTokenizer")
+        tok = (f"tokenizer = AutoTokenizer.from_pretrained({_args([target.name], {'subfolder': tokenizer_dir})})"
                "  # the tokenizer that made the rows\n")
     load = (
-        f"{where}```python\nfrom datasets import load_dataset\n"
-        + ("from transformers import AutoTokenizer\n" if tok else "")
-        + f"\nds = load_dataset({target.call()})\nprint(ds)  # {rows}\n{tok}```"
+        f"{where}```python\n" + "\n".join(imports)
+        + f"\n\nds = load_dataset({target.load_args()})\nprint(ds)  # {rows}\n{tok}```"
     )
     train = (
         "```python\nfrom datasets import load_dataset\n"
         "from transformers import AutoModelForCausalLM, Trainer, TrainingArguments\n"
         "from hfprep import DataCollatorForPackedLM\n\n"
-        f"train = load_dataset({target.call('split', next(iter(split_rows)))})\n"
+        f"train = load_dataset({target.load_args(split=next(iter(split_rows)))})\n"
         'model = AutoModelForCausalLM.from_pretrained("your-model", attn_implementation="sdpa")\n'
         "trainer = Trainer(\n"
         "    model=model,\n"
@@ -421,9 +442,15 @@ def retarget_snippets(body: str, snippets: Mapping[str, str]) -> str:
 
 
 def bundled_tokenizer_meta(target: CardTarget) -> dict[str, Any]:
-    """The ``name_or_path``/``subfolder``/``revision`` of a tokenizer bundled with the rows, as read at ``target``
-    (``AutoTokenizer.from_pretrained(**meta)`` loads it)."""
-    return {"name_or_path": target.name, "subfolder": target.prefix + TOKENIZER_DIR, "revision": target.revision}
+    """Where a tokenizer bundled with the rows is, read at ``target``: ``name_or_path`` (the folder or repo id),
+    ``repo_type: dataset`` on the Hub, ``subfolder`` and ``revision`` (the card's *Load it* shows how to load it).
+
+    Example:
+        >>> bundled_tokenizer_meta(CardTarget("me/x", "sft", None, "sft/", "data/sft", on_hub=True))
+        {'name_or_path': 'me/x', 'repo_type': 'dataset', 'subfolder': 'sft/tokenizer', 'revision': None}
+    """
+    hub = {"repo_type": "dataset"} if target.on_hub else {}
+    return {"name_or_path": target.name, **hub, "subfolder": target.prefix + TOKENIZER_DIR, "revision": target.revision}
 
 
 # ----------------------------------------------------------------------------------------------- dataset card

@@ -278,11 +278,11 @@ def hub_card_target(repo_id: str, config_name: str = DEFAULT_CONFIG, revision: s
 
     Example:
         >>> hub_card_target("me/x", "sft", "main")
-        CardTarget(name='me/x', config='sft', revision=None, prefix='sft/', data_dir='data/sft')
+        CardTarget(name='me/x', config='sft', revision=None, prefix='sft/', data_dir='data/sft', on_hub=True)
     """
     return CardTarget(
         repo_id, config_name, None if revision in (None, "main") else revision, config_prefix(config_name),
-        config_data_dir(config_name),
+        config_data_dir(config_name), on_hub=True,
     )
 
 
@@ -459,7 +459,8 @@ def merge_card(
             blocks.pop(config_name, None)  # this config's rows are no longer the ones that block described
         else:
             if target is not None and isinstance(block.get("tokenizer"), dict) and "subfolder" in block["tokenizer"]:
-                block["tokenizer"] = {**block["tokenizer"], **bundled_tokenizer_meta(target)}
+                where = bundled_tokenizer_meta(target)
+                block["tokenizer"] = {**where, **{k: v for k, v in block["tokenizer"].items() if k not in where}}
             if config_name == DEFAULT_CONFIG:
                 blocks = {config_name: block, **{k: v for k, v in blocks.items() if k != config_name}}
             else:

@@ -35,8 +35,8 @@ class LossLayout:
     """The text around assistant answers in an SFT row, split by loss (all strings exactly as decoded).
 
     Attributes:
-        header: text without loss that opens an assistant turn, after the user turn's end-of-turn token (the
-            template's ``<|im_start|>assistant\\n``); "" when none (the seed's role tokens have loss).
+        header: text without loss that opens an assistant turn, after the user turn's closing (the template's
+            ``<|im_start|>assistant\\n``); "" when none (the seed's role tokens have loss).
         before: text with loss right before each answer (the seed's ``<assistant>``); "" when none.
         after: text with loss right after an answer that is not the last (its end-of-turn token).
         after_last: text with loss right after the last answer (end-of-turn token, the eos hfprep appends).
@@ -63,6 +63,20 @@ def _token_bounds(tokenizer, ids: list[int]) -> tuple[str, np.ndarray]:
     # A decoder that rewrites earlier text when more tokens follow: fall back to per-token pieces.
     pieces = [inner.decode([i], skip_special_tokens=False) for i in ids]
     return "".join(pieces), np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
+
+
+def _closing(chat, history: list[dict[str, str]], gap: str) -> int:
+    """Where the user turn's closing ends in ``gap`` (the text between the user's text and the next answer): at
+    its first end-of-turn token, or where the template's rendering of the conversation up to that user turn stops
+    agreeing with the gap (a template whose user turns end with their own token, like ``</user>``), whichever
+    comes first. What follows is the assistant turn's header."""
+    rendered, _ = chat.render(history)
+    user_text = history[-1]["content"]
+    at = rendered.rfind(user_text)
+    tail = rendered[at + len(user_text) :] if at >= 0 else ""
+    eot = min((gap.find(t) + len(t) for t in chat.end_of_turn if t in gap), default=len(gap))
+    agree = next((i for i, (a, b) in enumerate(zip(tail, gap)) if a != b), min(len(tail), len(gap)))
+    return min(agree, eot)
 
 
 def probe_loss_layout(tokenizer, config: TokenizeConfig) -> LossLayout:
@@ -105,12 +119,12 @@ def probe_loss_layout(tokenizer, config: TokenizeConfig) -> LossLayout:
         if start < 0:
             raise TokenizerError(f"the probe's turn {k} is not in the decoded SFT row; the card cannot describe the mask")
         cursor = start + len(content)
-        if k % 2 == 1:  # an answer: where the user text before it ends, where it starts and ends
-            found.append((user_end, start, cursor))
+        if k % 2 == 1:  # an answer: where the user text before it ends, where it starts and ends, what precedes it
+            found.append((user_end, start, cursor, messages[: len(messages) - 4 + k]))
         user_end = cursor
 
     parts = []
-    for user_end, start, end in found:
+    for user_end, start, end, history in found:
         first, last = token_at(start), token_at(end - 1)
         run_start = loss_run(first, -1) if mask[first] else first
         run_end = loss_run(last, 1) if mask[last] else last
@@ -118,11 +132,7 @@ def probe_loss_layout(tokenizer, config: TokenizeConfig) -> LossLayout:
         before = text[opens:start]
         after = text[end : bounds[run_end + 1]] if mask[run_end] else ""
         gap = text[user_end:opens]  # no loss: the user turn's closing, then the assistant turn's header
-        if chat is None:
-            header = ""  # the seed's scheme: </user> closes the user turn, <assistant> (with loss) opens the next
-        else:
-            closing = max((gap.find(t) + len(t) for t in chat.end_of_turn if t in gap), default=0)
-            header = gap[closing:].lstrip()
+        header = "" if chat is None else gap[_closing(chat, history, gap) :].lstrip()
         parts.append((header, before, after))
     (header, before, after), (last_header, _, after_last) = parts
     inserted = last_header[len(header) :] if last_header.startswith(header) else ""
