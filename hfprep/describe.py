@@ -130,8 +130,10 @@ def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
 
     Example:
         >>> print(portable_recipe(load_recipe("recipes/quickstart.yaml"), info))  # doctest: +SKIP
-        # hfprep recipe as run; local paths are relative to this file, local inputs have their sha256:
-        #   {stdlib}  local folder, 400 files, sha256:... over their relative paths and bytes
+        # The hfprep recipe as run: `hfprep run recipe.yaml` reproduces the dataset into prepared/.
+        # Local inputs, by path relative to this file (put the same files there):
+        #   {stdlib}  local, 300 files, sha256:ff71f5eb... over their paths (relative to the folder) and bytes
+        name: hfprep quickstart (Python stdlib)
         ...
     """
     base, aliases = _recipe_dir(recipe), _path_aliases()
@@ -181,7 +183,8 @@ def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
     if recipe.output.card_template:
         inputs.append(file_line(recipe.output.card_template, "local card template"))
         data["output"]["card_template"] = port(recipe.output.card_template)
-    head = [f"# The hfprep recipe as run: `hfprep run {RECIPE_NAME}` reproduces the dataset into {PORTABLE_OUTPUT}/."]
+    head = [f"# The hfprep recipe as run: `hfprep run {RECIPE_NAME}` reproduces the dataset into {PORTABLE_OUTPUT}/"
+            + (f" (and pushes it to {recipe.hub.repo_id}; --no-push prepares only)." if recipe.hub.repo_id else ".")]
     if inputs:
         head += ["# Local inputs, by path relative to this file (put the same files there):", *inputs]
     return "\n".join(head) + "\n" + dump_yaml(data).rstrip("\n")

@@ -339,9 +339,10 @@ class CardTarget:
         """``load_dataset``'s arguments: the repo id or folder, the config unless ``default``, ``kwargs``, the
         revision unless ``main``."""
         config = [self.config] if self.config != DEFAULT_CONFIG else []
-        return _args([self.name, *config], {**kwargs, **self._revision()})
+        return _args([self.name, *config], {**kwargs, **self.revision_kwargs()})
 
-    def _revision(self) -> dict[str, str]:
+    def revision_kwargs(self) -> dict[str, str]:
+        """``{"revision": ...}`` for a branch other than ``main``, else nothing."""
         return {"revision": self.revision} if self.revision else {}
 
 
@@ -390,7 +391,7 @@ def card_snippets(target: CardTarget, split_rows: Mapping[str, int], tokenizer_d
     if tokenizer_dir and target.on_hub:
         # transformers looks for a subfolder in model repos only: fetch the dataset repo's tokenizer files first.
         sub = target.prefix + tokenizer_dir
-        fetch = {"repo_type": "dataset", "allow_patterns": f"{sub}/*", **target._revision()}
+        fetch = {"repo_type": "dataset", "allow_patterns": f"{sub}/*", **target.revision_kwargs()}
         imports += ["from huggingface_hub import snapshot_download", "from transformers import AutoTokenizer"]
         tok = (f"files = snapshot_download({_args([target.name], fetch)})\n"
                f"tokenizer = AutoTokenizer.from_pretrained(files, subfolder={json.dumps(sub)})"
@@ -668,18 +669,18 @@ def sft_loss_note(layout: LossLayout) -> str:
     if layout.after:
         with_loss += f" and the {code(layout.after)} after it"
     if layout.after_last != layout.after:
-        extra = layout.after_last.removeprefix(layout.after) if layout.after else layout.after_last
-        if layout.after and not layout.after_last.startswith(layout.after):
+        if layout.after and layout.after_last.startswith(layout.after):  # e.g. the eos hfprep appends
+            with_loss += f", and the {code(layout.after_last[len(layout.after) :])} after the last one"
+        elif layout.after_last:  # a template that closes the last turn differently (harmony's <|return|>)
             with_loss += f" ({code(layout.after_last)} after the last one)"
-        elif extra:
-            with_loss += f", and the {code(extra)} after the last one"
     without = ["system and user turns" if layout.system else "user turns"]
     if layout.header:
         without.append(f"the {code(layout.header)} that opens each assistant turn")
     if layout.inserted:
         without.append(f"the {code(layout.inserted)} the template writes before the last answer")
-    listed = ", on ".join(without[:-1]) + (", or on " if len(without) > 2 else " or on ") + without[-1]
-    listed = listed if len(without) > 1 else without[0]
+    listed = without[0]
+    if len(without) > 1:
+        listed = ", on ".join(without[:-1]) + (", or on " if len(without) > 2 else " or on ") + without[-1]
     return f" ({with_loss}; no loss on {listed})"
 
 

@@ -11,8 +11,10 @@ What a push changes on the Hub, and what it never touches:
   ``<split>-XXXXX-of-YYYYY.parquet`` shards of an hfprep card's ``default`` config, and the extra files recorded
   in the card's ``hfprep.pushes.<config>`` entry. Other configs' files and anything else stay.
 * **Card**: the remote ``README.md`` is merged, not replaced (:func:`merge_card`): other configs' ``configs`` and
-  ``dataset_info`` entries, YAML keys hfprep does not write, and the owner's prose outside hfprep's marked
-  section (``<!-- hfprep:begin config=NAME -->`` ... ``<!-- hfprep:end config=NAME -->``) are kept.
+  ``dataset_info`` entries and ``hfprep`` blocks, YAML keys hfprep does not write, and the owner's prose outside
+  hfprep's marked section (``<!-- hfprep:begin config=NAME -->`` ... ``<!-- hfprep:end config=NAME -->``) are
+  kept. The section's load/train snippets are rendered for the repo id, config and revision pushed to
+  (:func:`hub_card_target`); a card or ``recipe.yaml`` that names a folder of this machine is refused.
 * **Atomicity**: commits hold at most 50 operations; new shards go first (no card pattern matches them yet), then
   the commit that switches the card (with the remaining uploads and the first deletions), then the rest of the
   deletions (of files no card points at any more). Whichever commit fails, ``load_dataset(repo)`` reads exactly
