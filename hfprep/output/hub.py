@@ -76,6 +76,7 @@ from .card import (
     bundled_tokenizer_meta,
     card_snippets,
     dump_yaml,
+    hfprep_block,
     hfprep_configs,
     retarget_snippets,
     snippet_facts,
@@ -456,7 +457,7 @@ def merge_card(
     # push may delete).
     for key in sorted(CARD_KEYS):
         blocks = hfprep_configs(remote_meta, key)
-        block = next(iter(hfprep_configs(local_meta, key).values()), None)  # a folder's card has one
+        block = hfprep_block(local_meta, key=key) or None  # a folder's card has one
         if block is None:
             blocks.pop(config_name, None)  # this config's rows are no longer the ones that block described
         else:
@@ -712,8 +713,8 @@ def plan_push(
 
     # What hfprep wrote for this config before: its named shards (any push id), the unsuffixed shards of an older
     # hfprep card's default config, and the extra files its last push recorded. Nothing else is ever deleted.
-    hfprep_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else None
-    pushes = (hfprep_block or {}).get("pushes")
+    remote_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else None
+    pushes = (remote_block or {}).get("pushes")
     record = pushes.get(config_name) if isinstance(pushes, dict) else None
     recorded = set(record.get("files") or []) if isinstance(record, dict) else set()
     old_splits = {
@@ -733,7 +734,7 @@ def plan_push(
         if (
             parent_dir == data_dir
             and legacy
-            and hfprep_block is not None
+            and remote_block is not None
             and config_name == DEFAULT_CONFIG
             and legacy["split"] in old_splits
             and any(_glob_match(path, p) for p in old_patterns)
