@@ -61,7 +61,8 @@ def git_commit() -> str | None:
 
 
 def source_revision(spec: SourceSpec) -> str:
-    """Hub: the requested revision; local: sha256 over the files' relative names and bytes (content identity)."""
+    """Hub: the requested revision; local: the files' content identity, :func:`~hfprep.output.layout.files_sha256`
+    (the sha256 of their ``sha256sum`` lines, paths relative to their common folder)."""
     if spec.kind == "hub":
         return spec.revision or "main (not pinned: set source.revision to a commit for exact reproduction)"
     root = spec.root or os.path.commonpath([os.path.dirname(p) for p in spec.paths])
@@ -132,7 +133,7 @@ def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
         >>> print(portable_recipe(load_recipe("recipes/quickstart.yaml"), info))  # doctest: +SKIP
         # The hfprep recipe as run: `hfprep run recipe.yaml` reproduces the dataset into prepared/.
         # Local inputs, by path relative to this file (put the same files there):
-        #   {stdlib}  local, 300 files, sha256:ff71f5eb... over their paths (relative to the folder) and bytes
+        #   {stdlib}  local, 300 files, sha256:... of their sha256sum lines (paths relative to the folder)
         name: hfprep quickstart (Python stdlib)
         ...
     """
@@ -167,13 +168,13 @@ def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
             continue
         root = sec.text_dir or os.path.commonpath([os.path.dirname(f) for f in paths])
         where = out.get("text_dir") or ", ".join(out["files"])
-        inputs.append(f"#   {where}  local, {len(paths):,} files, sha256:{files_sha256(paths, root)} over their "
-                      "paths (relative to the folder) and bytes")
+        inputs.append(f"#   {where}  local, {len(paths):,} files, sha256:{files_sha256(paths, root)} of their "
+                      "sha256sum lines (paths relative to the folder)")
     tok, tok_out = recipe.tokenizer, data["tokenizer"]
     if info.bundle_dir and tok.name_or_path:
         tok_out["name_or_path"] = f"./{TOKENIZER_DIR}"
         inputs.append(f"#   ./{TOKENIZER_DIR}  local tokenizer folder, bundled with this dataset, "
-                      f"sha256:{files_sha256(_tree(tok.name_or_path), tok.name_or_path)} over its files")
+                      f"sha256:{files_sha256(_tree(tok.name_or_path), tok.name_or_path)} of its files' sha256sum lines")
     if tok.train is not None and tok.train.cache_dir:
         tok_out["train"]["cache_dir"] = port(tok.train.cache_dir)
     if isinstance(data.get("tokenize", {}).get("chat_template_path"), str):

@@ -91,11 +91,13 @@ def test_card_prose_recipe_images_and_no_token(card_run):
     assert yaml.safe_load(bundled) == expected
     tok_dir = Path(meta_tokenizer_dir(recipe_text))
     tok_files = sorted(p for p in tok_dir.rglob("*") if p.is_file())
-    tok_digest = hashlib.sha256(b"".join(p.relative_to(tok_dir).as_posix().encode() + p.read_bytes()
-                                         for p in tok_files)).hexdigest()
+    # The sha256 of what `sha256sum` prints for the folder's files (paths relative to it).
+    tok_digest = hashlib.sha256("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tok_dir).as_posix()}\n"
+                                        for p in tok_files).encode()).hexdigest()
     assert f"#   docs.jsonl  local file, sha256:{hashlib.sha256((out.parent / 'docs.jsonl').read_bytes()).hexdigest()}" \
         in bundled
-    assert f"#   ./tokenizer  local tokenizer folder, bundled with this dataset, sha256:{tok_digest}" in bundled
+    assert f"#   ./tokenizer  local tokenizer folder, bundled with this dataset, sha256:{tok_digest} of its files'" \
+        in bundled
     assert str(tok_dir) not in bundled and str(out.parent) not in bundled
     for img in re.findall(r"\]\((images/[^)]+)\)", text):
         assert (out / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,6 +230,9 @@ def test_card_leaks_no_local_path_and_checks_the_license(dense_run, tokenizer_pa
         assert local not in text, local
     assert not re.search(r"(?<![\w.])/(tmp|home|root|Users)/", text)
     assert f"sha256 {hashlib.sha256(src.read_bytes()).hexdigest()[:16]}" in text  # the file by name + hash
+    # The source revision: the sha256 of the `sha256sum` line of the file (path relative to its folder).
+    line = f"{hashlib.sha256(src.read_bytes()).hexdigest()}  {src.name}\n"
+    assert f"| source revision | sha256:{hashlib.sha256(line.encode()).hexdigest()} over 1 local file(s) |" in text
     meta = parse_card_metadata(text)
     assert (meta["license"], meta["license_name"]) == ("other", "psf-2.0")  # not a Hub license id
     assert "github.com" not in text

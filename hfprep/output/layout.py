@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -83,7 +84,15 @@ def split_glob(split: str) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, hex (what ``sha256sum`` prints), read in 1 MiB blocks."""
+    """sha256 of a file's bytes, hex (what ``sha256sum`` prints). Remembered while the file's inode, size and
+    modification time stay the same: a run's card, ``recipe.yaml`` and source revision name the same local inputs,
+    and each byte is hashed once."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -92,23 +101,20 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def files_sha256(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> str:
-    """One sha256 over several files: each file's path relative to ``root`` (POSIX), then its bytes, in the order
-    given. Identifies a local source or folder by content, wherever it lies.
+    """One sha256 for several files: of the lines ``sha256sum`` prints for them from ``root`` (``<sha256>  <path
+    relative to root>``, in the order given). Identifies a local source or folder by content, wherever it lies;
+    ``sha256sum FILES | sha256sum`` in ``root`` recomputes it.
 
     Example:
         >>> import tempfile
         >>> d = tempfile.mkdtemp()
         >>> _ = open(os.path.join(d, "a.txt"), "w").write("hi")
-        >>> files_sha256([os.path.join(d, "a.txt")], d) == hashlib.sha256(b"a.txthi").hexdigest()
+        >>> line = hashlib.sha256(b"hi").hexdigest() + "  a.txt\\n"
+        >>> files_sha256([os.path.join(d, "a.txt")], d) == hashlib.sha256(line.encode()).hexdigest()
         True
     """
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(os.path.relpath(p, root)).as_posix().encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    lines = "".join(f"{file_sha256(p)}  {Path(os.path.relpath(p, root)).as_posix()}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _first_line(err: BaseException) -> str:
