@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError
+from .output.layout import TOKENIZER_DIR
 from .output.plots import length_bin_counts
 from .output.validate import SplitStats
 from .pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
@@ -27,9 +28,6 @@ from .tokenization.loading import (
 )
 from .tokenization.stage import TokenizeConfig
 from .tokenization.training import train_cached_tokenizer, training_texts
-
-TOKENIZER_DIR = "tokenizer"
-
 
 PREPARE_TOKENIZE_FIELDS = ("strategy", "text_column", "on_empty", "backend")
 

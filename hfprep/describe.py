@@ -14,33 +14,31 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
+from .configure import SplitResult, TokenizerInfo, effective_tokenize_config
 from .output.card import (
     CardParams,
     CardSplit,
+    CardTarget,
     TokenizerFacts,
+    bundled_tokenizer_meta,
     dump_yaml,
     portable_path,
     render_dataset_card,
 )
+from .output.hub import hub_card_target
+from .output.layout import RECIPE_NAME, TOKENIZER_DIR, file_sha256, files_sha256
 from .output.mixture_report import mixture_lines
-from .output.plots import fill_bin_counts, length_bin_counts
 from .output.quality import format_report
-from .output.validate import SplitStats, batch_stats
 from .recipe import STDLIB_PLACEHOLDER, Recipe, stdlib_dir
 from .schema import output_is_padded
-from .source.loading import (
-    SourceSpec,
-)
+from .source.loading import SourceSpec, resolve_source
 from .tokenization.loading import (
     eos_token_id,
     tokenizer_fingerprint,
     vocab_size,
 )
-from .tokenization.stage import document_specials, tokenized_features
+from .tokenization.loss_probe import probe_loss_layout
+from .tokenization.stage import document_specials
 from .version import __version__
 
 
@@ -58,17 +56,12 @@ def git_commit() -> str | None:
 
 
 def source_revision(spec: SourceSpec) -> str:
-    """Hub: the requested revision; local: sha256 over the files' relative names and bytes (content identity)."""
+    """Hub: the requested revision; local: the files' content identity, :func:`~hfprep.output.layout.files_sha256`
+    (the sha256 of their ``sha256sum`` lines, paths relative to their common folder)."""
     if spec.kind == "hub":
         return spec.revision or "main (not pinned: set source.revision to a commit for exact reproduction)"
-    h = hashlib.sha256()
     root = spec.root or os.path.commonpath([os.path.dirname(p) for p in spec.paths])
-    for p in spec.paths:
-        h.update(os.path.relpath(p, root).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(chunk)
-    return f"sha256:{h.hexdigest()} over {len(spec.paths)} local file(s)"
+    return f"sha256:{files_sha256(spec.paths, root)} over {len(spec.paths)} local file(s)"
 
 
 def doc_lengths_note(results: list[SplitResult]) -> tuple[str, str]:
@@ -88,14 +81,6 @@ def _recipe_dir(recipe: Recipe) -> str | None:
     return os.path.dirname(os.path.abspath(recipe.path)) if recipe.path else None
 
 
-def _file_sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def card_source(spec: SourceSpec, recipe: Recipe) -> str:
     """The source as the card shows it: Hub coordinates, or local files by their path relative to the recipe
     (file name + sha256 for files elsewhere), never a folder of this machine."""
@@ -108,46 +93,124 @@ def card_source(spec: SourceSpec, recipe: Recipe) -> str:
     for p in spec.paths[:8]:
         rel = portable_path(p, base, aliases)
         inside = rel != os.path.basename(p) or os.path.dirname(os.path.abspath(p)) == base
-        shown.append(f"`{rel}`" if inside else f"`{rel}` (sha256 {_file_sha(p)[:16]})")
+        shown.append(f"`{rel}`" if inside else f"`{rel}` (sha256 {file_sha256(p)[:16]})")
     more = f" and {len(spec.paths) - 8:,} more" if len(spec.paths) > 8 else ""
     return f"{len(spec.paths):,} {spec.format} file(s): " + ", ".join(shown) + more
 
 
-def _local_paths(recipe: Recipe, spec: SourceSpec) -> list[str]:
-    """Absolute local paths a recipe may spell out (sources, tokenizer, output), longest first."""
-    roots = (getattr(spec, "root", None), recipe.output.folder, recipe.output.card_template)
-    paths = list(getattr(spec, "paths", ())) + [p for p in roots if p]
-    if recipe.tokenizer.name_or_path and os.path.exists(recipe.tokenizer.name_or_path):
-        paths.append(recipe.tokenizer.name_or_path)
-    if recipe.tokenizer.train is not None and recipe.tokenizer.train.cache_dir:
-        paths.append(recipe.tokenizer.train.cache_dir)
-    return sorted({os.path.abspath(p) for p in paths}, key=len, reverse=True)
+PORTABLE_OUTPUT = "prepared"
+"""``output.folder`` of the portable recipe: where a re-run writes, next to the recipe (the original folder's name
+stays on the machine that ran it)."""
+MAX_LISTED_FILES = 8
+"""A local source with more files is listed by one digest over all of them instead of one line per file."""
 
 
-def card_recipe_text(recipe: Recipe, spec: SourceSpec) -> str:
-    """The recipe for the card: its own text (comments kept) with any absolute local path it spells out written
-    relative to the recipe (or as a file name), so a pushed card does not show this machine's folders."""
-    text = recipe.text or dump_yaml(recipe.model_dump(mode="json"))
+def _tree(folder: str) -> list[str]:
+    """The files of a folder as a run copies it (hidden ones skipped), sorted by relative path."""
+    root = Path(folder)
+    return [
+        str(p) for p in sorted(root.rglob("*"), key=lambda q: q.relative_to(root).as_posix())
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+
+
+def portable_recipe(recipe: Recipe, info: TokenizerInfo) -> str:
+    """The recipe as run, re-runnable elsewhere: the card shows it and the output folder keeps it as
+    ``recipe.yaml`` (the file as written may hold this machine's paths, which neither may show).
+
+    The recipe's settings (those it sets, after validation) as YAML, with every local path made portable: relative
+    to the recipe when it lies beside it, ``{stdlib}/...`` under the standard library, else its name; a local
+    tokenizer folder becomes the copy bundled next to the recipe (``./tokenizer``), and ``output.folder``
+    :data:`PORTABLE_OUTPUT`. Hub ids and revisions stay as given. A comment at the top lists the local inputs
+    (marked local) with their sha256, so whoever has the same files can check them and re-run the recipe.
+
+    Example:
+        >>> print(portable_recipe(load_recipe("recipes/quickstart.yaml"), info))  # doctest: +SKIP
+        # The hfprep recipe as run: `hfprep run recipe.yaml` reproduces the dataset into prepared/.
+        # Local inputs, by path relative to this file (put the same files there):
+        #   {stdlib}  local, 300 files, sha256:... of their sha256sum lines (paths relative to the folder)
+        name: hfprep quickstart (Python stdlib)
+        ...
+    """
     base, aliases = _recipe_dir(recipe), _path_aliases()
-    for p in _local_paths(recipe, spec):
-        if p in text:
-            text = text.replace(p, portable_path(p, base, aliases))
-    return text.rstrip("\n")
+
+    def port(path: str) -> str:
+        return portable_path(path, base, aliases)
+
+    def file_line(path: str, what: str = "local file") -> str:
+        return f"#   {port(path)}  {what}, sha256:{file_sha256(path)}"
+
+    data = recipe.model_dump(mode="json", exclude_unset=True)
+    inputs: list[str] = []
+    if recipe.source is not None:
+        sections = [(recipe.source, data["source"])]
+    else:
+        sections = list(zip(recipe.sources or [], data.get("sources") or []))
+    for sec, out in sections:
+        own = out.get("tokenize") or {}
+        if isinstance(own.get("chat_template_path"), str):
+            inputs.append(file_line(own["chat_template_path"], "local chat template"))
+            own["chat_template_path"] = port(own["chat_template_path"])
+        if sec.kind == "hub":
+            continue
+        paths = resolve_source(sec).paths
+        if sec.kind == "files":
+            out["files"] = [port(f) for f in sec.files or []]
+        else:
+            out["text_dir"] = port(sec.text_dir or "")
+        if sec.kind == "files" and len(paths) <= MAX_LISTED_FILES:
+            inputs += [file_line(f) for f in paths]
+            continue
+        root = sec.text_dir or os.path.commonpath([os.path.dirname(f) for f in paths])
+        where = out.get("text_dir") or ", ".join(out["files"])
+        inputs.append(f"#   {where}  local, {len(paths):,} files, sha256:{files_sha256(paths, root)} of their "
+                      "sha256sum lines (paths relative to the folder)")
+    tok, tok_out = recipe.tokenizer, data["tokenizer"]
+    if info.bundle_dir and tok.name_or_path:
+        tok_out["name_or_path"] = f"./{TOKENIZER_DIR}"
+        inputs.append(f"#   ./{TOKENIZER_DIR}  local tokenizer folder, bundled with this dataset, "
+                      f"sha256:{files_sha256(_tree(tok.name_or_path), tok.name_or_path)} of its files' sha256sum lines")
+    if tok.train is not None and tok.train.cache_dir:
+        tok_out["train"]["cache_dir"] = port(tok.train.cache_dir)
+    if isinstance(data.get("tokenize", {}).get("chat_template_path"), str):
+        inputs.append(file_line(data["tokenize"]["chat_template_path"], "local chat template"))
+        data["tokenize"]["chat_template_path"] = port(data["tokenize"]["chat_template_path"])
+    data["output"]["folder"] = PORTABLE_OUTPUT
+    if recipe.output.card_template:
+        inputs.append(file_line(recipe.output.card_template, "local card template"))
+        data["output"]["card_template"] = port(recipe.output.card_template)
+    head = [f"# The hfprep recipe as run: `hfprep run {RECIPE_NAME}` reproduces the dataset into {PORTABLE_OUTPUT}/"
+            + (f" (and pushes it to {recipe.hub.repo_id}; --no-push prepares only)." if recipe.hub.repo_id else ".")]
+    if inputs:
+        head += ["# Local inputs, by path relative to this file (put the same files there):", *inputs]
+    return "\n".join(head) + "\n" + dump_yaml(data).rstrip("\n")
 
 
-def card_load_target(recipe: Recipe) -> str:
-    """What ``load_dataset`` is given in the card: the Hub repo id, or the output folder as typed from here."""
+def card_target(recipe: Recipe) -> CardTarget:
+    """Where the card is read: the recipe's Hub repo, config and revision, or the output folder as typed from here
+    (a push renders the card's snippets again for where it pushes)."""
     if recipe.hub.repo_id:
-        return recipe.hub.repo_id
+        return hub_card_target(recipe.hub.repo_id, recipe.hub.config_name, recipe.hub.revision)
     folder = os.path.abspath(recipe.output.folder)
     rel = os.path.relpath(folder)
-    return rel if not rel.startswith("..") else os.path.basename(folder)
+    return CardTarget(rel if not rel.startswith("..") else os.path.basename(folder))
 
 
 def _portable_decode_report(replaced: Any, recipe: Recipe) -> str:
     text = replaced.describe()
     first = getattr(replaced, "first_file", None)
     return text.replace(first, portable_path(first, _recipe_dir(recipe), _path_aliases())) if first else text
+
+
+def default_title(strategy: str, seq_len: int) -> str:
+    """The card's title when the recipe names none (not the output folder's name: that stays on this machine).
+
+    Example:
+        >>> default_title("sft", 2048)
+        'SFT data in packed 2048-token rows'
+    """
+    kind = {"pretrain": "Pre-training", "fim": "Fill-in-the-middle", "sft": "SFT"}.get(strategy, strategy)
+    return f"{kind} data in packed {seq_len}-token rows"
 
 
 def rows_all_full(results: list[SplitResult], seq_len: int) -> bool:
@@ -166,9 +229,11 @@ def card_params(
     date: str,
     download_bytes: dict[str, int] | None = None,
     has_fill_plot: bool = True,
+    recipe_text: str | None = None,
 ) -> CardParams:
     """The facts of a finished run that the dataset card shows. ``split_bytes``: Arrow bytes per split
-    (``num_bytes``); ``download_bytes``: Parquet bytes."""
+    (``num_bytes``); ``download_bytes``: Parquet bytes; ``recipe_text``: :func:`portable_recipe` when the caller
+    has it (the run writes it as ``recipe.yaml`` too)."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
     splits = []
@@ -181,7 +246,7 @@ def card_params(
             s["rows_in"] = int(r.rows_in)
             s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
         splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
-    load_target = card_load_target(recipe)
+    target = card_target(recipe)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
     if isinstance(options.get("chat_template_path"), str):  # resolved to an absolute path when the recipe loaded
@@ -191,31 +256,31 @@ def card_params(
     tokenizer = TokenizerFacts(
         metadata={
             # Loadable as written: AutoTokenizer.from_pretrained(name_or_path, subfolder=..., revision=...).
-            "name_or_path": load_target if info.bundle_dir else info.name_or_path,
-            **({"subfolder": TOKENIZER_DIR} if info.bundle_dir else {}),
-            "revision": info.revision,
+            **(bundled_tokenizer_meta(target) if info.bundle_dir else {"name_or_path": info.name_or_path,
+                                                                       "revision": info.revision}),
             "vocab_size": vocab_size(tok),
             "fingerprint": fingerprint,
             **document_specials(tok, tcfg),
             "pad_token_id": pad_id,
             "backend": backend,
         },
-        label=(f"`{info.name_or_path}`" if not info.bundle_dir else f"bundled in this repo under `{TOKENIZER_DIR}/`")
-        + (f" @ `{info.revision}`" if info.revision else ""),
+        label=f"`{info.name_or_path}`" + (f" @ `{info.revision}`" if info.revision else "")
+        if not info.bundle_dir
+        else "bundled with the rows (loaded as *Load it* shows)",
         vocab_size=vocab_size(tok),
         fingerprint=fingerprint,
         eos_id=eos_token_id(tok, tcfg.eos_token),
         pad_id=pad_id,
         backend=backend,
         backend_report=backend_report,
-        bundled_dir=TOKENIZER_DIR if info.bundle_dir else None,
+        bundled=bool(info.bundle_dir),
     )
     replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
     caption, note = doc_lengths_note(results)
     hub = recipe.hub
     commit = git_commit()
     return CardParams(
-        title=hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
+        title=hub.pretty_name or recipe.name or default_title(tcfg.strategy, recipe.packing.seq_len),
         description=recipe.description
         or f"Language-model training data prepared from {card_source(spec, recipe)}.",
         pretty_name=hub.pretty_name or recipe.name or None,
@@ -237,7 +302,7 @@ def card_params(
         split_bytes=split_bytes,
         download_bytes=download_bytes,
         tokenizer=tokenizer,
-        load_target=load_target,
+        target=target,
         doc_lengths_caption=caption,
         doc_lengths_note=note,
         has_fill_plot=has_fill_plot,
@@ -247,7 +312,7 @@ def card_params(
         + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
         + (f", columns renamed {spec.columns}" if spec.columns else "")
         + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else ""),
-        recipe_text=card_recipe_text(recipe, spec),
+        recipe_text=recipe_text if recipe_text is not None else portable_recipe(recipe, info),
         engine_line=engine_line,
         version=__version__,
         git_commit=commit,
@@ -255,6 +320,7 @@ def card_params(
         recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
         date=date,
         template=recipe.output.card_template,
+        loss_layout=probe_loss_layout(tok, tcfg) if tcfg.strategy == "sft" else None,
     )
 
 
@@ -393,24 +459,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("pushed"):
         lines.append(f"  pushed: {summary['pushed']}")
     return "\n".join(lines)
-
-
-def measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
-    """The split's Arrow table; sets ``r.out_stats``, ``r.fill_bins`` and ``r.segment_bins`` from the rows written
-    (the numbers the card and the summary give)."""
-    ds = r.dataset
-    table = ds.with_format("arrow")[:] if len(ds) else tokenized_features().arrow_schema.empty_table()
-    table = table.select(["input_ids", "position_ids", "loss_mask"])
-    total = SplitStats()
-    fills: list[np.ndarray] = []
-    segs: dict[int, int] = {}
-    for batch in table.to_batches(max_chunksize=4096):
-        s, fill, seg_len = batch_stats(pa.Table.from_batches([batch]), pad_id, padded)
-        total.add(s)
-        fills.append(fill)
-        for b, c in length_bin_counts(seg_len).items() if len(seg_len) else ():
-            segs[b] = segs.get(b, 0) + c
-    r.out_stats = total
-    r.fill_bins = fill_bin_counts(np.concatenate(fills) if fills else np.zeros(0))
-    r.segment_bins = segs
-    return table

@@ -25,14 +25,29 @@ from typing import Any
 
 import pyarrow as pa
 
-from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
+from .configure import SplitResult, effective_tokenize_config
 from .datasets_internals import arrow_table
-from .describe import build_card, doc_lengths_note, make_summary, reduce_chunks_advice, rows_all_full
+from .describe import (
+    build_card,
+    doc_lengths_note,
+    make_summary,
+    portable_recipe,
+    reduce_chunks_advice,
+    rows_all_full,
+)
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.hub import push_folder
-from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output
+from .output.layout import (
+    CARD_NAME,
+    IMAGES_DIR,
+    RECIPE_NAME,
+    TOKENIZER_DIR,
+    atomic_output,
+    check_output,
+    claim_output,
+)
 from .output.meter import SplitMeter
 from .output.plots import fill_histogram_png, length_histogram_png
 from .output.shards import ShardWriter
@@ -145,8 +160,10 @@ def _run_claimed(
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         arrow_bytes = {r.name: outputs.arrow_bytes[r.name] for r in results}  # num_bytes (datasets' dataset_info)
         split_bytes = {r.name: outputs.parquet_bytes[r.name] for r in results}
+        recipe_text = portable_recipe(recipe, info)  # the card shows it; the folder keeps it to re-run
+        (tmp / RECIPE_NAME).write_text(recipe_text + "\n", encoding="utf-8")
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
-                          download_bytes=split_bytes, has_fill_plot=has_fill_plot)
+                          download_bytes=split_bytes, has_fill_plot=has_fill_plot, recipe_text=recipe_text)
         if mix is not None:
             if recipe.output.plots:
                 mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")

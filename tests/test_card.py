@@ -80,11 +80,25 @@ def test_card_prose_recipe_images_and_no_token(card_run):
     text = (out / "README.md").read_text()
     assert "from hfprep import DataCollatorForPackedLM" in text
     assert 'load_dataset("me/tiny")' in text
-    # The exact recipe, comments included; the absolute tokenizer folder (outside the recipe's folder) appears by
-    # its name only, so the card does not show this machine's folders.
-    tok_dir = meta_tokenizer_dir(recipe_text)
-    portable = recipe_text.replace(tok_dir, Path(tok_dir).name)
-    assert "```yaml\n" + portable.rstrip("\n") + "\n```" in text
+    # The recipe as run, as the folder's recipe.yaml holds it: the settings the recipe wrote, the local tokenizer
+    # folder (outside the recipe's folder) as the copy bundled next to the recipe, the output folder by a neutral
+    # name; the local inputs with their sha256 in the comment on top.
+    bundled = (out / "recipe.yaml").read_text()
+    assert "```yaml\n" + bundled.rstrip("\n") + "\n```" in text
+    expected = yaml.safe_load(recipe_text)
+    expected["tokenizer"]["name_or_path"] = "./tokenizer"
+    expected["output"]["folder"] = "prepared"
+    assert yaml.safe_load(bundled) == expected
+    tok_dir = Path(meta_tokenizer_dir(recipe_text))
+    tok_files = sorted(p for p in tok_dir.rglob("*") if p.is_file())
+    # The sha256 of what `sha256sum` prints for the folder's files (paths relative to it).
+    tok_digest = hashlib.sha256("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tok_dir).as_posix()}\n"
+                                        for p in tok_files).encode()).hexdigest()
+    assert f"#   docs.jsonl  local file, sha256:{hashlib.sha256((out.parent / 'docs.jsonl').read_bytes()).hexdigest()}" \
+        in bundled
+    assert f"#   ./tokenizer  local tokenizer folder, bundled with this dataset, sha256:{tok_digest} of its files'" \
+        in bundled
+    assert str(tok_dir) not in bundled and str(out.parent) not in bundled
     for img in re.findall(r"\]\((images/[^)]+)\)", text):
         assert (out / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(re.findall(r"\]\((images/[^)]+)\)", text)) == 2
@@ -216,6 +230,9 @@ def test_card_leaks_no_local_path_and_checks_the_license(dense_run, tokenizer_pa
         assert local not in text, local
     assert not re.search(r"(?<![\w.])/(tmp|home|root|Users)/", text)
     assert f"sha256 {hashlib.sha256(src.read_bytes()).hexdigest()[:16]}" in text  # the file by name + hash
+    # The source revision: the sha256 of the `sha256sum` line of the file (path relative to its folder).
+    line = f"{hashlib.sha256(src.read_bytes()).hexdigest()}  {src.name}\n"
+    assert f"| source revision | sha256:{hashlib.sha256(line.encode()).hexdigest()} over 1 local file(s) |" in text
     meta = parse_card_metadata(text)
     assert (meta["license"], meta["license_name"]) == ("other", "psf-2.0")  # not a Hub license id
     assert "github.com" not in text

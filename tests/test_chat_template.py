@@ -217,3 +217,27 @@ def test_spans_to_token_mask_overlap_rule() -> None:
     assert got.tolist() == [False, True, True, False, True]
     got = spans_to_token_mask(starts, ends, np.array([3, 8]), np.array([5, 9]), 9, rule="last_char")
     assert got.tolist() == [False, True, False, False, True]
+
+
+def test_loss_probe_tells_the_seed_scheme_from_a_template(chat_tok, tokenizer) -> None:
+    """The same role tokens, two masks: the seed's scheme gives <assistant> loss (DESIGN: loss on every token of
+    assistant turns, role tokens included, and the final eos); a template's generation prompt <assistant> gets none.
+    The card's sentence follows the probe, not the strategy's name."""
+    from hfprep.output.card import sft_loss_note
+    from hfprep.tokenization.loss_probe import LossLayout, probe_loss_layout
+
+    seed = probe_loss_layout(tokenizer, TokenizeConfig(strategy="sft", chat_template="never"))
+    assert seed == LossLayout(header="", before="<assistant>", after="</assistant>",
+                              after_last="</assistant><|endoftext|>", inserted="", system=True)
+    assert sft_loss_note(seed) == (
+        " (each assistant answer, the `<assistant>` before it and the `</assistant>` after it, and the "
+        "`<\\|endoftext\\|>` after the last one; no loss on system and user turns)"
+    )
+    chat_tok.chat_template = TEMPLATE_PLAIN
+    templated = probe_loss_layout(chat_tok, TokenizeConfig(strategy="sft"))
+    assert templated == LossLayout(header="<assistant>", before="", after="</assistant>", after_last="</assistant>",
+                                   inserted="", system=True)
+    assert sft_loss_note(templated) == (
+        " (each assistant answer and the `</assistant>` after it; no loss on system and user turns or on the "
+        "`<assistant>` that opens each assistant turn)"
+    )

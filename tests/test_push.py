@@ -305,7 +305,7 @@ def test_card_yaml_and_prose_survive(roundtrip):
     meta, local_meta = front_matter(files["README.md"]), front_matter(local)
     for key in ("license", "tags", "dataset_info"):
         assert meta[key] == local_meta[key]
-    assert {k: v for k, v in meta["hfprep"].items() if k != "pushes"} == local_meta["hfprep"]
+    assert meta["hfprep"]["configs"] == {"default": local_meta["hfprep"]}  # one block per config
     [shard] = data_files(files)
     assert meta["configs"] == [
         {"config_name": "default", "data_files": [{"split": "train", "path": shard[:15] + "-train-?????-of-?????.parquet"}]}
@@ -721,13 +721,15 @@ def test_merge_card_hand_worked():
     legacy = "---\ntags: [mine]\nconfigs:\n- config_name: default\n  data_files: data/train-*\nhfprep:\n  seq_len: 4\n---\n# Old\n"
     out = merge_card(local, legacy, config_name="fr", data_files=[{"split": "train", "path": "data/fr/x-train-*"}],
                      push_record={"id": "x"}, path_map={"images/f.png": "fr/images/f.png"})
+    # The legacy card's single hfprep block was its default config's: both configs keep theirs. The repo-wide
+    # license comes from the default config (the legacy card has none), not from the fr push; tags are merged.
     assert out == (
         "---\n"
         "tags:\n- mine\n- hfprep\n"
         "configs:\n- config_name: default\n  data_files: data/train-*\n"
         "- config_name: fr\n  data_files:\n  - split: train\n    path: data/fr/x-train-*\n"
-        "hfprep:\n  seq_len: 8\n  config_name: fr\n  pushes:\n    fr:\n      id: x\n"
-        "license: apache-2.0\n"
+        "hfprep:\n  configs:\n    default:\n      seq_len: 4\n    fr:\n      seq_len: 8\n"
+        "  pushes:\n    fr:\n      id: x\n"
         "dataset_info:\n- config_name: fr\n  splits:\n  - name: train\n    num_examples: 2\n"
         "---\n\n"
         "<!-- hfprep:begin config=default -->\n# Old\n<!-- hfprep:end config=default -->\n\n"
@@ -942,7 +944,8 @@ def test_cli_push_validates_first_and_dry_run_lists(hub_in_process, tmp_path, to
     assert hub.repos == {}
     assert lines[-1].startswith("dry run: ") and "nothing was changed" in lines[-1]
     assert lines[-2] == "add README.md"
-    expected = r"add (data/small/[0-9a-f]{10}-\w+-\d{5}-of-\d{5}\.parquet|small/(images|tokenizer)/\S+|README\.md)"
+    expected = (r"add (data/small/[0-9a-f]{10}-\w+-\d{5}-of-\d{5}\.parquet|small/(images|tokenizer)/\S+|small/recipe\.yaml"
+                r"|README\.md)")
     assert [line for line in lines[:-1] if not re.fullmatch(expected, line)] == []
     assert main(["push", str(out), "--repo-id", "user/cli", "--config-name", "small", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["event"] == "pushed"

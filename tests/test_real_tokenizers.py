@@ -398,3 +398,29 @@ def test_recipe_chat_template_path_for_gpt_oss(tmp_path) -> None:
     row = ds[0]
     spans = _decode_spans(tok, row["input_ids"], row["loss_mask"])
     assert spans == ["4.<|end|>", "6, since 3+3 = 6.<|return|>"]
+
+
+# What each family's chat format writes around an assistant answer (read from its template): the header that opens
+# the turn (no loss), the end-of-turn token after an earlier answer and after the last one (loss), and what the
+# template writes before the last answer only (no loss).
+LOSS_LAYOUT = {
+    "qwen3": ("<|im_start|>assistant\n", "<|im_end|>", "<|im_end|>", "<think>\n\n</think>\n\n"),
+    "llama3_1": ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", "<|eot_id|>", ""),
+    "llama3": ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", "<|eot_id|>", ""),
+    "gemma3": ("<start_of_turn>model\n", "<end_of_turn>", "<end_of_turn>", ""),
+    "deepseek_v3": ("<｜Assistant｜>", "<｜end▁of▁sentence｜>", "<｜end▁of▁sentence｜>", ""),
+    "gptoss": ("<|start|>assistant<|channel|>final<|message|>", "<|end|>", "<|return|>", ""),
+}
+
+
+@pytest.mark.parametrize("family", list(LOSS_LAYOUT))
+def test_loss_probe_reads_each_family_s_mask(family: str, tmp_path) -> None:
+    from hfprep.tokenization.loss_probe import LossLayout, probe_loss_layout
+
+    tok = real_tokenizer(family)
+    config = TokenizeConfig(strategy="sft")
+    if family == "gptoss":
+        (tmp_path / "harmony.jinja").write_text(HARMONY)
+        config = TokenizeConfig(strategy="sft", chat_template_path=str(tmp_path / "harmony.jinja"))
+    header, after, after_last, inserted = LOSS_LAYOUT[family]
+    assert probe_loss_layout(tok, config) == LossLayout(header, "", after, after_last, inserted, system=True)

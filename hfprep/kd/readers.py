@@ -39,7 +39,7 @@ from datasets import load_dataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError, TokenizerError
-from ..output.card import split_front_matter
+from ..output.card import hfprep_block, split_front_matter
 from ..tokenization.loading import tokenizer_fingerprint
 from .format import RB_COLUMNS, bf16_bits_to_float, check_complete_shards, hidden_column, list_values_numpy, read_meta
 
@@ -312,7 +312,7 @@ def read_card_meta(folder: str | os.PathLike) -> dict[str, Any] | None:
     parts = split_front_matter(card.read_text())
     if parts is None:
         return None
-    return (parts[0] or {}).get("hfprep_kd")
+    return hfprep_block(parts[0] or {}, key="hfprep_kd") or None  # a pushed card keeps one block per config
 
 
 def load_kd_dataset(

@@ -5,7 +5,14 @@ task_categories, size_categories, source_datasets, tags) plus an ``hfprep`` bloc
 were made (tokenizer id + revision + vocab size + fingerprint, eos/pad ids, strategy, seq_len, packing,
 num_reduce_chunks) and what they hold (per-split rows, tokens, padding, loss tokens, segments) — the numbers
 ``hfprep validate`` checks against the data. The prose explains how to load and train, shows the figures,
-embeds the exact recipe and the provenance.
+embeds the recipe as run (the folder's ``recipe.yaml``) and the provenance.
+
+The card names where it is read (:class:`CardTarget`): a local folder, or a config of a Hub repo at a revision.
+The only text that depends on it, the "Load it" and "Train on it" snippets, sits between
+``<!-- hfprep:snippet NAME -->`` markers, so a push renders them again for the repo, config and revision it writes
+to (:func:`retarget_snippets`, from the card's own YAML); links to the folder's files are relative. A folder's
+card has one ``hfprep`` block; a pushed card keeps one per config (``hfprep: {configs: {NAME: block}, pushes:
+...}``): :func:`hfprep_configs` and :func:`hfprep_block` read both layouts.
 
 The template uses ``string.Template`` placeholders (``${name}``); no other dependency.
 
@@ -32,7 +39,8 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 
 from ..errors import ConfigError
 from ..schema import row_features
-from .layout import split_glob
+from ..tokenization.loss_probe import LossLayout
+from .layout import DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, TOKENIZER_DIR, split_glob
 from .quality import format_report
 
 
@@ -133,6 +141,41 @@ def parse_card_metadata(text: str) -> dict[str, Any]:
 def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """:func:`parse_card_metadata` of a card file."""
     return parse_card_metadata(Path(path).read_text(encoding="utf-8"))
+
+
+def hfprep_configs(meta: Mapping[str, Any], key: str = "hfprep") -> dict[str, dict[str, Any]]:
+    """The per-config ``hfprep`` (or ``hfprep_kd``) blocks of a card's metadata, in card order, for every layout:
+    a pushed card's ``{configs: {NAME: block}, pushes: ...}``; a folder's single block (config ``default``); the
+    single block of a card pushed by an hfprep before per-config blocks (its config in ``config_name``).
+
+    Example:
+        >>> hfprep_configs({"hfprep": {"seq_len": 8, "config_name": "fr", "pushes": {}}})
+        {'fr': {'seq_len': 8}}
+        >>> hfprep_configs({"hfprep": {"configs": {"default": {"seq_len": 8}}, "pushes": {}}})
+        {'default': {'seq_len': 8}}
+    """
+    block = meta.get(key)
+    if not isinstance(block, Mapping):
+        return {}
+    configs = block.get("configs")
+    if isinstance(configs, Mapping):
+        return {str(name): dict(b) for name, b in configs.items() if isinstance(b, Mapping)}
+    single = {k: v for k, v in block.items() if k not in ("pushes", "config_name")}
+    return {str(block.get("config_name", DEFAULT_CONFIG)): single} if single else {}
+
+
+def hfprep_block(meta: Mapping[str, Any], config_name: str | None = None, key: str = "hfprep") -> dict[str, Any]:
+    """One config's ``hfprep`` block (:func:`hfprep_configs`): ``config_name``'s, or by default the ``default``
+    config's, else the first; ``{}`` when the card has none.
+
+    Example:
+        >>> hfprep_block({"hfprep": {"configs": {"a": {"seq_len": 4}, "default": {"seq_len": 8}}}})
+        {'seq_len': 8}
+    """
+    configs = hfprep_configs(meta, key)
+    if config_name is not None:
+        return configs.get(config_name, {})
+    return configs.get(DEFAULT_CONFIG) or next(iter(configs.values()), {})
 
 
 def dataset_info_yaml(
@@ -268,6 +311,149 @@ def render_card(context: Mapping[str, Any], template: str | os.PathLike | None =
         raise ConfigError(f"card template {str(path)!r} uses ${{{e.args[0]}}}, which hfprep does not provide") from None
 
 
+# ----------------------------------------------------------------------------------------------- where it is read
+
+
+@dataclass(frozen=True)
+class CardTarget:
+    """Where a card is read, as its snippets name it: a local folder as typed (``load_dataset(folder)``), or
+    (``on_hub``) config ``config`` of the Hub dataset repo ``name`` at ``revision`` (None: ``main``), whose rows lie
+    under ``data_dir`` and other files (tokenizer, images) under ``prefix`` (``""`` or ``"<config>/"``, see
+    :func:`hfprep.output.hub.hub_card_target`).
+
+    Example:
+        >>> CardTarget("me/x", "sft", "dev", "sft/", "data/sft", on_hub=True).load_args(split="train")
+        '"me/x", "sft", split="train", revision="dev"'
+        >>> CardTarget("out/x").load_args()
+        '"out/x"'
+    """
+
+    name: str
+    config: str = DEFAULT_CONFIG
+    revision: str | None = None
+    prefix: str = ""
+    data_dir: str = DATA_DIR
+    on_hub: bool = False
+
+    def load_args(self, **kwargs: str) -> str:
+        """``load_dataset``'s arguments: the repo id or folder, the config unless ``default``, ``kwargs``, the
+        revision unless ``main``."""
+        config = [self.config] if self.config != DEFAULT_CONFIG else []
+        return _args([self.name, *config], {**kwargs, **self.revision_kwargs()})
+
+    def revision_kwargs(self) -> dict[str, str]:
+        """``{"revision": ...}`` for a branch other than ``main``, else nothing."""
+        return {"revision": self.revision} if self.revision else {}
+
+
+def _args(positional: list[str], keywords: Mapping[str, str]) -> str:
+    """Python call arguments of string values: ``"a", k="v"``."""
+    def py(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    return ", ".join([py(v) for v in positional] + [f"{k}={py(v)}" for k, v in keywords.items()])
+
+
+SNIPPET_BEGIN = "<!-- hfprep:snippet {} -->"
+SNIPPET_END = "<!-- hfprep:snippet-end {} -->"
+_SNIPPET_RE = re.compile(r"<!-- hfprep:snippet (?P<name>[a-z]+) -->\n.*?\n<!-- hfprep:snippet-end (?P=name) -->", re.S)
+
+
+def _marked(name: str, text: str) -> str:
+    return f"{SNIPPET_BEGIN.format(name)}\n{text.strip(chr(10))}\n{SNIPPET_END.format(name)}"
+
+
+def card_snippets(target: CardTarget, split_rows: Mapping[str, int], tokenizer_dir: str | None) -> dict[str, str]:
+    """The card's ``load`` and ``train`` snippets for ``target``, each between its markers: ``load_dataset`` with
+    the repo id (or folder), the config when it is not ``default`` and the revision when it is not ``main``; the
+    bundled tokenizer (``tokenizer_dir`` in the folder) by its path in the repo.
+
+    Example:
+        >>> snip = card_snippets(CardTarget("out/x"), {"train": 3}, "tokenizer")
+        >>> print(snip["load"])
+        <!-- hfprep:snippet load -->
+        ```python
+        from datasets import load_dataset
+        from transformers import AutoTokenizer
+        <BLANKLINE>
+        ds = load_dataset("out/x")
+        print(ds)  # train: 3 rows
+        tokenizer = AutoTokenizer.from_pretrained("out/x", subfolder="tokenizer")  # the tokenizer that made the rows
+        ```
+        <!-- hfprep:snippet-end load -->
+    """
+    where = ""
+    if target.config != DEFAULT_CONFIG:
+        where = (f"Config **`{target.config}`** of this repository: its rows are under `{target.data_dir}/`"
+                 + (f", its other files under `{target.prefix}`" if target.prefix else "") + ".\n\n")
+    rows = ", ".join(f"{s}: {n:,} rows" for s, n in split_rows.items())
+    imports, tok = ["from datasets import load_dataset"], ""
+    if tokenizer_dir and target.on_hub:
+        # transformers looks for a subfolder in model repos only: fetch the dataset repo's tokenizer files first.
+        sub = target.prefix + tokenizer_dir
+        fetch = {"repo_type": "dataset", "allow_patterns": f"{sub}/*", **target.revision_kwargs()}
+        imports += ["from huggingface_hub import snapshot_download", "from transformers import AutoTokenizer"]
+        tok = (f"files = snapshot_download({_args([target.name], fetch)})\n"
+               f"tokenizer = AutoTokenizer.from_pretrained(files, subfolder={json.dumps(sub)})"
+               "  # the tokenizer that made the rows\n")
+    elif tokenizer_dir:
+        imports.append("from transformers import AutoTokenizer")
+        tok = (f"tokenizer = AutoTokenizer.from_pretrained({_args([target.name], {'subfolder': tokenizer_dir})})"
+               "  # the tokenizer that made the rows\n")
+    load = (
+        f"{where}```python\n" + "\n".join(imports)
+        + f"\n\nds = load_dataset({target.load_args()})\nprint(ds)  # {rows}\n{tok}```"
+    )
+    train = (
+        "```python\nfrom datasets import load_dataset\n"
+        "from transformers import AutoModelForCausalLM, Trainer, TrainingArguments\n"
+        "from hfprep import DataCollatorForPackedLM\n\n"
+        f"train = load_dataset({target.load_args(split=next(iter(split_rows)))})\n"
+        'model = AutoModelForCausalLM.from_pretrained("your-model", attn_implementation="sdpa")\n'
+        "trainer = Trainer(\n"
+        "    model=model,\n"
+        '    args=TrainingArguments(output_dir="checkpoints", per_device_train_batch_size=8, '
+        "remove_unused_columns=False),\n"
+        "    train_dataset=train,\n"
+        "    data_collator=DataCollatorForPackedLM(),  # labels with -100 off the loss mask and across documents\n"
+        ")\n"
+        "trainer.train()\n```"
+    )
+    return {"load": _marked("load", load), "train": _marked("train", train)}
+
+
+def snippet_facts(meta: Mapping[str, Any]) -> tuple[dict[str, int], str | None]:
+    """What the snippets need from a folder card's metadata: rows per split (card order) and the bundled
+    tokenizer's folder (None when the tokenizer is named by its Hub id)."""
+    block = hfprep_block(meta)
+    rows = {str(s): int(v.get("rows", 0)) for s, v in (block.get("stats") or {}).items() if isinstance(v, Mapping)}
+    bundled = isinstance(block.get("tokenizer"), Mapping) and "subfolder" in block["tokenizer"]
+    return rows, (TOKENIZER_DIR if bundled else None)
+
+
+def retarget_snippets(body: str, snippets: Mapping[str, str]) -> str:
+    """``body`` with each marked snippet replaced by the one of the same name in ``snippets`` (others kept).
+
+    Example:
+        >>> body = "# T\\n" + _marked("load", "old") + "\\nend\\n"
+        >>> retarget_snippets(body, {"load": _marked("load", "new")}).splitlines()[2]
+        'new'
+    """
+    return _SNIPPET_RE.sub(lambda m: snippets.get(m["name"], m[0]), body)
+
+
+def bundled_tokenizer_meta(target: CardTarget) -> dict[str, Any]:
+    """Where a tokenizer bundled with the rows is, read at ``target``: ``name_or_path`` (the folder or repo id),
+    ``repo_type: dataset`` on the Hub, ``subfolder`` and ``revision`` (the card's *Load it* shows how to load it).
+
+    Example:
+        >>> bundled_tokenizer_meta(CardTarget("me/x", "sft", None, "sft/", "data/sft", on_hub=True))
+        {'name_or_path': 'me/x', 'repo_type': 'dataset', 'subfolder': 'sft/tokenizer', 'revision': None}
+    """
+    hub = {"repo_type": "dataset"} if target.on_hub else {}
+    return {"name_or_path": target.name, **hub, "subfolder": target.prefix + TOKENIZER_DIR, "revision": target.revision}
+
+
 # ----------------------------------------------------------------------------------------------- dataset card
 
 
@@ -295,7 +481,7 @@ class TokenizerFacts:
     pad_id: int
     backend: str
     backend_report: dict[str, Any] | None
-    bundled_dir: str | None
+    bundled: bool
 
 
 @dataclass
@@ -324,7 +510,7 @@ class CardParams:
     split_bytes: dict[str, int]
     download_bytes: dict[str, int] | None
     tokenizer: TokenizerFacts
-    load_target: str
+    target: CardTarget
     doc_lengths_caption: str
     doc_lengths_note: str
     has_fill_plot: bool
@@ -339,6 +525,7 @@ class CardParams:
     recipe_sha256: str
     date: str
     template: str | None = None
+    loss_layout: LossLayout | None = None  # sft: what the probe conversation's mask covers
     stats: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -453,13 +640,48 @@ def tokenizer_table(p: CardParams) -> str:
     ]
     if t.backend_report:
         rows.append(("backend check", backend_sentence(t.backend_report)))
-    table = "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
-    if t.bundled_dir:
-        table += (
-            f"\n\nThe tokenizer is included in this repo: "
-            f"`AutoTokenizer.from_pretrained(\"{p.load_target}\", subfolder=\"{t.bundled_dir}\")`."
-        )
-    return table
+    return "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+def _code(text: str, in_table: bool = False) -> str:
+    """``text`` as inline code, whitespace shown escaped (``\\n``); pipes escaped inside a table cell."""
+    shown = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    ticks = "`" * (max((len(m) for m in re.findall("`+", shown)), default=0) + 1)
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    code = f"{ticks}{pad}{shown}{pad}{ticks}"
+    return code.replace("|", "\\|") if in_table else code
+
+
+def sft_loss_note(layout: LossLayout) -> str:
+    """The ``loss_mask`` note of an SFT card, from what the probe conversation's mask covers (a table cell).
+
+    Example:
+        >>> print(sft_loss_note(LossLayout("<|im_start|>assistant\\n", "", "<|im_end|>", "<|im_end|>", "", True)))
+         (each assistant answer and the `<\\|im_end\\|>` after it; no loss on system and user turns or on the `<\\|im_start\\|>assistant\\n` that opens each assistant turn)
+    """
+
+    def code(text: str) -> str:
+        return _code(text, in_table=True)
+
+    with_loss = "each assistant answer"
+    if layout.before:
+        with_loss += f", the {code(layout.before)} before it"
+    if layout.after:
+        with_loss += f" and the {code(layout.after)} after it"
+    if layout.after_last != layout.after:
+        if layout.after and layout.after_last.startswith(layout.after):  # e.g. the eos hfprep appends
+            with_loss += f", and the {code(layout.after_last[len(layout.after) :])} after the last one"
+        elif layout.after_last:  # a template that closes the last turn differently (harmony's <|return|>)
+            with_loss += f" ({code(layout.after_last)} after the last one)"
+    without = ["system and user turns" if layout.system else "user turns"]
+    if layout.header:
+        without.append(f"the {code(layout.header)} that opens each assistant turn")
+    if layout.inserted:
+        without.append(f"the {code(layout.inserted)} the template writes before the last answer")
+    listed = without[0]
+    if len(without) > 1:
+        listed = ", on ".join(without[:-1]) + (", or on " if len(without) > 2 else " or on ") + without[-1]
+    return f" ({with_loss}; no loss on {listed})"
 
 
 def card_context(p: CardParams) -> dict[str, Any]:
@@ -467,8 +689,10 @@ def card_context(p: CardParams) -> dict[str, Any]:
     loss_note = {
         "pretrain": " (every real token)",
         "fim": " (only the middle and the final eos)" if p.only_middle_not_masked else " (every real token)",
-        "sft": " (assistant turns, their role tokens and the final eos)",
+        "sft": sft_loss_note(p.loss_layout) if p.loss_layout is not None else " (assistant turns)",
     }.get(p.strategy, "")
+    split_rows = {s.name: s.rows for s in p.splits}
+    snippets = card_snippets(p.target, split_rows, TOKENIZER_DIR if p.tokenizer.bundled else None)
     return {
         "metadata": dump_yaml(card_front_matter(p)).rstrip("\n"),
         "title": p.title,
@@ -478,7 +702,10 @@ def card_context(p: CardParams) -> dict[str, Any]:
         "packing": p.packing,
         "padding_note": f"; rows end with padding (id {p.tokenizer.pad_id}, position 0, no loss)" if p.padded else "",
         "loss_note": loss_note,
-        "load_target": p.load_target,
+        "load_snippet": snippets["load"],
+        "train_snippet": snippets["train"],
+        # Templates written before the snippets were generated use these three.
+        "load_target": p.target.name,
         "load_comment": ", ".join(f"{s.name}: {s.rows:,} rows" for s in p.splits),
         "train_split": p.splits[0].name,
         "stats_table": stats_table(p.stats, p.seq_len),
@@ -501,6 +728,7 @@ def card_context(p: CardParams) -> dict[str, Any]:
         ),
         "engine_line": p.engine_line,
         "recipe": p.recipe_text,
+        "recipe_file": RECIPE_NAME,
         "hfprep_version": p.version,
         "git_commit": f"`{p.git_commit}`" if p.git_commit else "(not a git checkout)",
         "source_revision": p.source_revision,

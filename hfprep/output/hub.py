@@ -11,8 +11,10 @@ What a push changes on the Hub, and what it never touches:
   ``<split>-XXXXX-of-YYYYY.parquet`` shards of an hfprep card's ``default`` config, and the extra files recorded
   in the card's ``hfprep.pushes.<config>`` entry. Other configs' files and anything else stay.
 * **Card**: the remote ``README.md`` is merged, not replaced (:func:`merge_card`): other configs' ``configs`` and
-  ``dataset_info`` entries, YAML keys hfprep does not write, and the owner's prose outside hfprep's marked
-  section (``<!-- hfprep:begin config=NAME -->`` ... ``<!-- hfprep:end config=NAME -->``) are kept.
+  ``dataset_info`` entries and ``hfprep`` blocks, YAML keys hfprep does not write, and the owner's prose outside
+  hfprep's marked section (``<!-- hfprep:begin config=NAME -->`` ... ``<!-- hfprep:end config=NAME -->``) are
+  kept. The section's load/train snippets are rendered for the repo id, config and revision pushed to
+  (:func:`hub_card_target`); a card or ``recipe.yaml`` that names a folder of this machine is refused.
 * **Atomicity**: commits hold at most 50 operations; new shards go first (no card pattern matches them yet), then
   the commit that switches the card (with the remaining uploads and the first deletions), then the rest of the
   deletions (of files no card points at any more). Whichever commit fails, ``load_dataset(repo)`` reads exactly
@@ -45,6 +47,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,14 +70,24 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from ..errors import ConfigError, DataError, HubError
 from ..version import __version__
-from .card import FRONT_MATTER_RE, dump_yaml, split_front_matter
-from .layout import CARD_NAME, DATA_DIR, SHARD_RE
+from .card import (
+    FRONT_MATTER_RE,
+    CardTarget,
+    bundled_tokenizer_meta,
+    card_snippets,
+    dump_yaml,
+    hfprep_block,
+    hfprep_configs,
+    retarget_snippets,
+    snippet_facts,
+    split_front_matter,
+)
+from .layout import CARD_KEYS, CARD_NAME, DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, SHARD_RE, file_sha256
 
 logger = logging.getLogger(__name__)
 
 MAX_FILES_PER_COMMIT = 50
 REPO_TYPE = "dataset"
-DEFAULT_CONFIG = "default"
 PUSH_ID_CHARS = 10
 _PUSHED_SHARD_RE = re.compile(
     rf"^(?P<id>[0-9a-f]{{{PUSH_ID_CHARS}}})-(?P<split>.+)-(?P<index>\d{{5}})-of-(?P<count>\d{{5}})\.parquet$"
@@ -82,8 +95,11 @@ _PUSHED_SHARD_RE = re.compile(
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SECTION_BEGIN = "<!-- hfprep:begin config={} -->"
 _SECTION_END = "<!-- hfprep:end config={} -->"
-# Keys of the card's YAML that hfprep writes; a push replaces their values (tags are merged), keeps all others.
-_OWNED_KEYS = ("license", "pretty_name", "task_categories", "size_categories", "source_datasets", "tags")
+# Keys of the card's YAML that describe the whole repo: a push of the default config (or of the repo's first
+# config) sets them; a push of another config leaves them as they are. Tags and source datasets are merged: the
+# repo holds every config's data.
+_REPO_KEYS = ("license", "license_name", "pretty_name", "task_categories", "size_categories")
+_MERGED_KEYS = ("source_datasets", "tags")
 @dataclass(frozen=True)
 class PushPlan:
     """What :func:`push_folder` will upload: relative POSIX paths, the card last, and the shards per split."""
@@ -183,10 +199,33 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
         if not any(fnmatch.fnmatchcase(f, pattern) for f in files):
             raise DataError(f"{card}: configs pattern {pattern!r} matches no file in {root}; fix the card or the data")
 
+    for rel in (CARD_NAME, RECIPE_NAME):
+        if rel in files:
+            _refuse_machine_paths(root, rel)
+
     # Shards first, other files (images...) next, the card last: see plan_commits.
     data = [f for f in files if f.startswith(f"{DATA_DIR}/")]
     others = [f for f in files if not f.startswith(f"{DATA_DIR}/") and f != CARD_NAME]
     return PushPlan(root, [*data, *others, CARD_NAME], shards, metadata)
+
+
+def machine_paths(folder: Path) -> list[str]:
+    """Folders of this machine a published file must not name: the dataset folder, the working folder, the home
+    and temporary folders (longest first; the root ``/`` is no name)."""
+    found = {str(folder.resolve()), str(folder.absolute()), os.getcwd(), str(Path.home()), tempfile.gettempdir()}
+    return sorted({p.rstrip(os.sep) for p in found if len(p.rstrip(os.sep)) > 1}, key=len, reverse=True)
+
+
+def _refuse_machine_paths(folder: Path, rel: str) -> None:
+    """A card or recipe that hfprep publishes must not name a folder of this machine (hfprep writes them portable;
+    a hand edit may not be)."""
+    text = (folder / rel).read_text(encoding="utf-8", errors="replace")
+    for path in machine_paths(folder):
+        if re.search(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", text):
+            raise DataError(
+                f"refusing to push: {folder / rel} names the local path {path!r}, which would be published; "
+                "re-create the folder with `hfprep run` (it writes portable paths) or remove the path from the file"
+            )
 
 
 def plan_commits(
@@ -225,6 +264,31 @@ def config_data_dir(config_name: str) -> str:
     return DATA_DIR if config_name == DEFAULT_CONFIG else f"{DATA_DIR}/{config_name}"
 
 
+def config_prefix(config_name: str) -> str:
+    """Where a config's files other than its shards (tokenizer, images, recipe) go in the repo: the root for
+    ``default``, ``<config>/`` otherwise.
+
+    Example:
+        >>> config_prefix("default"), config_prefix("fr")
+        ('', 'fr/')
+    """
+    check_config_name(config_name)
+    return "" if config_name == DEFAULT_CONFIG else f"{config_name}/"
+
+
+def hub_card_target(repo_id: str, config_name: str = DEFAULT_CONFIG, revision: str | None = None) -> CardTarget:
+    """Where a card pushed as ``config_name`` of ``repo_id`` at ``revision`` is read (its snippets name it).
+
+    Example:
+        >>> hub_card_target("me/x", "sft", "main")
+        CardTarget(name='me/x', config='sft', revision=None, prefix='sft/', data_dir='data/sft', on_hub=True)
+    """
+    return CardTarget(
+        repo_id, config_name, None if revision in (None, "main") else revision, config_prefix(config_name),
+        config_data_dir(config_name), on_hub=True,
+    )
+
+
 def check_config_name(config_name: str) -> str:
     """``config_name`` if it can name a config folder (letters, digits, ``.``, ``_``, ``-``), else ``ConfigError``."""
     if not isinstance(config_name, str) or not _CONFIG_NAME_RE.match(config_name) or config_name in (".", ".."):
@@ -236,14 +300,6 @@ def check_config_name(config_name: str) -> str:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]])", r"[\1]", text)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:
@@ -321,16 +377,20 @@ def merge_card(
     data_files: list[dict[str, str]] | None = None,
     push_record: dict[str, Any] | None = None,
     path_map: dict[str, str] | None = None,
+    target: CardTarget | None = None,
 ) -> str:
     """The card a push writes: the folder's card (``local_text``) merged into the repo's card (``remote_text``).
 
-    Replaced: the ``configs`` entry and the ``dataset_info`` of ``config_name`` (pointed at ``data_files``), the
-    ``hfprep`` block (its ``pushes`` record keeps one entry per config), the values of the keys hfprep writes
-    (``license``, ``pretty_name``, ``task_categories``, ``size_categories``, ``source_datasets``; ``tags`` are
-    merged), and the Markdown between ``<!-- hfprep:begin config=NAME -->`` and ``<!-- hfprep:end ... -->``.
-    Kept: every other config's entries, every other YAML key, and the rest of the prose (a card written by an older
-    hfprep, which had no markers, counts as the ``default`` config's section). ``path_map`` rewrites the local
-    card's links to files that the push stores elsewhere in the repo.
+    Replaced: the ``configs`` entry and the ``dataset_info`` of ``config_name`` (pointed at ``data_files``), that
+    config's ``hfprep`` (and ``hfprep_kd``) block under ``hfprep.configs.NAME`` (``hfprep.pushes`` keeps what each
+    config's last push wrote), and the Markdown between ``<!-- hfprep:begin config=NAME -->`` and
+    ``<!-- hfprep:end ... -->``. The repo-wide keys (``license``, ``pretty_name``, ``task_categories``,
+    ``size_categories``) come from the default config, or from the repo's first config while it has no default;
+    ``tags`` and ``source_datasets`` are merged. Kept: every other config's entries and blocks, every other YAML
+    key, and the rest of the prose (a card written by an older hfprep, which had no markers, counts as the
+    ``default`` config's section; its single ``hfprep`` block as its ``config_name``'s). ``path_map`` rewrites the
+    local card's links to files that the push stores elsewhere in the repo; ``target`` (where the pushed card is
+    read: :func:`hub_card_target`) renders the section's snippets and the bundled tokenizer's location again.
 
     Example:
         >>> local = "---\\nconfigs:\\n- config_name: default\\n  data_files: data/train-*\\n---\\n# Mine\\n"
@@ -346,13 +406,6 @@ def merge_card(
     local_meta, local_body = _split_card(local_text, "local card")
     remote_meta, remote_body = _split_card(remote_text, "remote card") if remote_text is not None else ({}, "")
     meta: dict[str, Any] = dict(remote_meta)
-    for key in _OWNED_KEYS:
-        if key not in local_meta:
-            continue
-        if key == "tags" and isinstance(meta.get("tags"), list) and isinstance(local_meta["tags"], list):
-            meta["tags"] = list(dict.fromkeys([*meta["tags"], *local_meta["tags"]]))
-        else:
-            meta[key] = local_meta[key]
 
     # configs: ours replaces the entry of the same name (default first, like push_to_hub), others stay as they are.
     local_entry = next(
@@ -371,6 +424,19 @@ def merge_card(
         configs.insert(0, ours)
     else:
         configs.append(ours)
+
+    if _config_name_of(configs[0]) == config_name:
+        # The repo's own fields: this config speaks for the repo (the default config, or the first one).
+        for key in _REPO_KEYS:
+            if key in local_meta:
+                meta[key] = local_meta[key]
+            elif key == "license_name" and "license" in local_meta:
+                meta.pop(key, None)  # a Hub license id needs no name; a stale one would contradict it
+    for key in _MERGED_KEYS:
+        if key in local_meta:
+            old, new = meta.get(key), local_meta[key]
+            both = isinstance(old, list) and isinstance(new, list)
+            meta[key] = list(dict.fromkeys([*old, *new])) if both else new
     meta["configs"] = configs
 
     # dataset_info: a mapping for one config, a list of mappings with config_name for several (the Hub's forms).
@@ -387,25 +453,41 @@ def merge_card(
                 e.setdefault("config_name", DEFAULT_CONFIG)
             meta["dataset_info"] = sorted([*entries, mine], key=lambda e: e["config_name"] != DEFAULT_CONFIG)
 
-    # hfprep: the pushed config's block, plus what each config's last push wrote (what the next push may delete).
-    if "hfprep" in local_meta or push_record is not None:
-        block = dict(local_meta.get("hfprep") or {})
-        remote_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else {}
-        pushes = dict(remote_block.get("pushes") or {}) if isinstance(remote_block.get("pushes"), dict) else {}
-        if push_record is not None:
-            pushes[config_name] = push_record
-        if config_name != DEFAULT_CONFIG:
-            block["config_name"] = config_name
-        if pushes:
-            block["pushes"] = pushes
-        meta["hfprep"] = block
+    # hfprep / hfprep_kd: one block per config; hfprep.pushes: what each config's last push wrote (what the next
+    # push may delete).
+    for key in sorted(CARD_KEYS):
+        blocks = hfprep_configs(remote_meta, key)
+        block = hfprep_block(local_meta, key=key) or None  # a folder's card has one
+        if block is None:
+            blocks.pop(config_name, None)  # this config's rows are no longer the ones that block described
+        else:
+            if target is not None and isinstance(block.get("tokenizer"), dict) and "subfolder" in block["tokenizer"]:
+                where = bundled_tokenizer_meta(target)
+                block["tokenizer"] = {**where, **{k: v for k, v in block["tokenizer"].items() if k not in where}}
+            if config_name == DEFAULT_CONFIG:
+                blocks = {config_name: block, **{k: v for k, v in blocks.items() if k != config_name}}
+            else:
+                blocks[config_name] = block
+        merged: dict[str, Any] = {"configs": blocks} if blocks else {}
+        if key == "hfprep":
+            remote_block = remote_meta.get(key) if isinstance(remote_meta.get(key), dict) else {}
+            pushes = dict(remote_block.get("pushes") or {}) if isinstance(remote_block.get("pushes"), dict) else {}
+            if push_record is not None:
+                pushes[config_name] = push_record
+            if pushes:
+                merged["pushes"] = pushes
+        if merged:
+            meta[key] = merged
+        else:
+            meta.pop(key, None)
 
     section_body = local_body.strip("\n")
+    if target is not None:
+        split_rows, tokenizer_dir = snippet_facts(local_meta)
+        if split_rows:
+            section_body = retarget_snippets(section_body, card_snippets(target, split_rows, tokenizer_dir))
     for src, dst in (path_map or {}).items():
         section_body = section_body.replace(f"]({src})", f"]({dst})").replace(f"]({src} ", f"]({dst} ")
-        top = src.split("/")[0]
-        if "/" in src and "/" in dst:
-            section_body = section_body.replace(f'subfolder="{top}"', f'subfolder="{dst.split("/")[0]}/{top}"')
     begin, end = _SECTION_BEGIN.format(config_name), _SECTION_END.format(config_name)
     section = f"{begin}\n{section_body}\n{end}"
     body = remote_body
@@ -598,7 +680,7 @@ def plan_push(
         api = HfApi(endpoint=endpoint, token=token)
     data_dir = config_data_dir(config_name)
 
-    digests = {rel: _sha256(plan.folder / rel) for rel in plan.files if rel != CARD_NAME}
+    digests = {rel: file_sha256(plan.folder / rel) for rel in plan.files if rel != CARD_NAME}
     shard_key = sorted((rel, digests[rel]) for paths in plan.shards.values() for rel in paths)
     push_id = hashlib.sha256(json.dumps(shard_key).encode()).hexdigest()[:PUSH_ID_CHARS]
     targets: dict[str, str] = {}  # repo path -> local path (relative to the folder)
@@ -608,7 +690,7 @@ def plan_push(
     path_map = {}
     for rel in plan.files:
         if rel != CARD_NAME and not rel.startswith(f"{DATA_DIR}/"):
-            dest = rel if config_name == DEFAULT_CONFIG else f"{config_name}/{rel}"
+            dest = config_prefix(config_name) + rel
             targets[dest] = rel
             if dest != rel:
                 path_map[rel] = dest
@@ -631,8 +713,8 @@ def plan_push(
 
     # What hfprep wrote for this config before: its named shards (any push id), the unsuffixed shards of an older
     # hfprep card's default config, and the extra files its last push recorded. Nothing else is ever deleted.
-    hfprep_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else None
-    pushes = (hfprep_block or {}).get("pushes")
+    remote_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else None
+    pushes = (remote_block or {}).get("pushes")
     record = pushes.get(config_name) if isinstance(pushes, dict) else None
     recorded = set(record.get("files") or []) if isinstance(record, dict) else set()
     old_splits = {
@@ -652,7 +734,7 @@ def plan_push(
         if (
             parent_dir == data_dir
             and legacy
-            and hfprep_block is not None
+            and remote_block is not None
             and config_name == DEFAULT_CONFIG
             and legacy["split"] in old_splits
             and any(_glob_match(path, p) for p in old_patterns)
@@ -681,9 +763,10 @@ def plan_push(
     if remote_meta.get("configs") and not remote_configs:
         body = _split_card(remote_card, CARD_NAME)[1] if remote_card is not None else ""
         base_card = f"---\n{dump_yaml(remote_meta)}---\n{body}"
+    target = hub_card_target(repo_id, config_name, revision)
     card_text = merge_card(
         local_card, base_card, config_name=config_name, data_files=data_files, push_record=push_record,
-        path_map=path_map,
+        path_map=path_map, target=target,
     )
 
     adds = [
@@ -698,7 +781,7 @@ def plan_push(
         # No card configs yet: the Hub would read the first commits' shards by file-name conventions (a partial
         # dataset). A first card whose patterns match nothing keeps the repo unreadable until the switch commit.
         pending = [{**d, "path": d["path"] + ".pending"} for d in data_files]
-        placeholder = merge_card(local_card, base_card, config_name=config_name, data_files=pending)
+        placeholder = merge_card(local_card, base_card, config_name=config_name, data_files=pending, target=target)
         commits = plan_commits(["\0placeholder", *adds], deletes, max_files_per_commit)
         commits = [([CARD_NAME if p == "\0placeholder" else p for p in a], d) for a, d in commits]
     return RemotePlan(

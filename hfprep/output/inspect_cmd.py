@@ -30,7 +30,7 @@ from ..errors import DataError, HfprepError, HubError
 from ..schema import output_is_padded, padding_mask
 from ..source.loading import require_hub
 from ..tokenization.loading import load_tokenizer
-from .card import read_card_metadata
+from .card import hfprep_block, read_card_metadata
 from .layout import CARD_NAME, list_split_files
 from .mixture_report import mixture_lines
 
@@ -128,7 +128,7 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
     split = split or ("train" if "train" in files else sorted(files)[0])
     if split not in files:
         raise DataError(f"{root}: no split {split!r}; splits are {sorted(files)}")
-    hf = meta.get("hfprep", {}) or {}
+    hf = hfprep_block(meta)
     tok_meta = hf.get("tokenizer", {}) or {}
     schema = _parquet(root / files[split][0], pq.read_schema)
     # Find the shard holding the requested row without reading the others.

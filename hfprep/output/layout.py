@@ -6,6 +6,7 @@ A prepared dataset is a folder that ``load_dataset(folder)`` and the Hub both un
     data/<split>-00000-of-00002.parquet    shards, 5-digit index and count (what push_to_hub writes)
     data/<split>-00001-of-00002.parquet
     images/*.png                           figures shown in the card
+    recipe.yaml                            the recipe as run, with local paths made portable (re-runnable)
 
 Every writer goes through :func:`atomic_output`: work happens in a hidden sibling folder that is renamed into
 place only when complete, so a crash or Ctrl-C never leaves a folder that looks finished.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
+import hashlib
 import json
 import os
 import re
@@ -62,17 +65,57 @@ CARD_NAME = "README.md"
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 """A Hub-layout shard name ``<split>-XXXXX-of-YYYYY.parquet`` (the one pattern: validate, push and the KD readers)."""
 IMAGES_DIR = "images"
+TOKENIZER_DIR = "tokenizer"
+"""A tokenizer bundled with the rows (trained by hfprep or copied from a local folder)."""
+RECIPE_NAME = "recipe.yaml"
+"""The recipe as run, bundled in every output folder (see :func:`hfprep.describe.portable_recipe`)."""
+DEFAULT_CONFIG = "default"
+"""The config ``load_dataset(repo)`` reads when no config name is given."""
 MARKER_NAME = ".hfprep-output.json"
 """Written by hfprep into every output folder it publishes: the list of its files. ``--overwrite`` replaces only
 folders with this marker (or an hfprep card) and nothing else in them. Hidden, so neither ``load_dataset`` nor a
 push sees it."""
 CARD_KEYS = frozenset({"hfprep", "hfprep_kd"})
-LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, "tokenizer", ".gitattributes"})
+LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, RECIPE_NAME, TOKENIZER_DIR, ".gitattributes"})
 
 
 def split_glob(split: str) -> str:
     """The ``configs`` data_files pattern of a split, as ``push_to_hub`` writes it."""
     return f"{DATA_DIR}/{split}-*"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, hex (what ``sha256sum`` prints). Remembered while the file's inode, size and
+    modification time stay the same: a run's card, ``recipe.yaml`` and source revision name the same local inputs,
+    and each byte is hashed once."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_sha256(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> str:
+    """One sha256 for several files: of the lines ``sha256sum`` prints for them from ``root`` (``<sha256>  <path
+    relative to root>``, in the order given). Identifies a local source or folder by content, wherever it lies;
+    ``sha256sum FILES | sha256sum`` in ``root`` recomputes it.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(d, "a.txt"), "w").write("hi")
+        >>> line = hashlib.sha256(b"hi").hexdigest() + "  a.txt\\n"
+        >>> files_sha256([os.path.join(d, "a.txt")], d) == hashlib.sha256(line.encode()).hexdigest()
+        True
+    """
+    lines = "".join(f"{file_sha256(p)}  {Path(os.path.relpath(p, root)).as_posix()}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _first_line(err: BaseException) -> str:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, row_segments, table_to_flat
-from .card import read_card_metadata
+from .card import hfprep_block, read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 from .mixture_report import check_mixture_card, source_column_counts
 
@@ -230,7 +230,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
             meta = read_card_metadata(root / CARD_NAME)
         except ValueError as e:
             violations.append(f"{CARD_NAME}: {e}")
-    hf = meta.get("hfprep", {}) or {}
+    hf = hfprep_block(meta)
     tok = hf.get("tokenizer", {}) or {}
     seq_len = hf.get("seq_len")
     pad_id = tok.get("pad_token_id")
@@ -307,7 +307,7 @@ def _config_splits(meta: dict[str, Any]) -> list[str]:
 
 def _check_card_stats(meta: dict[str, Any], split: str, got: SplitStats) -> list[str]:
     out = []
-    card_stats = ((meta.get("hfprep") or {}).get("stats") or {}).get(split)
+    card_stats = (hfprep_block(meta).get("stats") or {}).get(split)
     if card_stats is None:
         return [f"{CARD_NAME}: no hfprep.stats for split {split!r}"] if meta else []
     for k in STAT_KEYS:

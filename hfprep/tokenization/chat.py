@@ -162,7 +162,20 @@ def spans_to_token_mask(
     return (prefix[ends] - prefix[starts]) > 0
 
 
-_PROBE = ("hfprep probe user one", "hfprep probe answer one", "hfprep probe user two", "hfprep probe answer two")
+PROBE_TURNS = ("hfprep probe user one", "hfprep probe answer one", "hfprep probe user two", "hfprep probe answer two")
+"""The texts of the two-exchange probe conversation (user, assistant, user, assistant) that templates are learned on."""
+PROBE_SYSTEM = "hfprep probe system"
+
+
+def probe_conversation(system: bool) -> list[dict[str, str]]:
+    """The probe conversation (:data:`PROBE_TURNS`), with a system turn first when ``system``.
+
+    Example:
+        >>> [m["role"] for m in probe_conversation(system=True)]
+        ['system', 'user', 'assistant', 'user', 'assistant']
+    """
+    turns = [{"role": role, "content": text} for role, text in zip(("user", "assistant") * 2, PROBE_TURNS)]
+    return [{"role": "system", "content": PROBE_SYSTEM}, *turns] if system else turns
 
 
 def _locate(text: str, needle: str, start: int) -> tuple[int, int] | None:
@@ -212,11 +225,10 @@ class ChatTemplateEncoder:
         """The special tokens the template writes right after assistant content (two probe turns, so templates
         that close the last turn differently from earlier ones, like harmony's ``<|return|>`` / ``<|end|>``, show
         both). Empty when the template cannot render the probe or writes none."""
-        u1, a1, u2, a2 = _PROBE
+        _, a1, _, a2 = PROBE_TURNS
         found: set[str] = set()
-        two = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
-               {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
-        system = {"role": "system", "content": "hfprep probe system"}
+        two = probe_conversation(system=False)
+        system = probe_conversation(system=True)[0]
         for conv in (two, two[:2], [system, *two], [system, *two[:2]]):
             try:
                 text, _ = self._render(conv, -1)
