@@ -234,8 +234,11 @@ def test_text_dir_source_trained_tokenizer_and_empty_files(tmp_path):
     assert validate_folder(out).ok
 
 
-def test_backend_defaults_to_auto_and_the_card_says_which_ran(tiny, tokenizer_path):
+def test_backend_defaults_to_auto_and_the_card_says_which_ran(tiny, tokenizer_path, monkeypatch):
     """No ``backend`` key: ``auto``; with gigatoken importable the card records it (the guard passed)."""
+    import hfprep.tokenization.backends as backends
+
+    monkeypatch.setattr(backends, "FAST_BACKEND_MIN_BYTES", 0)  # this input is tiny: auto would keep hf for it
     folder, _ = tiny
     recipe = write_recipe(folder, tokenizer_path, output={"folder": "fast"})
     assert "backend" not in yaml.safe_load(recipe.read_text())["tokenizer"]
@@ -250,6 +253,9 @@ def test_backend_auto_without_gigatoken_falls_back_in_one_line_with_the_same_row
     are those of a run with ``backend: hf``."""
     import sys
 
+    import hfprep.tokenization.backends as backends
+
+    monkeypatch.setattr(backends, "FAST_BACKEND_MIN_BYTES", 0)  # this input is tiny: auto would keep hf for it
     folder, _ = tiny
     reference = write_recipe(folder, tokenizer_path, output={"folder": "hf"}, tokenizer={"backend": "hf"})
     run_recipe(reference)
