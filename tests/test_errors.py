@@ -379,9 +379,9 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
 
     tok_dir = tmp_path / "tok"
     train_tiny_tokenizer(["hello world, def f(x): return x"] * 20, tok_dir, vocab_size=300)
-    # Truncation in tokenizer.json is a feature the fast backend does not apply: 'auto' must fall back to 'hf'.
+    # A single_word added token is a feature the fast backend does not implement: 'auto' must fall back to 'hf'.
     config = json.loads((tok_dir / "tokenizer.json").read_text())
-    config["truncation"] = {"direction": "Right", "max_length": 10000, "strategy": "LongestFirst", "stride": 0}
+    config["added_tokens"][-1]["single_word"] = True
     (tok_dir / "tokenizer.json").write_text(json.dumps(config))
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"document {i} hello"}) + "\n" for i in range(30)))
     recipe = _recipe(tmp_path, str(tok_dir), {"files": ["docs.jsonl"]}, splits={"heldout_fraction": 0.2})
@@ -396,4 +396,4 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("hfprep: warning: tokenizer backend 'auto' falls back to 'hf'")
-    assert "truncation" in lines[0]
+    assert "single_word" in lines[0]
