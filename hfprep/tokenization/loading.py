@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -257,7 +257,7 @@ class DocumentSeparator:
     why: Literal["eos_token", "eos", "chat_eos"]
     tokenizer_eos: str | None = None
 
-    def describe(self, quote=repr) -> str:
+    def describe(self, quote: Callable[[str], str] = repr) -> str:
         """One line for summaries and cards (``quote`` formats a token: ``repr``, or backticks for Markdown).
 
         Example:

@@ -139,8 +139,7 @@ class _Specials:
     """The special ids one strategy needs, looked up once (with clear errors) per tokenizer."""
 
     def __init__(self, tokenizer, config: TokenizeConfig) -> None:
-        self.separator = separator_for(tokenizer, config)
-        self.eos = self.separator.token_id
+        self.eos = separator_for(tokenizer, config).token_id
         self.chat = None
         self.bos: list[int] = []
         self.fim_end: int | None = None
