@@ -33,12 +33,11 @@ from .recipe import STDLIB_PLACEHOLDER, Recipe, stdlib_dir
 from .schema import output_is_padded
 from .source.loading import SourceSpec, resolve_source
 from .tokenization.loading import (
-    eos_token_id,
     tokenizer_fingerprint,
     vocab_size,
 )
 from .tokenization.loss_probe import probe_loss_layout
-from .tokenization.stage import document_specials
+from .tokenization.stage import document_specials, separator_for
 from .version import __version__
 
 
@@ -253,6 +252,7 @@ def card_params(
         options["chat_template_path"] = portable_path(options["chat_template_path"], _recipe_dir(recipe), _path_aliases())
     backend = (backend_report or {}).get("backend", tcfg.backend)
     fingerprint = tokenizer_fingerprint(tok)  # serialises the whole tokenizer: once
+    separator = separator_for(tok, tcfg)
     tokenizer = TokenizerFacts(
         metadata={
             # Loadable as written: AutoTokenizer.from_pretrained(name_or_path, subfolder=..., revision=...).
@@ -269,11 +269,12 @@ def card_params(
         else "bundled with the rows (loaded as *Load it* shows)",
         vocab_size=vocab_size(tok),
         fingerprint=fingerprint,
-        eos_id=eos_token_id(tok, tcfg.eos_token),
+        eos_id=separator.token_id,
         pad_id=pad_id,
         backend=backend,
         backend_report=backend_report,
         bundled=bool(info.bundle_dir),
+        separator=separator.describe(quote=lambda t: f"`{t}`"),
     )
     replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
     caption, note = doc_lengths_note(results)
@@ -403,6 +404,7 @@ def make_summary(recipe, results, out_dir, engine, num_proc, spec, info, backend
         "num_proc": num_proc,
         "source": spec.describe(),
         "tokenizer": info.card_id,
+        "document_separator": separator_for(info.tokenizer, effective_tokenize_config(recipe)).describe(),
         "backend": backend_report,
         "seq_len": recipe.packing.seq_len,
         "packing": recipe.packing.strategy,
@@ -424,6 +426,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  tokenizer {summary['tokenizer']}"
         + (f"  (backend {summary['backend'].get('backend')})" if summary.get("backend") else ""),
         f"  packing   {summary['packing']}, seq_len {summary['seq_len']}, engine {summary['engine']}",
+        *([f"  {summary['document_separator']}"] if summary.get("document_separator") else []),
         "",
         f"  {'split':<12}{'rows in':>12}{'rows out':>12}{'tokens in':>14}{'tokens out':>14}{'dropped':>12}{'fill':>9}",
     ]

@@ -1,7 +1,11 @@
-"""Errors a user can cause. Each carries a one-line message naming the row/key/file and the fix."""
+"""Errors a user can cause. Each carries a one-line message naming the row/key/file and the fix; and the warnings
+of a run, each issued once (:func:`warn_once`)."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pydantic
@@ -72,3 +76,48 @@ def format_validation_error(err: pydantic.ValidationError, where: str) -> str:
         suffix = f" (got {got!r:.60})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict) else ""
         msgs.append(f"{_loc(loc)}: {msg}{suffix}")
     return f"{where}: " + "; ".join(msgs)
+
+
+_ISSUED: set[tuple[type[Warning], str]] = set()
+
+
+def warn_once(message: str, category: type[Warning] = UserWarning, stacklevel: int = 2) -> bool:
+    """Issue ``message`` as a warning unless this run (or, outside a run, this process) already issued it; returns
+    whether it was issued.
+
+    A run builds its tokenize stage several times (the transform, each split, each mixture source), and Python's
+    own once-per-location rule forgets what it showed whenever a library touches the warning filters: hfprep's
+    warnings go through here so each is printed once. :func:`warnings_scope` delimits a run.
+
+    Example:
+        >>> with warnings.catch_warnings(record=True) as caught, warnings_scope():
+        ...     warnings.simplefilter("always")
+        ...     [warn_once("tokenizer.json enables truncation") for _ in range(3)]
+        [True, False, False]
+        >>> len(caught)
+        1
+    """
+    key = (category, message)
+    if key in _ISSUED:
+        return False
+    _ISSUED.add(key)
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+    return True
+
+
+@contextlib.contextmanager
+def warnings_scope() -> Iterator[None]:
+    """One run's worth of :func:`warn_once`: warnings issued before it may be issued again inside it, and what it
+    issued is forgotten when it ends (a second run in the same process says everything again).
+
+    Example:
+        >>> with warnings_scope():
+        ...     pass  # run_recipe(...)
+    """
+    before = set(_ISSUED)
+    _ISSUED.clear()
+    try:
+        yield
+    finally:
+        _ISSUED.clear()
+        _ISSUED.update(before)

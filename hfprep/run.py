@@ -35,7 +35,7 @@ from .describe import (
     reduce_chunks_advice,
     rows_all_full,
 )
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, warnings_scope
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.hub import push_folder
@@ -104,8 +104,8 @@ def run_recipe(
     num_proc = num_proc if num_proc is not None else recipe.engine.num_proc
     out_dir = Path(recipe.output.folder)
     # One writer per output for the whole run; scratch folders live until the run ends; Ctrl-C in num_proc workers
-    # stops the pool instead of printing their tracebacks (and can no longer deadlock it).
-    with handle_interrupts(), claim_output(out_dir, overwrite, run_inputs(recipe)), run_scope():
+    # stops the pool instead of printing their tracebacks (and can no longer deadlock it); each warning once.
+    with handle_interrupts(), claim_output(out_dir, overwrite, run_inputs(recipe)), run_scope(), warnings_scope():
         return _run_claimed(recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose)
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import pytest
 
+from hfprep.errors import warnings_scope
 from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_tiny_tokenizer
 
 CORPUS = [
@@ -33,6 +34,13 @@ def file_hashes(root: Path) -> dict[str, str]:
             p = Path(dirpath) / name
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture(autouse=True)
+def _each_test_is_a_run():
+    """hfprep issues each warning once per run (outside a run, once per process): a test sees its own."""
+    with warnings_scope():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -380,9 +380,9 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
 
     tok_dir = tmp_path / "tok"
     train_tiny_tokenizer(["hello world, def f(x): return x"] * 20, tok_dir, vocab_size=300)
-    # Truncation in tokenizer.json is a feature the fast backend does not apply: 'auto' must fall back to 'hf'.
+    # A single_word added token is a feature the fast backend does not implement: 'auto' must fall back to 'hf'.
     config = json.loads((tok_dir / "tokenizer.json").read_text())
-    config["truncation"] = {"direction": "Right", "max_length": 10000, "strategy": "LongestFirst", "stride": 0}
+    config["added_tokens"][-1]["single_word"] = True
     (tok_dir / "tokenizer.json").write_text(json.dumps(config))
     # Above FAST_BACKEND_MIN_BYTES: for smaller inputs 'auto' keeps 'hf' without trying the fast backend.
     body = "hello world " * (FAST_BACKEND_MIN_BYTES // 12 // 30 + 1)
@@ -399,4 +399,4 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("hfprep: warning: tokenizer backend 'auto' falls back to 'hf'")
-    assert "truncation" in lines[0]
+    assert "single_word" in lines[0]

@@ -256,22 +256,34 @@ def test_fim_without_tokens_lists_the_sets_and_never_advises_adding() -> None:
 # ----------------------------------------------------------------------------------------------- bos / eos
 
 
+# The token that ends a pre-training document in each family (its end-of-text token; written out here, not looked
+# up): an instruct tokenizer's eos ends chat turns instead (Qwen3 <|im_end|>, Llama 3.1 <|eot_id|>, Gemma 3
+# <end_of_turn>, gpt-oss <|return|>), DeepSeek V3's eos is its end-of-sentence token.
+DOCUMENT_END = {
+    "qwen3": ("<|endoftext|>", 151643),
+    "llama3_1": ("<|end_of_text|>", 128001),
+    "llama3": ("<|end_of_text|>", 128001),
+    "gemma3": ("<eos>", 1),
+    "deepseek_v3": ("<｜end▁of▁sentence｜>", 1),
+    "gptoss": ("<|endoftext|>", 199999),
+}
+
+
 @pytest.mark.parametrize("family", ["qwen3", "llama3_1", "gemma3", "deepseek_v3", "gptoss"])
 def test_pretrain_bos_follows_encode_and_options(family: str) -> None:
     tok = real_tokenizer(family)
     text = "The quick brown fox."
-    eos = tok.eos_token_id
+    token, eos = DOCUMENT_END[family]
+    assert tok.convert_tokens_to_ids(token) == eos
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error")  # the separator is a default, not a warning
         auto = tokenize_batch({"content": [text]}, tok, TokenizeConfig()).row(0)["input_ids"].tolist()
         never = tokenize_batch({"content": [text]}, tok, TokenizeConfig(add_bos="never")).row(0)["input_ids"]
-    # The seed: encode(text) + [eos]; encode adds the bos where the tokenizer's post-processor does.
+    # The seed: encode(text) + [end of document]; encode adds the bos where the tokenizer's post-processor does.
     assert auto == [*tok.encode(text), eos]
     assert never.tolist() == [*tok.encode(text, add_special_tokens=False), eos]
     if tok.bos_token_id is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            always = tokenize_batch({"content": [text]}, tok, TokenizeConfig(add_bos="always")).row(0)["input_ids"]
+        always = tokenize_batch({"content": [text]}, tok, TokenizeConfig(add_bos="always")).row(0)["input_ids"]
         assert always.tolist() == [tok.bos_token_id, *tok.encode(text, add_special_tokens=False), eos]
 
 
@@ -283,25 +295,38 @@ def test_bos_is_added_where_encode_adds_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("family", "turn_eos", "doc_eos"),
-    [("qwen3", "<|im_end|>", "<|endoftext|>"), ("llama3_1", "<|eot_id|>", "<|end_of_text|>"),
-     ("gemma3", "<end_of_turn>", "<eos>")],
+    ("family", "turn_eos", "strategy"),
+    [("qwen3", "<|im_end|>", "pretrain"), ("llama3_1", "<|eot_id|>", "pretrain"), ("gemma3", "<end_of_turn>", "pretrain"),
+     ("gptoss", "<|return|>", "pretrain"), ("qwen3", "<|im_end|>", "fim"), ("llama3_1", "<|eot_id|>", "fim")],
 )
-def test_chat_eos_as_document_separator_warns_once_in_one_line(family, turn_eos, doc_eos) -> None:
+def test_chat_tokenizer_documents_end_with_end_of_text(family: str, turn_eos: str, strategy: str) -> None:
     tok = real_tokenizer(family)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Tokenizer(tok, TokenizeConfig())
-    msgs = [str(w.message) for w in caught if "eos" in str(w.message)]
-    assert len(msgs) == 1 and "\n" not in msgs[0]
-    assert turn_eos in msgs[0] and doc_eos in msgs[0] and "tokenize.eos_token" in msgs[0]
+    doc_eos, doc_id = DOCUMENT_END[family]
+    assert tok.eos_token == turn_eos
+    # Llama 3.1 has no FIM tokens: name three reserved ones (Qwen3's own are found).
+    reserved = {r: f"<|reserved_special_token_{i}|>" for i, r in enumerate(("prefix", "middle", "suffix"))}
+    fim_tokens = reserved if strategy == "fim" and family == "llama3_1" else None
+    cfg = TokenizeConfig(strategy=strategy, add_bos="never", fim_tokens=fim_tokens)
+    batch = {k: [v] for k, v in FIM_ROW.items()} if strategy == "fim" else {"content": ["hello"]}
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        tk = Tokenizer(tok, TokenizeConfig(eos_token=doc_eos))
-    row = tk({"content": ["hello"]}).row(0)["input_ids"]
-    assert row[-1] == tok.convert_tokens_to_ids(doc_eos)
-    specials = document_specials(tok, TokenizeConfig(eos_token=doc_eos))
-    assert specials["eos_token"] == doc_eos and specials["eos_token_id"] == int(row[-1])
+        warnings.simplefilter("error")  # a default, said by the summary and the card: no warning
+        row = Tokenizer(tok, cfg)(batch).row(0)["input_ids"]
+    assert row[-1] == doc_id and turn_eos not in tok.convert_ids_to_tokens(row.tolist())
+    specials = document_specials(tok, cfg)
+    assert (specials["eos_token"], specials["eos_token_id"]) == (doc_eos, doc_id)
+    # tokenize.eos_token still decides.
+    override = cfg.model_copy(update={"eos_token": turn_eos})
+    assert Tokenizer(tok, override)(batch).row(0)["input_ids"][-1] == tok.eos_token_id
+    assert document_specials(tok, override)["eos_token"] == turn_eos
+
+
+def test_sft_conversations_keep_the_chat_eos() -> None:
+    # SFT rows end as the chat template closes a turn; the end-of-document default is for pretrain / FIM only.
+    tok = real_tokenizer("llama3_1")
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    row = Tokenizer(tok, TokenizeConfig(strategy="sft"))({"content": [conv]}).row(0)["input_ids"].tolist()
+    assert row == tok.apply_chat_template(conv)["input_ids"]  # ends with <|eot_id|>, closed by the template
+    assert row[-1] == tok.eos_token_id == 128009 and 128001 not in row
 
 
 # ----------------------------------------------------------------------------------------------- fast backend

@@ -41,7 +41,6 @@ import math
 import os
 import sys
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ from datasets import Dataset, DatasetInfo
 
 from .. import scratch
 from ..datasets_internals import arrow_table
-from ..errors import ConfigError, DataError, HfprepError
+from ..errors import ConfigError, DataError, HfprepError, warn_once
 from ..tokenization.backends import sample_rows, sample_texts
 from .mapreduce import (
     BYTES_PER_TOKEN_IN_GROUP,
@@ -754,7 +753,7 @@ def _preflight(transform: MapReduceTransformBase, input_bytes: int) -> None:
         return
     need = recommended_num_reduce_chunks(int(input_bytes / TEXT_BYTES_PER_TOKEN), budget)
     if need > chunks:
-        warnings.warn(
+        warn_once(
             f"~{input_bytes / 2**30:.1f} GiB of input may give reduce groups over the reduce_memory_budget of "
             f"{budget / 2**20:.0f} MiB with num_reduce_chunks={chunks}; consider num_reduce_chunks >= {need}",
             stacklevel=3,

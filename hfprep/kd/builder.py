@@ -38,7 +38,7 @@ import transformers  # AutoModelForCausalLM is resolved on use: importing it cos
 from jaxtyping import Bool, Float, UInt32
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError
+from ..errors import ConfigError, DataError, OutputExistsError, TokenizerError, warnings_scope
 from ..interrupts import handle_interrupts
 from ..output.layout import (
     CARD_NAME,
@@ -521,7 +521,7 @@ def build_kd_cache(
     inputs = kd_inputs(cfg, protect)
     # One writer per output (and per resumable .partial folder) for the whole build; --overwrite only replaces a
     # folder hfprep wrote that holds none of the build's inputs.
-    with handle_interrupts(), claim_output(cfg.output.folder, overwrite, inputs):
+    with handle_interrupts(), claim_output(cfg.output.folder, overwrite, inputs), warnings_scope():
         return _build_claimed(cfg, overwrite, progress, inputs)
 
 

@@ -482,6 +482,7 @@ class TokenizerFacts:
     backend: str
     backend_report: dict[str, Any] | None
     bundled: bool
+    separator: str = ""  # which token ends documents, and why (DocumentSeparator.describe)
 
 
 @dataclass
@@ -636,6 +637,8 @@ def tokenizer_table(p: CardParams) -> str:
         ("vocab size", f"{t.vocab_size:,}"),
         ("fingerprint (sha256 of tokenizer.json)", f"`{t.fingerprint}`"),
         ("eos id / pad id", f"{t.eos_id} / {t.pad_id}"),
+        # A pipe inside a code span still ends a table cell unless escaped (`<|end_of_text|>`).
+        *([("document separator", t.separator.replace("|", "\\|"))] if t.separator else []),
         ("backend", t.backend),
     ]
     if t.backend_report:

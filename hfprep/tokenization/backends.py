@@ -1,7 +1,9 @@
 """Tokenizer backends: map a batch of strings to flat token arrays, exactly as Hugging Face ``tokenizers`` does.
 
 A backend only encodes (no special tokens added, exactly like ``tokenizer.encode(text, add_special_tokens=False)``;
-added tokens that appear *in the text* are matched exactly as the HF path matches them); the strategies in
+added tokens that appear *in the text* are matched exactly as the HF path matches them; every document whole,
+whatever truncation / padding ``tokenizer.json`` enables, see
+:func:`~hfprep.tokenization.loading.encoding_tokenizer`); the strategies in
 :mod:`hfprep.tokenization.stage` own everything else. Output is the Arrow-style pair
 ``(values: uint32[total], offsets: int64[n + 1])`` so nothing downstream builds per-row Python lists.
 
@@ -31,7 +33,6 @@ import json
 import os
 import re
 import time
-import warnings
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -41,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 from jaxtyping import Int64, UInt32
 
-from ..errors import ConfigError, TokenizerError
-from .loading import backend_tokenizer
+from ..errors import ConfigError, TokenizerError, warn_once
+from .loading import backend_tokenizer, encoding_tokenizer
 
 BACKENDS: tuple[str, ...] = ("auto", "hf", "gigatoken")
 """Names accepted by the ``backend`` setting."""
@@ -163,7 +164,7 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, tokenizer) -> None:
-        self._tok = backend_tokenizer(tokenizer)
+        self._tok = encoding_tokenizer(tokenizer)
 
     def encode_batch(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if not len(texts):
@@ -244,12 +245,8 @@ def _normalizer_types(spec: dict | None) -> list[str]:
 
 def _static_check(hf) -> None:
     """Reject tokenizer features the fast backend is known to mishandle, before any encoding (read off the Rust
-    tokenizer: parsing its 10 MB of JSON again would cost more than the check)."""
-    if hf.truncation is not None or hf.padding is not None:
-        raise BackendUnsupportedError(
-            "tokenizer.json enables truncation/padding, which gigatoken does not apply; "
-            "disable them (tokenizer.backend_tokenizer.no_truncation()/no_padding()) or use backend: hf"
-        )
+    tokenizer: parsing its 10 MB of JSON again would cost more than the check; truncation and padding never reach
+    it: the backends encode with :func:`~hfprep.tokenization.loading.encoding_tokenizer`)."""
     single = sorted(t.content for t in hf.get_added_tokens_decoder().values() if t.single_word)
     if single:
         raise BackendUnsupportedError(
@@ -325,7 +322,7 @@ class GigatokenBackend:
     name = "gigatoken"
 
     def __init__(self, tokenizer, parallel: bool | None = None) -> None:
-        self._hf = backend_tokenizer(tokenizer)
+        self._hf = encoding_tokenizer(tokenizer)
         self.parallel = parallel
         _static_check(self._hf)
         text = self._hf.to_str()
@@ -589,7 +586,7 @@ def resolve_backend(
         one_line = " ".join(reason.split())  # a guard mismatch quotes texts that may hold line breaks
         if len(one_line) > 300:
             one_line = one_line[:300] + "..."
-        warnings.warn(f"tokenizer backend 'auto' falls back to 'hf': {one_line}", BackendFallbackWarning, stacklevel=3)
+        warn_once(f"tokenizer backend 'auto' falls back to 'hf': {one_line}", BackendFallbackWarning, stacklevel=3)
         return hf, report
 
     try:

@@ -53,19 +53,10 @@ from jaxtyping import Bool, Int64
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..errors import DataError, TokenizerError
-from .loading import backend_tokenizer, eos_token_id
+from .loading import encoding_tokenizer, eos_token_id, tokenizer_chat_template
 from .pieces import FlatRows, empty_flat, positions_from_offsets
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def tokenizer_chat_template(tokenizer) -> str | None:
-    """The tokenizer's default chat template string, or ``None`` when it has none."""
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, Mapping):
-        # Named templates (transformers' dict form): SFT uses the default one.
-        template = template.get("default")
-    return template or None
 
 
 def chat_encoder_for(tokenizer, config: Any) -> ChatTemplateEncoder | None:
@@ -207,7 +198,7 @@ class ChatTemplateEncoder:
         self.template_kwargs = dict(getattr(tokenizer, "special_tokens_map", {}) or {})
         self.eos = eos_token_id(tokenizer)
         self.text_column = text_column
-        self._tok = backend_tokenizer(tokenizer)
+        self._tok = encoding_tokenizer(tokenizer)  # whole conversations: no truncation or padding
         added = self._tok.get_added_tokens_decoder()
         self._added_re = None
         contents = sorted({t.content for t in added.values() if t.content}, key=len, reverse=True)

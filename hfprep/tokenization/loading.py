@@ -1,7 +1,13 @@
 """Loading tokenizers, looking up the special tokens a strategy needs, and training small local tokenizers.
 
-Everything that touches the tokenizer's *identity* lives here (fingerprint, vocab size, special ids), so cards,
-KD caches and validation all describe a tokenizer the same way.
+Everything that touches the tokenizer's *identity* lives here (fingerprint, vocab size, special ids, the token
+that ends a document), so cards, KD caches and validation all describe a tokenizer the same way.
+
+hfprep encodes every document whole: a ``tokenizer.json`` may enable ``truncation`` / ``padding`` (many Hub
+tokenizers do), which the Rust ``encode_batch`` calls apply silently. Every encoding hfprep does goes through
+:func:`encoding_tokenizer`, the tokenizer with both off; :func:`load_tokenizer` switches them off on the object it
+returns, and a tokenizer passed in from Python is copied instead (never changed). Either way one warning per run
+says what was ignored.
 """
 
 from __future__ import annotations
@@ -9,14 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import transformers  # its classes are resolved on use: AutoTokenizer alone imports torch (seconds)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import TokenizerError
+from ..errors import TokenizerError, warn_once
 
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -54,6 +62,8 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any
         raise TokenizerError(
             f"tokenizer {name_or_path!r} is a slow (Python) tokenizer; hfprep needs a fast one (tokenizer.json)"
         )
+    # hfprep's own object: its encoding settings may be switched off in place (no copy, see encoding_tokenizer).
+    _ignore_length_settings(tok.backend_tokenizer, name_or_path)
     return tok
 
 
@@ -85,12 +95,86 @@ def backend_tokenizer(tokenizer):
     return inner
 
 
+class LengthSettingsIgnoredWarning(UserWarning):
+    """The tokenizer enables truncation or padding; hfprep encodes every document whole and ignores both."""
+
+
+def length_settings(tokenizer) -> str | None:
+    """The truncation / padding the tokenizer applies when encoding, in words, or ``None`` when it applies neither.
+
+    Example:
+        >>> tok = Tokenizer(models.WordLevel({"[PAD]": 0, "a": 1}, unk_token="[PAD]"))
+        >>> tok.enable_truncation(16)
+        >>> tok.enable_padding(length=64)
+        >>> length_settings(tok)
+        'truncation (max_length 16) and padding (Fixed 64)'
+    """
+    inner = backend_tokenizer(tokenizer)
+    parts = []
+    if inner.truncation is not None:
+        parts.append(f"truncation (max_length {inner.truncation['max_length']})")
+    if inner.padding is not None:
+        pad = inner.padding
+        how = f"Fixed {pad['length']}" if pad.get("length") is not None else "BatchLongest"
+        if pad.get("pad_to_multiple_of"):
+            how += f", multiple of {pad['pad_to_multiple_of']}"
+        parts.append(f"padding ({how})")
+    return " and ".join(parts) or None
+
+
+def _ignore_length_settings(inner: Tokenizer, name: str) -> None:
+    """Switch truncation and padding off on ``inner`` (an object hfprep may change) and say so, once per run."""
+    what = length_settings(inner)
+    if what is None:
+        return
+    inner.no_truncation()
+    inner.no_padding()
+    both = "both" if " and " in what else "it"
+    warn_once(
+        f"tokenizer {name!r}: tokenizer.json enables {what}; hfprep encodes every document whole and ignores {both}",
+        LengthSettingsIgnoredWarning,
+        stacklevel=3,
+    )
+
+
+_ENCODING_COPIES: weakref.WeakKeyDictionary[Tokenizer, Tokenizer] = weakref.WeakKeyDictionary()
+
+
+def encoding_tokenizer(tokenizer) -> Tokenizer:
+    """The Rust tokenizer every hfprep encoding goes through: ``tokenizer``'s own when it applies no truncation or
+    padding (:func:`load_tokenizer`'s objects never do), else a copy with both off, made once per tokenizer object
+    (~0.3 s for a 128k vocabulary) with a one-line :class:`LengthSettingsIgnoredWarning`. The caller's object is
+    never changed.
+
+    Example:
+        >>> tok = Tokenizer(models.WordLevel({"[PAD]": 0, "a": 1}, unk_token="[PAD]"))
+        >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tok.enable_truncation(2)
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     enc = encoding_tokenizer(tok)
+        >>> len(enc.encode("a a a").ids), len(tok.encode("a a a").ids)
+        (3, 2)
+    """
+    inner = backend_tokenizer(tokenizer)
+    if inner.truncation is None and inner.padding is None:
+        return inner
+    copy = _ENCODING_COPIES.get(inner)
+    # A copy made before the caller added tokens to its tokenizer would encode them as text: make it again.
+    if copy is None or copy.get_vocab_size(with_added_tokens=True) != inner.get_vocab_size(with_added_tokens=True):
+        copy = Tokenizer.from_str(inner.to_str())
+        _ignore_length_settings(copy, str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__))
+        _ENCODING_COPIES[inner] = copy
+    return copy
+
+
 def single_token_id(tokenizer, token: str, purpose: str) -> int:
     """Id of ``token`` if the tokenizer encodes it as exactly one token, else a clear :class:`TokenizerError`.
 
     This is the seed's ``len(tokenizer.encode("<fim_prefix>")) == 1`` check, with an error that says what to do.
     """
-    ids = tokenizer.encode(token, add_special_tokens=False)
+    ids = encoding_tokenizer(tokenizer).encode(token, add_special_tokens=False).ids
     if len(ids) != 1:
         raise TokenizerError(
             f"tokenizer has no single-token {token!r} (it encodes to {len(ids)} tokens), needed for {purpose}; "
@@ -116,7 +200,7 @@ def _existing_token_id(tokenizer, token: str) -> int | None:
     tid = backend_tokenizer(tokenizer).token_to_id(token)
     if tid is not None:
         return int(tid)
-    ids = tokenizer.encode(token, add_special_tokens=False)
+    ids = encoding_tokenizer(tokenizer).encode(token, add_special_tokens=False).ids
     return int(ids[0]) if len(ids) == 1 else None
 
 
@@ -163,8 +247,73 @@ def fim_token_ids(tokenizer, override: dict[str, str] | None = None) -> dict[str
 END_OF_DOCUMENT_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|end_of_text|>", "<eos>", "</s>", "<｜end▁of▁sentence｜>",
 )
-"""Spellings of the end-of-document token used in pre-training, looked for when the configured eos is a chat
+"""Spellings of the end-of-document token used in pre-training, looked for when the tokenizer's eos is a chat
 end-of-turn token."""
+
+CHAT_END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|return|>")
+"""Eos spellings that end chat turns even where the tokenizer files ship no chat template (gpt-oss: ``<|return|>``)."""
+
+
+def tokenizer_chat_template(tokenizer) -> str | None:
+    """The tokenizer's default chat template string, or ``None`` when it has none."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, Mapping):
+        # Named templates (transformers' dict form): SFT uses the default one.
+        template = template.get("default")
+    return template or None
+
+
+@dataclass(frozen=True)
+class DocumentSeparator:
+    """The token that ends every pretrain / FIM document, and why that one.
+
+    ``why``: ``eos_token`` (set by ``tokenize.eos_token``), ``eos`` (the tokenizer's eos) or ``chat_eos`` (the
+    tokenizer's eos, ``tokenizer_eos``, ends chat turns, so the end-of-document token is used instead).
+    """
+
+    token: str
+    token_id: int
+    why: Literal["eos_token", "eos", "chat_eos"]
+    tokenizer_eos: str | None = None
+
+    def describe(self, quote: Callable[[str], str] = repr) -> str:
+        """One line for summaries and cards (``quote`` formats a token: ``repr``, or backticks for Markdown).
+
+        Example:
+            >>> DocumentSeparator("<|end_of_text|>", 128001, "chat_eos", "<|eot_id|>").describe()
+            "documents end with '<|end_of_text|>' (id 128001): the tokenizer's eos '<|eot_id|>' ends chat turns"
+        """
+        head = f"documents end with {quote(self.token)} (id {self.token_id})"
+        if self.why == "eos_token":
+            return f"{head}: set by tokenize.eos_token"
+        if self.why == "chat_eos":
+            return f"{head}: the tokenizer's eos {quote(self.tokenizer_eos)} ends chat turns"
+        return f"{head}: the tokenizer's eos"
+
+
+def document_separator(tokenizer, token: str | None = None) -> DocumentSeparator:
+    """The token that ends a pretrain / FIM document: ``token`` (``tokenize.eos_token``) when given; else the
+    tokenizer's end-of-document token (one of :data:`END_OF_DOCUMENT_TOKENS` that the chat template does not use)
+    when its eos is a chat end-of-turn token (it appears in the chat template, or it is one of
+    :data:`CHAT_END_OF_TURN_TOKENS`): Llama 3.1 instruct's ``<|eot_id|>`` -> ``<|end_of_text|>``, Qwen3's
+    ``<|im_end|>`` -> ``<|endoftext|>``, gpt-oss's ``<|return|>`` -> ``<|endoftext|>``; else the tokenizer's eos.
+
+    Example:
+        >>> document_separator(llama31_instruct).token  # doctest: +SKIP
+        '<|end_of_text|>'
+    """
+    inner = backend_tokenizer(tokenizer)
+    eos = eos_token_id(tokenizer, token)
+    eos_str = inner.id_to_token(eos) or ""
+    if token is not None:
+        return DocumentSeparator(eos_str, eos, "eos_token")
+    template = tokenizer_chat_template(tokenizer) or ""
+    if eos_str and ((template and eos_str in template) or eos_str in CHAT_END_OF_TURN_TOKENS):
+        for doc in END_OF_DOCUMENT_TOKENS:
+            tid = inner.token_to_id(doc)
+            if tid is not None and tid != eos and doc not in template:
+                return DocumentSeparator(doc, int(tid), "chat_eos", eos_str)
+    return DocumentSeparator(eos_str, eos, "eos")
 
 
 def bos_prefix(tokenizer, mode: str = "auto") -> list[int]:
@@ -183,8 +332,9 @@ def bos_prefix(tokenizer, mode: str = "auto") -> list[int]:
             raise TokenizerError("tokenize.add_bos: always, but the tokenizer has no bos_token; use auto or never")
         return [int(bos)]
     probe = "hfprep probe"
-    plain = tokenizer.encode(probe, add_special_tokens=False)
-    full = tokenizer.encode(probe)
+    enc = encoding_tokenizer(tokenizer)  # transformers' encode() would switch the caller's truncation off
+    plain = enc.encode(probe, add_special_tokens=False).ids
+    full = enc.encode(probe).ids
     for k in range(len(full) - len(plain) + 1):
         if full[k : k + len(plain)] == plain:
             return [int(t) for t in full[:k]]
@@ -210,8 +360,11 @@ def eos_token_id(tokenizer, token: str | None = None) -> int:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the serialized ``tokenizer.json``: two tokenizers with the same fingerprint encode identically."""
-    return hashlib.sha256(backend_tokenizer(tokenizer).to_str().encode()).hexdigest()
+    """sha256 of the serialized ``tokenizer.json`` with truncation and padding off: two tokenizers with the same
+    fingerprint encode identically in hfprep. The two settings are left out because hfprep ignores them (see
+    :func:`encoding_tokenizer`): a tokenizer loaded with them on, or with them switched off by a transformers
+    ``encode`` call, has the fingerprint of the one hfprep prepared the data with."""
+    return hashlib.sha256(encoding_tokenizer(tokenizer).to_str().encode()).hexdigest()
 
 
 def vocab_size(tokenizer) -> int:

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,12 +29,13 @@ import pydantic
 from ..errors import ConfigError, DataError, TokenizerError
 from ..schema import Row, TokenizedRow, row_features
 from .backends import TokenizerBackend, get_backend
-from .chat import chat_encoder_for, tokenizer_chat_template
+from .chat import chat_encoder_for
 from .fim import fim_pieces_to_flat, pretrain_with_fim
 from .loading import (
-    END_OF_DOCUMENT_TOKENS,
+    DocumentSeparator,
     backend_tokenizer,
     bos_prefix,
+    document_separator,
     eos_token_id,
     fim_token_ids,
     single_token_id,
@@ -78,7 +78,9 @@ class TokenizeConfig(pydantic.BaseModel):
             (:data:`hfprep.tokenization.loading.FIM_TOKEN_SETS`, the seed's ``<fim_...>`` first).
         add_bos: pretrain/fim: ``auto`` puts before each document what ``tokenizer.encode(text)`` adds (the seed's
             behaviour: a bos for Llama 3.1 / Gemma 3, nothing for Qwen3), ``always`` the bos token, ``never`` none.
-        eos_token: the token that ends a pretrain/fim document (default: the tokenizer's eos, the seed's choice).
+        eos_token: the token that ends a pretrain/fim document (default: the tokenizer's eos, the seed's choice; its
+            end-of-document token instead when the eos ends chat turns, e.g. ``<|end_of_text|>`` for Llama 3.1
+            instruct, see :func:`~hfprep.tokenization.loading.document_separator`).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -138,7 +140,7 @@ class _Specials:
     """The special ids one strategy needs, looked up once (with clear errors) per tokenizer."""
 
     def __init__(self, tokenizer, config: TokenizeConfig) -> None:
-        self.eos = eos_token_id(tokenizer, config.eos_token)
+        self.eos = separator_for(tokenizer, config).token_id
         self.chat = None
         self.bos: list[int] = []
         self.fim_end: int | None = None
@@ -146,8 +148,6 @@ class _Specials:
         uses_fim = config.strategy == "fim" or (config.strategy == "pretrain" and config.fim_rate > 0)
         if config.strategy in ("pretrain", "fim"):
             self.bos = bos_prefix(tokenizer, config.add_bos)
-            if config.eos_token is None:
-                _warn_chat_eos(tokenizer, self.eos)
         if uses_fim:
             fim = fim_token_ids(tokenizer, config.fim_tokens.model_dump() if config.fim_tokens else None)
             self.fim_prefix, self.fim_middle, self.fim_suffix = fim["prefix"], fim["middle"], fim["suffix"]
@@ -178,42 +178,42 @@ class _Specials:
                 )
 
 
-def _warn_chat_eos(tokenizer, eos: int) -> None:
-    """One line when the document separator is a chat end-of-turn token and an end-of-document token exists."""
-    template = tokenizer_chat_template(tokenizer)
-    inner = backend_tokenizer(tokenizer)
-    eos_str = inner.id_to_token(eos)
-    if not template or not eos_str or eos_str not in template:
-        return
-    for doc in END_OF_DOCUMENT_TOKENS:
-        tid = inner.token_to_id(doc)
-        if tid is not None and tid != eos and doc not in template:
-            warnings.warn(
-                f"the eos token {eos_str!r} ends chat turns in this tokenizer's chat template; documents are "
-                f"separated by it, not by the end-of-document token {doc!r} -- set tokenize.eos_token: {doc!r} "
-                "to use that one",
-                stacklevel=4,
-            )
-            return
+def separator_for(tokenizer, config: TokenizeConfig) -> DocumentSeparator:
+    """The token that ends each document of ``config``'s strategy: pretrain / FIM documents end with
+    :func:`~hfprep.tokenization.loading.document_separator` (the end-of-document token when the eos ends chat
+    turns); SFT conversations with the tokenizer's eos (``tokenize.eos_token`` when set), the chat end-of-turn
+    token being right there.
+
+    Example:
+        >>> separator_for(llama31_instruct, TokenizeConfig()).describe()  # doctest: +SKIP
+        "documents end with '<|end_of_text|>' (id 128001): the tokenizer's eos '<|eot_id|>' ends chat turns"
+    """
+    if config.strategy in ("pretrain", "fim"):
+        return document_separator(tokenizer, config.eos_token)
+    eos = eos_token_id(tokenizer, config.eos_token)
+    return DocumentSeparator(
+        backend_tokenizer(tokenizer).id_to_token(eos) or "", eos, "eos_token" if config.eos_token else "eos"
+    )
 
 
 def document_specials(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
     """The bos put before and the eos put after each document, as the card records them (ids and strings).
 
-    ``bos_token`` is ``None`` when nothing is prepended (and for chat-template SFT, where the template decides).
+    ``bos_token`` is ``None`` when nothing is prepended (and for chat-template SFT, where the template decides);
+    ``eos_token`` is the document separator (:func:`separator_for`).
 
     Example:
         >>> document_specials(tokenizer, TokenizeConfig())  # doctest: +SKIP
         {'bos_token': None, 'bos_token_id': None, 'eos_token': '<|endoftext|>', 'eos_token_id': 0}
     """
     inner = backend_tokenizer(tokenizer)
-    eos = eos_token_id(tokenizer, config.eos_token)
+    sep = separator_for(tokenizer, config)
     bos = bos_prefix(tokenizer, config.add_bos) if config.strategy in ("pretrain", "fim") else []
     return {
         "bos_token": "".join(inner.id_to_token(t) or "" for t in bos) or None,
         "bos_token_id": (bos[0] if len(bos) == 1 else bos) if bos else None,
-        "eos_token": inner.id_to_token(eos),
-        "eos_token_id": eos,
+        "eos_token": sep.token,
+        "eos_token_id": sep.token_id,
     }
 
 
