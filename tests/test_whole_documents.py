@@ -34,7 +34,7 @@ from test_real_tokenizers import CONVERSATIONS, _reference
 
 import hfprep
 from hfprep.output.card import parse_card_metadata
-from hfprep.tokenization.backends import HFBackend, resolve_backend
+from hfprep.tokenization.backends import FAST_BACKEND_MIN_BYTES, HFBackend, resolve_backend
 from hfprep.tokenization.loading import (
     LengthSettingsIgnoredWarning,
     load_tokenizer,
@@ -293,6 +293,8 @@ def test_cli_run_warns_once_and_keeps_every_token(tmp_path) -> None:
     real_tokenizer("llama3_1")
     tok_dir = with_length_settings("llama3_1", tmp_path / "llama3_1", single_word="<|reserved_special_token_5|>")
     texts = stdlib_texts(40, max_chars=1500)
+    # Past FAST_BACKEND_MIN_BYTES: for a smaller input 'auto' keeps 'hf' without trying (and refusing) the fast one.
+    texts = texts * (FAST_BACKEND_MIN_BYTES // sum(len(t.encode()) for t in texts) + 1)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     recipe = {
         "source": {"files": ["docs.jsonl"], "columns": {"text": "content"}},
