@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -217,8 +218,6 @@ def _files_batches(files: Iterable[str]) -> Iterator[tuple[str, pa.ChunkedArray 
 def _sources(data: Any, card: str | os.PathLike | None) -> tuple[str, Iterator[tuple[str, Any]], tuple[str, Any]]:
     """``(what the data is called in messages, its ``(part, id column)`` batches in row order, (card path, card
     block))``; a part is a split (``"split 'train'"``), a KD reader's file, or ``""`` for a Dataset without a split."""
-    import datasets
-
     if isinstance(data, str | os.PathLike):
         folder = Path(data)
         if not folder.is_dir():
