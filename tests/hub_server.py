@@ -12,7 +12,8 @@ create a repo, upload files over the legacy LFS protocol, commit, list and downl
 
 Faults for tests: :meth:`HubServer.fail_next` (a route's next request), :meth:`HubServer.fail_commit_at` (the Nth
 commit), :meth:`HubServer.after_commit` + :meth:`HubServer.commit_files` (another user's commit between two of a
-client's). A commit naming a ``parentCommit`` that is not the branch head gets the Hub's 412.
+client's), :meth:`HubServer.hold_next_commit` (a commit request kept waiting, so a client can be stopped while it
+is in flight). A commit naming a ``parentCommit`` that is not the branch head gets the Hub's 412.
 
 Clients must run with ``HF_ENDPOINT=<server.url>`` and ``HF_HUB_DISABLE_XET=1`` set before
 ``huggingface_hub`` is imported. Tokens are ``{token: (user, role)}`` with role ``"write"`` or ``"read"``;
@@ -147,6 +148,21 @@ class HubHTTPError(Exception):
         self.extra = extra or {}
 
 
+@dataclass
+class CommitHold:
+    """A commit request held by :meth:`HubServer.hold_next_commit`: ``reached`` is set when it arrives; it waits
+    for ``release()``, is then applied (or refused) as usual, and ``finished`` is set."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def release(self, timeout: float = 30) -> bool:
+        """Let the held request go on; True when it is done (or never arrived)."""
+        self.released.set()
+        return not self.reached.is_set() or self.finished.wait(timeout)
+
+
 class HubServer:
     """In-memory Hub on ``127.0.0.1`` (ephemeral port by default), served from a background thread."""
 
@@ -160,6 +176,7 @@ class HubServer:
         self.failures: dict[str, tuple[int, str]] = {}
         self._commit_fault: list[Any] | None = None
         self._after_commit: list[Any] | None = None
+        self._commit_hold: CommitHold | None = None
         self.lock = threading.RLock()
         self._upload_secret = uuid.uuid4().hex
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -215,6 +232,13 @@ class HubServer:
         with :meth:`commit_files` between two commits of a client)."""
         with self.lock:
             self._after_commit = [n, callback]
+
+    def hold_next_commit(self) -> CommitHold:
+        """Keep the next ``/commit`` request waiting, before it is applied, until ``release()``. The Hub applies a
+        commit it received whole even when the client has gone meanwhile, and so does this server on release."""
+        with self.lock:
+            self._commit_hold = CommitHold()
+            return self._commit_hold
 
     def commit_files(
         self,
@@ -346,6 +370,18 @@ class HubServer:
         return commit
 
     def commit(self, repo: Repo, revision: str, body: bytes, create_pr: bool) -> dict[str, Any]:
+        with self.lock:
+            hold, self._commit_hold = self._commit_hold, None
+        if hold is None:
+            return self._commit(repo, revision, body, create_pr)
+        hold.reached.set()
+        hold.released.wait()
+        try:
+            return self._commit(repo, revision, body, create_pr)
+        finally:
+            hold.finished.set()
+
+    def _commit(self, repo: Repo, revision: str, body: bytes, create_pr: bool) -> dict[str, Any]:
         if create_pr:
             raise HubHTTPError(400, "This test server does not implement pull requests")
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -548,9 +584,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client stopped mid-request
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
 
         def _json(self, status: int, data: Any, headers: dict[str, str] | None = None, ctype: str = "application/json"):
             self._send(status, json.dumps(data).encode(), ctype, headers)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import file_hashes
 
-from hfprep.output.layout import MARKER_NAME, foreign_files
+from hfprep.output.layout import foreign_files
 from hfprep.output.validate import validate_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,8 @@ PATCHES = {
     "direct-map": ("hfprep.pack.transform", "PrepareForTrainingTransform.map_documents", hold, None),
     "direct-reduce": ("hfprep.pack.transform", "PrepareForTrainingTransform.reduce_group", hold, None),
     "direct-write": ("hfprep.output.shards", "_ShardThread.put", None, hold),
+    # the last step before an output is published (run and kd-cache): the output is complete in its staging folder
+    "publish": ("hfprep.output.layout", "_write_marker", hold, None),
 }
 if moment in PATCHES:
     patch(*PATCHES[moment])
@@ -322,6 +324,9 @@ def test_ctrl_c_dropped_in_a_fork_hook_is_delivered_again(env_dirs):
 
 
 # --- kill -9 / SIGINT at random moments ------------------------------------------------------------------------
+# Each command is held at its last step before its result becomes visible (the output's publish, the push's commit)
+# until the signal has been sent, so the random moment always falls while the command runs; the exit status proves
+# the signal stopped it (130 through hfprep's handler, or -9), never a run that had already finished.
 
 
 def leftovers_of(pid: int, *roots: Path) -> list[str]:
@@ -343,6 +348,22 @@ def check_output_state(out: Path, previous: dict[str, str]) -> None:
         assert validate_folder(str(out)).ok and foreign_files(out) == [], sorted(now)
 
 
+def signal_while_running(child: Child, sig: int, delay: float, gate: str) -> None:
+    """Send ``sig`` after ``delay`` seconds. The child holds at ``gate`` (the last step before its result becomes
+    visible) until it is signalled, so the signal lands while the command runs: never after it has finished."""
+    time.sleep(delay)
+    assert child.proc.poll() is None, f"the command ended before the signal, held at {gate}: {child.text[-3000:]}"
+    child.signal_group(sig)
+
+
+def assert_stopped_by(sig: int, code: int, err: str, command: str = "run") -> None:
+    """The signal stopped the command: SIGINT through hfprep's handler (exit 130, its one line), SIGKILL at once."""
+    if sig == signal.SIGINT:
+        assert_interrupted_cleanly(code, err, command)
+    else:
+        assert code == -signal.SIGKILL, err[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_run_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, env_dirs, seed):
@@ -356,22 +377,15 @@ def test_run_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path, 
     out = project / "out"
     previous = file_hashes(out)
     sig = signal.SIGKILL if seed % 2 else signal.SIGINT
-    child = Child(["run", str(recipe), "--overwrite", "--num-proc", "2"], project, env)
+    child = Child(["run", str(recipe), "--overwrite", "--num-proc", "2"], project, {**env, "TEST_MOMENT": "publish"})
     assert child.wait_for("[hfprep] source"), child.text[-3000:]
-    time.sleep(rng.uniform(0.0, 2.5))
-    if child.proc.poll() is None:
-        child.signal_group(sig)
+    signal_while_running(child, sig, rng.uniform(0.0, 2.5), "publish")
     code, err = child.finish()
-    check_output_state(out, previous)
-    if code == 0:  # finished before the signal: a complete new output
-        assert json.loads((out / MARKER_NAME).read_text())["files"]
-    elif sig == signal.SIGINT:
-        assert_interrupted_cleanly(code, err)
-    else:
-        assert code == -signal.SIGKILL
+    assert_stopped_by(sig, code, err)
+    assert file_hashes(out) == previous  # stopped before publishing: the previous output, byte for byte
     left = sorted(set(map(str, project.iterdir())) - {str(out), str(recipe), str(project / "docs.jsonl")})
     stale = scratch_in(tmp, cache) + left
-    if sig == signal.SIGINT or code == 0:
+    if sig == signal.SIGINT:
         assert stale == []
     else:  # kill -9: only what carries the dead process's pid (or the lock file), removed by the next run
         assert sorted(stale) == sorted(set(leftovers_of(child.proc.pid, tmp, cache, project)) & set(stale))
@@ -427,36 +441,31 @@ def test_kd_cache_killed_or_interrupted_at_a_random_moment(tmp_path, kd_inputs, 
     previous = file_hashes(out)
     inputs_before = file_hashes(kd_inputs)
     sig = signal.SIGKILL if seed % 2 else signal.SIGINT
-    child = Child(["kd-cache", str(recipe), "--overwrite"], project, env)
+    child = Child(["kd-cache", str(recipe), "--overwrite"], project, {**env, "TEST_MOMENT": "publish"})
     assert child.wait_for("kd-cache train"), child.text[-3000:]
-    time.sleep(rng.uniform(0.0, 2.0))
-    if child.proc.poll() is None:
-        child.signal_group(sig)
+    signal_while_running(child, sig, rng.uniform(0.0, 2.0), "publish")
     code, err = child.finish()
-    assert file_hashes(out) == previous  # the cache is deterministic: the old one or the same bytes, never a partial one
+    assert_stopped_by(sig, code, err, "kd-cache")
+    assert file_hashes(out) == previous  # stopped before publishing: the previous cache, byte for byte
     assert file_hashes(kd_inputs) == inputs_before
-    if code not in (0, -signal.SIGKILL):
-        assert_interrupted_cleanly(code, err, "kd-cache")
+    if sig == signal.SIGINT:
         assert "re-run to resume" in err
     names = sorted(p.name for p in project.iterdir())
-    if code == 0:
-        assert names == ["kd", "kd.yaml"]
-    else:
-        # What may stay: the resumable folder (complete shards only; a kill -9 can leave one torn .tmp file in it)
-        # and, after a kill -9, the dead process's lock file and staging folder.
-        allowed = {"kd", "kd.yaml", ".kd.partial", ".kd.lock"}
-        assert set(names) <= allowed | {n for n in names if n.startswith(f".kd.tmp-{child.proc.pid}-")}, names
-        if partial.exists():
-            import pyarrow.parquet as pq
+    # What may stay: the resumable folder (complete shards only; a kill -9 can leave one torn .tmp file in it)
+    # and, after a kill -9, the dead process's lock file and staging folder.
+    allowed = {"kd", "kd.yaml", ".kd.partial", ".kd.lock"}
+    assert set(names) <= allowed | {n for n in names if n.startswith(f".kd.tmp-{child.proc.pid}-")}, names
+    if partial.exists():
+        import pyarrow.parquet as pq
 
-            for shard in (partial / "data").glob("*.parquet"):
-                pq.read_metadata(shard)  # complete: its footer is there
-            torn = [p.name for p in (partial / "data").glob(".*")]
-            assert torn == [] or (sig == signal.SIGKILL and len(torn) == 1), torn
-        summary = run_kd_recipe(str(recipe), overwrite=True)  # resumes, and cleans what the dead run left
-        assert summary["splits"]["train"]["written"] + summary["splits"]["train"]["skipped"] > 0
-        assert file_hashes(out) == previous
-        assert sorted(p.name for p in project.iterdir()) == ["kd", "kd.yaml"]
+        for shard in (partial / "data").glob("*.parquet"):
+            pq.read_metadata(shard)  # complete: its footer is there
+        torn = [p.name for p in (partial / "data").glob(".*")]
+        assert torn == [] or (sig == signal.SIGKILL and len(torn) == 1), torn
+    summary = run_kd_recipe(str(recipe), overwrite=True)  # resumes, and cleans what the dead run left
+    assert summary["splits"]["train"]["written"] + summary["splits"]["train"]["skipped"] > 0
+    assert file_hashes(out) == previous
+    assert sorted(p.name for p in project.iterdir()) == ["kd", "kd.yaml"]
     assert scratch_in(tmp, cache) == []
 
 
@@ -498,22 +507,22 @@ def test_push_killed_or_interrupted_at_a_random_moment(tmp_path, tokenizer_path,
         assert v1_remote != v2_remote
         child_env = hub.client_env(env, token, str(tmp_path / "hf_home"))
         seen = len(hub.requests)
+        # The commit waits until the child has been signalled: the push cannot finish before the signal lands.
+        held = hub.hold_next_commit()
         child = Child(["push", str(folders["v2"]), "--repo-id", "user/faults"], tmp_path, child_env)
         deadline = time.monotonic() + 120
         while len(hub.requests) == seen and child.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
         sig = signal.SIGKILL if seed % 2 else signal.SIGINT
-        if child.proc.poll() is None:
-            child.signal_group(sig)
+        signal_while_running(child, sig, rng.uniform(0.0, 0.4), "the commit request")
         code, err = child.finish()
+        in_flight = held.reached.is_set()
+        assert held.release()  # a commit the server received whole is applied, as the Hub does
         remote = hub.repo_files("user/faults")
-    assert remote in (v1_remote, v2_remote), sorted(remote)
+    assert_stopped_by(sig, code, err, "push")
+    # Stopped before its commit reached the Hub: the previous version; during it: the complete new one.
+    assert remote == (v2_remote if in_flight else v1_remote), sorted(remote)
     assert {name: file_hashes(f) for name, f in folders.items()} == local
-    if code not in (0, -signal.SIGKILL):
-        assert_interrupted_cleanly(code, err, "push")
-    if code == 0:
-        assert remote == v2_remote
     assert sorted(p.name for p in folders["v2"].parent.iterdir()) == ["docs.jsonl", "out", "r.yaml"]
     assert scratch_in(tmp, cache) == []
 

@@ -3,31 +3,33 @@ tokenization strategy x packer, recorded before the package was restructured. A 
 byte fails here; a change that means to alter the output updates the table below in the same commit and says why.
 
 Card lines that legitimately vary between runs (the date, the hfprep version and git commit) and the temporary
-folder's absolute path are normalised before hashing. Parquet bytes depend on the pyarrow/tokenizers/Python
-versions, so the hashes are tied to the environment they were recorded in (``ENV``); elsewhere the test skips
-with the reason.
+folder's absolute path are normalised before hashing. Output bytes depend on library versions (Parquet: pyarrow;
+tokenizer files: tokenizers, transformers; figures: matplotlib, pillow, numpy; the card: datasets; the backend
+named in the card: gigatoken) and on the Python version (the quickstart reads the standard library's sources), so
+the hashes belong to the pinned CI environment, ``.ci/constraints.txt`` (read here, the single source of ``ENV``).
+Elsewhere the test skips with the reason; under ``CI=true`` (``.ci/run`` installs the pins) a mismatch fails.
+Refreshing the pins and re-recording the hashes: ``docs/development.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import random
 import re
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
 import yaml
+from pins import CONSTRAINTS, installed_version, pinned_python, pinned_versions
 
 import hfprep
 
-pyarrow = pytest.importorskip("pyarrow")
-tokenizers = pytest.importorskip("tokenizers")
-datasets = pytest.importorskip("datasets")
-
-ENV = {"python": "3.11.7", "pyarrow": "26.0.1", "tokenizers": "0.23.3", "datasets": "5.2.0", "gigatoken": "0.10.0"}
+# The distributions whose versions change output bytes (see the module docstring); their versions come from the pins.
+ENV_DISTRIBUTIONS = ("pyarrow", "tokenizers", "datasets", "gigatoken", "transformers", "matplotlib", "pillow", "numpy")
+ENV = {"python": pinned_python(), **{d: pinned_versions()[d] for d in ENV_DISTRIBUTIONS}}
 
 WORDS = [
     "alpha",
@@ -53,22 +55,29 @@ WORDS = [
 ]
 
 
-def _version(dist: str) -> str:
-    # The tokenize backend ``auto`` picks gigatoken when it is installed, and the card names the backend.
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "absent"
-
-
 def _env() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "pyarrow": pyarrow.__version__,
-        "tokenizers": tokenizers.__version__,
-        "datasets": datasets.__version__,
-        "gigatoken": _version("gigatoken"),
-    }
+    # gigatoken may be absent: the tokenize backend ``auto`` then uses hf, and the card names the backend.
+    return {"python": platform.python_version(), **{d: installed_version(d) for d in ENV_DISTRIBUTIONS}}
+
+
+def require_recorded_env(env: dict[str, str], ci: bool) -> None:
+    """Skip (fail under CI) unless ``env`` is the environment the hashes were recorded in, naming what differs."""
+    diff = {k: f"{env.get(k)} (pinned {v})" for k, v in ENV.items() if env.get(k) != v}
+    if not diff:
+        return
+    message = (
+        f"golden hashes belong to the pinned environment in {CONSTRAINTS.parent.name}/{CONSTRAINTS.name}; here: "
+        + ", ".join(f"{k} {v}" for k, v in diff.items())
+        + f"; install the pins (pip install -e '.[dev,ray,fast,trl]' -c {CONSTRAINTS.parent.name}/{CONSTRAINTS.name}"
+        ") or refresh them and re-record the hashes (docs/development.md)"
+    )
+    if ci:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _require_env() -> None:
+    require_recorded_env(_env(), os.environ.get("CI", "").lower() == "true")
 
 
 def _text(rng: random.Random, lo: int, hi: int) -> str:
@@ -146,15 +155,11 @@ def _hashes(folder: Path, tmp: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> dict[str, dict[str, str]]:
-    """Run every case once (module scope) and return {case: {relative file: sha256}}."""
-    if _env() != ENV:
-        pytest.skip(f"golden hashes were recorded with {ENV}; this environment is {_env()}")
+def run_cases(root: Path) -> dict[str, dict[str, str]]:
+    """Run every case in ``root`` and return {case: {relative file: sha256}}."""
     from hfprep.run import run_recipe
     from hfprep.tokenization.loading import DEFAULT_SPECIAL_TOKENS, train_tiny_tokenizer
 
-    root = tmp_path_factory.mktemp("golden")
     _write_sources(root)
     rng = random.Random(7)
     train_tiny_tokenizer(
@@ -181,14 +186,11 @@ def outputs(tmp_path_factory) -> dict[str, dict[str, str]]:
     return result
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> dict[str, str]:
-    """The shipped quickstart recipe, unchanged except for the output folder; the tokenizer is trained afresh."""
-    if _env() != ENV:
-        pytest.skip(f"golden hashes were recorded with {ENV}; this environment is {_env()}")
+def run_quickstart(root: Path) -> dict[str, str]:
+    """The shipped quickstart recipe in ``root``, unchanged except for the output folder; the tokenizer is trained
+    afresh. Returns {relative file: sha256}."""
     from hfprep.run import run_recipe
 
-    root = tmp_path_factory.mktemp("golden_quickstart")
     text = (Path(__file__).parents[1] / "recipes" / "quickstart.yaml").read_text()
     assert "folder: ../out/quickstart" in text
     (root / "quickstart.yaml").write_text(text.replace("folder: ../out/quickstart", "folder: out"))
@@ -196,6 +198,28 @@ def quickstart(tmp_path_factory) -> dict[str, str]:
         mp.setenv("HFPREP_CACHE", str(root / "cache"))
         run_recipe(root / "quickstart.yaml")
     return _hashes(root / "out", root)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Every case, run once (module scope)."""
+    _require_env()
+    return run_cases(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> dict[str, str]:
+    _require_env()
+    return run_quickstart(tmp_path_factory.mktemp("golden_quickstart"))
+
+
+def test_a_mismatch_fails_under_ci_and_skips_elsewhere():
+    require_recorded_env(dict(ENV), ci=True)  # the recorded environment passes either way
+    other = {**ENV, "pyarrow": "0.0.1"}
+    with pytest.raises(pytest.fail.Exception, match=r"here: pyarrow 0\.0\.1 \(pinned [0-9.]+\); install the pins"):
+        require_recorded_env(other, ci=True)
+    with pytest.raises(pytest.skip.Exception, match="refresh them and re-record the hashes"):
+        require_recorded_env(other, ci=False)
 
 
 def test_quickstart_output_bytes(quickstart):
@@ -359,3 +383,24 @@ GOLDEN: dict[str, dict[str, str]] = {
         "tokenizer/tokenizer_config.json": "cf58dec7a6fcdc71732b7953037011d097edf0a526f5c4be44686658fe1c1916",
     },
 }
+
+
+if __name__ == "__main__":
+    # `python tests/test_golden.py`: print this environment's table (re-recording: docs/development.md).
+    import pprint
+    import sys
+    import tempfile
+
+    try:
+        require_recorded_env(_env(), ci=True)
+    except pytest.fail.Exception as e:
+        sys.exit(str(e))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "q").mkdir()
+        (Path(tmp) / "c").mkdir()
+        table = {"quickstart": run_quickstart(Path(tmp) / "q"), **run_cases(Path(tmp) / "c")}
+    changed = sorted(f"{case}/{f}" for case, files in table.items() for f, h in files.items()
+                     if GOLDEN.get(case, {}).get(f) != h)
+    changed += sorted(f"{case}/{f} (gone)" for case, files in GOLDEN.items() for f in files if f not in table.get(case, {}))
+    print("changed:", changed or "nothing")
+    print("GOLDEN: dict[str, dict[str, str]] = " + pprint.pformat(table, width=120, sort_dicts=False))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DataError
+from ..train.model_check import check_batch_ids, check_vocab_size_arg
 from .format import FILL_ID, FILL_LOGPROB
 
 TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_mask")
@@ -43,10 +44,19 @@ class DataCollatorForKD:
     Rows need ``input_ids``, ``topk_ids``, ``topk_logprobs``; ``position_ids``, ``loss_mask`` and
     ``target_mask`` are used when present (hfprep caches have them). Without ``position_ids`` a row is one
     document; without ``loss_mask`` every non-padding token has loss (``attn_mask`` marks padding).
+
+    ``vocab_size`` (the student's, ``model.get_input_embeddings().num_embeddings``): every batch's ``input_ids``
+    and teacher top-k ids must lie in ``0..vocab_size-1``, else a one-line ``DataError`` instead of an
+    ``IndexError`` in the embedding or the KD loss's gather. :class:`~hfprep.kd.trainer.KDTrainer` sets it from
+    its model when left None.
     """
 
     pad_token_id: int = 0
     label_pad: int = -100
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_vocab_size_arg(self.vocab_size)
 
     def __call__(self, rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -84,6 +94,9 @@ class DataCollatorForKD:
                 target[b, : n - 1] = (pos[b, 1:n] > 0) & real[1:] & real[:-1]
             top_ids[b, :n] = r["topk_ids"].long()
             top_lp[b, :n] = r["topk_logprobs"].float()
+        if self.vocab_size is not None:
+            check_batch_ids(ids, self.vocab_size)
+            check_batch_ids(top_ids, self.vocab_size, "topk_ids")
         has_label = loss & (pos > 0)
         labels = torch.where(has_label, ids, torch.full_like(ids, self.label_pad))
         teacher_mask = torch.zeros_like(target)

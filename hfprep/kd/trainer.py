@@ -5,7 +5,9 @@
 ``use_cache=False``: with a KV cache transformers silently stops deriving the block-diagonal mask from
 ``position_ids`` and packed documents attend to each other (measured with transformers 5.23 on Llama).
 Use ``remove_unused_columns=False`` when the train dataset is a ``datasets.Dataset`` (its cache columns are not
-model arguments).
+model arguments). A :class:`~hfprep.kd.collator.DataCollatorForKD` without a ``vocab_size`` gets the student's, so
+a cache made for another vocabulary fails on the first batch, in one line, before any step (pass
+``callbacks=[ModelCheckCallback(cache_folder)]`` to scan the whole cache before training instead).
 
 Example:
     >>> trainer = KDTrainer(model=student, args=args, train_dataset=RBTopKIterableDataset(glob),
@@ -15,12 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from transformers import Trainer
 
 from ..errors import ConfigError
-from .collator import TEACHER_KEYS
+from ..train.model_check import model_vocab_size
+from .collator import TEACHER_KEYS, DataCollatorForKD
 from .losses import Mode, kd_loss
 
 
@@ -40,6 +44,9 @@ class KDTrainer(Trainer):
         if not 0.0 <= kd_alpha <= 1.0:
             raise ConfigError(f"kd_alpha must be in [0, 1], got {kd_alpha}")
         super().__init__(*args, **kwargs)
+        if isinstance(self.data_collator, DataCollatorForKD) and self.data_collator.vocab_size is None:
+            # A copy: the caller's collator object stays as it was given.
+            self.data_collator = dataclasses.replace(self.data_collator, vocab_size=model_vocab_size(self.model))
         self.kd_alpha, self.kd_kind, self.kd_mode = kd_alpha, kd_kind, kd_mode
         self.kd_temperature, self.teacher_temperature = kd_temperature, teacher_temperature
         self.kd_losses: list[float] = []

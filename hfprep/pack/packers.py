@@ -7,7 +7,9 @@ so a whole reduce group is packed with a handful of numpy calls. The seed's list
 Semantics:
 
 * ``dense``: concatenate, cut into ``seq_len`` rows, drop the incomplete tail; positions rebased so each segment
-  of a row starts at 0.
+  of a row starts at 0. In a map-reduce run (``PrepareForTrainingTransform``, ``hfprep run``) a group's incomplete
+  tail is not dropped: :func:`pack_dense_tails_flat` packs the tails of all groups in one final pass
+  (*dense tails*), so a whole run drops at most one partial row.
 * ``no_incomplete``: greedy in input order; a document longer than ``seq_len`` is dropped; when the next document
   does not fit, the row is padded with ``pad_token_id``, position 0, ``loss_mask`` False.
 
@@ -556,6 +558,11 @@ def rows_to_flat(rows: Iterable[TokenizedRow]) -> tuple[np.ndarray, np.ndarray, 
 def pack_dense(rows: Iterable[TokenizedRow], seq_len: int) -> list[TokenizedRow]:
     """Greedily pack all the rows into ``seq_len`` rows, dropping the trailing incomplete row (seed API).
 
+    Positions restart at 0 at every segment start and at every row start (a document cut at a row end continues
+    at 0 in the next row: :func:`position_fix_helper`). This is one list, so its incomplete tail is dropped; the
+    map-reduce transform calls this per reduce group but carries each group's tail to one final *dense tails*
+    pass (:func:`pack_dense_tails_flat`), so a run loses at most one partial row in total, not one per group.
+
     Example:
         >>> import numpy as np
         >>> ex = [{"input_ids": np.arange(1, 6, dtype=np.uint32), "position_ids": np.arange(5, dtype=np.uint32),
@@ -579,5 +586,9 @@ def pack_no_incomplete(rows: Iterable[TokenizedRow], seq_len: int, pad_token_id:
 def pack_sequences(
     rows: Iterable[TokenizedRow], seq_len: int, pad_token_id: int, strategy: str
 ) -> list[TokenizedRow]:
-    """Pack with the named strategy (``dense``, ``no_incomplete``, or any registered in :data:`PACKERS`)."""
+    """Pack with the named strategy (``dense``, ``no_incomplete``, or any registered in :data:`PACKERS`) (seed API).
+
+    One list: ``dense`` drops its incomplete tail here (see :func:`pack_dense` for the dense tails of a map-reduce
+    run); ``pad_token_id`` is used by the padded packers only.
+    """
     return get_packer(strategy)(*rows_to_flat(rows), seq_len, pad_token_id).rows()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +73,9 @@ class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
         text_column: column with the text / conversation (seed default ``content``).
         packing_kwargs: extra options of the packer (e.g. bfd's ``overflow``).
         reduce_memory_budget: bytes of one reduce range held in memory; a single group above it is an error.
+        backend: tokenizer backend, as a recipe's ``tokenizer.backend``: ``auto`` (default) uses ``gigatoken`` where
+            it is installed, supports the tokenizer and passes the exactness guard on a sample of the input (so the
+            rows are identical to ``hf``'s), else ``hf`` with a one-line warning; ``hf`` or ``gigatoken`` force one.
     """
 
     processing_strategy: ProcessingStrategy
@@ -85,7 +88,7 @@ class PrepareForTrainingTransformConfig(MapReduceTransformConfigBase):
     tokenizer_revision: str | None = None
     text_column: str = "content"
     on_empty: str = "error"
-    backend: str = "hf"
+    backend: Literal["auto", "hf", "gigatoken"] = "auto"
     packing_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
     reduce_memory_budget: int = DEFAULT_REDUCE_MEMORY_BUDGET
 
@@ -132,9 +135,16 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     ``run(dataset, num_proc=N)`` returns a ``datasets.Dataset`` of packed rows (``input_ids`` uint32,
     ``position_ids`` uint32, ``loss_mask`` bool); groups come in ascending key order and documents keep input
     order inside a group, so the rows are the same for every ``num_proc``. After a run, :attr:`stats` holds the
-    merged :class:`~hfprep.pack.packers.PackStats` (plus ``rows_in`` / ``docs_dropped_empty`` from tokenization) and
-    :attr:`backend_report` the tokenizer backend actually used with its exactness-guard result
-    (:func:`~hfprep.tokenization.backends.resolve_backend`).
+    merged :class:`~hfprep.pack.packers.PackStats` (plus ``rows_in`` and ``docs_dropped_by_tokenizer``: input rows
+    that made no document, e.g. empty texts with ``on_empty="drop"``) and :attr:`backend_report` the tokenizer
+    backend actually used with its exactness-guard result (:func:`~hfprep.tokenization.backends.resolve_backend`).
+
+    Dense packing across groups (*dense tails*): each group is cut into whole ``seq_len`` rows, and what a group
+    cannot fill (the rest of the document cut at its last row end, and the documents after it) is not dropped per
+    group but carried to one final pass (:func:`~hfprep.pack.packers.pack_dense_tails_flat`) that lays every
+    group's tail end to end in key order and cuts them like one more group. So a run drops at most the one
+    incomplete row at its very end, as the seed's single-list ``pack_dense`` does, whatever ``num_reduce_chunks``
+    is; ``stats`` counts the tail pass in ``tail_tokens`` / ``tail_rows``.
     """
 
     def progress_label(self, stage: str) -> str:

@@ -66,7 +66,10 @@ class TokenizeConfig(pydantic.BaseModel):
         fim_format: ``psm`` or ``spm`` (the seed's SPM: ``<fim_suffix> suffix <fim_prefix> prefix <fim_middle>``).
         only_middle_not_masked: FIM loss only on the middle tokens and the final eos.
         on_empty: what to do with an empty pretrain text: ``error`` (default) or ``drop`` (counted as dropped).
-        backend: tokenizer backend name (``hf``).
+        backend: ``hf`` (the default here), ``gigatoken`` or ``auto``. The row-level entry points that take this
+            config build their backend on each call and have no input sample for the exactness guard, so they stay
+            on ``hf``; :class:`~hfprep.pack.transform.PrepareForTrainingTransformConfig` and recipes default to
+            ``auto``, which is guarded on the run's input.
         fim_rate: pretrain only: probability that a document becomes a FIM row (0 = off), see :mod:`hfprep.tokenization.fim`.
         fim_spm_rate: probability that a raw-document FIM row uses SPM (else PSM).
         fim_seed: recipe seed of raw-document FIM; each document's draw is seeded by it + a hash of its text.
@@ -445,7 +448,13 @@ def _one(row: Row, tokenizer, config: TokenizeConfig) -> TokenizedRow:
 
 
 def pretrain_processing(row: Row, tokenizer, text_column: str = "content") -> TokenizedRow:
-    """Tokenize one pre-training row: ``encode(text) + [eos]``, positions ``arange``, loss everywhere.
+    """Tokenize one pre-training row: ``tokenizer.encode(text) + [eos]``, positions ``arange``, loss everywhere.
+
+    Automatic bos (``add_bos="auto"``, the seed's behaviour): the row starts with whatever ``tokenizer.encode``
+    puts in front of a text, so a bos for tokenizers whose post-processor adds one (Llama 3.1, Gemma 3) and nothing
+    for the others (Qwen3); the text itself is encoded without special tokens. :func:`tokenize_batch` with
+    ``TokenizeConfig(add_bos="always" | "never")`` (recipes: ``tokenize.add_bos``) forces one or none. The eos is
+    the tokenizer's (``TokenizeConfig(eos_token=...)`` names another end-of-document token).
 
     Example:
         >>> r = pretrain_processing({"content": "A sample text"}, tokenizer)  # doctest: +SKIP
@@ -465,7 +474,10 @@ def fim_processing(
 
     PSM: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle <eos>``;
     SPM: ``<fim_suffix> suffix <fim_prefix> prefix <fim_middle> middle <eos>``.
-    With ``only_middle_not_masked`` the loss is only on the middle tokens and the final eos.
+    With ``only_middle_not_masked`` the loss is only on the middle tokens and the final eos. The FIM tokens are
+    found in the vocabulary (the seed's ``<fim_...>`` first, then Qwen's, DeepSeek's, CodeLlama's spellings). As in
+    :func:`pretrain_processing`, the bos that ``tokenizer.encode`` adds (if any) starts the row (``add_bos="auto"``),
+    with loss unless ``only_middle_not_masked``.
 
     Example:
         >>> r = fim_processing({"prefix": "a", "middle": "b", "suffix": "c"}, tokenizer, fim_format="psm")  # doctest: +SKIP

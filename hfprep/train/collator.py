@@ -51,6 +51,7 @@ from jaxtyping import Bool, Int64
 
 from ..errors import ConfigError, DataError
 from ..schema import padding_start, segment_ids
+from .model_check import check_batch_ids, check_vocab_size_arg
 
 AttentionMode = Literal["position_ids", "flash_varlen", "4d"]
 IGNORE_INDEX = -100
@@ -198,6 +199,11 @@ class DataCollatorForPackedLM:
             creates one on every forward outside ``Trainer`` (which sets ``use_cache=False`` itself); without this
             the documents of a row would silently attend to each other. Turn it off only if your loop moves every
             batch value with ``.to(device)`` and you pass ``use_cache=False`` yourself.
+        vocab_size: the model's vocabulary size (``model.get_input_embeddings().num_embeddings``): every batch is
+            checked (one ``min``/``max``) and an id outside ``0..vocab_size-1`` is a one-line ``DataError`` naming
+            the row and the batch's largest id, instead of an ``IndexError`` deep in the embedding (a device-side
+            assert on CUDA). :class:`~hfprep.train.callbacks.ModelCheckCallback` checks the whole dataset once
+            before step one instead.
 
     Input rows may be lists, numpy arrays or torch tensors (``with_format(None | "numpy" | "torch")``). A 2D
     ``attention_mask`` column is accepted only when it is all ones and is then dropped; a ``labels`` column is
@@ -226,6 +232,7 @@ class DataCollatorForPackedLM:
         mask_dtype: torch.dtype = torch.float32,
         validate: bool = True,
         disable_cache: bool = True,
+        vocab_size: int | None = None,
     ) -> None:
         if attention not in ATTENTION_MODES:
             raise ConfigError(f"attention={attention!r} is not supported; choose one of {list(ATTENTION_MODES)}")
@@ -244,6 +251,7 @@ class DataCollatorForPackedLM:
             raise ConfigError(f"mask_dtype must be torch.bool or a float dtype (the model's), got {mask_dtype}")
         if drop_padding and attention != "flash_varlen":
             raise ConfigError("drop_padding only applies to attention='flash_varlen' (other modes keep row shapes)")
+        check_vocab_size_arg(vocab_size)
         self.attention = attention
         self.pad_token_id = pad_token_id
         self.padding = padding
@@ -254,6 +262,7 @@ class DataCollatorForPackedLM:
         self.mask_dtype = mask_dtype
         self.validate = validate
         self.disable_cache = disable_cache
+        self.vocab_size = vocab_size
 
     # ------------------------------------------------------------------------------------------ input checks
 
@@ -315,6 +324,8 @@ class DataCollatorForPackedLM:
             target = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
         ids = _stack_column(features, "input_ids", np.int64, self.pad_token_id, target)
+        if self.vocab_size is not None:
+            check_batch_ids(ids, self.vocab_size)
         if has_pos:
             pos = _stack_column(features, "position_ids", np.int64, 0, target)
         else:
