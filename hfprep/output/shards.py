@@ -71,32 +71,51 @@ def shard_schema(schema: pa.Schema, features: Features | None = None) -> pa.Sche
 def arrow_nbytes(table: pa.Table) -> int:
     """The Arrow size of ``table``'s data, counted from its shape alone the way ``pa.Table.nbytes`` counts a fresh
     table (an offset per row, the values, no validity bitmaps): the same number for the same rows however they are
-    chunked or allocated, and additive over row groups (what ``datasets`` reports as a split's ``num_bytes``).
+    chunked or allocated (what ``datasets`` reports as a split's ``num_bytes``).
 
     Example:
         >>> t = pa.table({"ids": pa.array([[1, 2], [3]], pa.list_(pa.uint32())), "m": [True, False]})
         >>> arrow_nbytes(t)  # ids: 2 offsets (8 bytes) + 3 values (12); m: 2 bits (1 byte)
         21
     """
-    return sum(_column_nbytes(c.type, c) for c in table.columns)
+    return ArrowSize().add(table).nbytes
 
 
-def _column_nbytes(t: pa.DataType, column: pa.ChunkedArray | pa.Array) -> int:
+class ArrowSize:
+    """:func:`arrow_nbytes` of row batches added one after another, as if they were one table (booleans are bits:
+    they are counted over all batches, not rounded up batch by batch)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.bits: dict[str, int] = {}
+
+    def add(self, table: pa.Table) -> ArrowSize:
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            self.bytes += _column_nbytes(name, column.type, column, self.bits)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes + sum(-(-bits // 8) for bits in self.bits.values())
+
+
+def _column_nbytes(name: str, t: pa.DataType, column: pa.ChunkedArray | pa.Array, bits: dict[str, int]) -> int:
     n = len(column)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         width = 8 if pa.types.is_large_list(t) else 4
         values = sum(len(c.flatten()) for c in _chunks(column))
-        return width * n + _values_nbytes(t.value_type, values, column)
+        return width * n + _values_nbytes(name, t.value_type, values, column, bits)
     if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
         width = 8 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else 4
         data = sum(int(pa.compute.sum(pa.compute.binary_length(c)).as_py() or 0) for c in _chunks(column))
         return width * n + data
-    return _values_nbytes(t, n, column)
+    return _values_nbytes(name, t, n, column, bits)
 
 
-def _values_nbytes(t: pa.DataType, n: int, column: pa.ChunkedArray | pa.Array) -> int:
+def _values_nbytes(name: str, t: pa.DataType, n: int, column: pa.ChunkedArray | pa.Array, bits: dict[str, int]) -> int:
     if pa.types.is_boolean(t):
-        return -(-n // 8)
+        bits[name] = bits.get(name, 0) + n
+        return 0
     try:
         return n * t.bit_width // 8
     except ValueError:  # nested or variable-width values: fall back to Arrow's own count
@@ -232,7 +251,7 @@ class ShardWriter:
         self.schema: pa.Schema | None = None
         self.paths: list[str] = []
         self.rows = 0
-        self.nbytes = 0
+        self._size = ArrowSize()
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._shards: list[_ShardThread] = []
@@ -248,6 +267,11 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+    @property
+    def nbytes(self) -> int:
+        """:func:`arrow_nbytes` of every row written so far, as one table (the split's ``num_bytes``)."""
+        return self._size.nbytes
 
     def write(self, table: pa.Table) -> None:
         """Append ``table``'s rows (any chunking) after the rows written so far."""
@@ -315,6 +339,7 @@ class ShardWriter:
         else:
             group = group.cast(self.schema)
         size = arrow_nbytes(group)
+        self._size.add(group)
         if self.on_row_group is not None:
             self.on_row_group(group)
         if not self._shards or self._shard_full(group.num_rows, size):
@@ -322,7 +347,6 @@ class ShardWriter:
         self._shard_rows += group.num_rows
         self._shard_bytes += size
         self.rows += group.num_rows
-        self.nbytes += size
         self.budget.acquire(group, self._writer_error)
         self._raise_writer_error()
         self._shards[-1].put(group)
