@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError
+from .output.audit import AuditResult
 from .output.plots import length_bin_counts
 from .output.validate import SplitStats
 from .pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
@@ -145,6 +146,7 @@ class SplitResult:
     fill_bins: list[int] = field(default_factory=list)
     segment_bins: dict[int, int] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
+    audit: AuditResult | None = None  # set by hfprep.describe.measure_output from the rows written
 
 
 def split_stats_from(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[int, int] | None]:

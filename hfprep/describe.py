@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
+from .output.audit import AuditRules, LossAudit
 from .output.card import (
     CardParams,
     CardSplit,
@@ -40,7 +41,7 @@ from .tokenization.loading import (
     tokenizer_fingerprint,
     vocab_size,
 )
-from .tokenization.stage import document_specials, tokenized_features
+from .tokenization.stage import TokenizeConfig, audit_ids, document_specials, tokenized_features
 from .version import __version__
 
 
@@ -166,21 +167,18 @@ def card_params(
     date: str,
     download_bytes: dict[str, int] | None = None,
     has_fill_plot: bool = True,
+    audit_rules: AuditRules | None = None,
 ) -> CardParams:
     """The facts of a finished run that the dataset card shows. ``split_bytes``: Arrow bytes per split
-    (``num_bytes``); ``download_bytes``: Parquet bytes."""
+    (``num_bytes``); ``download_bytes``: Parquet bytes; ``audit_rules``: the loss audit's rules (the card records
+    them for ``hfprep validate``)."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    splits = []
-    for r in results:
-        s = r.out_stats.as_dict()
-        for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
-            if k in r.pack_stats:
-                s[k] = int(r.pack_stats[k])
-        if r.rows_in is not None:
-            s["rows_in"] = int(r.rows_in)
-            s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
-        splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
+    splits = [
+        CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, card_split_stats(r), r.quality,
+                  r.audit)
+        for r in results
+    ]
     load_target = card_load_target(recipe)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
@@ -254,6 +252,7 @@ def card_params(
         recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
         date=date,
         template=recipe.output.card_template,
+        loss_audit=audit_rules.to_card() if audit_rules is not None else None,
     )
 
 
@@ -396,9 +395,30 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
+def loss_audit(recipe: Recipe, tokenizer, configs: list[TokenizeConfig], pad_id: int) -> LossAudit:
+    """The loss audit of this run's rows: the rules of every tokenize config (a mixture has one per source) merged,
+    with the recipe's packing (:mod:`hfprep.output.audit`)."""
+    rules = AuditRules.merge(AuditRules(**audit_ids(tokenizer, c)) for c in configs)
+    p = recipe.packing
+    return LossAudit(rules, seq_len=p.seq_len, packing=p.strategy, packing_kwargs=p.packing_kwargs,
+                     num_reduce_chunks=p.num_reduce_chunks, pad_token_id=pad_id)
+
+
+def card_split_stats(r: SplitResult) -> dict[str, Any]:
+    """A split's line of the card's ``hfprep.stats``: the rows' counts and the packer's document counts."""
+    s: dict[str, Any] = r.out_stats.as_dict()
+    for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
+        if k in r.pack_stats:
+            s[k] = int(r.pack_stats[k])
+    if r.rows_in is not None:
+        s["rows_in"] = int(r.rows_in)
+        s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
+    return s
+
+
+def measure_output(r: SplitResult, pad_id: int, padded: bool, audit: LossAudit | None = None) -> pa.Table:
     """The split's Arrow table; sets ``r.out_stats``, ``r.fill_bins`` and ``r.segment_bins`` from the rows written
-    (the numbers the card and the summary give)."""
+    (the numbers the card and the summary give), and ``r.audit`` when given an (empty) ``audit``."""
     ds = r.dataset
     table = ds.with_format("arrow")[:] if len(ds) else tokenized_features().arrow_schema.empty_table()
     table = table.select(["input_ids", "position_ids", "loss_mask"])
@@ -406,7 +426,10 @@ def measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
     fills: list[np.ndarray] = []
     segs: dict[int, int] = {}
     for batch in table.to_batches(max_chunksize=4096):
-        s, fill, seg_len = batch_stats(pa.Table.from_batches([batch]), pad_id, padded)
+        t = pa.Table.from_batches([batch])
+        s, fill, seg_len = batch_stats(t, pad_id, padded)
+        if audit is not None:
+            audit.add(t, row_base=total.rows)
         total.add(s)
         fills.append(fill)
         for b, c in length_bin_counts(seg_len).items() if len(seg_len) else ():
@@ -414,4 +437,6 @@ def measure_output(r: SplitResult, pad_id: int, padded: bool) -> pa.Table:
     r.out_stats = total
     r.fill_bins = fill_bin_counts(np.concatenate(fills) if fills else np.zeros(0))
     r.segment_bins = segs
+    if audit is not None:
+        r.audit = audit.result(card_split_stats(r))
     return table

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
-from .describe import build_card, doc_lengths_note, make_summary, measure_output, reduce_chunks_advice, rows_all_full
+from .describe import (
+    build_card,
+    doc_lengths_note,
+    loss_audit,
+    make_summary,
+    measure_output,
+    reduce_chunks_advice,
+    rows_all_full,
+)
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
@@ -120,10 +128,16 @@ def _run_claimed(
 
     pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
-    tables = {r.name: measure_output(r, pad_id, padded) for r in results}
+    configs = mix.tokenize_configs() if mix is not None else [effective_tokenize_config(recipe)]
+    audit = loss_audit(recipe, info.tokenizer, configs, pad_id)
+    tables = {r.name: measure_output(r, pad_id, padded, audit.fresh()) for r in results}
     if mix is not None:
         tables = mix.output_tables(tables)
     results, warnings = _keep_written_splits(recipe, results, log)
+    for r in results:  # the card's table shows them too, and `hfprep validate` / `hfprep push` refuse the folder
+        for line in r.audit.lines(r.name) if r.audit is not None else ():
+            warnings.append(line)
+            log({"event": "warning", "warning": line})
     for r in results:
         r.quality = packing_report(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_token_id=pad_id, padded=padded)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
@@ -140,7 +154,7 @@ def _run_claimed(
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
-                          download_bytes=split_bytes, has_fill_plot=has_fill_plot)
+                          download_bytes=split_bytes, has_fill_plot=has_fill_plot, audit_rules=audit.rules)
         if mix is not None:
             if recipe.output.plots:
                 mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")

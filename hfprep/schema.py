@@ -239,6 +239,32 @@ def segment_ids(position_ids: Any) -> Any:
     return np.cumsum(starts, axis=-1)
 
 
+def segment_bounds(
+    position_ids: np.ndarray, pad: Bool[np.ndarray, " n"], row_offsets: Int64[np.ndarray, " rows_plus_1"]
+) -> tuple[Int64[np.ndarray, " s"], Int64[np.ndarray, " s"], Int64[np.ndarray, " s"]]:
+    """THE segments of flat rows: ``(start, end, row)`` per segment, flat indices, ``end`` exclusive.
+
+    A segment starts at every real (non-``pad``) token at position 0 and at the start of every non-empty row; it
+    ends at the next start or where the row's padding begins. A row of nothing but padding has one empty segment
+    (``start == end``), as the card's ``segments`` count has always had it.
+
+    Example:
+        >>> pos = np.array([0, 1, 0, 0, 0, 1], np.uint32); pad = np.array([0, 0, 0, 1, 0, 0], bool)
+        >>> [a.tolist() for a in segment_bounds(pos, pad, np.array([0, 4, 6]))]
+        [[0, 2, 4], [2, 3, 6], [0, 0, 1]]
+    """
+    offsets = np.asarray(row_offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    is_start = (np.asarray(position_ids) == 0) & ~pad
+    is_start[offsets[:-1][lengths > 0]] = True
+    start = np.flatnonzero(is_start)
+    row = np.searchsorted(offsets, start, side="right") - 1
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    real_end = offsets[:-1] + np.bincount(row_of[~pad], minlength=len(lengths))
+    end = np.minimum(np.append(start[1:], offsets[-1]), real_end[row])
+    return start, end, row
+
+
 def causal_mask_from_positions(position_ids: Any) -> Any:
     """THE attention mask from positions: (..., L) -> (..., L, L) bool, True where ``i`` may attend to ``j``.
 

@@ -32,6 +32,7 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 
 from ..errors import ConfigError
 from ..schema import row_features
+from .audit import AuditResult, audit_section
 from .layout import split_glob
 from .quality import format_report
 
@@ -281,6 +282,7 @@ class CardSplit:
     pad_tokens: int
     stats: dict[str, Any]
     quality: dict[str, Any] | None = None
+    audit: AuditResult | None = None
 
 
 @dataclass
@@ -339,6 +341,8 @@ class CardParams:
     recipe_sha256: str
     date: str
     template: str | None = None
+    loss_audit: dict[str, Any] | None = None
+    """The loss audit's rules (:meth:`hfprep.output.audit.AuditRules.to_card`), recorded for ``hfprep validate``."""
     stats: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -377,6 +381,8 @@ def card_front_matter(p: CardParams) -> dict[str, Any]:
     }
     if p.decode_replacements is not None:
         meta["hfprep"]["source_decode_replacements"] = p.decode_replacements
+    if p.loss_audit is not None:
+        meta["hfprep"]["loss_audit"] = FlowMap(p.loss_audit)  # ids on one line: the header stays short
     return meta
 
 
@@ -442,6 +448,12 @@ def quality_section(p: CardParams) -> str:
     )
 
 
+def loss_audit_section(p: CardParams) -> str:
+    """The loss audit's table (:func:`hfprep.output.audit.audit_section`), when the run audited its rows."""
+    audits = {s.name: s.audit for s in p.splits if s.audit is not None}
+    return audit_section(audits) if audits else ""
+
+
 def tokenizer_table(p: CardParams) -> str:
     t = p.tokenizer
     rows = [
@@ -488,6 +500,7 @@ def card_context(p: CardParams) -> dict[str, Any]:
         "fill_sentence": fill_sentence(p),
         "fill_section": fill_section(p),
         "quality_section": quality_section(p),
+        "loss_audit_section": loss_audit_section(p),
         "tokenizer_table": tokenizer_table(p),
         "source": p.source_line,
         "tokenize_line": f"`{p.strategy}` " + json.dumps(p.tokenize_options, sort_keys=True),

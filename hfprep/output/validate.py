@@ -12,7 +12,10 @@ Checked, per row (vectorised over each record batch):
   at position 0 with no loss) in padded datasets only (``dense`` and ``pad: false`` write none); a row of nothing
   but padding is a violation;
 * the card: shard names complete (``-XXXXX-of-YYYYY``), the ``configs`` splits present, and rows, tokens, padding,
-  loss tokens and segments per split equal to what the card says.
+  loss tokens and segments per split equal to what the card says;
+* the loss audit (:mod:`hfprep.output.audit`), per split: documents with no loss or (SFT) loss on their context,
+  assistant turns without loss on their content or end-of-turn token, documents without their separator or FIM
+  sentinels, rows with no loss; one line per violated check, with its count and first row/segment.
 
 Example:
     >>> report = validate_folder("out/quickstart")  # doctest: +SKIP
@@ -32,7 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, table_to_flat
+from ..schema import (
+    ROW_ARROW_TYPES,
+    ROW_FEATURES_SPEC,
+    output_is_padded,
+    padding_mask,
+    segment_bounds,
+    table_to_flat,
+)
+from .audit import AuditResult, LossAudit
 from .card import read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 from .mixture_report import check_mixture_card, source_column_counts
@@ -77,21 +88,15 @@ def batch_stats(
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     real_per_row = np.bincount(row_of[~pad], minlength=len(lengths))
     fill = np.divide(real_per_row, lengths, out=np.zeros(len(lengths)), where=lengths > 0)
-    starts = (pos == 0) & ~pad
-    starts[offsets[:-1][lengths > 0]] = True
-    seg_start_idx = np.flatnonzero(starts)
-    # A segment ends at the next segment start, the first padding token, or the row end.
-    real_idx = np.flatnonzero(~pad)
-    seg_id = np.cumsum(starts)[real_idx] - 1
-    seg_lengths = np.bincount(seg_id, minlength=len(seg_start_idx)) if len(real_idx) else np.zeros(0, np.int64)
+    seg_start, seg_end, _ = segment_bounds(pos, pad, offsets)
     stats = SplitStats(
         rows=len(lengths),
         tokens=int((~pad).sum()),
         pad_tokens=int(pad.sum()),
         loss_tokens=int(mask.sum()),
-        segments=len(seg_start_idx),
+        segments=len(seg_start),
     )
-    return stats, fill, seg_lengths
+    return stats, fill, seg_end - seg_start
 
 
 def check_batch(
@@ -163,6 +168,8 @@ class ValidationReport:
     stats: dict[str, dict[str, int | float]]
     truncated: bool = False
     """True when the list was cut at ``max_violations``: checking stopped there and more may exist."""
+    audits: dict[str, AuditResult] = dataclasses.field(default_factory=dict)
+    """The loss audit of every split (:mod:`hfprep.output.audit`); its violations are in ``violations`` too."""
 
     @property
     def ok(self) -> bool:
@@ -255,9 +262,11 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         if split not in shards:
             violations.append(f"{CARD_NAME}: configs lists split {split!r} but {DATA_DIR}/ has no shard for it")
     all_stats: dict[str, dict[str, int | float]] = {}
+    audits: dict[str, AuditResult] = {}
     cut = False
     for split, paths in shards.items():
         total = SplitStats()
+        audit = LossAudit.from_card(hf)
         row_base = 0
         source_tokens = None
         for p in paths:
@@ -283,9 +292,10 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     violations.extend(found[:room])
                 else:
                     cut = True  # the row checks stopped at the limit
-                if _aligned(table):  # else check_batch reported it; the stats need aligned lists
+                if _aligned(table):  # else check_batch reported it; the stats and the audit need aligned lists
                     s, _, _ = batch_stats(table, pad_id, padded)
                     total.add(s)
+                    audit.add(table, row_base, where)
                 if "source" in table.column_names:
                     counts, problems = source_column_counts(table, pad_id, padded, where, row_base)
                     violations.extend(problems[: max(0, max_violations - len(violations))])
@@ -293,10 +303,13 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                 row_base += table.num_rows
         all_stats[split] = total.as_dict()
         violations.extend(_check_card_stats(meta, split, total))
+        card_stats = (hf.get("stats") or {}).get(split) or {}
+        audits[split] = audit.result({**card_stats, "segments": total.segments})
+        violations.extend(audits[split].lines(split))
         if source_tokens is not None and split == next(iter(config_splits or shards)):
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     cut = cut or len(violations) > max_violations
-    return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut)
+    return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut, audits=audits)
 
 
 def _aligned(table: pa.Table) -> bool:
