@@ -259,8 +259,10 @@ def segment_bounds(
     is_start[offsets[:-1][lengths > 0]] = True
     start = np.flatnonzero(is_start)
     row = np.searchsorted(offsets, start, side="right") - 1
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    real_end = offsets[:-1] + np.bincount(row_of[~pad], minlength=len(lengths))
+    real_end = offsets[1:].copy()
+    if pad.any():  # padding is a trailing run: a row's real tokens end where its padding starts
+        nonempty = lengths > 0
+        real_end[nonempty] -= np.add.reduceat(pad, offsets[:-1][nonempty], dtype=np.int64)
     end = np.minimum(np.append(start[1:], offsets[-1]), real_end[row])
     return start, end, row
 
