@@ -15,7 +15,7 @@ Checks (``CHECKS``; each fails ``validate`` with one line naming its count and f
   by the tokens that never have loss (``<user>``/``<system>`` role tokens, FIM sentinels), so an assistant-only
   conversation (all loss by the seed's rule) passes; for chat templates every whole document starts with context;
 * ``assistant_content_no_loss`` / ``assistant_end_no_loss`` (SFT): an assistant turn, found by the assistant header
-  ids the chat encoder learned (:meth:`~hfprep.tokenization.chat.ChatTemplateEncoder.assistant_header_ids`, or the
+  ids the chat encoder learned (:meth:`~hfprep.tokenization.chat.ChatTemplateEncoder.assistant_header`, or the
   seed's ``<assistant>``), whose content has no loss (seed: a token of ``<assistant> ... </assistant>`` without
   loss), or whose end-of-turn token has none (or is missing): the model never learns to answer, or to stop;
 * ``no_separator`` (pretrain, FIM): a document that does not end with the separator (the eos, or the FIM family's
@@ -41,7 +41,8 @@ fail some checks. The rows do not say which segments are pieces, so the audit us
 Failures explained by a cut are counted (the card's ``(+N cut)``), never reported as violations.
 
 The rules (which ids mean what) are :class:`AuditRules`, recorded in the card's ``hfprep.loss_audit`` block by
-the run and read back by ``validate``; a card without one (older hfprep) gets the checks that need no ids.
+the run and read back by ``validate``; a card without one (older hfprep) gets the checks that need no ids. The
+decisions behind each rule are written out in ``docs/validate.md``.
 
 Example:
     >>> import pyarrow as pa
