@@ -648,6 +648,7 @@ def qwen3_chat(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_qwen3_chat_outputs_pass_and_match_the_reference(qwen3_chat):
     from conftest import real_tokenizer
 
@@ -668,6 +669,7 @@ def test_qwen3_chat_outputs_pass_and_match_the_reference(qwen3_chat):
     assert any(v[1] for v in audit_of(validate_folder(qwen3_chat["bfd"]).audits["train"]).values())
 
 
+@pytest.mark.slow
 def test_qwen3_broken_turns_fail_with_the_right_check(qwen3_chat, tmp_path, capsys):
     folder = tmp_path / "ds"
     shutil.copytree(qwen3_chat["no_incomplete"], folder)
@@ -694,6 +696,7 @@ def test_qwen3_broken_turns_fail_with_the_right_check(qwen3_chat, tmp_path, caps
 # ----------------------------------------------------------------------------------------------- shipped recipes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["quickstart", "mixture_stdlib"])
 def test_shipped_offline_recipes_pass_the_audit(name, tmp_path, monkeypatch):
     text = (Path(__file__).parents[1] / "recipes" / f"{name}.yaml").read_text()
