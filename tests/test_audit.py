@@ -612,6 +612,32 @@ def test_an_assistant_turn_without_loss_on_its_content(broken, tokenizer_path, c
     assert bad == {"assistant_content_no_loss": (1, 0, f"row {r}, segment {s}")}
 
 
+def test_a_source_text_holding_a_sentinel_string_is_reported_by_the_run_and_validate(tmp_path, tokenizer_path,
+                                                                                     capsys):
+    """Nothing is broken by hand: the tokenizer reads "<fim_suffix>" in a prefix as the special token, so the run's
+    summary warns, the card's table says error, and validate refuses the folder."""
+    rows = [{"prefix": f"def f{i}(x):", "middle": " return x", "suffix": "\nprint(1)"} for i in range(12)]
+    rows[5]["prefix"] = "s = '<fim_suffix>'"
+    (tmp_path / "fim.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "source": {"files": ["fim.jsonl"]}, "tokenizer": {"name_or_path": tokenizer_path},
+        "tokenize": {"strategy": "fim", "fim_format": "psm"},
+        "packing": {"seq_len": 64, "strategy": "no_incomplete", "num_reduce_chunks": 1},
+        "output": {"folder": "out", "plots": False},
+    }))
+    summary = run_recipe(tmp_path / "r.yaml")
+    folder = tmp_path / "out"
+    warned = [w for w in summary["warnings"] if w.startswith("loss audit")]
+    assert len(warned) == 1 and warned[0].startswith("loss audit of split 'train': fim_sentinels: 1 document(s)")
+    assert "| FIM documents without each sentinel once | 1 | **error** |" in (folder / "README.md").read_text()
+    eos, pre, mid, suf = ids_of(tokenizer_path, "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>")
+    rows = pq.read_table(folder / SHARD).to_pylist()
+    bad = expect_failures(folder, rows, {"separator_ids": [eos], "fim_ids": [pre, mid, suf],
+                                         "fim_every_document": True}, capsys)
+    assert list(bad) == ["fim_sentinels"] and bad["fim_sentinels"][0] == 1
+    assert bad["fim_sentinels"][2] in warned[0]
+
+
 # ----------------------------------------------------------------------------------------------- real chat templates
 
 
