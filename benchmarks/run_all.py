@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "collate": "bench_collate.py",  # collators vs DataCollatorWithFlattening, TRL padding_free, seed collate_lm
     "kd": "bench_kd.py",  # KD cache bytes/token, teacher tokens/s, reader vs to_pydict
     "push": "bench_push.py",  # push_folder vs push_to_hub against the local test Hub
+    "audit": "bench_audit.py",  # the loss audit per batch vs validate's other per-batch work and a Python loop
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError
+from .output.audit import AuditResult
 from .output.layout import TOKENIZER_DIR
 from .output.plots import length_bin_counts
 from .output.validate import SplitStats
@@ -140,6 +141,7 @@ class SplitResult:
     fill_bins: list[int] = field(default_factory=list)
     segment_bins: dict[int, int] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
+    audit: AuditResult | None = None  # the loss audit of the rows written (hfprep.run._keep_written_splits)
 
 
 def split_stats_from(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[int, int] | None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .configure import SplitResult, TokenizerInfo, effective_tokenize_config
+from .output.audit import AuditRules, LossAudit
 from .output.card import (
     CardParams,
     CardSplit,
@@ -37,7 +38,7 @@ from .tokenization.loading import (
     vocab_size,
 )
 from .tokenization.loss_probe import probe_loss_layout
-from .tokenization.stage import document_specials, separator_for
+from .tokenization.stage import TokenizeConfig, audit_ids, document_specials, separator_for
 from .version import __version__
 
 
@@ -229,22 +230,19 @@ def card_params(
     download_bytes: dict[str, int] | None = None,
     has_fill_plot: bool = True,
     recipe_text: str | None = None,
+    audit_rules: AuditRules | None = None,
 ) -> CardParams:
     """The facts of a finished run that the dataset card shows. ``split_bytes``: Arrow bytes per split
     (``num_bytes``); ``download_bytes``: Parquet bytes; ``recipe_text``: :func:`portable_recipe` when the caller
-    has it (the run writes it as ``recipe.yaml`` too)."""
+    has it (the run writes it as ``recipe.yaml`` too); ``audit_rules``: the loss audit's rules (the card records
+    them for ``hfprep validate``)."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    splits = []
-    for r in results:
-        s = r.out_stats.as_dict()
-        for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
-            if k in r.pack_stats:
-                s[k] = int(r.pack_stats[k])
-        if r.rows_in is not None:
-            s["rows_in"] = int(r.rows_in)
-            s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
-        splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
+    splits = [
+        CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, card_split_stats(r), r.quality,
+                  r.audit)
+        for r in results
+    ]
     target = card_target(recipe)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
@@ -322,6 +320,7 @@ def card_params(
         date=date,
         template=recipe.output.card_template,
         loss_layout=probe_loss_layout(tok, tcfg) if tcfg.strategy == "sft" else None,
+        loss_audit=audit_rules.to_card() if audit_rules is not None else None,
     )
 
 
@@ -462,3 +461,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("pushed"):
         lines.append(f"  pushed: {summary['pushed']}")
     return "\n".join(lines)
+
+
+def loss_audit(recipe: Recipe, tokenizer, configs: list[TokenizeConfig], pad_id: int) -> LossAudit:
+    """The loss audit of this run's rows: the rules of every tokenize config (a mixture has one per source) merged,
+    with the recipe's packing (:mod:`hfprep.output.audit`)."""
+    rules = AuditRules.merge(AuditRules(**audit_ids(tokenizer, c)) for c in configs)
+    p = recipe.packing
+    return LossAudit(rules, seq_len=p.seq_len, packing=p.strategy, packing_kwargs=p.packing_kwargs,
+                     num_reduce_chunks=p.num_reduce_chunks, pad_token_id=pad_id)
+
+
+def card_split_stats(r: SplitResult) -> dict[str, Any]:
+    """A split's line of the card's ``hfprep.stats``: the rows' counts and the packer's document counts."""
+    s: dict[str, Any] = r.out_stats.as_dict()
+    for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
+        if k in r.pack_stats:
+            s[k] = int(r.pack_stats[k])
+    if r.rows_in is not None:
+        s["rows_in"] = int(r.rows_in)
+        s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
+    return s

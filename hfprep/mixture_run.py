@@ -362,6 +362,10 @@ class MixtureRun:
     def summary(self) -> dict[str, Any]:
         return {"tokens": self.total, "notes": self.notes, "sources": [r.as_dict() for r in self.reports]}
 
+    def tokenize_configs(self) -> list[TokenizeConfig]:
+        """Every source's tokenize config (what its documents look like, for the loss audit)."""
+        return _source_configs(self.recipe)
+
     def write_chart(self, path: Path) -> None:
         shares_chart_png(self.reports, path)
 

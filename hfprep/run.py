@@ -29,7 +29,9 @@ from .configure import SplitResult, effective_tokenize_config
 from .datasets_internals import arrow_table
 from .describe import (
     build_card,
+    card_split_stats,
     doc_lengths_note,
+    loss_audit,
     make_summary,
     portable_recipe,
     reduce_chunks_advice,
@@ -38,6 +40,7 @@ from .describe import (
 from .errors import ConfigError, DataError, warnings_scope
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
+from .output.audit import LossAudit
 from .output.hub import push_folder
 from .output.layout import (
     CARD_NAME,
@@ -137,10 +140,12 @@ def _run_claimed(
         check_output(out_dir, overwrite, protect)  # before the source is read: a refused run costs nothing
 
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
+    configs = mix.tokenize_configs() if mix is not None else [effective_tokenize_config(recipe)]
     with (
         atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp,
         SplitOutputs(tmp, recipe, padded, features=mix.features() if mix is not None else None,
-                     threads=num_proc or 2) as outputs,
+                     threads=num_proc or 2,
+                     make_audit=lambda info, pad_id: loss_audit(recipe, info.tokenizer, configs, pad_id)) as outputs,
     ):
         if mix is None:
             # Local files are packed straight into ``tmp`` (the direct engine); other sources give datasets.
@@ -149,6 +154,10 @@ def _run_claimed(
         results, warnings = _keep_written_splits(recipe, results, outputs, log)
         for r in results:
             r.quality = outputs.meters[r.name].report(r.pack_stats)
+            # The card's table shows them too, and `hfprep validate` / `hfprep push` refuse the folder.
+            for line in r.audit.lines(r.name) if r.audit is not None else ():
+                warnings.append(line)
+                log({"event": "warning", "warning": line})
         backend_report = next((r.backend_report for r in results if r.backend_report), None)
         engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
         if info.bundle_dir:
@@ -163,7 +172,8 @@ def _run_claimed(
         recipe_text = portable_recipe(recipe, info)  # the card shows it; the folder keeps it to re-run
         (tmp / RECIPE_NAME).write_text(recipe_text + "\n", encoding="utf-8")
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
-                          download_bytes=split_bytes, has_fill_plot=has_fill_plot, recipe_text=recipe_text)
+                          download_bytes=split_bytes, has_fill_plot=has_fill_plot, recipe_text=recipe_text,
+                          audit_rules=outputs.audit.rules if outputs.audit is not None else None)
         if mix is not None:
             if recipe.output.plots:
                 mix.write_chart(tmp / IMAGES_DIR / "mixture_shares.png")
@@ -191,8 +201,13 @@ class SplitOutputs:
     written with :meth:`write_dataset`. Both give the same bytes for the same rows.
     """
 
-    def __init__(self, folder: Path, recipe: Recipe, padded: bool, features=None, threads: int = 2) -> None:
+    def __init__(
+        self, folder: Path, recipe: Recipe, padded: bool, features=None, threads: int = 2,
+        make_audit: Callable[[Any, int], LossAudit] | None = None,
+    ) -> None:
         self.folder = folder
+        self.make_audit = make_audit
+        self.audit: LossAudit | None = None  # the run's loss audit rules (each split gets a fresh audit of them)
         self.recipe = recipe
         self.padded = padded
         self.features = features if features is not None else tokenized_features()
@@ -224,7 +239,10 @@ class SplitOutputs:
     def open(self, name: str, info) -> ShardWriter:
         """The writer of split ``name`` (rows in output order), measured as it writes."""
         out = self.recipe.output
-        meter = self.meters[name] = SplitMeter(self.recipe.packing.seq_len, self.pad_id(info), self.padded)
+        if self.audit is None and self.make_audit is not None:
+            self.audit = self.make_audit(info, self.pad_id(info))
+        meter = self.meters[name] = SplitMeter(self.recipe.packing.seq_len, self.pad_id(info), self.padded,
+                                               audit=self.audit.fresh() if self.audit is not None else None)
         writer = self.writers[name] = ShardWriter(
             self.folder, name, self.features, row_group_rows=out.row_group_rows,
             max_rows_per_shard=out.max_rows_per_shard, max_shard_bytes=out.max_shard_bytes, threads=self.threads,
@@ -267,6 +285,8 @@ def _keep_written_splits(
             outputs.close(r.name)
         meter = outputs.meters[r.name]
         r.out_stats, r.fill_bins, r.segment_bins = meter.stats, meter.fill_bins, meter.segment_bins
+        if meter.audit is not None:
+            r.audit = meter.audit.result(card_split_stats(r))
         log({"event": "wrote", "split": r.name, "shards": len(outputs.paths[r.name]),
              "bytes": outputs.parquet_bytes[r.name]})
     if results[0].out_stats.rows == 0:

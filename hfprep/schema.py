@@ -169,8 +169,7 @@ class RowSegments:
     """The rows of a batch measured by the row contract: what validation, the card and the packing report count.
 
     ``pad_per_row``: each row's trailing padding (:func:`padding_mask`); ``seg_start``/``seg_len``/``seg_row``: every
-    segment (it starts at position 0 or at its row's start, and ends at the next one or where the row's padding
-    begins; a row of padding only has none); ``loss_tokens``: tokens with loss (padding never has any).
+    segment (:func:`segment_bounds`); ``loss_tokens``: tokens with loss (padding never has any).
     """
 
     row_len: np.ndarray
@@ -216,15 +215,8 @@ def row_segments(
     else:
         pad_end = np.concatenate([[0], np.cumsum(padding_mask(input_ids, position_ids, loss_mask, offsets, pad_token_id))])
         pad_per_row = (pad_end[offsets[1:]] - pad_end[offsets[:-1]]).astype(np.int64)
-    real_end = offsets[1:] - pad_per_row
-    is_start = np.asarray(position_ids) == 0
-    is_start[offsets[:-1][row_len > 0]] = True
-    starts = np.flatnonzero(is_start)
-    seg_row = np.searchsorted(offsets, starts, side="right") - 1
-    keep = starts < real_end[seg_row]
-    starts, seg_row = starts[keep], seg_row[keep]
-    next_start = np.append(starts[1:], n)
-    seg_len = np.minimum(next_start, real_end[seg_row]) - starts
+    starts, ends, seg_row = segment_bounds(position_ids, pad_per_row, offsets)
+    seg_len = ends - starts
     return RowSegments(row_len, pad_per_row, starts, seg_len, seg_row, int(np.count_nonzero(loss_mask)))
 
 
@@ -302,6 +294,41 @@ def segment_ids(position_ids: Any) -> Any:
     if pos.shape[-1]:
         starts[..., 0] = True
     return np.cumsum(starts, axis=-1)
+
+
+def segment_bounds(
+    position_ids: np.ndarray, pad: np.ndarray, row_offsets: Int64[np.ndarray, " rows_plus_1"]
+) -> tuple[Int64[np.ndarray, " s"], Int64[np.ndarray, " s"], Int64[np.ndarray, " s"]]:
+    """THE segments of flat rows: ``(start, end, row)`` per segment, flat indices, ``end`` exclusive.
+
+    ``pad``: the padding mask (a bool per token, :func:`padding_mask`) or each row's trailing padding count (an int
+    per row). A segment starts at every real (non-padding) token at position 0 and at the start of every non-empty
+    row; it ends at the next start or where the row's padding begins. A row of nothing but padding has one empty
+    segment (``start == end``), as the card's ``segments`` count has always had it.
+
+    Example:
+        >>> pos = np.array([0, 1, 0, 0, 0, 1], np.uint32); pad = np.array([0, 0, 0, 1, 0, 0], bool)
+        >>> [a.tolist() for a in segment_bounds(pos, pad, np.array([0, 4, 6]))]
+        [[0, 2, 4], [2, 3, 6], [0, 0, 1]]
+        >>> [a.tolist() for a in segment_bounds(pos, np.array([1, 0]), np.array([0, 4, 6]))]
+        [[0, 2, 4], [2, 3, 6], [0, 0, 1]]
+    """
+    offsets = np.asarray(row_offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    pad = np.asarray(pad)
+    if pad.dtype == np.bool_:  # padding is a trailing run: count it per row
+        ends = np.zeros(len(pad) + 1, dtype=np.int64)
+        np.cumsum(pad, out=ends[1:])
+        pad = ends[offsets[1:]] - ends[offsets[:-1]]
+    real_end = offsets[1:] - pad
+    is_start = np.asarray(position_ids) == 0
+    is_start[offsets[:-1][lengths > 0]] = True
+    start = np.flatnonzero(is_start)
+    row = np.searchsorted(offsets, start, side="right") - 1
+    keep = (start < real_end[row]) | (start == offsets[:-1][row])  # a row's start counts, even in padding
+    start, row = start[keep], row[keep]
+    end = np.minimum(np.append(start[1:], offsets[-1]), real_end[row])
+    return start, end, row
 
 
 def causal_mask_from_positions(position_ids: Any) -> Any:

@@ -120,7 +120,9 @@ def test_every_packer_output_validates_and_everyone_counts_the_same_padding(docs
         root = Path(tmp)
         write_folder(root, packed, strategy, kwargs, seq_len)
         report = validate_folder(root)
-        assert report.ok, report.violations
+        # Random masks are not what a strategy writes (a document or row with no loss): the loss audit judges those
+        # (tests/test_audit.py); the row contract must hold for any rows.
+        assert not [v for v in report.violations if not v.startswith("loss audit")], report.violations
     assert report.stats["train"]["tokens"] == s.tokens_out
     assert report.stats["train"]["pad_tokens"] == s.pad_tokens
     table = flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, o)

@@ -40,6 +40,7 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 from ..errors import ConfigError
 from ..schema import row_features
 from ..tokenization.loss_probe import LossLayout
+from .audit import AuditResult, audit_section
 from .layout import DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, TOKENIZER_DIR, split_glob
 from .quality import format_report
 
@@ -467,6 +468,7 @@ class CardSplit:
     pad_tokens: int
     stats: dict[str, Any]
     quality: dict[str, Any] | None = None
+    audit: AuditResult | None = None
 
 
 @dataclass
@@ -527,6 +529,8 @@ class CardParams:
     date: str
     template: str | None = None
     loss_layout: LossLayout | None = None  # sft: what the probe conversation's mask covers
+    loss_audit: dict[str, Any] | None = None
+    """The loss audit's rules (:meth:`hfprep.output.audit.AuditRules.to_card`), recorded for ``hfprep validate``."""
     stats: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -565,6 +569,8 @@ def card_front_matter(p: CardParams) -> dict[str, Any]:
     }
     if p.decode_replacements is not None:
         meta["hfprep"]["source_decode_replacements"] = p.decode_replacements
+    if p.loss_audit is not None:
+        meta["hfprep"]["loss_audit"] = FlowMap(p.loss_audit)  # ids on one line: the header stays short
     return meta
 
 
@@ -628,6 +634,12 @@ def quality_section(p: CardParams) -> str:
         + "\n\n".join(f"**{name}**\n\n```text\n{format_report(q)}\n```" for name, q in qualities.items())
         + "\n"
     )
+
+
+def loss_audit_section(p: CardParams) -> str:
+    """The loss audit's table (:func:`hfprep.output.audit.audit_section`), when the run audited its rows."""
+    audits = {s.name: s.audit for s in p.splits if s.audit is not None}
+    return audit_section(audits) if audits else ""
 
 
 def tokenizer_table(p: CardParams) -> str:
@@ -718,6 +730,7 @@ def card_context(p: CardParams) -> dict[str, Any]:
         "fill_sentence": fill_sentence(p),
         "fill_section": fill_section(p),
         "quality_section": quality_section(p),
+        "loss_audit_section": loss_audit_section(p),
         "tokenizer_table": tokenizer_table(p),
         "source": p.source_line,
         "tokenize_line": f"`{p.strategy}` " + json.dumps(p.tokenize_options, sort_keys=True),

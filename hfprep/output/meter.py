@@ -3,7 +3,8 @@
 :class:`SplitMeter` is fed every row group the shard writer writes (:class:`~hfprep.output.shards.ShardWriter`'s
 ``on_row_group``), so a run never reads its output back: rows, tokens, padding, loss tokens and segments
 (:class:`~hfprep.output.validate.SplitStats`, the numbers ``hfprep validate`` re-checks), the per-row fill and
-segment-length histograms of the plots, and the packing report (:func:`~hfprep.output.quality.packing_report`).
+segment-length histograms of the plots, the packing report (:func:`~hfprep.output.quality.packing_report`) and,
+when given one, the loss audit (:class:`~hfprep.output.audit.LossAudit`).
 The numbers do not depend on how the rows are cut into batches.
 
 Example:
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .audit import LossAudit
 from .plots import fill_bin_counts, length_bin_counts
 from .quality import PackingReportBuilder
 from .validate import SplitStats, batch_stats
@@ -33,7 +35,8 @@ ROW_COLUMNS = ["input_ids", "position_ids", "loss_mask"]
 class SplitMeter:
     """Accumulates a split's output numbers from batches of its packed rows (see the module docstring)."""
 
-    def __init__(self, seq_len: int, pad_token_id: int | None, padded: bool) -> None:
+    def __init__(self, seq_len: int, pad_token_id: int | None, padded: bool, audit: LossAudit | None = None) -> None:
+        self.audit = audit  # the loss audit of the split's rows (hfprep.output.audit), when the run has one
         self.pad_token_id = pad_token_id
         self.padded = padded
         self.stats = SplitStats()
@@ -44,6 +47,8 @@ class SplitMeter:
     def add(self, table: pa.Table) -> None:
         """Measure one batch of rows (``input_ids``, ``position_ids``, ``loss_mask``; other columns are ignored)."""
         rows = table.select(ROW_COLUMNS)
+        if self.audit is not None:
+            self.audit.add(rows, row_base=self.stats.rows)
         s, fill, seg_len = batch_stats(rows, self.pad_token_id, self.padded)
         self.stats.add(s)
         self.fill_counts += np.asarray(fill_bin_counts(fill), dtype=np.int64)

@@ -12,7 +12,10 @@ Checked, per row (vectorised over each record batch):
   at position 0 with no loss) in padded datasets only (``dense`` and ``pad: false`` write none); a row of nothing
   but padding is a violation;
 * the card: shard names complete (``-XXXXX-of-YYYYY``), the ``configs`` splits present, and rows, tokens, padding,
-  loss tokens and segments per split equal to what the card says.
+  loss tokens and segments per split equal to what the card says;
+* the loss audit (:mod:`hfprep.output.audit`), per split: documents with no loss or (SFT) loss on their context,
+  assistant turns without loss on their content or end-of-turn token, documents without their separator or FIM
+  sentinels, rows with no loss; one line per violated check, with its count and first row/segment.
 
 Example:
     >>> report = validate_folder("out/quickstart")  # doctest: +SKIP
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, row_segments, table_to_flat
+from .audit import AuditResult, LossAudit
 from .card import hfprep_block, read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
 from .mixture_report import check_mixture_card, source_column_counts
@@ -155,6 +159,8 @@ class ValidationReport:
     stats: dict[str, dict[str, int | float]]
     truncated: bool = False
     """True when the list was cut at ``max_violations``: checking stopped there and more may exist."""
+    audits: dict[str, AuditResult] = dataclasses.field(default_factory=dict)
+    """The loss audit of every split (:mod:`hfprep.output.audit`); its violations are in ``violations`` too."""
 
     @property
     def ok(self) -> bool:
@@ -247,9 +253,11 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         if split not in shards:
             violations.append(f"{CARD_NAME}: configs lists split {split!r} but {DATA_DIR}/ has no shard for it")
     all_stats: dict[str, dict[str, int | float]] = {}
+    audits: dict[str, AuditResult] = {}
     cut = False
     for split, paths in shards.items():
         total = SplitStats()
+        audit = LossAudit.from_card(hf)
         row_base = 0
         source_tokens = None
         for p in paths:
@@ -275,9 +283,10 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                     violations.extend(found[:room])
                 else:
                     cut = True  # the row checks stopped at the limit
-                if _aligned(table):  # else check_batch reported it; the stats need aligned lists
+                if _aligned(table):  # else check_batch reported it; the stats and the audit need aligned lists
                     s, _, _ = batch_stats(table, pad_id, padded)
                     total.add(s)
+                    audit.add(table, row_base, where)
                 if "source" in table.column_names:
                     counts, problems = source_column_counts(table, pad_id, padded, where, row_base)
                     violations.extend(problems[: max(0, max_violations - len(violations))])
@@ -285,10 +294,13 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
                 row_base += table.num_rows
         all_stats[split] = total.as_dict()
         violations.extend(_check_card_stats(meta, split, total))
+        card_stats = (hf.get("stats") or {}).get(split) or {}
+        audits[split] = audit.result({**card_stats, "segments": total.segments})
+        violations.extend(audits[split].lines(split))
         if source_tokens is not None and split == next(iter(config_splits or shards)):
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
     cut = cut or len(violations) > max_violations
-    return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut)
+    return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut, audits=audits)
 
 
 def _aligned(table: pa.Table) -> bool:

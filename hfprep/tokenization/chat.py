@@ -169,6 +169,12 @@ def probe_conversation(system: bool) -> list[dict[str, str]]:
     return [{"role": "system", "content": PROBE_SYSTEM}, *turns] if system else turns
 
 
+def _count_runs(ids: Sequence[int], run: Sequence[int]) -> int:
+    """How many times ``run`` occurs in ``ids`` (overlaps counted)."""
+    n = len(run)
+    return sum(1 for i in range(len(ids) - n + 1) if list(ids[i : i + n]) == list(run))
+
+
 def _locate(text: str, needle: str, start: int) -> tuple[int, int] | None:
     if not needle:
         return None
@@ -238,6 +244,58 @@ class ChatTemplateEncoder:
             if found:
                 break
         return found
+
+    def end_of_turn_ids(self) -> tuple[int, ...]:
+        """Ids of :attr:`end_of_turn` (the tokens that close an assistant turn, the eos included), ascending."""
+        ids = (self._tok.token_to_id(t) for t in self.end_of_turn)
+        return tuple(sorted({i for i in ids if i is not None}))
+
+    def assistant_header(self) -> tuple[tuple[int, ...], bool]:
+        """The token ids of the header the template writes before assistant content (its generation prompt, e.g.
+        ``<|im_start|>assistant``) as they appear in an encoded conversation, and whether the template also writes
+        it after the last message (Llama 3's template always appends its generation prompt); ``((), False)`` when
+        it cannot be learned.
+
+        Learned from the two-turn probe: the header's characters are what ``add_generation_prompt`` adds to the
+        first user turn or, for a template that always appends it, the text between the first user message's
+        end-of-turn token and the first answer. The tokens inside them in the encoded probe are kept, leading and
+        trailing whitespace tokens dropped (neighbouring text may merge with them). A candidate is kept only if it
+        occurs exactly once per assistant turn of the encoded probe (up to its last answer), so a header that other
+        turns also produce gives none, and the loss audit skips its per-turn checks rather than guess.
+
+        Example:
+            >>> ChatTemplateEncoder(qwen3_tokenizer).assistant_header()  # doctest: +SKIP
+            ((151644, 77091), False)
+        """
+        u1, a1, _, a2 = PROBE_TURNS
+        for conv in (probe_conversation(system=False), probe_conversation(system=True)):
+            first_user = conv[: len(conv) - 3]
+            try:
+                before, _ = self._render(first_user, -1)
+                prompt, _ = self._render(first_user, -1, add_generation_prompt=True)
+                full, _ = self._render(conv, -1)
+            except DataError:
+                continue
+            spans = []
+            if len(prompt) > len(before) and prompt.startswith(before) and full.startswith(prompt):
+                spans.append((len(before), len(prompt)))
+            user_end, answer = full.find(u1) + len(u1), full.find(a1)
+            if len(u1) <= user_end < answer:
+                closers = list(self._eot_re.finditer(full, user_end, answer))
+                spans.append((closers[-1].end() if closers else user_end, answer))
+            enc = self._tok.encode(full, add_special_tokens=False)
+            last = full.find(a2) + len(a2)
+            turns = [t for t, (_, b) in zip(enc.ids, enc.offsets, strict=True) if b <= last]
+            after = [t for t, (_, b) in zip(enc.ids, enc.offsets, strict=True) if b > last]
+            for lo, hi in spans:
+                header = [t for t, (a, b) in zip(enc.ids, enc.offsets, strict=True) if a >= lo and b <= hi]
+                while header and not self._tok.decode(header[-1:], skip_special_tokens=False).strip():
+                    header.pop()
+                while header and not self._tok.decode(header[:1], skip_special_tokens=False).strip():
+                    header.pop(0)
+                if header and _count_runs(turns, header) == 2:
+                    return tuple(header), _count_runs(after, header) > 0
+        return (), False
 
     # --- rendering ----------------------------------------------------------------------------------------
 

@@ -249,6 +249,44 @@ def _arrow_texts(values: pa.Array | pa.ChunkedArray, config: TokenizeConfig, ind
     return arr.filter(pa.array(~empty)), kept
 
 
+def audit_ids(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
+    """What the loss audit must know about the documents this strategy writes: the keyword arguments of
+    :class:`hfprep.output.audit.AuditRules` (token ids and the strategy's loss rules).
+
+    Example:
+        >>> audit_ids(tokenizer, TokenizeConfig(strategy="fim", only_middle_not_masked=True))  # doctest: +SKIP
+        {'separator_ids': [0], 'fim_ids': [1, 2, 3], 'fim_every_document': True, 'context_ids': [1, 2, 3], ...}
+    """
+    sp = _Specials(tokenizer, config)  # its notices are the run's own, said once (warn_once)
+    if config.strategy == "sft" and sp.chat is not None:
+        header, trailing = sp.chat.assistant_header()
+        return {
+            "assistant_header_ids": list(header),
+            "trailing_header": trailing,
+            "end_of_turn_ids": list(sp.chat.end_of_turn_ids()),
+            "assistant_loss": "some",
+            "all_loss": "error",
+            "document_end_loss": False,  # whitespace after a closing end-of-turn token has no loss
+        }
+    if config.strategy == "sft":
+        context = [t for role in ("user", "system") if role in sp.roles for t in sp.roles[role]]
+        return {
+            "assistant_header_ids": [sp.roles["assistant"][0]],
+            "end_of_turn_ids": [sp.roles["assistant"][1]],
+            "assistant_loss": "every",
+            "context_ids": sorted(context),
+            "all_loss": "context",
+        }
+    out: dict[str, Any] = {"separator_ids": sorted({sp.eos} | ({sp.fim_end} if sp.fim_end is not None else set()))}
+    if config.strategy == "fim" or config.fim_rate > 0:
+        out["fim_ids"] = [sp.fim_prefix, sp.fim_middle, sp.fim_suffix]
+        out["fim_every_document"] = config.strategy == "fim"
+        if config.only_middle_not_masked:
+            out["context_ids"] = sorted(out["fim_ids"])
+            out["all_loss"] = "context"
+    return out
+
+
 def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
     values = _column(batch, config.text_column, "pretrain")
     if isinstance(values, pa.Array | pa.ChunkedArray):
