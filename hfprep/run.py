@@ -151,7 +151,7 @@ def _run_claimed(
             # Local files are packed straight into ``tmp`` (the direct engine); other sources give datasets.
             info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose, outputs=outputs)
         pad_id = outputs.pad_id(info)
-        results, warnings = _keep_written_splits(recipe, results, outputs, log)
+        results, warnings = _keep_written_splits(recipe, info, results, outputs, log)
         for r in results:
             r.quality = outputs.meters[r.name].report(r.pack_stats)
             # The card's table shows them too, and `hfprep validate` / `hfprep push` refuse the folder.
@@ -274,13 +274,13 @@ class SplitOutputs:
 
 
 def _keep_written_splits(
-    recipe: Recipe, results: list[SplitResult], outputs: SplitOutputs, log: Log
+    recipe: Recipe, info, results: list[SplitResult], outputs: SplitOutputs, log: Log
 ) -> tuple[list[SplitResult], list[str]]:
     """Write the splits engines returned as datasets, take every split's numbers from its meter, refuse a run whose
     first split packed no row and drop (with a warning) later splits that are empty."""
     for r in results:
         if r.name not in outputs.writers:
-            outputs.write_dataset(r.name, r.dataset, None)
+            outputs.write_dataset(r.name, r.dataset, info)
         elif r.name not in outputs.paths:
             outputs.close(r.name)
         meter = outputs.meters[r.name]

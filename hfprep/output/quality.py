@@ -81,7 +81,9 @@ def _batch_segments(
         raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
     ids, pos, loss, _ = table_to_flat(batch)
     r = row_segments(ids, pos, loss, offsets, pad_token_id, padded)
-    return r.row_len, r.pad_per_row, np.bincount(r.seg_row, minlength=len(r.row_len)), r.seg_len, r.loss_tokens
+    real = r.seg_len > 0  # the report counts segments that hold tokens (a row of padding only holds none)
+    seg_per_row = np.bincount(r.seg_row[real], minlength=len(r.row_len))
+    return r.row_len, r.pad_per_row, seg_per_row, r.seg_len[real], r.loss_tokens
 
 
 def packing_report(
