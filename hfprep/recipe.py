@@ -17,7 +17,9 @@ A mixture lists ``sources:`` instead of ``source:`` (each a source spec + ``name
 optionally its own ``tokenize`` keys), with top-level ``tokens``, ``max_epochs`` and ``source_column``; see
 :mod:`hfprep.mixture`.
 
-Unknown keys, wrong types and missing fields are one :class:`RecipeError` line naming the file and the key.
+Every key, with its type, default and rules: ``docs/recipes.md``, generated from these models by
+:mod:`hfprep.recipe_reference`. Unknown keys, wrong types and missing fields are one :class:`RecipeError` line
+naming the file and the key.
 Relative paths resolve against the recipe file's folder; ``{stdlib}`` in ``source.text_dir`` is the running
 Python's standard-library folder (``sysconfig.get_paths()["stdlib"]``), so the quickstart needs no download.
 
