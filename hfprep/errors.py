@@ -51,6 +51,10 @@ class HubError(HfprepError, RuntimeError):
     """The Hugging Face Hub could not be reached or refused the request."""
 
 
+UNKNOWN_KEY = "unknown key (check the spelling; docs/recipes.md lists every key)"
+"""What a recipe key that no model field matches gets (after ``file: key: ``)."""
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = []
     for p in loc:
@@ -69,7 +73,7 @@ def format_validation_error(err: pydantic.ValidationError, where: str) -> str:
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the recipe reference in hfprep.recipe)"
+            msg = UNKNOWN_KEY
         elif e["type"] == "missing":
             msg = "required key is missing"
         got = e.get("input")

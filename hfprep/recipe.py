@@ -17,7 +17,9 @@ A mixture lists ``sources:`` instead of ``source:`` (each a source spec + ``name
 optionally its own ``tokenize`` keys), with top-level ``tokens``, ``max_epochs`` and ``source_column``; see
 :mod:`hfprep.mixture`.
 
-Unknown keys, wrong types and missing fields are one :class:`RecipeError` line naming the file and the key.
+Every key, with its type, default and rules: ``docs/recipes.md``, generated from these models by
+:mod:`hfprep.recipe_reference`. Unknown keys, wrong types and missing fields are one :class:`RecipeError` line
+naming the file and the key.
 Relative paths resolve against the recipe file's folder; ``{stdlib}`` in ``source.text_dir`` is the running
 Python's standard-library folder (``sysconfig.get_paths()["stdlib"]``), so the quickstart needs no download.
 
@@ -48,7 +50,7 @@ import pydantic
 import yaml
 
 from .engines.direct import DEFAULT_MEMORY_BUDGET
-from .errors import RecipeError, format_validation_error
+from .errors import UNKNOWN_KEY, RecipeError, format_validation_error
 from .mixture import check_mixture_recipe
 from .output.layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
 from .pack.packers import PACKERS
@@ -69,11 +71,18 @@ class SourceConfig(_Section):
 
     Attributes:
         hub: Hub dataset id (``HuggingFaceFW/fineweb-edu``), with ``config``, ``split`` and ``revision``.
-        files: local jsonl/json/parquet/csv/text files or glob patterns (relative to the recipe).
+        config: ``hub`` only: the dataset's configuration (subset) name, e.g. ``sample-10BT``.
+        split: ``hub`` only: the split to read.
+        revision: ``hub`` only: a branch, tag or commit of the dataset repo (pin a commit for exact reproduction).
+        files: local jsonl/json/parquet/csv/text files or glob patterns (relative to the recipe); a single string
+            is a one-item list.
         text_dir: a folder of text files, one document per file (column ``text``, plus ``path``), read in
             sorted path order; ``glob`` picks the files and ``max_files`` keeps the first N of them.
-        format: file format; ``auto`` picks it from the file extension.
-        streaming: read without downloading/caching the whole source first (needs the streaming engine).
+        glob: ``text_dir`` only: which files of the folder to read (``**`` recurses), e.g. ``**/*.py``.
+        max_files: ``text_dir`` only: read the first N matching files (in sorted path order).
+        format: ``files`` only: file format; ``auto`` picks it from the file extension.
+        streaming: read the source as a stream instead of downloading and caching it whole first: rows are
+            tokenized and keyed as they arrive and packed in bounded memory (not with the ``ray`` engine).
         max_rows: keep only the first N rows of the source (before the split).
         columns: renames applied to the source, ``{source_column: new_name}`` (e.g. ``{text: content}``).
         encoding: ``text_dir`` files' text encoding.
@@ -144,6 +153,14 @@ class TrainTokenizerConfig(_Section):
 
     The trained tokenizer is cached (keyed by a hash of its training texts and options) and copied into the
     output folder under ``tokenizer/``, so the dataset ships with the tokenizer that made it.
+
+    Attributes:
+        vocab_size: size of the trained vocabulary, special tokens included.
+        max_docs: train on at most the first N documents of the source (a mixture splits them evenly over its
+            sources).
+        max_chars: and on at most this many characters of them.
+        cache_dir: folder of the trained-tokenizer cache (relative to the recipe); default
+            ``$HFPREP_CACHE/tokenizers``, ``HFPREP_CACHE`` defaulting to ``~/.cache/hfprep``.
     """
 
     vocab_size: int = pydantic.Field(default=2048, ge=300)
@@ -155,9 +172,15 @@ class TrainTokenizerConfig(_Section):
 class TokenizerSection(_Section):
     """The tokenizer: a Hub id or local folder (``name_or_path`` + ``revision``), or ``train`` one here.
 
-    ``backend`` picks the encoder: ``auto`` (default: the fastest backend that passes an exactness check on a
-    sample of the input, else ``hf`` with a one-line reason), ``hf`` (Rust tokenizers) or ``gigatoken`` (fast,
-    where installed and exact for this tokenizer, else an error).
+    Attributes:
+        name_or_path: a Hub model id (``Qwen/Qwen3-8B``) or a local folder with ``tokenizer.json`` (relative to
+            the recipe when it starts with ``.`` or exists there); a local folder is copied into the output under
+            ``tokenizer/``.
+        revision: branch, tag or commit of a Hub tokenizer (pin a commit for exact reproduction).
+        train: train a small byte-level BPE on the source instead (the keys below).
+        backend: the encoder: ``auto`` (the fastest backend that passes an exactness check on a sample of the
+            input, else ``hf`` with a one-line reason), ``hf`` (Rust tokenizers) or ``gigatoken`` (fast, where
+            installed and exact for this tokenizer, else an error).
     """
 
     name_or_path: str | None = None
@@ -197,6 +220,11 @@ class SplitsSection(_Section):
 
     A row goes to ``heldout_name`` when ``sha256(canonical JSON of its strategy input columns)`` read as a
     fraction in [0, 1) is below ``heldout_fraction``; everything else goes to ``train_name``.
+
+    Attributes:
+        heldout_fraction: share of documents held out (0: no held-out split, only ``train_name`` is written).
+        train_name: name of the split that gets the other documents.
+        heldout_name: name of the held-out split (``test``, ``validation``...).
     """
 
     heldout_fraction: float = pydantic.Field(default=0.0, ge=0.0, lt=1.0)
@@ -211,7 +239,21 @@ class SplitsSection(_Section):
 
 
 class OutputSection(_Section):
-    """The output folder (Hub dataset layout) and its shard sizes."""
+    """The output folder (Hub dataset layout) and its shard sizes.
+
+    Attributes:
+        folder: the output folder (relative to the recipe), written atomically: a failed or interrupted run leaves
+            no partial folder.
+        overwrite: replace an existing output folder that hfprep wrote (``hfprep run --overwrite`` does the same);
+            other folders are never replaced.
+        max_shard_bytes: start a new Parquet shard past this many bytes of rows (in-memory Arrow size);
+            ``null``: no size limit.
+        max_rows_per_shard: start a new shard past this many rows (``null``: no row limit).
+        row_group_rows: rows per Parquet row group.
+        card_template: a ``string.Template`` Markdown file (relative to the recipe) used instead of the built-in
+            dataset card template; a ``${name}`` hfprep does not provide is an error.
+        plots: draw the document-length and row-fill histograms into ``images/`` and show them in the card.
+    """
 
     folder: str
     overwrite: bool = False
@@ -223,7 +265,21 @@ class OutputSection(_Section):
 
 
 class HubSection(_Section):
-    """Hub target and card metadata. ``hfprep run`` pushes when ``repo_id`` is set and ``push`` is true."""
+    """Hub target and card metadata. ``hfprep run`` pushes when ``repo_id`` is set and ``push`` is true.
+
+    Attributes:
+        repo_id: the dataset repo to push to (``your-name/dataset``); ``null``: nothing is pushed.
+        private: create the repo private (an existing repo keeps its visibility).
+        push: push after the run when ``repo_id`` is set (``false``, or ``hfprep run --no-push``: prepare only;
+            the card's snippets still load from ``repo_id``).
+        revision: the branch to push to (created from ``main`` when missing); ``null``: ``main``.
+        config_name: the dataset config the folder becomes (``load_dataset(repo, config_name)``); other configs
+            of the repo are kept.
+        license: the card's license: a Hub license id (``apache-2.0``), anything else becomes ``other`` with a
+            ``license_name``.
+        tags: the card's tags.
+        pretty_name: the card's title and ``pretty_name`` (default: the recipe's ``name``).
+    """
 
     repo_id: str | None = None
     private: bool = False
@@ -239,6 +295,12 @@ class EngineSection(_Section):
     """``datasets`` (one machine, ``num_proc`` workers) or ``ray`` (a Ray cluster at ``address``).
 
     Attributes:
+        name: the engine; ``hfprep run --engine`` overrides it.
+        num_proc: ``datasets`` engine: worker processes for its ``Dataset.map`` steps (``null``: one process);
+            ``hfprep run --num-proc`` overrides it.
+        address: ``ray`` engine: the cluster to join (``auto``: the one this machine belongs to); ``null``: start
+            a local Ray instance.
+        num_cpus: ``ray`` engine: CPUs of the local Ray instance it starts (``null``: all of them).
         memory_budget: bytes of tokenized documents the ``datasets`` engine keeps in memory when it reads local
             files directly; beyond it they are spilled to the run's scratch folder (removed when the run ends).
         reuse_tokenized: keep the source and its tokenized rows in the ``datasets`` cache, so a later run of the
@@ -255,7 +317,30 @@ class EngineSection(_Section):
 
 
 class Recipe(_Section):
-    """A whole recipe. Build it with :func:`load_recipe` (paths resolved) or :func:`parse_recipe`."""
+    """A whole recipe. Build it with :func:`load_recipe` (paths resolved) or :func:`parse_recipe`.
+
+    Attributes:
+        name: a free-text title: the card's title and ``pretty_name`` (unless ``hub.pretty_name`` is set) and the
+            commit message of a push.
+        description: free text, the card's opening paragraph (default: a sentence naming the source).
+        source: one source of raw rows (or ``sources`` for a mixture).
+        sources: a mixture: several sources, each with its share (``weight``) or budget (``tokens``); see
+            :mod:`hfprep.mixture`.
+        tokens: mixture only: the mixture's total token budget (default with weights only: the largest mix that
+            repeats no document).
+        max_epochs: mixture only: how many times a source may be repeated to meet its budget.
+        source_column: mixture only: add a ``source`` column: per token, the index of its source in ``sources``
+            (-1 on padding).
+        tokenizer: the tokenizer.
+        tokenize: how raw rows become tokenized documents.
+        packing: how documents become ``seq_len`` rows.
+        splits: the held-out split.
+        output: the output folder and its shards.
+        hub: the Hub repo to push to and the card's metadata.
+        engine: the engine that runs the map-reduce.
+        seed: the run's seed: raw-document FIM draws (``tokenize.fim_seed`` unless set) and a mixture's choice of
+            documents derive from it.
+    """
 
     name: str | None = None
     description: str | None = None
@@ -304,6 +389,9 @@ def parse_recipe(data: Any, where: str = "<recipe>") -> Recipe:
     """Validate a recipe dict (no path resolution); errors are one :class:`RecipeError` line."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping of sections, got {type(data).__name__}")
+    for key, field in Recipe.model_fields.items():
+        if field.exclude and key in data:  # set by load_recipe (path, text), never by the recipe itself
+            raise RecipeError(f"{where}: {key}: {UNKNOWN_KEY}")
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as e:

@@ -65,6 +65,9 @@ def test_local_tokenizer_path_and_stdlib_placeholder(tmp_path):
         (with_(packing={"seq_len": 1}), "packing.seq_len: Input should be greater than or equal to 2"),
         ({k: v for k, v in BASE.items() if k != "output"}, "output: required key is missing"),
         (with_(colour="red"), "colour: unknown key"),
+        # load_recipe sets `path` and `text` (the file and its text) itself: a recipe may not give them.
+        (with_(path="elsewhere.yaml"), "path: unknown key"),
+        (with_(text="hello"), "text: unknown key"),
         (with_(tokenize={"strategy": "translate"}), "tokenize.strategy: Input should be 'pretrain', 'fim' or 'sft'"),
         (with_(tokenize={"strategy": "pretrain", "backend": "hf"}), "tokenizer.backend, not tokenize.backend"),
         (with_(source={"hub": "a/b"}), "source: give exactly one of 'hub', 'files' or 'text_dir'"),

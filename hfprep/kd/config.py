@@ -34,20 +34,33 @@ class _Strict(pydantic.BaseModel):
 
 
 class KDInput(_Strict):
-    """A prepared hfprep dataset folder (Hub layout) and the splits to cache."""
+    """A prepared hfprep dataset folder (Hub layout) and the splits to cache.
+
+    Attributes:
+        folder: the prepared dataset folder (written by ``hfprep run``; relative to the recipe).
+        splits: the splits to cache; ``null``: every split found under ``folder/data``.
+    """
 
     folder: str
     splits: list[str] | None = None
-    """None: every split found under ``folder/data``."""
 
 
 class KDTeacher(_Strict):
     """The teacher: an ``AutoModelForCausalLM`` by Hub id or local path.
 
-    ``dtype``/``device`` ``auto``: bfloat16 on CUDA, float32 on CPU. ``masking``: ``position_ids`` passes
-    packed position ids without an attention mask (transformers then builds the block-diagonal causal mask
-    itself; works with eager, sdpa, flex and flash attention); ``4d`` passes an explicit block-diagonal mask
-    (eager/sdpa only, O(L^2) memory). Both keep every document invisible to the others.
+    Attributes:
+        name_or_path: the teacher's Hub model id or local folder (relative to the recipe when it exists there); it
+            must share the student's tokenizer.
+        revision: branch, tag or commit of a Hub teacher (recorded in the cache's metadata).
+        dtype: the teacher's weights and compute dtype; ``auto``: bfloat16 on CUDA, float32 on CPU.
+        device: a torch device (``cuda``, ``cuda:1``, ``cpu``); ``auto``: CUDA when available, else CPU.
+        attn_implementation: transformers' ``attn_implementation`` (``sdpa``, ``eager``, ``flash_attention_2``...);
+            ``null``: the model's default.
+        masking: ``position_ids`` passes packed position ids without an attention mask (transformers then builds
+            the block-diagonal causal mask itself; works with eager, sdpa, flex and flash attention); ``4d`` passes
+            an explicit block-diagonal mask (eager/sdpa only, O(L^2) memory). Both keep every document invisible
+            to the others.
+        trust_remote_code: let transformers run the model repo's own code (only for teachers you trust).
     """
 
     name_or_path: str
@@ -60,14 +73,28 @@ class KDTeacher(_Strict):
 
 
 class KDTokenizer(_Strict):
-    """The tokenizer the input rows were prepared with (and the student's): fingerprint and vocab size come from it."""
+    """The tokenizer the input rows were prepared with (and the student's): fingerprint and vocab size come from it.
+
+    Attributes:
+        name_or_path: its Hub id or local folder (relative to the recipe when it exists there).
+        revision: branch, tag or commit of a Hub tokenizer.
+    """
 
     name_or_path: str
     revision: str | None = None
 
 
 class KDOutput(_Strict):
-    """Where the cache goes and how its Parquet is laid out."""
+    """Where the cache goes and how its Parquet is laid out.
+
+    Attributes:
+        folder: the cache folder (relative to the recipe).
+        rows_per_shard: rows per Parquet shard; shards are the unit of resume (a killed run restarts at the last
+            complete one).
+        row_group_rows: rows per Parquet row group (readers split row groups across DataLoader workers and ranks).
+        compression: Parquet codec (``zstd``, ``snappy``, ``none``...).
+        compression_level: the codec's level (``null``: its default).
+    """
 
     folder: str
     rows_per_shard: int = pydantic.Field(default=2048, ge=1)

@@ -47,7 +47,13 @@ STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
 
 
 class FimTokens(pydantic.BaseModel):
-    """The FIM token strings of a tokenizer (``tokenize.fim_tokens``); each must be one existing token."""
+    """The FIM token strings of a tokenizer (``tokenize.fim_tokens``); each must be one existing token.
+
+    Attributes:
+        prefix: the token before the prefix, e.g. ``<fim_prefix>`` or ``<|fim_prefix|>``.
+        middle: the token before the middle (the part to fill in), e.g. ``<fim_middle>``.
+        suffix: the token before the suffix, e.g. ``<fim_suffix>``.
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -62,7 +68,7 @@ class TokenizeConfig(pydantic.BaseModel):
     Attributes:
         strategy: ``pretrain`` (text + eos), ``fim`` (prefix/middle/suffix columns) or ``sft`` (a list of turns).
         text_column: column with the text (pretrain) or the conversation (sft). Seed default ``content``.
-        prefix_column, middle_column, suffix_column: FIM columns.
+        prefix_column, middle_column, suffix_column: fim only: the columns of a FIM row's three parts.
         fim_format: ``psm`` or ``spm`` (the seed's SPM: ``<fim_suffix> suffix <fim_prefix> prefix <fim_middle>``).
         only_middle_not_masked: FIM loss only on the middle tokens and the final eos.
         on_empty: what to do with an empty pretrain text: ``error`` (default) or ``drop`` (counted as dropped).
