@@ -390,6 +390,8 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     @tokenizer_stage.setter
     def tokenizer_stage(self, stage: Tokenizer | None) -> None:
         self._stage = stage
+        if stage is not None:  # its tokenize options are the transform's from now on (a backend check keeps them)
+            self.tokenize_config = stage.config
 
     def guard_backend(self, sample: Sequence[str], input_bytes: int | None = None) -> dict[str, Any]:
         """Resolve the tokenizer backend, proving a fast one exact on ``sample``, a deterministic sample of this
