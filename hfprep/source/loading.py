@@ -20,10 +20,12 @@ Example:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -275,6 +278,83 @@ def decode_error_message(path: str, data: bytes, exc: UnicodeDecodeError, encodi
     return f"{path}: line {line}, column {col}: byte(s) {bad} are not valid {encoding} ({exc.reason}); {fix}"
 
 
+JSON_LINE_FIX = "fix or remove that line"
+NOT_JSON_LINES_FIX = "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set source.format"
+
+
+def json_error_message(path: str, line: int, reason: str, fix: str = JSON_LINE_FIX) -> str:
+    """The one-line error for a JSON Lines file that does not parse, as every reader reports it:
+    ``<file>:<line>: not valid JSON (<reason>); <fix>``.
+
+    Example:
+        >>> json_error_message("docs.jsonl", 7, "Unterminated string starting at column 9")
+        'docs.jsonl:7: not valid JSON (Unterminated string starting at column 9); fix or remove that line'
+    """
+    return f"{path}:{line}: not valid JSON ({reason}); {fix}"
+
+
+def _json_reason(err: ValueError) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+    return " ".join(str(err).split()) or type(err).__name__  # a UnicodeDecodeError
+
+
+def locate_json_error(path: str) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that is not a JSON object, as ``(line number, one-line message)`` (see
+    :func:`json_error_message`), or None when every line is one (the reader failed for another reason).
+
+    Meant for after a reader failed: one pass in Python, stopping at the bad line. Compressed files are read through
+    their codec. A file whose first line does not parse may be one JSON document spread over lines (which datasets
+    also reads): then the position its parser reports is named.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
+        >>> _ = open(p, "w").write('{"text": "a"}\n\n{"text": "b}\n')
+        >>> locate_json_error(p)[0]
+        3
+    """
+    with fsspec.open(path, "rb", compression="infer") as f:
+        seen_object = False
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.rstrip(b"\r\n"))
+            except ValueError as e:
+                if not seen_object:
+                    return _locate_in_document(path, f, lineno, raw, e)
+                return lineno, json_error_message(path, lineno, _json_reason(e))
+            if not isinstance(row, dict):
+                kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(row), "a number")
+                if row is None:
+                    kind = "null"
+                return lineno, json_error_message(path, lineno, f"{kind}, not an object {{...}}")
+            seen_object = True
+    return None
+
+
+def _locate_in_document(path: str, f, lineno: int, line: bytes, line_error: ValueError) -> tuple[int, str] | None:
+    """The first line does not parse alone. JSON Lines when it opens an object and the next line is one (the first
+    line is the bad one); else maybe one JSON document spread over lines: None when it parses, else where its
+    parser stopped."""
+    following = next((raw for raw in f if raw.strip()), None)
+    try:
+        jsonl = line.lstrip().startswith(b"{") and following is not None and isinstance(json.loads(following), dict)
+    except ValueError:
+        jsonl = False
+    if jsonl:
+        return lineno, json_error_message(path, lineno, _json_reason(line_error))
+    f.seek(0)
+    try:
+        json.loads(f.read())
+    except json.JSONDecodeError as e:
+        return e.lineno, json_error_message(path, e.lineno, _json_reason(e), NOT_JSON_LINES_FIX)
+    except ValueError:
+        return lineno, json_error_message(path, lineno, _json_reason(line_error), NOT_JSON_LINES_FIX)
+    return None
+
+
 def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace") -> str:
     """A whole file as text.
 
@@ -389,15 +469,21 @@ def _load_raw(spec: SourceSpec):
         if not _files_have_rows(spec):
             raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)")
         try:
-            return load_dataset(BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming)
+            with _json_builder_quiet():
+                return load_dataset(BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming)
         except Exception as e:  # datasets raises many types for unreadable files
             if "corresponds to no data" in str(e):  # every file is empty
                 raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)") from e
+            if spec.format in ("jsonl", "json"):
+                # datasets knows only "row N" of a block of one file: name the file and its line instead.
+                located = next((hit for p in spec.paths if (hit := locate_json_error(p)) is not None), None)
+                if located is not None:
+                    raise DataError(located[1]) from e
             raise DataError(
-                f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e)}; "
+                f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e.__cause__ or e)}; "
                 "check source.format and the files"
             ) from e
-    require_hub(f"source.hub {spec.hub_id!r}")
+    require_hub(f"source.hub {spec.hub_id!r}", "use a local source (source.files / source.text_dir)")
     try:
         return load_dataset(
             spec.hub_id, name=spec.config_name, split=spec.split, revision=spec.revision, streaming=spec.streaming
@@ -407,6 +493,18 @@ def _load_raw(spec: SourceSpec):
             f"could not load Hub dataset {spec.hub_id!r} (config {spec.config_name!r}, split {spec.split!r}): "
             f"{_first_line(e)}; check the id/config/split, your network and HF_TOKEN"
         ) from e
+
+
+@contextlib.contextmanager
+def _json_builder_quiet() -> Iterator[None]:
+    """Keep datasets' JSON builder from logging its own error line for a file it cannot parse (hfprep says it)."""
+    log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def check_parquet_files(spec: SourceSpec) -> None:
@@ -613,15 +711,16 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in _OFFLINE_VARS)
 
 
-def require_hub(what: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, in one line, when ``what`` (a Hub dataset or tokenizer) needs a Hub that cannot be reached.
+def require_hub(what: str, local: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, in one line, when ``what`` (a Hub dataset or tokenizer) needs a Hub that cannot be reached;
+    ``local`` says what to use instead (``"use a local source (source.files / source.text_dir)"``).
 
     Without this the Hub clients retry for tens of seconds and print a line per retry. Offline mode (any of
     ``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``) is left to the libraries, which then
     read their caches; behind a proxy the probe is skipped (a direct connection proves nothing there).
 
     Example:
-        >>> require_hub("Hub dataset 'user/name'")  # doctest: +SKIP
+        >>> require_hub("source.hub 'user/name'", "use a local source")  # doctest: +SKIP
     """
     if hub_offline() or any(os.environ.get(v) for v in _PROXY_VARS):
         return
@@ -637,5 +736,5 @@ def require_hub(what: str, timeout: float = 3.0) -> None:
         reason = e.strerror or type(e).__name__
     raise HubError(
         f"{what} needs the Hub, but {endpoint} cannot be reached ({reason}); check the network or HF_ENDPOINT, "
-        "set HF_HUB_OFFLINE=1 to use a cached copy, or use a local source (source.files / source.text_dir)"
+        f"set HF_HUB_OFFLINE=1 to use a cached copy, or {local}"
     )
