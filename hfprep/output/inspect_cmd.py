@@ -183,7 +183,7 @@ def inspect_folder(folder: str | os.PathLike, split: str | None = None, row: int
 
 def inspect_repo(repo_id: str, split: str | None = None, row: int = 0, tokenizer: str | None = None) -> dict[str, Any]:
     """Like :func:`inspect_folder` for a Hub dataset repo, read with ``load_dataset(..., streaming=True)``."""
-    require_hub(f"inspect of {repo_id!r}")
+    require_hub(f"inspect of {repo_id!r}", "inspect a local folder")
     try:
         ds = load_dataset(repo_id, split=split or "train", streaming=True)
         r = next(iter(ds.skip(row).take(1)))

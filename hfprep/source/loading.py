@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import datasets.config
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 from huggingface_hub import constants
 
+from .. import scratch
 from ..errors import DataError, HubError
 
 FORMAT_BY_EXT = {
@@ -310,7 +312,7 @@ def locate_json_error(path: str) -> tuple[int, str] | None:
     Example:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
-        >>> _ = open(p, "w").write('{"text": "a"}\n\n{"text": "b}\n')
+        >>> _ = open(p, "w").write('{"text": "a"}\\n\\n{"text": "b}\\n')
         >>> locate_json_error(p)[0]
         3
     """
@@ -458,19 +460,40 @@ def text_dir_generator_kwargs(spec: SourceSpec) -> dict[str, Any]:
             "errors": spec.decode_errors}
 
 
+def conversion_cache_dir() -> str | None:
+    """Where datasets converts a local source to Arrow: inside ``hfprep run`` (:func:`hfprep.scratch.run_scope`) a
+    scratch folder of the run in datasets' cache folder (same disk; removed when the run ends, however it ends, with
+    every file datasets derives next to the conversion: split filters, map outputs, a killed worker's temporary
+    file); outside a run None, datasets' own cache.
+
+    Example:
+        >>> from hfprep.scratch import run_scope
+        >>> with run_scope():
+        ...     os.path.basename(conversion_cache_dir()).startswith("hfprep-source-")
+        True
+        >>> conversion_cache_dir() is None
+        True
+    """
+    folder = scratch.run_dir("source", datasets.config.HF_DATASETS_CACHE)
+    return None if folder is None else str(folder)
+
+
 def _load_raw(spec: SourceSpec):
     if spec.kind == "text_dir":
         feats = Features({"text": Value("string"), "path": Value("string")})
         kwargs = text_dir_generator_kwargs(spec)
         if spec.streaming:
             return IterableDataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
-        return Dataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
+        return Dataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs, cache_dir=conversion_cache_dir())
     if spec.kind == "files":
         if not _files_have_rows(spec):
             raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)")
         try:
             with _json_builder_quiet():
-                return load_dataset(BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming)
+                return load_dataset(
+                    BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming,
+                    cache_dir=None if spec.streaming else conversion_cache_dir(),
+                )
         except Exception as e:  # datasets raises many types for unreadable files
             if "corresponds to no data" in str(e):  # every file is empty
                 raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)") from e
