@@ -32,7 +32,7 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 
 from ..errors import ConfigError
 from ..schema import row_features
-from .layout import split_glob
+from .layout import DEFAULT_CONFIG, split_glob
 from .quality import format_report
 
 
@@ -133,6 +133,43 @@ def parse_card_metadata(text: str) -> dict[str, Any]:
 def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """:func:`parse_card_metadata` of a card file."""
     return parse_card_metadata(Path(path).read_text(encoding="utf-8"))
+
+
+def hfprep_configs(meta: Mapping[str, Any], key: str = "hfprep") -> dict[str, dict[str, Any]]:
+    """The per-config ``hfprep`` (or ``hfprep_kd``) blocks of a card's metadata, in card order, for every layout: a
+    per-config card's ``{configs: {NAME: block}, pushes: ...}``; a folder's single block (config ``default``); the
+    single block of a pushed card, whose config is its ``config_name`` (the config pushed last).
+
+    Example:
+        >>> hfprep_configs({"hfprep": {"seq_len": 8, "config_name": "fr", "pushes": {}}})
+        {'fr': {'seq_len': 8}}
+        >>> hfprep_configs({"hfprep": {"configs": {"default": {"seq_len": 8}}, "pushes": {}}})
+        {'default': {'seq_len': 8}}
+    """
+    block = meta.get(key)
+    if not isinstance(block, Mapping):
+        return {}
+    configs = block.get("configs")
+    if isinstance(configs, Mapping):
+        return {str(name): dict(b) for name, b in configs.items() if isinstance(b, Mapping)}
+    single = {k: v for k, v in block.items() if k not in ("pushes", "config_name")}
+    return {str(block.get("config_name", DEFAULT_CONFIG)): single} if single else {}
+
+
+def hfprep_block(meta: Mapping[str, Any], config_name: str | None = None, key: str = "hfprep") -> dict[str, Any]:
+    """One config's ``hfprep`` block (:func:`hfprep_configs`): ``config_name``'s, or by default the ``default``
+    config's, else the first; ``{}`` when the card has none for it.
+
+    Example:
+        >>> hfprep_block({"hfprep": {"configs": {"a": {"seq_len": 4}, "default": {"seq_len": 8}}}})
+        {'seq_len': 8}
+        >>> hfprep_block({"hfprep": {"seq_len": 8, "config_name": "fr"}}, "default")
+        {}
+    """
+    configs = hfprep_configs(meta, key)
+    if config_name is not None:
+        return configs.get(config_name, {})
+    return configs.get(DEFAULT_CONFIG) or next(iter(configs.values()), {})
 
 
 def dataset_info_yaml(

@@ -54,6 +54,8 @@ CARD_NAME = "README.md"
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 """A Hub-layout shard name ``<split>-XXXXX-of-YYYYY.parquet`` (the one pattern: validate, push and the KD readers)."""
 IMAGES_DIR = "images"
+DEFAULT_CONFIG = "default"
+"""The config ``load_dataset(repo)`` reads when no config name is given."""
 DEFAULT_ROW_GROUP_ROWS = 1000
 DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
 MARKER_NAME = ".hfprep-output.json"
