@@ -19,8 +19,13 @@ from .output.plots import length_bin_counts
 from .output.validate import SplitStats
 from .pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from .recipe import Recipe
-from .source.loading import require_hub
-from .tokenization.loading import check_tokenizer_folder, load_tokenizer
+from .source.loading import (
+    require_hub,
+)
+from .tokenization.loading import (
+    check_tokenizer_folder,
+    load_tokenizer,
+)
 from .tokenization.stage import TokenizeConfig, Tokenizer
 from .tokenization.training import train_cached_tokenizer, training_texts
 

@@ -486,7 +486,7 @@ def test_broken_json_line_names_the_file_and_line(tmp_path, tokenizer_path, caps
     code, line = _run_error(_recipe(tmp_path, tokenizer_path, {"files": ["ok.jsonl", name], "format": "jsonl"}),
                             capsys)
     assert code == 1
-    assert line == f"{tmp_path / name}:{line_no}: not valid JSON ({reason}); {fix}"
+    assert line == f"{tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
     assert not (tmp_path / "out").exists()
 
 
@@ -505,7 +505,9 @@ def test_broken_json_line_is_one_line_on_stderr(tmp_path, tokenizer_path):
         env=_subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 1
-    assert error_lines(proc.stderr) == [f"hfprep run: error: {tmp_path / name}:{line_no}: not valid JSON ({reason}); {fix}"]
+    assert error_lines(proc.stderr) == [
+        f"hfprep run: error: {tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
+    ]
 
 
 def test_the_ray_reader_names_the_same_file_and_line(tmp_path):
@@ -517,7 +519,7 @@ def test_the_ray_reader_names_the_same_file_and_line(tmp_path):
     _lines_file(tmp_path / name, lines)
     with pytest.raises(DataError) as e:
         read_item({"path": str(tmp_path / name), "format": "json", "row_group": -1, "start": 0})
-    assert str(e.value) == f"{tmp_path / name}:{line_no}: not valid JSON ({reason}); {fix}"
+    assert str(e.value) == f"{tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
 
 
 def test_locate_json_error_passes_valid_files(tmp_path):
@@ -529,7 +531,7 @@ def test_locate_json_error_passes_valid_files(tmp_path):
     assert locate_json_error(str(tmp_path / "b.json")) is None
     _lines_file(tmp_path / "c.jsonl", ['{"text": "a"}', "[1, 2]"])
     assert locate_json_error(str(tmp_path / "c.jsonl")) == (
-        2, f"{tmp_path / 'c.jsonl'}:2: not valid JSON (an array, not an object {{...}}); fix or remove that line"
+        2, f"{tmp_path / 'c.jsonl'}: line 2: not a JSON object (an array; one object per line); fix or remove that line"
     )
 
 
@@ -542,7 +544,7 @@ def test_a_failed_run_leaves_no_output_parent_behind(tmp_path, tokenizer_path, c
     _lines_file(tmp_path / "docs.jsonl", ['{"text": "a"}', '{"text": '])
     recipe = _recipe(tmp_path, tokenizer_path, {"files": ["docs.jsonl"]}, output={"folder": folder, "plots": False})
     code, line = _run_error(recipe, capsys)
-    assert code == 1 and "docs.jsonl" in line
+    assert code == 1 and "docs.jsonl: line 2: not valid JSON" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "keep", "recipe.yaml"]
     assert list((tmp_path / "keep").iterdir()) == []
     _lines_file(tmp_path / "docs.jsonl", ['{"text": "a b c d e f g h i j k l m n o p"}'] * 4)

@@ -136,9 +136,9 @@ def read_card_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def hfprep_configs(meta: Mapping[str, Any], key: str = "hfprep") -> dict[str, dict[str, Any]]:
-    """The per-config ``hfprep`` (or ``hfprep_kd``) blocks of a card's metadata, in card order, for every layout: a
-    per-config card's ``{configs: {NAME: block}, pushes: ...}``; a folder's single block (config ``default``); the
-    single block of a pushed card, whose config is its ``config_name`` (the config pushed last).
+    """The per-config ``hfprep`` (or ``hfprep_kd``) blocks of a card's metadata, in card order, for every layout:
+    a pushed card's ``{configs: {NAME: block}, pushes: ...}``; a folder's single block (config ``default``); the
+    single block of a card pushed by an hfprep before per-config blocks (its config in ``config_name``).
 
     Example:
         >>> hfprep_configs({"hfprep": {"seq_len": 8, "config_name": "fr", "pushes": {}}})
@@ -158,13 +158,11 @@ def hfprep_configs(meta: Mapping[str, Any], key: str = "hfprep") -> dict[str, di
 
 def hfprep_block(meta: Mapping[str, Any], config_name: str | None = None, key: str = "hfprep") -> dict[str, Any]:
     """One config's ``hfprep`` block (:func:`hfprep_configs`): ``config_name``'s, or by default the ``default``
-    config's, else the first; ``{}`` when the card has none for it.
+    config's, else the first; ``{}`` when the card has none.
 
     Example:
         >>> hfprep_block({"hfprep": {"configs": {"a": {"seq_len": 4}, "default": {"seq_len": 8}}}})
         {'seq_len': 8}
-        >>> hfprep_block({"hfprep": {"seq_len": 8, "config_name": "fr"}}, "default")
-        {}
     """
     configs = hfprep_configs(meta, key)
     if config_name is not None:

@@ -280,83 +280,6 @@ def decode_error_message(path: str, data: bytes, exc: UnicodeDecodeError, encodi
     return f"{path}: line {line}, column {col}: byte(s) {bad} are not valid {encoding} ({exc.reason}); {fix}"
 
 
-JSON_LINE_FIX = "fix or remove that line"
-NOT_JSON_LINES_FIX = "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set source.format"
-
-
-def json_error_message(path: str, line: int, reason: str, fix: str = JSON_LINE_FIX) -> str:
-    """The one-line error for a JSON Lines file that does not parse, as every reader reports it:
-    ``<file>:<line>: not valid JSON (<reason>); <fix>``.
-
-    Example:
-        >>> json_error_message("docs.jsonl", 7, "Unterminated string starting at column 9")
-        'docs.jsonl:7: not valid JSON (Unterminated string starting at column 9); fix or remove that line'
-    """
-    return f"{path}:{line}: not valid JSON ({reason}); {fix}"
-
-
-def _json_reason(err: ValueError) -> str:
-    if isinstance(err, json.JSONDecodeError):
-        return f"{err.msg.removesuffix(' at')} at column {err.colno}"
-    return " ".join(str(err).split()) or type(err).__name__  # a UnicodeDecodeError
-
-
-def locate_json_error(path: str) -> tuple[int, str] | None:
-    """The first line of a JSON Lines file that is not a JSON object, as ``(line number, one-line message)`` (see
-    :func:`json_error_message`), or None when every line is one (the reader failed for another reason).
-
-    Meant for after a reader failed: one pass in Python, stopping at the bad line. Compressed files are read through
-    their codec. A file whose first line does not parse may be one JSON document spread over lines (which datasets
-    also reads): then the position its parser reports is named.
-
-    Example:
-        >>> import tempfile, os
-        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
-        >>> _ = open(p, "w").write('{"text": "a"}\\n\\n{"text": "b}\\n')
-        >>> locate_json_error(p)[0]
-        3
-    """
-    with fsspec.open(path, "rb", compression="infer") as f:
-        seen_object = False
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.rstrip(b"\r\n"))
-            except ValueError as e:
-                if not seen_object:
-                    return _locate_in_document(path, f, lineno, raw, e)
-                return lineno, json_error_message(path, lineno, _json_reason(e))
-            if not isinstance(row, dict):
-                kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(row), "a number")
-                if row is None:
-                    kind = "null"
-                return lineno, json_error_message(path, lineno, f"{kind}, not an object {{...}}")
-            seen_object = True
-    return None
-
-
-def _locate_in_document(path: str, f, lineno: int, line: bytes, line_error: ValueError) -> tuple[int, str] | None:
-    """The first line does not parse alone. JSON Lines when it opens an object and the next line is one (the first
-    line is the bad one); else maybe one JSON document spread over lines: None when it parses, else where its
-    parser stopped."""
-    following = next((raw for raw in f if raw.strip()), None)
-    try:
-        jsonl = line.lstrip().startswith(b"{") and following is not None and isinstance(json.loads(following), dict)
-    except ValueError:
-        jsonl = False
-    if jsonl:
-        return lineno, json_error_message(path, lineno, _json_reason(line_error))
-    f.seek(0)
-    try:
-        json.loads(f.read())
-    except json.JSONDecodeError as e:
-        return e.lineno, json_error_message(path, e.lineno, _json_reason(e), NOT_JSON_LINES_FIX)
-    except ValueError:
-        return lineno, json_error_message(path, lineno, _json_reason(line_error), NOT_JSON_LINES_FIX)
-    return None
-
-
 def read_text_file(path: str, encoding: str = "utf-8", errors: Literal["strict", "replace"] = "replace") -> str:
     """A whole file as text.
 
@@ -516,6 +439,86 @@ def _load_raw(spec: SourceSpec):
             f"could not load Hub dataset {spec.hub_id!r} (config {spec.config_name!r}, split {spec.split!r}): "
             f"{_first_line(e)}; check the id/config/split, your network and HF_TOKEN"
         ) from e
+
+
+JSON_LINE_FIX = "fix or remove that line"
+NOT_JSON_LINES_FIX = (
+    "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set source.format"
+)
+
+
+def json_error_message(path: str, line: int, problem: str, fix: str = JSON_LINE_FIX) -> str:
+    """The one-line error for a line of a JSON Lines file that a reader rejects, as every reader words it:
+    ``<file>: line <n>: <problem>; <fix>`` (the problem: ``not valid JSON (<reason>)``, ``not a JSON object ...``).
+
+    Example:
+        >>> json_error_message("docs.jsonl", 7, "not valid JSON (Unterminated string starting at column 9)")
+        'docs.jsonl: line 7: not valid JSON (Unterminated string starting at column 9); fix or remove that line'
+    """
+    return f"{path}: line {line}: {problem}; {fix}"
+
+
+def _json_reason(err: ValueError) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+    return " ".join(str(err).split()) or type(err).__name__  # a UnicodeDecodeError
+
+
+def locate_json_error(path: str) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that is not a JSON object, as ``(line number, one-line message)`` (see
+    :func:`json_error_message`), or None when every line is one (the reader failed for another reason).
+
+    Meant for after a reader failed: one pass in Python, stopping at the bad line. Compressed files are read through
+    their codec. A file whose first line does not parse may be one JSON document spread over lines (which datasets
+    also reads): then the position its parser reports is named.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
+        >>> _ = open(p, "w").write('{"text": "a"}\\n\\n{"text": "b}\\n')
+        >>> locate_json_error(p)[0]
+        3
+    """
+    with fsspec.open(path, "rb", compression="infer") as f:
+        seen_object = False
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.rstrip(b"\r\n"))
+            except ValueError as e:
+                if not seen_object:
+                    return _locate_in_document(path, f, lineno, raw, e)
+                return lineno, json_error_message(path, lineno, f"not valid JSON ({_json_reason(e)})")
+            if not isinstance(row, dict):
+                kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(row), "a number")
+                if row is None:
+                    kind = "null"
+                return lineno, json_error_message(path, lineno, f"not a JSON object ({kind}; one object per line)")
+            seen_object = True
+    return None
+
+
+def _locate_in_document(path: str, f, lineno: int, line: bytes, line_error: ValueError) -> tuple[int, str] | None:
+    """The first line does not parse alone. JSON Lines when it opens an object and the next line is one (the first
+    line is the bad one); else maybe one JSON document spread over lines: None when it parses, else where its
+    parser stopped."""
+    following = next((raw for raw in f if raw.strip()), None)
+    try:
+        jsonl = line.lstrip().startswith(b"{") and following is not None and isinstance(json.loads(following), dict)
+    except ValueError:
+        jsonl = False
+    if jsonl:
+        return lineno, json_error_message(path, lineno, f"not valid JSON ({_json_reason(line_error)})")
+    f.seek(0)
+    try:
+        json.loads(f.read())
+    except json.JSONDecodeError as e:
+        return e.lineno, json_error_message(path, e.lineno, f"not valid JSON ({_json_reason(e)})", NOT_JSON_LINES_FIX)
+    except ValueError:
+        reason = _json_reason(line_error)
+        return lineno, json_error_message(path, lineno, f"not valid JSON ({reason})", NOT_JSON_LINES_FIX)
+    return None
 
 
 @contextlib.contextmanager
