@@ -529,6 +529,9 @@ def test_locate_json_error_passes_valid_files(tmp_path):
     _lines_file(tmp_path / "b.json", ["[", '  {"text": "a"}', "]"])  # one document: datasets reads it too
     assert locate_json_error(str(tmp_path / "a.jsonl")) is None
     assert locate_json_error(str(tmp_path / "b.json")) is None
+    assert locate_json_error(str(tmp_path / "a.jsonl"), ["text"]) == (  # a reader that needs strings says so
+        3, f"{tmp_path / 'a.jsonl'}: line 3: column 'text' holds a int, not a string; fix or remove that line"
+    )
     _lines_file(tmp_path / "c.jsonl", ['{"text": "a"}', "[1, 2]"])
     assert locate_json_error(str(tmp_path / "c.jsonl")) == (
         2, f"{tmp_path / 'c.jsonl'}: line 2: not a JSON object (an array; one object per line); fix or remove that line"

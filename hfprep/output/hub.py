@@ -225,8 +225,8 @@ def config_data_dir(config_name: str) -> str:
 
 
 def config_prefix(config_name: str) -> str:
-    """Where a config's files other than its shards (tokenizer, images) go in the repo: the root for ``default``,
-    ``<config>/`` otherwise.
+    """Where a config's files other than its shards (tokenizer, images, recipe) go in the repo: the root for
+    ``default``, ``<config>/`` otherwise.
 
     Example:
         >>> config_prefix("default"), config_prefix("fr")

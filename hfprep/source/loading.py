@@ -464,9 +464,10 @@ def _json_reason(err: ValueError) -> str:
     return " ".join(str(err).split()) or type(err).__name__  # a UnicodeDecodeError
 
 
-def locate_json_error(path: str) -> tuple[int, str] | None:
-    """The first line of a JSON Lines file that is not a JSON object, as ``(line number, one-line message)`` (see
-    :func:`json_error_message`), or None when every line is one (the reader failed for another reason).
+def locate_json_error(path: str, string_columns: Sequence[str] = ()) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that a reader rejects, as ``(line number, one-line message)`` (see
+    :func:`json_error_message`): a line that is not JSON, not an object, or whose ``string_columns`` value is neither
+    a string nor null. None when every line reads (the reader failed for another reason).
 
     Meant for after a reader failed: one pass in Python, stopping at the bad line. Compressed files are read through
     their codec. A file whose first line does not parse may be one JSON document spread over lines (which datasets
@@ -496,6 +497,10 @@ def locate_json_error(path: str) -> tuple[int, str] | None:
                     kind = "null"
                 return lineno, json_error_message(path, lineno, f"not a JSON object ({kind}; one object per line)")
             seen_object = True
+            for c in string_columns:
+                v = row.get(c)
+                if v is not None and not isinstance(v, str):
+                    return lineno, json_error_message(path, lineno, f"column {c!r} holds a {type(v).__name__}, not a string")
     return None
 
 
