@@ -262,12 +262,18 @@ def files_under(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["convert-start", "convert-late", "split", "map", "reduce"])
-def test_ctrl_c_during_a_text_dir_run_leaves_nothing_in_the_datasets_cache(tmp_path, tokenizer_path, env_dirs, moment):
-    """Ctrl-C while a ``text_dir`` source is converted to Arrow (the generator's first and a late row), split by
-    ``num_proc=2`` workers, tokenized or reduced: nothing new under the datasets cache (an interrupted run used to
-    leave the conversion, the split filters' and the map's cache files and the killed workers' ``tmp*`` files
-    under ``generator/...``), no output and no ``out/`` parent."""
+@pytest.mark.parametrize(
+    "shape, moment",
+    [("single", m) for m in ("convert-start", "convert-late", "split", "map", "reduce")]
+    + [("mixture", m) for m in ("convert-start", "convert-late", "split")],
+)
+def test_ctrl_c_during_a_text_dir_run_leaves_nothing_in_the_datasets_cache(
+    tmp_path, tokenizer_path, env_dirs, shape, moment
+):
+    """Ctrl-C while a ``text_dir`` source (the recipe's one source, or a source of a mixture) is converted to Arrow
+    (the generator's first and a late row), split by ``num_proc=2`` workers, tokenized or reduced: nothing new under
+    the datasets cache (an interrupted run used to leave the conversion, the split filters' and the map's cache
+    files and the killed workers' ``tmp*`` files under ``generator/...``), no output and no ``out/`` parent."""
     env, tmp, cache = env_dirs
     project = tmp_path / "project"
     corpus = project / "corpus"
@@ -275,9 +281,10 @@ def test_ctrl_c_during_a_text_dir_run_leaves_nothing_in_the_datasets_cache(tmp_p
     rng = random.Random(5)
     for i in range(1200):  # more rows than datasets writes per batch: the late hold is after a flushed batch
         (corpus / f"{i:04d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))))
+    source = {"text_dir": "corpus", "columns": {"text": "content"}}
     recipe = project / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "source": {"text_dir": "corpus", "columns": {"text": "content"}},
+        **({"source": source} if shape == "single" else {"sources": [{"name": "corpus", "weight": 1, **source}]}),
         "tokenizer": {"name_or_path": tokenizer_path},
         "packing": {"seq_len": 64, "strategy": "no_incomplete", "num_reduce_chunks": 4},
         "splits": {"heldout_fraction": 0.2},
