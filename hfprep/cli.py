@@ -41,6 +41,7 @@ tokenize -> pack -> write a Hub-layout folder with a dataset card -> push.
   hfprep run recipes/quickstart.yaml           # offline demo, under a minute
   hfprep validate out/quickstart               # recheck every invariant
   hfprep inspect out/quickstart --row 3        # schema, stats, a decoded row
+  hfprep inspect me/quickstart:code            # the same for a config of a Hub repo
   hfprep push out/quickstart --repo-id me/quickstart
 """
 
@@ -109,12 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--json", action="store_true", help="JSON line on stdout")
 
     insp = sub.add_parser("inspect", help="schema, stats and a decoded row of a folder or Hub repo",
-                          description="Show schema, statistics and one decoded row with segment boundaries "
-                          "(text without loss between \u2039 and \u203a).", epilog=EPILOG, formatter_class=fmt)
-    insp.add_argument("target", metavar="FOLDER|REPO")
+                          description="Show schema, statistics, the packing report and one decoded row with segment "
+                          "boundaries (text without loss between \u2039 and \u203a). On the Hub only the card, the "
+                          "row's row group and the bundled tokenizer are read.", epilog=EPILOG, formatter_class=fmt)
+    insp.add_argument("target", metavar="FOLDER|REPO[:CONFIG]", help="a prepared folder or a Hub dataset repo id")
+    insp.add_argument("--config", metavar="NAME", help="dataset config (default: 'default', or the only one)")
+    insp.add_argument("--revision", metavar="REV", help="Hub branch, tag or commit (default main)")
     insp.add_argument("--split", help="split to sample (default train)")
     insp.add_argument("--row", type=int, default=0, help="row index (default 0)")
     insp.add_argument("--tokenizer", help="tokenizer for decoding (default: the dataset's own)")
+    insp.add_argument("--report", action="store_true",
+                      help="packing report from every row of the split (on the Hub: downloads its shards)")
     insp.add_argument("--json", action="store_true", help="JSON on stdout")
 
     val = sub.add_parser("validate", help="recheck lengths, dtypes, positions, padding and card stats",
@@ -199,7 +205,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    result = _stage("inspect_target")(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer)
+    result = _stage("inspect_target")(args.target, split=args.split, row=args.row, tokenizer=args.tokenizer,
+                                      config=args.config, revision=args.revision, report=args.report)
     print(_stage("to_json")(result) if args.json else result["text"])
     return EXIT_OK
 

@@ -25,6 +25,7 @@ from .source.loading import (
     require_hub,
 )
 from .tokenization.loading import (
+    check_tokenizer_folder,
     load_tokenizer,
 )
 from .tokenization.stage import TokenizeConfig
@@ -55,9 +56,11 @@ def prepare_tokenizer(recipe: Recipe, source_ds, columns: list[str], streaming: 
         card_id = f"{TOKENIZER_DIR}/ (byte-level BPE trained on the source by hfprep, bundled)"
         return TokenizerInfo(tok, path, card_id, None, path)
     assert sec.name_or_path is not None
+    key = "tokenizer.name_or_path"
+    check_tokenizer_folder(sec.name_or_path, key)  # a path that is no folder: say so, never ask the Hub about it
     if not os.path.isdir(sec.name_or_path):
-        require_hub(f"tokenizer.name_or_path {sec.name_or_path!r}")
-    tok = load_tokenizer(sec.name_or_path, revision=sec.revision)
+        require_hub(f"{key} {sec.name_or_path!r}", f"set {key} to a local folder holding tokenizer.json")
+    tok = load_tokenizer(sec.name_or_path, revision=sec.revision, key=key)
     if os.path.isdir(sec.name_or_path):
         # A local tokenizer travels with the dataset (a Hub id is enough to find a Hub one).
         card_id = f"{TOKENIZER_DIR}/ (local tokenizer {Path(sec.name_or_path).name!r}, bundled)"

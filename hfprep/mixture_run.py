@@ -62,7 +62,7 @@ from .pack.keys import batch_keys
 from .pack.packers import pack_dense_flat
 from .pack.transform import TOKEN_COLUMNS, table_to_flat
 from .schema import SOURCE_COLUMN, SOURCE_PAD
-from .source.loading import SourceSpec, load_source, resolve_source, select_split
+from .source.loading import SourceSpec, conversion_cache_dir, load_source, resolve_source, select_split
 from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .tokenization.loading import vocab_size
 from .tokenization.stage import TokenizeConfig, Tokenizer, tokenized_features
@@ -299,9 +299,11 @@ def _materialize(ds, spec: SourceSpec, where: str):
     ever fetched). The choice needs every document's hash and length before any is emitted, so a streamed source
     is kept on disk like a loaded one; afterwards it is the same rows as the non-streaming source."""
 
-    # A fresh fingerprint: the stream's content is not known up front, so datasets' cache must not reuse a file.
+    # A fresh fingerprint: the stream's content is not known up front, so datasets' cache must not reuse a file; in a
+    # run the copy goes to the run's scratch (conversion_cache_dir), so it does not outlive the run.
     out = Dataset.from_generator(
-        _rows, features=getattr(ds, "features", None), gen_kwargs={"ds": ds, "run": uuid.uuid4().hex}, split="train"
+        _rows, features=getattr(ds, "features", None), gen_kwargs={"ds": ds, "run": uuid.uuid4().hex}, split="train",
+        cache_dir=conversion_cache_dir(),
     )
     if len(out) == 0:
         raise DataError(f"source {spec.describe()} has zero rows; check the path/split (nothing to prepare)")

@@ -54,6 +54,7 @@ from .errors import UNKNOWN_KEY, RecipeError, format_validation_error
 from .mixture import check_mixture_recipe
 from .output.layout import DEFAULT_MAX_SHARD_BYTES, DEFAULT_ROW_GROUP_ROWS
 from .pack.packers import PACKERS
+from .tokenization.loading import looks_like_path
 from .tokenization.stage import TokenizeConfig
 
 STDLIB_PLACEHOLDER = "{stdlib}"
@@ -405,9 +406,6 @@ def _resolve(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _looks_local(name: str, base: Path) -> bool:
-    """A tokenizer name is a local path when it says so (./, ../, /, ~) or exists next to the recipe."""
-    return name.startswith((".", "/", "~")) or (base / name).exists()
 
 
 def stdlib_dir() -> str:
@@ -431,7 +429,7 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     if recipe.tokenize.chat_template_path is not None:
         recipe.tokenize.chat_template_path = _resolve(recipe.tokenize.chat_template_path, base)
     tok = recipe.tokenizer
-    if tok.name_or_path is not None and _looks_local(tok.name_or_path, base):
+    if tok.name_or_path is not None and looks_like_path(tok.name_or_path, base):
         tok.name_or_path = _resolve(tok.name_or_path, base)
     if tok.train is not None and tok.train.cache_dir is not None:
         tok.train.cache_dir = _resolve(tok.train.cache_dir, base)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,9 @@ def run_source_splits(
         raise ConfigError(f"unknown engine {engine!r}; choose 'datasets' or 'ray'")
     tcfg = effective_tokenize_config(recipe)
     log({"event": "source", "source": spec.describe()})
-    if outputs is not None and engine == "datasets" and not recipe.engine.reuse_tokenized and reads_directly(
+    if recipe.engine.reuse_tokenized:
+        spec = dataclasses.replace(spec, keep_cache=True)
+    elif outputs is not None and engine == "datasets" and reads_directly(
         spec, tcfg.input_columns(), tcfg.strategy in STRING_STRATEGIES
     ):
         return run_splits_direct(recipe, spec, outputs, log, verbose)

@@ -112,6 +112,7 @@ class ScratchDir:
     def __init__(self, kind: str, parent: str | os.PathLike | None = None) -> None:
         if not re.fullmatch(r"[a-z]+", kind):
             raise ValueError(f"scratch kind must be lowercase letters, got {kind!r}")
+        self.kind = kind
         parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(parent)
@@ -170,6 +171,28 @@ def in_run_scope() -> bool:
     return bool(_SCOPES)
 
 
+def run_dir(kind: str, parent: str | os.PathLike | None = None) -> Path | None:
+    """The innermost open :func:`run_scope`'s scratch folder of ``kind`` in ``parent`` (default: the temp folder),
+    made on first use and shared by every later call in the scope; None when no run scope is open.
+
+    Example:
+        >>> with run_scope():
+        ...     run_dir("demo") == run_dir("demo")
+        True
+        >>> run_dir("demo") is None
+        True
+    """
+    if not _SCOPES:
+        return None
+    where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    for d in _SCOPES[-1]:
+        if d.kind == kind and d.path.parent == where:
+            return d.path
+    folder = ScratchDir(kind, where)
+    adopt(folder)
+    return folder.path
+
+
 def adopt(folder: ScratchDir) -> bool:
     """Hand ``folder`` to the innermost open :func:`run_scope`; False (nothing done) when none is open."""
     if not _SCOPES:
@@ -185,4 +208,4 @@ def _cleanup_at_exit() -> None:
         d.cleanup()
 
 
-__all__ = ["ScratchDir", "adopt", "in_run_scope", "run_scope", "sweep_stale"]
+__all__ = ["ScratchDir", "adopt", "in_run_scope", "run_dir", "run_scope", "sweep_stale"]

@@ -19,8 +19,9 @@ Clients must run with ``HF_ENDPOINT=<server.url>`` and ``HF_HUB_DISABLE_XET=1`` 
 ``huggingface_hub`` is imported. Tokens are ``{token: (user, role)}`` with role ``"write"`` or ``"read"``;
 a request carrying an unknown token gets the Hub's 401 "Invalid credentials in Authorization header".
 
-Every request is recorded (``server.requests``), every commit too (``server.commit_log``), and every request
-body is checked for the known tokens (``server.token_leaks``), so tests can prove a token never travelled
+Every request is recorded (``server.requests``), every file body sent too (``server.served``: repo id, path and
+bytes, so tests can prove a reader fetched a range and not a whole file), every commit (``server.commit_log``), and
+every request body is checked for the known tokens (``server.token_leaks``), so tests can prove a token never travelled
 inside uploaded content.
 
 Example:
@@ -171,6 +172,7 @@ class HubServer:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, int]] = []
+        self.served: list[tuple[str, str, int]] = []
         self.commit_log: list[CommitRecord] = []
         self.token_leaks: list[str] = []
         self.failures: dict[str, tuple[int, str]] = {}
@@ -775,6 +777,9 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     raise HubHTTPError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{total}"})
                 status, body = 206, content[start : end + 1]
                 headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+            if not head:
+                with hub.lock:
+                    hub.served.append((repo.repo_id, path, len(body)))
             self._send(status, body, "application/octet-stream", headers, head=head)
 
     return Handler

@@ -160,7 +160,7 @@ def test_a_direct_run_leaves_nothing_in_the_datasets_cache_or_the_temp_folder(tm
     [
         ('{"content": "a"}\n{"content": "b"\n{"content": "c"}\n', "line 2: not valid JSON"),
         ('{"content": "a"}\n\n{"content": 7}\n', "line 3: column 'content' holds a int, not a string"),
-        ('{"content": "a"}\n[1, 2]\n', "line 2: not a JSON object"),
+        ('{"content": "a"}\n[1, 2]\n', "line 2: not a JSON object (an array; one object per line)"),
         ('{"content": "a"}\n{"content": "b \xff"}\n'.encode("latin-1"), "line 2, column 16"),
     ],
 )

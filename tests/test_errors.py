@@ -400,3 +400,189 @@ def test_backend_auto_fallback_warning_is_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("hfprep: warning: tokenizer backend 'auto' falls back to 'hf'")
     assert "single_word" in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- errors that name the cause
+
+
+@pytest.mark.parametrize("hub", ["online", "offline"])
+@pytest.mark.parametrize("form", ["absolute", "dot", "dotdot", "existing-parent"])
+def test_missing_tokenizer_folder_is_named_without_hub_advice(tmp_path, capsys, monkeypatch, form, hub):
+    """A path to a tokenizer folder that does not exist used to be sent to the Hub: "needs the Hub, but ... cannot be
+    reached" with advice about source.files (online) or "Repo id must be in the form ..." (offline)."""
+    from huggingface_hub import constants
+
+    project = tmp_path / "project"
+    (project / "tokenizers").mkdir(parents=True)
+    (project / "docs.jsonl").write_text('{"text": "hello"}\n')
+    value, shown = {
+        "absolute": (str(tmp_path / "nowhere" / "tok"), str(tmp_path / "nowhere" / "tok")),
+        "dot": ("./tok", str(project / "tok")),
+        "dotdot": ("../tok", str(tmp_path / "tok")),
+        "existing-parent": ("tokenizers/mine", str(project / "tokenizers" / "mine")),
+    }[form]
+    if hub == "online":  # a Hub that cannot be reached, as on a machine without network
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    recipe = _recipe(project, "unused", {"files": ["docs.jsonl"]})
+    data = yaml.safe_load(recipe.read_text())
+    data["tokenizer"] = {"name_or_path": value}
+    recipe.write_text(yaml.safe_dump(data))
+    code, line = _run_error(recipe, capsys)
+    assert code == 1
+    assert line == (
+        f"tokenizer.name_or_path: folder {shown!r} does not exist; fix the path (relative paths start at the "
+        "recipe's folder) to the folder holding tokenizer.json"
+    )
+    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "recipe.yaml", "tokenizers"]
+
+
+def test_tokenizer_hub_id_without_hub_gives_tokenizer_advice(tmp_path, capsys, monkeypatch):
+    """A Hub id is still a Hub question, and the advice is about the tokenizer, not about source.files."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello"}\n')
+    recipe = _recipe(tmp_path, "someone/some-tokenizer", {"files": ["docs.jsonl"]})
+    code, line = _run_error(recipe, capsys)
+    assert code == 1
+    assert line.startswith(f"tokenizer.name_or_path 'someone/some-tokenizer' needs the Hub, but {endpoint} cannot be")
+    assert line.endswith("or set tokenizer.name_or_path to a local folder holding tokenizer.json")
+    assert "source.files" not in line
+
+
+def _lines_file(path: Path, lines: list[str], end: str = "\n") -> None:
+    path.write_text("\n".join(lines) + end)
+
+
+BROKEN_JSON = {
+    # name: (file name, its lines, the 1-based line a reader must name, the reason, the fix); written by hand.
+    "jsonl-middle": ("docs.jsonl", ['{"text": "a"}', "", '{"text": "b"}', '{"text": "c', '{"text": "d"}'], 4,
+                     "Unterminated string starting at column 10", "fix or remove that line"),
+    "jsonl-last": ("docs.jsonl", ['{"text": "a"}', '{"text": "b"}', '{"text": "c"},'], 3,
+                   "Extra data at column 14", "fix or remove that line"),
+    "json-lines-middle": ("docs.json", ['{"text": "a"}', '{"text" "b"}', '{"text": "c"}'], 2,
+                          "Expecting ':' delimiter at column 9", "fix or remove that line"),
+    "jsonl-first": ("docs.jsonl", ['{"text": a}', '{"text": "b"}'], 1,
+                    "Expecting value at column 10", "fix or remove that line"),
+    "not-json-lines": ("docs.jsonl", ["text,id", "hello,1", "world,2"], 1, "Expecting value at column 1",
+                       "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set "
+                       "source.format"),
+    "broken-document": ("docs.json", ["[", '  {"text": "a"},', '  {"text": "b"}', '  {"text": "c"}', "]"], 4,
+                        "Expecting ',' delimiter at column 3",
+                        "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set "
+                        "source.format"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_JSON))
+def test_broken_json_line_names_the_file_and_line(tmp_path, tokenizer_path, capsys, case):
+    """datasets knew the row ("JSON parse error ... in row 6") but hfprep said "An error occurred while generating the
+    dataset"."""
+    name, lines, line_no, reason, fix = BROKEN_JSON[case]
+    _lines_file(tmp_path / name, lines, "" if case == "jsonl-last" else "\n")
+    (tmp_path / "ok.jsonl").write_text('{"text": "fine"}\n')  # a good file first: the bad one is named, not the list
+    code, line = _run_error(_recipe(tmp_path, tokenizer_path, {"files": ["ok.jsonl", name], "format": "jsonl"}),
+                            capsys)
+    assert code == 1
+    assert line == f"{tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_json_line_is_one_line_on_stderr(tmp_path, tokenizer_path):
+    """The CLI's stderr holds one error line: datasets' own "Failed to load JSON from file" log line is kept out."""
+    import subprocess
+    import sys
+
+    from test_faults import error_lines
+
+    name, lines, line_no, reason, fix = BROKEN_JSON["jsonl-middle"]
+    _lines_file(tmp_path / name, lines)
+    recipe = _recipe(tmp_path, tokenizer_path, {"files": [name]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "hfprep", "run", str(recipe)],
+        env=_subprocess_env(tmp_path, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr) == [
+        f"hfprep run: error: {tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
+    ]
+
+
+def test_the_ray_reader_names_the_same_file_and_line(tmp_path):
+    """The Ray engine reads JSON Lines itself: the same one-line message as the datasets engine."""
+    from hfprep.engines.ray_engine import read_item
+    from hfprep.errors import DataError
+
+    name, lines, line_no, reason, fix = BROKEN_JSON["jsonl-middle"]
+    _lines_file(tmp_path / name, lines)
+    with pytest.raises(DataError) as e:
+        read_item({"path": str(tmp_path / name), "format": "json", "row_group": -1, "start": 0})
+    assert str(e.value) == f"{tmp_path / name}: line {line_no}: not valid JSON ({reason}); {fix}"
+
+
+def test_locate_json_error_passes_valid_files(tmp_path):
+    from hfprep.source.loading import locate_json_error
+
+    _lines_file(tmp_path / "a.jsonl", ['{"text": "a"}', "", '{"text": 5}'])  # other types are not a syntax error
+    _lines_file(tmp_path / "b.json", ["[", '  {"text": "a"}', "]"])  # one document: datasets reads it too
+    assert locate_json_error(str(tmp_path / "a.jsonl")) is None
+    assert locate_json_error(str(tmp_path / "b.json")) is None
+    assert locate_json_error(str(tmp_path / "a.jsonl"), ["text"]) == (  # a reader that needs strings says so
+        3, f"{tmp_path / 'a.jsonl'}: line 3: column 'text' holds a int, not a string; fix or remove that line"
+    )
+    _lines_file(tmp_path / "c.jsonl", ['{"text": "a"}', "[1, 2]"])
+    assert locate_json_error(str(tmp_path / "c.jsonl")) == (
+        2, f"{tmp_path / 'c.jsonl'}: line 2: not a JSON object (an array; one object per line); fix or remove that line"
+    )
+
+
+@pytest.mark.parametrize("parent", ["new", "nested-new", "existing"])
+def test_a_failed_run_leaves_no_output_parent_behind(tmp_path, tokenizer_path, capsys, parent):
+    """``output.folder: out/ds`` with a run that fails: the lock file used to create ``out/`` and leave it. A parent
+    that existed before the run stays."""
+    folder = {"new": "out/ds", "nested-new": "out/deeper/ds", "existing": "keep/ds"}[parent]
+    (tmp_path / "keep").mkdir()
+    _lines_file(tmp_path / "docs.jsonl", ['{"text": "a"}', '{"text": '])
+    recipe = _recipe(tmp_path, tokenizer_path, {"files": ["docs.jsonl"]}, output={"folder": folder, "plots": False})
+    code, line = _run_error(recipe, capsys)
+    assert code == 1 and "docs.jsonl: line 2: not valid JSON" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "keep", "recipe.yaml"]
+    assert list((tmp_path / "keep").iterdir()) == []
+    _lines_file(tmp_path / "docs.jsonl", ['{"text": "a b c d e f g h i j k l m n o p"}'] * 4)
+    assert _run_cli(["run", str(recipe), "--json"], capsys)[0] == 0
+    assert (tmp_path / folder / "README.md").is_file()  # the run that succeeds keeps its parents
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_hfprep_did_not_write_is_named_at_once(tmp_path, tokenizer_path, capsys, overwrite):
+    """The first message used to suggest --overwrite, which then refused: now one line says whose folder it is."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello world"}\n')
+    (tmp_path / "out" / "b").mkdir(parents=True)
+    (tmp_path / "out" / "a.txt").write_text("mine")
+    (tmp_path / "out" / "b" / "c.txt").write_text("mine too")
+    recipe = _recipe(tmp_path, tokenizer_path, {"files": ["docs.jsonl"]})
+    args = ["run", str(recipe), "--json", *(["--overwrite"] if overwrite else [])]
+    code, out, _ = _run_cli(args, capsys)
+    message = json.loads(out.strip().splitlines()[-1])["message"]
+    assert code == 1
+    assert message == (
+        f"{tmp_path / 'out'} exists and was not written by hfprep (it holds 'a.txt', 'b/c.txt'); hfprep never deletes "
+        "it: remove it yourself or choose another output.folder"
+    )
+    assert (tmp_path / "out" / "a.txt").read_text() == "mine"
+
+
+def test_a_file_added_to_hfprep_output_is_named_without_suggesting_overwrite(tmp_path, tokenizer_path, capsys):
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello world, hello world"}\n' * 3)
+    recipe = _recipe(tmp_path, tokenizer_path, {"files": ["docs.jsonl"]})
+    assert _run_cli(["run", str(recipe), "--json"], capsys)[0] == 0
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    code, line = _run_error(recipe, capsys)
+    assert code == 1
+    assert "--overwrite" in line and "pass --overwrite" not in line  # "not even with --overwrite"
+    assert line.startswith(f"output folder {str(tmp_path / 'out')!r} holds 'notes.txt', which hfprep did not write")

@@ -78,8 +78,26 @@ PATCHES = {
     # the last step before an output is published (run and kd-cache): the output is complete in its staging folder
     "publish": ("hfprep.output.layout", "_write_marker", hold, None),
 }
+# The text_dir conversion (datasets writes the rows the generator yields): hold at the N-th row. datasets calls the
+# generator once per shard of its list arguments, so rows are counted across calls.
+GENERATOR_HOLDS = {"convert-start": 0, "convert-late": 1100}
+
+def hold_in_generator(module, name, at):
+    owner = importlib.import_module(module)
+    real = getattr(owner, name)
+    seen = [0]
+    def wrapper(*a, **k):
+        for row in real(*a, **k):
+            if seen[0] == at:
+                hold(moment)
+            seen[0] += 1
+            yield row
+    setattr(owner, name, wrapper)
+
 if moment in PATCHES:
     patch(*PATCHES[moment])
+if moment in GENERATOR_HOLDS:
+    hold_in_generator("hfprep.source.loading", "_text_dir_rows", GENERATOR_HOLDS[moment])
 from hfprep.cli import main
 sys.argv[0] = "hfprep"
 sys.exit(main())  # as the console script calls it
@@ -160,6 +178,7 @@ def error_lines(err: str) -> list[str]:
     # The test's own markers are not part of the CLI's output; a bar's line clearing can glue the next line to one.
     err = re.sub(r"TEST-AT-\S+ pid=\d+", "\n", err)
     lines = [seg.strip() for line in err.splitlines() for seg in line.split("\r")]
+    lines = [line for line in lines if not line.startswith("[hfprep] ")]  # events name paths, which may say "error"
     return [line for line in lines if line and ("error" in line.lower() or "Traceback" in line)]
 
 
@@ -261,6 +280,74 @@ def test_ctrl_c_in_the_direct_engine_stops_at_once_with_one_line(tmp_path, token
     code, err = child.finish()
     assert_interrupted_cleanly(code, err)
     assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "shape, moment",
+    # A single text folder is read by the direct engine (no conversion; its moments are tested above): only its
+    # reduce is a moment here. A mixture's sources are converted by datasets.
+    [("single", "reduce")] + [("mixture", m) for m in ("convert-start", "convert-late", "split")],
+)
+def test_ctrl_c_during_a_text_dir_run_leaves_nothing_in_the_datasets_cache(
+    tmp_path, tokenizer_path, env_dirs, shape, moment
+):
+    """Ctrl-C while a ``text_dir`` source (the recipe's one source, or a source of a mixture) is converted to Arrow
+    (the generator's first and a late row), split by ``num_proc=2`` workers, tokenized or reduced: nothing new under
+    the datasets cache (an interrupted run used to leave the conversion, the split filters' and the map's cache
+    files and the killed workers' ``tmp*`` files under ``generator/...``), no output and no ``out/`` parent."""
+    env, tmp, cache = env_dirs
+    project = tmp_path / "project"
+    corpus = project / "corpus"
+    corpus.mkdir(parents=True)
+    rng = random.Random(5)
+    for i in range(1200):  # more rows than datasets writes per batch: the late hold is after a flushed batch
+        (corpus / f"{i:04d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))))
+    source = {"text_dir": "corpus", "columns": {"text": "content"}}
+    recipe = project / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        **({"source": source} if shape == "single" else {"sources": [{"name": "corpus", "weight": 1, **source}]}),
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 64, "strategy": "no_incomplete", "num_reduce_chunks": 4},
+        "splits": {"heldout_fraction": 0.2},
+        "output": {"folder": "out/ds", "plots": False},
+    }))
+    before = files_under(cache)
+    child = Child(["run", str(recipe), "--num-proc", "2"], project, {**env, "TEST_MOMENT": moment})
+    assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
+    child.signal_group(signal.SIGINT)
+    code, err = child.finish()
+    assert_interrupted_cleanly(code, err)
+    assert files_under(cache) == before
+    assert sorted(p.name for p in project.iterdir()) == ["corpus", "r.yaml"]
+    assert scratch_in(tmp, cache) == []
+
+
+def test_a_finished_text_dir_run_leaves_nothing_in_the_datasets_cache(tmp_path, tokenizer_path, env_dirs):
+    """The converted source and every file datasets derives from it live in the run's scratch, not the cache."""
+    from hfprep.run import run_recipe
+
+    _, tmp, cache = env_dirs
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"{i:02d}.txt").write_text(" ".join(WORDS[(i + j) % len(WORDS)] for j in range(i + 5)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "source": {"text_dir": "corpus", "columns": {"text": "content"}},
+        "tokenizer": {"name_or_path": tokenizer_path},
+        "packing": {"seq_len": 32, "strategy": "dense", "num_reduce_chunks": 2},
+        "splits": {"heldout_fraction": 0.2},
+        "output": {"folder": "out", "plots": False},
+    }))
+    summary = run_recipe(str(recipe), num_proc=2)
+    assert summary["totals"]["rows_out"] > 0
+    assert files_under(cache) == []
     assert scratch_in(tmp, cache) == []
 
 

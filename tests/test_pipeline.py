@@ -156,9 +156,14 @@ def test_existing_output_is_refused_and_untouched(tiny, tokenizer_path):
     folder, _ = tiny
     (folder / "out").mkdir()
     (folder / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="already exists; pass --overwrite"):
+    with pytest.raises(OutputExistsError, match=r"was not written by hfprep \(it holds 'keep.txt'\)"):
         run_recipe(write_recipe(folder, tokenizer_path))
     assert (folder / "out" / "keep.txt").read_text() == "mine"
+    (folder / "out" / "keep.txt").unlink()
+    (folder / "out").rmdir()
+    run_recipe(write_recipe(folder, tokenizer_path))
+    with pytest.raises(OutputExistsError, match="already exists; pass --overwrite"):  # hfprep's own output
+        run_recipe(write_recipe(folder, tokenizer_path))
 
 
 def test_zero_row_source_is_a_clear_error(tmp_path, tokenizer_path):

@@ -63,12 +63,12 @@ def test_overwrite_of_the_project_folder_is_refused_and_deletes_nothing(tmp_path
     monkeypatch.chdir(project)
     assert main(["run", "r.yaml", "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
-    assert "--overwrite refused" in line and "current folder" in line
+    assert "current folder" in line and "hfprep never replaces it" in line
     assert file_hashes(project) == before
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1  # the same from elsewhere: the folder holds the recipe
     line = one_error_line(capsys.readouterr().err)
-    assert "--overwrite refused" in line and "r.yaml" in line and "an input of this run" in line
+    assert "hfprep never replaces it" in line and "r.yaml" in line and "an input of this run" in line
     assert file_hashes(project) == before
 
 
@@ -101,7 +101,7 @@ def test_overwrite_refuses_a_folder_hfprep_did_not_write(tmp_path, tokenizer_pat
     before = file_hashes(tmp_path)
     assert main(["run", str(recipe), "--overwrite"]) == 1
     line = one_error_line(capsys.readouterr().err)
-    assert "not a folder hfprep wrote" in line and MARKER_NAME in line
+    assert "was not written by hfprep (it holds 'data/thesis.tex')" in line and "remove it yourself" in line
     assert file_hashes(tmp_path) == before
 
 
@@ -165,7 +165,7 @@ def test_card_without_marker_is_recognised_but_git_clone_is_not_replaced(tmp_pat
     other = tmp_path / "other"
     other.mkdir()
     (other / "README.md").write_text("---\nlicense: mit\n---\n# someone's dataset\n")
-    with pytest.raises(OutputExistsError, match="not a folder hfprep wrote"):
+    with pytest.raises(OutputExistsError, match=r"was not written by hfprep \(it holds 'README.md'\)"):
         check_output(other, overwrite=True)
 
 
@@ -221,12 +221,12 @@ def test_kd_cache_overwrite_refuses_its_input_and_foreign_folders(tmp_path, kd_p
     (tmp_path / "mine" / "a.txt").write_text("mine")
     recipe = write_kd_recipe(tmp_path, kd_project, tokenizer_path, "mine")
     assert main(["kd-cache", str(recipe), "--overwrite"]) == 1
-    assert "not a folder hfprep wrote" in one_error_line(capsys.readouterr().err, "kd-cache")
+    assert "was not written by hfprep" in one_error_line(capsys.readouterr().err, "kd-cache")
     assert (tmp_path / "mine" / "a.txt").read_text() == "mine"
     # The recipe's own folder.
     recipe = write_kd_recipe(tmp_path, kd_project, tokenizer_path, ".")
     assert main(["kd-cache", str(recipe), "--overwrite"]) == 1
-    assert "--overwrite refused" in one_error_line(capsys.readouterr().err, "kd-cache")
+    assert "hfprep never replaces it" in one_error_line(capsys.readouterr().err, "kd-cache")
     assert recipe.is_file() and (tmp_path / "mine" / "a.txt").is_file()
     # A regular file, and a parent that is a file.
     (tmp_path / "cache.bin").write_bytes(b"x")

@@ -56,6 +56,7 @@ from datasets import Dataset, DatasetInfo
 from .. import scratch
 from ..datasets_internals import arrow_table
 from ..errors import ConfigError, DataError, HfprepError, warn_once
+from ..source.loading import locate_json_error
 from ..tokenization.backends import sample_rows, sample_texts
 from .mapreduce import (
     BYTES_PER_TOKEN_IN_GROUP,
@@ -260,7 +261,8 @@ def read_item(item: dict[str, Any]) -> pa.Table:
         try:
             return pj.read_json(f)
         except pa.ArrowInvalid as e:
-            raise DataError(f"{item['path']}: not valid JSON Lines ({e})") from e
+            located = locate_json_error(item["path"])  # the file and line, as the datasets engine says it
+            raise DataError(located[1] if located else f"{item['path']}: not valid JSON Lines ({e})") from e
 
 
 def sample_read_items(

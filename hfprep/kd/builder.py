@@ -536,7 +536,7 @@ def _build_claimed(cfg: KDCacheConfig, overwrite: bool, progress: bool, inputs: 
     t0 = time.perf_counter()
     final = Path(cfg.output.folder).absolute()
     files = split_files(cfg.input.folder, cfg.input.splits)
-    tokenizer = load_tokenizer(cfg.tokenizer.name_or_path, revision=cfg.tokenizer.revision)
+    tokenizer = load_tokenizer(cfg.tokenizer.name_or_path, revision=cfg.tokenizer.revision, key="tokenizer.name_or_path")
     vocab = len(tokenizer)
     if cfg.k > vocab:
         raise ConfigError(f"k={cfg.k} is larger than the vocabulary ({vocab} ids); lower k")

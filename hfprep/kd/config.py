@@ -27,6 +27,7 @@ import pydantic
 import yaml
 
 from ..errors import ConfigError
+from ..tokenization.loading import looks_like_path
 
 
 class _Strict(pydantic.BaseModel):
@@ -172,10 +173,9 @@ def config_from_dict(data: Any, source: str = "<dict>", base_dir: str | os.PathL
         cfg.input.folder = resolve(cfg.input.folder)
         cfg.output.folder = resolve(cfg.output.folder)
         for section in (cfg.teacher, cfg.tokenizer):
-            # a relative path that exists next to the recipe is a local model; otherwise it is a Hub id
-            local = base / section.name_or_path
-            if not os.path.isabs(section.name_or_path) and local.exists():
-                section.name_or_path = str(local.resolve())
+            # a relative path (see looks_like_path) is relative to the recipe; anything else is a Hub id
+            if not os.path.isabs(section.name_or_path) and looks_like_path(section.name_or_path, base):
+                section.name_or_path = resolve(os.path.expanduser(section.name_or_path))
     return cfg
 
 

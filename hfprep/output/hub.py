@@ -49,7 +49,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,6 +367,62 @@ def _glob_match(path: str, pattern: str) -> bool:
 
 def _config_name_of(entry: Any) -> str | None:
     return str(entry.get("config_name", DEFAULT_CONFIG)) if isinstance(entry, dict) else None
+
+
+def config_names(meta: Mapping[str, Any]) -> list[str]:
+    """The config names a card's ``configs`` lists, in card order (``[]`` without ``configs``)."""
+    configs = meta.get("configs")
+    if not isinstance(configs, list):
+        return []
+    return [name for name in map(_config_name_of, configs) if name is not None]
+
+
+def config_splits(
+    meta: Mapping[str, Any], files: list[str], config: str | None, where: str = "the dataset"
+) -> tuple[str, dict[str, list[str]]]:
+    """``(config name, {split: [shard paths]})`` of ``config`` (default: ``default``, else the only config).
+
+    With ``configs`` in the card, each split's files are those its ``data_files`` patterns match (in the card's
+    split order); without, the ``data/<split>-XXXXX-of-YYYYY.parquet`` shards (config ``default``). A missing or
+    ambiguous config, or one whose patterns match nothing, is a one-line :class:`~hfprep.errors.DataError`.
+
+    Example:
+        >>> meta = {"configs": [{"config_name": "fr", "data_files": [{"split": "train", "path": "data/fr/*"}]}]}
+        >>> config_splits(meta, ["data/fr/a-train-00000-of-00001.parquet", "README.md"], None)
+        ('fr', {'train': ['data/fr/a-train-00000-of-00001.parquet']})
+    """
+    names = config_names(meta)
+    if not names:
+        if config not in (None, DEFAULT_CONFIG):
+            raise DataError(f"{where} has no configs (its card lists none), so no config {config!r}; drop --config")
+        splits: dict[str, list[str]] = {}
+        for rel in files:
+            parent, _, name = rel.rpartition("/")
+            m = SHARD_RE.match(name)
+            if parent == DATA_DIR and m is not None:
+                splits.setdefault(m["split"], []).append(rel)
+        return DEFAULT_CONFIG, dict(sorted(splits.items()))
+    if config is None:
+        if DEFAULT_CONFIG not in names and len(names) > 1:
+            raise DataError(
+                f"{where} has configs {names} and none is 'default'; choose one with --config NAME (or TARGET:NAME)"
+            )
+        config = DEFAULT_CONFIG if DEFAULT_CONFIG in names else names[0]
+    if config not in names:
+        raise DataError(f"{where} has no config {config!r}; its configs are {names}")
+    entry = next(c for c in meta["configs"] if _config_name_of(c) == config)
+    items = entry.get("data_files")
+    items = items if isinstance(items, list) else [items]
+    out: dict[str, list[str]] = {}
+    for item in items:
+        split = str(item.get("split", "train")) if isinstance(item, dict) else "train"
+        patterns = _entry_patterns({"data_files": [item]})
+        out.setdefault(split, [])
+        out[split] += [f for f in files if f.endswith(".parquet") and any(_glob_match(f, p) for p in patterns)]
+    empty = [s for s, paths in out.items() if not paths]
+    if empty:
+        raise DataError(f"{where}: config {config!r} split {empty[0]!r} matches no Parquet file; is the dataset complete?")
+    return config, {s: sorted(set(paths)) for s, paths in out.items()}
 
 
 def merge_card(

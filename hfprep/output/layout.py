@@ -196,17 +196,17 @@ def check_output(
 ) -> Path:
     """Refuse, in one line, an output path hfprep must not write; returns the absolute path.
 
-    Refused always: a parent path that is a file, an output path that is a file or a symbolic link. Refused without
-    ``overwrite``: an existing folder. Refused even with ``overwrite`` (it would delete someone's files): a folder
-    hfprep did not write (no marker, no hfprep card), one holding files hfprep did not write, the current folder
-    or one above it, and a folder that holds any of ``protect`` (the run's recipe, sources, tokenizer...).
+    Refused always, each with its own reason (``overwrite`` would not help): a parent path that is a file, an output
+    path that is a file or a symbolic link, the current folder or one above it, a folder that holds any of
+    ``protect`` (the run's recipe, sources, tokenizer...), a folder hfprep did not write (no marker, no hfprep card)
+    and one holding files hfprep did not write. Refused without ``overwrite``: hfprep's own existing output.
 
     Example:
         >>> import tempfile
         >>> check_output(tempfile.mkdtemp(), overwrite=True)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        hfprep.errors.OutputExistsError: --overwrite refused: ... is not a folder hfprep wrote ...
+        hfprep.errors.OutputExistsError: ... exists and was not written by hfprep (it is empty); hfprep never ...
     """
     final = Path(path).absolute()
     shown = str(path)
@@ -229,29 +229,46 @@ def check_output(
             f"output {shown!r} is a file, not a folder; hfprep never replaces it (not even with --overwrite): "
             "pick another output"
         )
-    if not overwrite:
-        raise OutputExistsError(f"output folder {shown!r} already exists; pass --overwrite (or pick another output)")
     real = final.resolve()
-    refuse = f"--overwrite refused: {shown!r}"
+    never = "hfprep never replaces it (not even with --overwrite): choose another output.folder"
     if _inside(Path.cwd().resolve(), real):
-        raise OutputExistsError(f"{refuse} is the current folder or holds it; pick an output folder of its own")
+        raise OutputExistsError(f"output {shown!r} is the current folder or holds it; {never}")
     for p in protect:
         if p is not None and _inside(Path(p).absolute().resolve(), real):
             raise OutputExistsError(
-                f"{refuse} holds {str(p)!r}, an input of this run (recipe, source or tokenizer); pick another output"
+                f"output {shown!r} holds {str(p)!r}, an input of this run (recipe, source or tokenizer); {never}"
             )
     foreign = foreign_files(final)
     if foreign is None:
         raise OutputExistsError(
-            f"{refuse} is not a folder hfprep wrote (no {MARKER_NAME} marker, no hfprep dataset card); hfprep only "
-            "replaces its own output: delete it yourself or pick another output"
+            f"{shown} exists and was not written by hfprep ({_first_entries(final)}); hfprep never deletes it: "
+            "remove it yourself or choose another output.folder"
         )
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise OutputExistsError(
-            f"{refuse} holds {foreign[0]!r}{more}, which hfprep did not write; move it out or pick another output"
+            f"output folder {shown!r} holds {foreign[0]!r}{more}, which hfprep did not write; hfprep never deletes "
+            "it (not even with --overwrite): move it out or choose another output.folder"
         )
+    if not overwrite:
+        raise OutputExistsError(f"output folder {shown!r} already exists; pass --overwrite (or pick another output)")
     return final
+
+
+def _first_entries(folder: Path, n: int = 3) -> str:
+    """``it holds 'a', 'b/c' and more`` / ``it is empty``: the first files of ``folder`` in walk order, without
+    walking all of a big tree."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(folder)
+        found += [(rel / name).as_posix() for name in sorted(filenames)]
+        if len(found) > n:
+            break
+    if not found:
+        return "it holds only empty folders" if os.listdir(folder) else "it is empty"
+    shown = ", ".join(repr(f) for f in found[:n])
+    return f"it holds {shown}" + (" and more" if len(found) > n else "")
 
 
 # --- locking: one writer per output --------------------------------------------------------------------------
@@ -304,12 +321,38 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             held[1] -= 1
         return
-    with output_errors(path):
-        final.parent.mkdir(parents=True, exist_ok=True)
-    lock = final.parent / f".{final.name}.lock"
+    # The lock and the staging folder live next to the output: its parent folders must exist while the run does. Those
+    # this run makes go again when it ends without an output in them (an error, Ctrl-C): a failed run leaves nothing.
+    created: list[Path] = []
+    try:
+        fd = _take_lock(final, str(path), created)
+        _HELD_LOCKS[final] = [fd, 1]
+        try:
+            _sweep_stale_staging(final)
+            yield final
+        finally:
+            del _HELD_LOCKS[final]
+            with contextlib.suppress(OSError):
+                os.unlink(_lock_path(final))
+            os.close(fd)
+    finally:
+        _remove_empty_folders(created)
+
+
+def _lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def _take_lock(final: Path, shown: str, created: list[Path]) -> int:
+    """Open and lock the output's lock file (making the missing parent folders, appended to ``created``)."""
+    lock = _lock_path(final)
     while True:
-        with output_errors(path):
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        with output_errors(shown):
+            created += make_folders(final.parent)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # another run that made the parent removed it just now: make it again
+                continue
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -317,7 +360,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise OutputBusyError(
-                f"output {str(path)!r} is being written by another hfprep process (pid {owner}); wait for it to "
+                f"output {shown!r} is being written by another hfprep process (pid {owner}); wait for it to "
                 "finish or pick another output"
             ) from None
         try:
@@ -329,15 +372,43 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD_LOCKS[final] = [fd, 1]
-    try:
-        _sweep_stale_staging(final)
-        yield final
-    finally:
-        del _HELD_LOCKS[final]
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
+    return fd
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns the folders made here, outermost first (one made by another
+    process at the same moment is not ours).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> [p.relative_to(root).as_posix() for p in make_folders(root / "a" / "b")]
+        ['a', 'a/b']
+        >>> make_folders(root / "a")
+        []
+    """
+    missing = []
+    p = folder
+    while not (p.exists() or p.is_symlink()):
+        missing.append(p)
+        p = p.parent
+    made = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        made.append(d)
+    return made
+
+
+def _remove_empty_folders(made: list[Path]) -> None:
+    """Remove the folders of :func:`make_folders`, innermost first, as long as they are empty (never a file in them)."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager

@@ -254,8 +254,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     """
     seg, sl = report["segments"], report["segment_lengths"]
     lines = [
-        f"rows {report['rows']:,} x seq_len {report['seq_len']:,}: {report['tokens']:,} tokens + "
-        f"{report['pad_tokens']:,} pad, fill {report['fill_ratio']:.4f}"
+        _fill_line(report["rows"], report["seq_len"], report["tokens"], report["pad_tokens"])
         + ("" if report["padded"] or not report["rows"] else " (variable-length rows)"),
         f"segments per row: mean {seg['per_row_mean']:.2f}, min {seg['per_row_min']}, max {seg['per_row_max']}; "
         f"segment length mean {sl['mean']:.1f}, min {sl['min']}, max {sl['max']}",
@@ -264,14 +263,43 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     if report.get("rows_over_seq_len"):
         lines.append(f"WARNING: {report['rows_over_seq_len']:,} rows are longer than seq_len")
-    losses = report.get("losses") or {}
-    if losses:
-        lines.append(
-            f"lost {losses['tokens_lost']:,} of {losses['tokens_in']:,} tokens ({100 * losses['lost_fraction']:.2f}%): "
-            f"dropped {losses['dropped']['docs']:,} docs / {losses['dropped']['tokens']:,} tokens, "
-            f"truncated {losses['truncated']['docs']:,} docs / {losses['truncated']['tokens']:,} tokens; "
-            f"split {losses['split']['docs']:,} docs into {losses['split']['pieces']:,} pieces (kept)"
-        )
-        if "empty_or_invalid" in losses:
-            lines.append(f"input rows without a document: {losses['empty_or_invalid']['rows']:,}")
-    return "\n".join(lines)
+    return "\n".join(lines + _loss_lines(report.get("losses") or {}))
+
+
+def _fill_line(rows: int, seq_len: int, tokens: int, pad_tokens: int) -> str:
+    fill = tokens / (rows * seq_len) if rows and seq_len else 0.0
+    return f"rows {rows:,} x seq_len {seq_len:,}: {tokens:,} tokens + {pad_tokens:,} pad, fill {fill:.4f}"
+
+
+def _loss_lines(losses: Mapping[str, Any]) -> list[str]:
+    if not losses:
+        return []
+    lines = [
+        f"lost {losses['tokens_lost']:,} of {losses['tokens_in']:,} tokens ({100 * losses['lost_fraction']:.2f}%): "
+        f"dropped {losses['dropped']['docs']:,} docs / {losses['dropped']['tokens']:,} tokens, "
+        f"truncated {losses['truncated']['docs']:,} docs / {losses['truncated']['tokens']:,} tokens; "
+        f"split {losses['split']['docs']:,} docs into {losses['split']['pieces']:,} pieces (kept)"
+    ]
+    if "empty_or_invalid" in losses:
+        lines.append(f"input rows without a document: {losses['empty_or_invalid']['rows']:,}")
+    return lines
+
+
+def format_stats_report(stats: Mapping[str, Any], seq_len: int) -> str:
+    """The packing report as far as a split's recorded stats tell it (a card's ``hfprep.stats.<split>``, no rows
+    read): :func:`format_report`'s fill line, the mean segments per row and the losses by reason. The segment
+    histograms need the rows (:func:`packing_report`).
+
+    Example:
+        >>> print(format_stats_report({"rows": 2, "tokens": 6, "pad_tokens": 2, "segments": 3, "tokens_in": 7,
+        ...                            "tokens_dropped": 1, "docs_dropped": 1}, seq_len=4))
+        rows 2 x seq_len 4: 6 tokens + 2 pad, fill 0.7500
+        segments per row: mean 1.50
+        lost 1 of 7 tokens (14.29%): dropped 1 docs / 1 tokens, truncated 0 docs / 0 tokens; split 0 docs into 0 pieces (kept)
+    """
+    g = lambda k: int(stats.get(k, 0) or 0)  # noqa: E731
+    rows = g("rows")
+    lines = [_fill_line(rows, int(seq_len), g("tokens"), g("pad_tokens"))]
+    if "segments" in stats:
+        lines.append(f"segments per row: mean {g('segments') / rows if rows else 0.0:.2f}")
+    return "\n".join(lines + _loss_lines(losses_by_reason(stats)))

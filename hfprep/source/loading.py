@@ -20,10 +20,12 @@ Example:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -32,12 +34,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import datasets.config
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 from huggingface_hub import constants
 
+from .. import scratch
 from ..errors import DataError, HubError
 
 FORMAT_BY_EXT = {
@@ -87,6 +92,8 @@ class SourceSpec:
     heldout_fraction: float = 0.0
     split_columns: list[str] = dataclasses.field(default_factory=list)
     keep: Literal["all", "train", "heldout"] = "all"
+    keep_cache: bool = False
+    """Convert local files into ``datasets``' own cache (``engine.reuse_tokenized``), not the run's scratch."""
     # Filled by check_source_text: undecodable byte sequences replaced by U+FFFD (decode_errors: replace).
     replaced: DecodeReport | None = None
 
@@ -389,26 +396,55 @@ def text_dir_generator_kwargs(spec: SourceSpec) -> dict[str, Any]:
             "errors": spec.decode_errors}
 
 
+def conversion_cache_dir() -> str | None:
+    """Where datasets converts a local source to Arrow: inside ``hfprep run`` (:func:`hfprep.scratch.run_scope`) a
+    scratch folder of the run in datasets' cache folder (same disk; removed when the run ends, however it ends, with
+    every file datasets derives next to the conversion: split filters, map outputs, a killed worker's temporary
+    file); outside a run None, datasets' own cache.
+
+    Example:
+        >>> from hfprep.scratch import run_scope
+        >>> with run_scope():
+        ...     os.path.basename(conversion_cache_dir()).startswith("hfprep-source-")
+        True
+        >>> conversion_cache_dir() is None
+        True
+    """
+    folder = scratch.run_dir("source", datasets.config.HF_DATASETS_CACHE)
+    return None if folder is None else str(folder)
+
+
 def _load_raw(spec: SourceSpec):
+    # engine.reuse_tokenized keeps the conversion (and what is derived from it) in datasets' own cache, for later runs.
+    cache_dir = None if spec.streaming or spec.keep_cache else conversion_cache_dir()
     if spec.kind == "text_dir":
         feats = Features({"text": Value("string"), "path": Value("string")})
         kwargs = text_dir_generator_kwargs(spec)
         if spec.streaming:
             return IterableDataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
-        return Dataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs)
+        return Dataset.from_generator(_text_dir_rows, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir)
     if spec.kind == "files":
         if not _files_have_rows(spec):
             raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)")
         try:
-            return load_dataset(BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming)
+            with _json_builder_quiet():
+                return load_dataset(
+                    BUILDER[spec.format], data_files=spec.paths, split="train", streaming=spec.streaming,
+                    cache_dir=cache_dir,
+                )
         except Exception as e:  # datasets raises many types for unreadable files
             if "corresponds to no data" in str(e):  # every file is empty
                 raise DataError(f"source {spec.describe()} has zero rows; check the files (nothing to prepare)") from e
+            if spec.format in ("jsonl", "json"):
+                # datasets knows only "row N" of a block of one file: name the file and its line instead.
+                located = next((hit for p in spec.paths if (hit := locate_json_error(p)) is not None), None)
+                if located is not None:
+                    raise DataError(located[1]) from e
             raise DataError(
-                f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e)}; "
+                f"could not read source files as {spec.format} ({spec.paths[0]!r}...): {_first_line(e.__cause__ or e)}; "
                 "check source.format and the files"
             ) from e
-    require_hub(f"source.hub {spec.hub_id!r}")
+    require_hub(f"source.hub {spec.hub_id!r}", "use a local source (source.files / source.text_dir)")
     try:
         return load_dataset(
             spec.hub_id, name=spec.config_name, split=spec.split, revision=spec.revision, streaming=spec.streaming
@@ -418,6 +454,103 @@ def _load_raw(spec: SourceSpec):
             f"could not load Hub dataset {spec.hub_id!r} (config {spec.config_name!r}, split {spec.split!r}): "
             f"{_first_line(e)}; check the id/config/split, your network and HF_TOKEN"
         ) from e
+
+
+JSON_LINE_FIX = "fix or remove that line"
+NOT_JSON_LINES_FIX = (
+    "the file is neither JSON Lines (one object per line) nor one JSON document: fix it or set source.format"
+)
+
+
+def json_error_message(path: str, line: int, problem: str, fix: str = JSON_LINE_FIX) -> str:
+    """The one-line error for a line of a JSON Lines file that a reader rejects, as every reader words it:
+    ``<file>: line <n>: <problem>; <fix>`` (the problem: ``not valid JSON (<reason>)``, ``not a JSON object ...``).
+
+    Example:
+        >>> json_error_message("docs.jsonl", 7, "not valid JSON (Unterminated string starting at column 9)")
+        'docs.jsonl: line 7: not valid JSON (Unterminated string starting at column 9); fix or remove that line'
+    """
+    return f"{path}: line {line}: {problem}; {fix}"
+
+
+def _json_reason(err: ValueError) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+    return " ".join(str(err).split()) or type(err).__name__  # a UnicodeDecodeError
+
+
+def locate_json_error(path: str, string_columns: Sequence[str] = ()) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that a reader rejects, as ``(line number, one-line message)`` (see
+    :func:`json_error_message`): a line that is not JSON, not an object, or whose ``string_columns`` value is neither
+    a string nor null. None when every line reads (the reader failed for another reason).
+
+    Meant for after a reader failed: one pass in Python, stopping at the bad line. Compressed files are read through
+    their codec. A file whose first line does not parse may be one JSON document spread over lines (which datasets
+    also reads): then the position its parser reports is named.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
+        >>> _ = open(p, "w").write('{"text": "a"}\\n\\n{"text": "b}\\n')
+        >>> locate_json_error(p)[0]
+        3
+    """
+    with fsspec.open(path, "rb", compression="infer") as f:
+        seen_object = False
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.rstrip(b"\r\n"))
+            except ValueError as e:
+                if not seen_object:
+                    return _locate_in_document(path, f, lineno, raw, e)
+                return lineno, json_error_message(path, lineno, f"not valid JSON ({_json_reason(e)})")
+            if not isinstance(row, dict):
+                kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(row), "a number")
+                if row is None:
+                    kind = "null"
+                return lineno, json_error_message(path, lineno, f"not a JSON object ({kind}; one object per line)")
+            seen_object = True
+            for c in string_columns:
+                v = row.get(c)
+                if v is not None and not isinstance(v, str):
+                    return lineno, json_error_message(path, lineno, f"column {c!r} holds a {type(v).__name__}, not a string")
+    return None
+
+
+def _locate_in_document(path: str, f, lineno: int, line: bytes, line_error: ValueError) -> tuple[int, str] | None:
+    """The first line does not parse alone. JSON Lines when it opens an object and the next line is one (the first
+    line is the bad one); else maybe one JSON document spread over lines: None when it parses, else where its
+    parser stopped."""
+    following = next((raw for raw in f if raw.strip()), None)
+    try:
+        jsonl = line.lstrip().startswith(b"{") and following is not None and isinstance(json.loads(following), dict)
+    except ValueError:
+        jsonl = False
+    if jsonl:
+        return lineno, json_error_message(path, lineno, f"not valid JSON ({_json_reason(line_error)})")
+    f.seek(0)
+    try:
+        json.loads(f.read())
+    except json.JSONDecodeError as e:
+        return e.lineno, json_error_message(path, e.lineno, f"not valid JSON ({_json_reason(e)})", NOT_JSON_LINES_FIX)
+    except ValueError:
+        reason = _json_reason(line_error)
+        return lineno, json_error_message(path, lineno, f"not valid JSON ({reason})", NOT_JSON_LINES_FIX)
+    return None
+
+
+@contextlib.contextmanager
+def _json_builder_quiet() -> Iterator[None]:
+    """Keep datasets' JSON builder from logging its own error line for a file it cannot parse (hfprep says it)."""
+    log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def check_parquet_files(spec: SourceSpec) -> None:
@@ -624,15 +757,16 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in _OFFLINE_VARS)
 
 
-def require_hub(what: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, in one line, when ``what`` (a Hub dataset or tokenizer) needs a Hub that cannot be reached.
+def require_hub(what: str, local: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, in one line, when ``what`` (a Hub dataset or tokenizer) needs a Hub that cannot be reached;
+    ``local`` says what to use instead (``"use a local source (source.files / source.text_dir)"``).
 
     Without this the Hub clients retry for tens of seconds and print a line per retry. Offline mode (any of
     ``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``) is left to the libraries, which then
     read their caches; behind a proxy the probe is skipped (a direct connection proves nothing there).
 
     Example:
-        >>> require_hub("Hub dataset 'user/name'")  # doctest: +SKIP
+        >>> require_hub("source.hub 'user/name'", "use a local source")  # doctest: +SKIP
     """
     if hub_offline() or any(os.environ.get(v) for v in _PROXY_VARS):
         return
@@ -648,5 +782,5 @@ def require_hub(what: str, timeout: float = 3.0) -> None:
         reason = e.strerror or type(e).__name__
     raise HubError(
         f"{what} needs the Hub, but {endpoint} cannot be reached ({reason}); check the network or HF_ENDPOINT, "
-        "set HF_HUB_OFFLINE=1 to use a cached copy, or use a local source (source.files / source.text_dir)"
+        f"set HF_HUB_OFFLINE=1 to use a cached copy, or {local}"
     )

@@ -7,7 +7,8 @@ column renames). The rows are those ``load_source(spec)`` gives:
 
 * JSON Lines (``.jsonl``): Arrow's JSON reader with an explicit schema of the needed columns (strings), other keys
   ignored; blank lines are skipped, as ``load_dataset("json")`` skips them. A line that is not valid JSON, or whose
-  column is not a string, is one error naming the file and the line (:func:`locate_jsonl_problem`).
+  column is not a string, is one error naming the file and the line
+  (:func:`~hfprep.source.loading.locate_json_error`, the one wording every reader uses).
 * Parquet: row group by row group, only the needed columns.
 * ``text_dir``: one row per file (``text``, ``path``), decoded per ``source.encoding`` / ``source.decode_errors``.
 
@@ -36,7 +37,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .loading import DecodeReport, SourceSpec, check_utf8_file, decode_text
+from .loading import DecodeReport, SourceSpec, check_utf8_file, decode_text, locate_json_error
 
 DEFAULT_BATCH_BYTES = 32 * 2**20
 """Text per batch handed to the tokenizer: large enough for its thread pool, small enough to bound memory."""
@@ -167,42 +168,10 @@ def _jsonl_tables(paths: Sequence[str], columns: list[str]) -> Iterator[pa.Table
         except pa.ArrowInvalid as e:
             if "utf8" in str(e).lower() or "utf-8" in str(e).lower():
                 check_utf8_file(path)
-            raise DataError(locate_jsonl_problem(path, columns) or f"{path}: not valid JSON Lines ({e})") from None
+            hit = locate_json_error(path, columns)
+            raise DataError(hit[1] if hit else f"{path}: not valid JSON Lines ({e})") from None
         except OSError as e:
             raise DataError(f"source file {path}: cannot be read ({e.strerror or e}); check the path") from None
-
-
-def locate_jsonl_problem(path: str, columns: Sequence[str]) -> str | None:
-    """The first line of a JSON Lines file that the reader rejects, as one message ``file:line: what; fix``
-    (``None`` when every line reads): a line that is not valid JSON or not an object, or a ``columns`` value
-    that is neither a string nor null.
-
-    Example:
-        >>> import os, tempfile
-        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
-        >>> _ = open(p, "w").write('{"text": "a"}\\n\\n{"text": 1}\\n')
-        >>> locate_jsonl_problem(p, ["text"]).split(": ", 1)[1]
-        "line 3: column 'text' holds a int, not a string; fix or remove that line"
-    """
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                reason = str(e).split(": line")[0]
-                return f"{path}: line {lineno}: not valid JSON ({reason}); fix or remove that line"
-            if not isinstance(row, dict):
-                return f"{path}: line {lineno}: not a JSON object (one object per line); fix or remove that line"
-            for c in columns:
-                v = row.get(c)
-                if v is not None and not isinstance(v, str):
-                    return (
-                        f"{path}: line {lineno}: column {c!r} holds a {type(v).__name__}, not a string; "
-                        "fix or remove that line"
-                    )
-    return None
 
 
 # ----------------------------------------------------------------------------------------------- Parquet

@@ -41,22 +41,60 @@ DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
 """Special tokens of the tokenizers hfprep trains: eos, the FIM triple and the seed's chat role tokens."""
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, **kwargs: Any):
-    """Load a *fast* tokenizer by Hub id or local path.
+def looks_like_path(name: str, base: str | os.PathLike | None = None) -> bool:
+    """True when ``name`` means a local folder, not a Hub id: it exists, starts with ``/``, ``.`` (``./``, ``../``) or
+    ``~``, or its parent folder exists (``tokenizers/mine`` next to an existing ``tokenizers/``). Relative names are
+    looked up under ``base`` (default: the current folder).
+
+    Example:
+        >>> looks_like_path("./tok"), looks_like_path("/no/such/dir"), looks_like_path("Qwen/Qwen3-0.6B")
+        (True, True, False)
+    """
+    if name.startswith(("/", ".", "~")) or os.path.isabs(name):
+        return True
+    local = Path(base or ".") / name
+    return local.exists() or (Path(name).parent != Path(".") and local.parent.is_dir())
+
+
+def check_tokenizer_folder(name_or_path: str, key: str = "tokenizer") -> None:
+    """Refuse, in one line naming ``key``, a tokenizer value that is a local path (see :func:`looks_like_path`) but
+    not a folder: no Hub is asked about a path.
+
+    Example:
+        >>> check_tokenizer_folder("./no-such-tokenizer", "tokenizer.name_or_path")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hfprep.errors.TokenizerError: tokenizer.name_or_path: folder './no-such-tokenizer' does not exist; ...
+    """
+    if os.path.isdir(name_or_path) or not looks_like_path(name_or_path):
+        return
+    what = "is a file, not a folder" if os.path.exists(name_or_path) else "does not exist"
+    raise TokenizerError(
+        f"{key}: folder {name_or_path!r} {what}; fix the path (relative paths start at the recipe's folder) to the "
+        "folder holding tokenizer.json"
+    )
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, *, key: str = "tokenizer", **kwargs: Any):
+    """Load a *fast* tokenizer by Hub id or local path (``key``: what error messages call the value).
 
     Example:
         >>> tok = load_tokenizer("path/to/tokenizer")  # doctest: +SKIP
         >>> tok.eos_token_id  # doctest: +SKIP
         0
     """
+    check_tokenizer_folder(name_or_path, key)
     try:
         cls = transformers.PreTrainedTokenizerFast if _generic_local_tokenizer(name_or_path) else transformers.AutoTokenizer
         tok = cls.from_pretrained(name_or_path, revision=revision, **kwargs)
     except (OSError, ValueError, ImportError) as e:  # 4.x: ImportError when it tries a slow->fast conversion
-        where = "local folder" if os.path.isdir(name_or_path) else "Hub id or local path"
+        local = os.path.isdir(name_or_path)
+        fix = "check that the folder holds tokenizer.json" if local else (
+            "check the id and revision, or pass a local folder with tokenizer.json"
+        )
         raise TokenizerError(
-            f"could not load tokenizer {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
-            "-- check the name/revision, or pass a local folder with tokenizer.json"
+            f"could not load {key} {name_or_path!r} ({'local folder' if local else 'Hub id'}): "
+            f"{str(e).splitlines()[0]} -- {fix}"
         ) from e
     if not getattr(tok, "is_fast", False):
         raise TokenizerError(
