@@ -296,6 +296,20 @@ def segment_ids(position_ids: Any) -> Any:
     return np.cumsum(starts, axis=-1)
 
 
+def padding_from_counts(pad_per_row: np.ndarray, row_offsets: np.ndarray) -> Bool[np.ndarray, " n"]:
+    """The padding mask of rows whose trailing padding counts are ``pad_per_row`` (:class:`RowSegments`).
+
+    Example:
+        >>> padding_from_counts(np.array([1, 0, 2]), np.array([0, 2, 3, 6])).astype(int).tolist()
+        [0, 1, 0, 0, 1, 1]
+    """
+    offsets = np.asarray(row_offsets, dtype=np.int64)
+    edges = np.zeros(int(offsets[-1]) + 1, dtype=np.int8)
+    np.add.at(edges, offsets[1:] - np.asarray(pad_per_row, dtype=np.int64), 1)
+    np.add.at(edges, offsets[1:], -1)
+    return np.cumsum(edges[:-1], dtype=np.int8).astype(np.bool_)
+
+
 def segment_bounds(
     position_ids: np.ndarray, pad: np.ndarray, row_offsets: Int64[np.ndarray, " rows_plus_1"]
 ) -> tuple[Int64[np.ndarray, " s"], Int64[np.ndarray, " s"], Int64[np.ndarray, " s"]]:

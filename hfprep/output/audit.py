@@ -64,7 +64,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ..schema import output_is_padded, padding_mask, segment_bounds, table_to_flat
+from ..schema import RowSegments, output_is_padded, padding_from_counts, row_segments, table_to_flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,10 +356,16 @@ class LossAudit:
     def add(self, table: pa.Table, row_base: int = 0, where: str = "") -> None:
         """Audit the rows of ``table`` (rows ``row_base...`` of the split; ``where`` names their file)."""
         ids, pos, mask, offsets = table_to_flat(table)
-        pad = (
-            padding_mask(ids, pos, mask, offsets, self.pad_token_id) if self.padded else np.zeros(len(ids), np.bool_)
-        )
-        start, end, row = segment_bounds(pos, pad, offsets)
+        measured = row_segments(ids, pos, mask, offsets, self.pad_token_id, self.padded)
+        self.add_flat(ids, mask, offsets, measured, row_base, where)
+
+    def add_flat(
+        self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, measured: RowSegments, row_base: int = 0,
+        where: str = "",
+    ) -> None:
+        """:meth:`add` on flat rows already measured by :func:`~hfprep.schema.row_segments` (the run measures each
+        row group once)."""
+        start, end, row = measured.seg_start, measured.seg_start + measured.seg_len, measured.seg_row
         keep = end > start  # a row of nothing but padding is validate's own violation
         start, end, row = start[keep], end[keep], row[keep]
         self.documents += len(start)
@@ -421,6 +427,7 @@ class LossAudit:
             missing = (present < len(r.fim_ids)) if r.fim_every_document else (present > 0) & (present < len(r.fim_ids))
             tally("fim_sentinels", twice | missing, missing & ~twice & (lacks_end | lacks_start), missing & ~twice & mid)
         if "assistant_content_no_loss" in self.checks:
+            pad = padding_from_counts(measured.pad_per_row, offsets)
             self._turns(ids, mask, pad, start, end, lacks_end, tally)
         # Rows: a row with no loss is allowed only when each of its segments is a piece allowed to have none.
         local = row - row[0]

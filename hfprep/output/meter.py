@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..schema import row_segments, table_to_flat
 from .audit import LossAudit
 from .plots import fill_bin_counts, length_bin_counts
 from .quality import PackingReportBuilder
-from .validate import SplitStats, batch_stats
+from .validate import SplitStats, segment_stats
 
 ROW_COLUMNS = ["input_ids", "position_ids", "loss_mask"]
 
@@ -46,15 +47,16 @@ class SplitMeter:
 
     def add(self, table: pa.Table) -> None:
         """Measure one batch of rows (``input_ids``, ``position_ids``, ``loss_mask``; other columns are ignored)."""
-        rows = table.select(ROW_COLUMNS)
+        ids, pos, mask, offsets = table_to_flat(table.select(ROW_COLUMNS))
+        r = row_segments(ids, pos, mask, offsets, self.pad_token_id, self.padded)  # once, for every number below
         if self.audit is not None:
-            self.audit.add(rows, row_base=self.stats.rows)
-        s, fill, seg_len = batch_stats(rows, self.pad_token_id, self.padded)
+            self.audit.add_flat(ids, mask, offsets, r, row_base=self.stats.rows)
+        s, fill, seg_len = segment_stats(r)
         self.stats.add(s)
         self.fill_counts += np.asarray(fill_bin_counts(fill), dtype=np.int64)
         for b, c in length_bin_counts(seg_len).items() if len(seg_len) else ():
             self.segment_bins[b] = self.segment_bins.get(b, 0) + c
-        self._report.add(rows)
+        self._report.add_segments(r)
 
     @property
     def fill_bins(self) -> list[int]:

@@ -30,7 +30,7 @@ from datasets import Dataset
 
 from ..datasets_internals import arrow_table
 from ..errors import DataError
-from ..schema import row_segments, table_to_flat
+from ..schema import RowSegments, row_segments, table_to_flat
 
 REPORT_BATCH_ROWS = 8192
 
@@ -68,22 +68,6 @@ def _row_offsets(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.nan_to_num(lengths).astype(np.int64), out=offsets[1:])
     return offsets
-
-
-def _batch_segments(
-    batch: pa.Table, pad_token_id: int | None, padded: bool | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """One batch of rows -> (row lengths, pad tokens per row, segments per row, segment lengths, loss tokens)."""
-    offsets = _row_offsets(batch.column("input_ids"))
-    if not np.array_equal(_row_offsets(batch.column("position_ids")), offsets) or not np.array_equal(
-        _row_offsets(batch.column("loss_mask")), offsets
-    ):
-        raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
-    ids, pos, loss, _ = table_to_flat(batch)
-    r = row_segments(ids, pos, loss, offsets, pad_token_id, padded)
-    real = r.seg_len > 0  # the report counts segments that hold tokens (a row of padding only holds none)
-    seg_per_row = np.bincount(r.seg_row[real], minlength=len(r.row_len))
-    return r.row_len, r.pad_per_row, seg_per_row, r.seg_len[real], r.loss_tokens
 
 
 def packing_report(
@@ -157,7 +141,19 @@ class PackingReportBuilder:
     def add(self, table: pa.Table) -> None:
         """Measure one batch of packed rows (``input_ids``, ``position_ids``, ``loss_mask``)."""
         batch = table.select(["input_ids", "position_ids", "loss_mask"])
-        row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, self.pad_token_id, self.has_padding)
+        offsets = _row_offsets(batch.column("input_ids"))
+        if not np.array_equal(_row_offsets(batch.column("position_ids")), offsets) or not np.array_equal(
+            _row_offsets(batch.column("loss_mask")), offsets
+        ):
+            raise DataError("packed rows must have input_ids, position_ids and loss_mask of the same length per row")
+        ids, pos, loss, _ = table_to_flat(batch)
+        self.add_segments(row_segments(ids, pos, loss, offsets, self.pad_token_id, self.has_padding))
+
+    def add_segments(self, r: RowSegments) -> None:
+        """Add rows already measured by :func:`~hfprep.schema.row_segments` (the run measures each row group once)."""
+        real = r.seg_len > 0  # the report counts segments that hold tokens (a row of padding only holds none)
+        row_len, pad_row, seg_len, n_loss = r.row_len, r.pad_per_row, r.seg_len[real], r.loss_tokens
+        seg_row = np.bincount(r.seg_row[real], minlength=len(r.row_len))
         self.rows += len(row_len)
         self.tokens_all += int(row_len.sum())
         self.pad_tokens += int(pad_row.sum())

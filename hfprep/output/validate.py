@@ -35,7 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..schema import ROW_ARROW_TYPES, ROW_FEATURES_SPEC, output_is_padded, padding_mask, row_segments, table_to_flat
+from ..schema import (
+    ROW_ARROW_TYPES,
+    ROW_FEATURES_SPEC,
+    RowSegments,
+    output_is_padded,
+    padding_mask,
+    row_segments,
+    table_to_flat,
+)
 from .audit import AuditResult, LossAudit
 from .card import hfprep_block, read_card_metadata
 from .layout import CARD_NAME, DATA_DIR, SHARD_RE
@@ -77,7 +85,11 @@ def batch_stats(
     """Stats of packed rows, plus each row's fill (real tokens / length) and every segment's length
     (:func:`hfprep.schema.row_segments`)."""
     ids, pos, mask, offsets = table_to_flat(table)
-    r = row_segments(ids, pos, mask, offsets, pad_token_id, padded)
+    return segment_stats(row_segments(ids, pos, mask, offsets, pad_token_id, padded))
+
+
+def segment_stats(r: RowSegments) -> tuple[SplitStats, np.ndarray, np.ndarray]:
+    """:func:`batch_stats` of rows already measured by :func:`~hfprep.schema.row_segments`."""
     lengths = r.row_len
     fill = np.divide(r.real_per_row, lengths, out=np.zeros(len(lengths)), where=lengths > 0)
     stats = SplitStats(
