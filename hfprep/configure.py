@@ -145,6 +145,9 @@ class SplitResult:
     fill_bins: list[int] = field(default_factory=list)
     segment_bins: dict[int, int] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
+    documents: Any = None
+    """The split's tokenized documents in the order the packer read them (a ``datasets.Dataset``), when the recipe
+    asks for the documents config (``output.documents``)."""
 
 
 def split_stats_from(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[int, int] | None]:

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from .configure import TOKENIZER_DIR, SplitResult, TokenizerInfo, effective_tokenize_config
 from .output.card import (
+    BlockText,
     CardParams,
     CardSplit,
     TokenizerFacts,
@@ -26,6 +27,7 @@ from .output.card import (
     portable_path,
     render_dataset_card,
 )
+from .output.documents import documents_block
 from .output.mixture_report import mixture_lines
 from .output.plots import fill_bin_counts, length_bin_counts
 from .output.quality import format_report
@@ -213,10 +215,27 @@ def card_params(
     caption, note = doc_lengths_note(results)
     hub = recipe.hub
     commit = git_commit()
+    description = recipe.description or f"Language-model training data prepared from {card_source(spec, recipe)}."
+    source_line = (
+        card_source(spec, recipe)
+        + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
+        + (f", columns renamed {spec.columns}" if spec.columns else "")
+        + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else "")
+    )
+    documents = None
+    if recipe.output.documents:
+        provenance = {
+            "recipe": BlockText(card_recipe_text(recipe, spec)),
+            "description": description,
+            "source_line": source_line,
+            "source_revision": source_revision(spec),
+            "tokenizer_label": tokenizer.label,
+            "backend_report": backend_report,
+        }
+        documents = documents_block(recipe.sources is not None, provenance)
     return CardParams(
         title=hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
-        description=recipe.description
-        or f"Language-model training data prepared from {card_source(spec, recipe)}.",
+        description=description,
         pretty_name=hub.pretty_name or recipe.name or None,
         license=hub.license,
         tags=list(hub.tags),
@@ -242,10 +261,7 @@ def card_params(
         has_fill_plot=has_fill_plot,
         rows_all_full=rows_all_full(results, recipe.packing.seq_len),
         decode_replacements=replaced.sequences if replaced is not None else None,
-        source_line=card_source(spec, recipe)
-        + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
-        + (f", columns renamed {spec.columns}" if spec.columns else "")
-        + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else ""),
+        source_line=source_line,
         recipe_text=card_recipe_text(recipe, spec),
         engine_line=engine_line,
         version=__version__,
@@ -254,6 +270,7 @@ def card_params(
         recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
         date=date,
         template=recipe.output.card_template,
+        documents=documents,
     )
 
 

@@ -61,7 +61,7 @@ from .output.plots import _COLORS, _figure, _save
 from .pack.keys import batch_keys
 from .pack.packers import pack_dense_flat
 from .pack.transform import TOKEN_COLUMNS, table_to_flat
-from .schema import SOURCE_COLUMN, SOURCE_PAD
+from .schema import SOURCE_COLUMN, SOURCE_PAD, document_features, documents_from_rows
 from .source.loading import SourceSpec, load_source, resolve_source, select_split
 from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .tokenization.loading import vocab_size
@@ -93,10 +93,10 @@ class MixtureTransform(RecordingTransform):
     produced (dense tails carry it into the final pass); the run writes it only when the recipe asks.
     """
 
-    def __init__(self, config, tokenizer, num_sources: int, source_column: bool) -> None:
+    def __init__(self, config, tokenizer, num_sources: int, source_column: bool, *, pack_only: bool = False) -> None:
         # The mixture tokenizes before the reduce, with the backend the run guarded once: this transform only
         # packs, so it must not run the exactness guard again (backend "hf" builds no fast backend).
-        super().__init__(config.model_copy(update={"backend": "hf"}), tokenizer=tokenizer)
+        super().__init__(config.model_copy(update={"backend": "hf"}), tokenizer=tokenizer, pack_only=pack_only)
         self.num_sources = num_sources
         self.source_column = source_column
         self.mix_rows: np.ndarray | None = None
@@ -211,6 +211,13 @@ class MixtureTransform(RecordingTransform):
         feats = tokenized_features()
         feats[SOURCE_COLUMN] = List(Value("int16"))
         return feats
+
+    def group_documents(self, key: Any, table: pa.Table) -> pa.Table:
+        """The group's documents with the index of the source each came from (the documents config's ``source``)."""
+        return documents_from_rows(table, source=table.column(SOURCE_ID))
+
+    def documents_features(self):
+        return document_features(with_source=True)
 
 
 def _list_lengths(col: pa.ChunkedArray) -> np.ndarray:
@@ -593,6 +600,7 @@ def _run_split(
         transform_config(recipe, info.name_or_path), info.tokenizer, len(sources), recipe.source_column
     )
     transform.progress_split = split_name or None  # "pack train", as on the single-source path
+    transform.keep_documents = recipe.output.documents
     if parts:
         cat = lambda xs: np.concatenate(xs)  # noqa: E731
         order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
@@ -605,13 +613,12 @@ def _run_split(
             transform.mix_rows = rows
             out = transform.reduce(side_by_side, num_proc=num_proc)
     else:
-        transform.last_stats = []
-        out = Dataset(transform.empty_output())
+        out = transform.empty_result()
     stats, bins = split_stats_from(transform.stats)
     outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
     dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
     cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]
-    result = SplitResult(keep, out, stats, bins or None, transform.rows_in)
+    result = SplitResult(keep, out, stats, bins or None, transform.rows_in, documents=transform.last_documents)
     total_out = sum(outs)
     reports = [
         SourceReport(

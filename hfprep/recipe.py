@@ -210,10 +210,16 @@ class SplitsSection(_Section):
 
 
 class OutputSection(_Section):
-    """The output folder (Hub dataset layout) and its shard sizes."""
+    """The output folder (Hub dataset layout) and its shard sizes.
+
+    ``documents: true`` also writes the tokenized, unpacked documents as a second config, ``documents``
+    (``load_dataset(folder, "documents")``), in the order the packer reads them: ``hfprep repack`` packs them again
+    at another length without the tokenizer or the source, ``hfprep export`` writes them for other trainers.
+    """
 
     folder: str
     overwrite: bool = False
+    documents: bool = False
     max_shard_bytes: int | None = pydantic.Field(default=DEFAULT_MAX_SHARD_BYTES, ge=1)
     max_rows_per_shard: int | None = pydantic.Field(default=None, ge=1)
     row_group_rows: int = pydantic.Field(default=DEFAULT_ROW_GROUP_ROWS, ge=1)

@@ -28,13 +28,14 @@ from .describe import build_card, doc_lengths_note, make_summary, measure_output
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
+from .output.documents import write_documents
 from .output.hub import push_folder
 from .output.layout import CARD_NAME, IMAGES_DIR, atomic_output, check_output, claim_output, write_split
 from .output.plots import fill_histogram_png, length_histogram_png
 from .output.quality import packing_report
 from .recipe import Recipe, load_recipe
 from .run_splits import run_source_splits
-from .schema import output_is_padded
+from .schema import document_features, output_is_padded
 from .scratch import run_scope
 from .source.loading import SourceSpec, resolve_source
 from .tokenization.loading import eos_token_id
@@ -192,7 +193,24 @@ def _write_splits(tmp: Path, recipe: Recipe, results: list[SplitResult], tables,
         )
         split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
         log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
+    if recipe.output.documents:
+        write_documents_config(tmp, recipe, results, with_source=mix is not None, log=log)
     return split_bytes
+
+
+def write_documents_config(
+    tmp: Path, recipe: Recipe, results: list[SplitResult], with_source: bool, log: Log = _noop
+) -> None:
+    """Write every split's documents (the ``documents`` config) with the recipe's shard settings."""
+    features = document_features(with_source=with_source)
+    for r in results:
+        docs = r.documents
+        table = docs.with_format("arrow")[:] if docs is not None and len(docs) else features.arrow_schema.empty_table()
+        rel = write_documents(
+            table, tmp, r.name, features, max_rows_per_shard=recipe.output.max_rows_per_shard,
+            max_shard_bytes=recipe.output.max_shard_bytes, row_group_rows=recipe.output.row_group_rows,
+        )
+        log({"event": "wrote", "split": f"{r.name} (documents)", "shards": len(rel), "documents": table.num_rows})
 
 
 def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill_plot: bool) -> None:

@@ -106,6 +106,7 @@ def run_split_datasets(
 ) -> SplitResult:
     transform = make_transform(recipe, info)
     transform.progress_split = name
+    transform.keep_documents = recipe.output.documents
     if source_ds is None:  # plain Parquet files (datasets_reads_parquet): no Arrow cache of the input
         out = transform.run_parquet(spec.paths, num_proc=num_proc)
     elif spec.streaming:
@@ -114,7 +115,7 @@ def run_split_datasets(
         out = transform.run(select_split(source_ds, spec, num_proc=num_proc, name=name), num_proc=num_proc)
     stats, bins = split_stats_from(transform.stats)
     report = getattr(transform, "backend_report", None)
-    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
+    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report, documents=transform.last_documents)
 
 
 def datasets_reads_parquet(spec: SourceSpec) -> bool:
@@ -151,6 +152,7 @@ def run_split_ray(
     # The same transform object as the datasets engine: full tokenize section, document-length bins.
     transform = make_transform(recipe, info)
     transform.progress_split = name
+    transform.keep_documents = recipe.output.documents  # the Ray engine refuses it, in one line
     out, stats = prepare_with_ray(
         transform.config,
         ray_source(spec, source_ds, num_cpus, name),

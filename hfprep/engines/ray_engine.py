@@ -681,6 +681,12 @@ def run_on_ray(
     Example:
         >>> packed = run_on_ray(transform, ["part-0.parquet"], num_cpus=2)  # doctest: +SKIP
     """
+    if transform.keep_documents:
+        # Its reduce tasks return packed rows only; the documents would need a second return per range.
+        raise ConfigError(
+            "the Ray engine does not write the documents config (output.documents / keep_documents); "
+            "run this recipe with engine: datasets"
+        )
     ray = import_ray()
 
     out_feats = transform.output_features()

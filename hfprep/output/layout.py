@@ -61,17 +61,21 @@ MARKER_NAME = ".hfprep-output.json"
 folders with this marker (or an hfprep card) and nothing else in them. Hidden, so neither ``load_dataset`` nor a
 push sees it."""
 CARD_KEYS = frozenset({"hfprep", "hfprep_kd"})
-LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, "tokenizer", ".gitattributes"})
+DOCUMENTS_DIR = "documents"
+"""The ``documents`` config's shards (tokenized, unpacked documents): ``documents/<split>-XXXXX-of-YYYYY.parquet``,
+the layout ``push_to_hub`` gives a config of that name."""
+LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, DOCUMENTS_DIR, IMAGES_DIR, "tokenizer", ".gitattributes"})
 
 
-def shard_filename(split: str, index: int, num_shards: int) -> str:
-    """``data/<split>-XXXXX-of-YYYYY.parquet`` (relative to the dataset folder)."""
-    return f"{DATA_DIR}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+def shard_filename(split: str, index: int, num_shards: int, data_dir: str = DATA_DIR) -> str:
+    """``data/<split>-XXXXX-of-YYYYY.parquet`` (relative to the dataset folder; ``data_dir``: another config's
+    folder, e.g. ``documents``)."""
+    return f"{data_dir}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def split_glob(split: str) -> str:
+def split_glob(split: str, data_dir: str = DATA_DIR) -> str:
     """The ``configs`` data_files pattern of a split, as ``push_to_hub`` writes it."""
-    return f"{DATA_DIR}/{split}-*"
+    return f"{data_dir}/{split}-*"
 
 
 def _first_line(err: BaseException) -> str:
@@ -457,16 +461,18 @@ def write_split(
     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression: str = "zstd",
+    data_dir: str = DATA_DIR,
 ) -> list[str]:
     """Write ``table`` as the shards of ``split`` under ``folder``; returns the relative shard paths.
 
-    Shards are contiguous, equal-sized slices (the last may be shorter), so the row order is kept.
+    Shards are contiguous, equal-sized slices (the last may be shorter), so the row order is kept. ``data_dir``:
+    the folder of the config they belong to (``data`` for the packed rows, ``documents`` for the documents).
     """
     num_shards = plan_shards(table, max_rows_per_shard, max_shard_bytes)
     per = -(-table.num_rows // num_shards) if table.num_rows else 0
     paths = []
     for i in range(num_shards):
-        rel = shard_filename(split, i, num_shards)
+        rel = shard_filename(split, i, num_shards, data_dir)
         write_parquet(
             table.slice(i * per, per),
             Path(folder) / rel,

@@ -171,15 +171,22 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
             for a, b in itertools.pairwise(offsets.tolist()):
                 yield {"input_ids": ids[a:b], "position_ids": pos[a:b], "loss_mask": mask[a:b]}
 
-    def __init__(self, config: PrepareForTrainingTransformConfig, tokenizer=None) -> None:
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
-            config.tokenizer_name, revision=config.tokenizer_revision
-        )
+    def __init__(self, config: PrepareForTrainingTransformConfig, tokenizer=None, *, pack_only: bool = False) -> None:
+        """``pack_only``: the reduce side alone (what ``hfprep repack`` runs over a ``documents`` config): no
+        tokenizer is loaded, so ``config.pad_token_id`` must be given; the map side is then unavailable."""
+        if pack_only:
+            if config.pad_token_id is None:
+                raise ConfigError("a pack-only transform needs pad_token_id (it loads no tokenizer to default it)")
+            self.tokenizer = self.tokenizer_stage = self.backend_report = None
+        else:
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+                config.tokenizer_name, revision=config.tokenizer_revision
+            )
+            # The backend is resolved again in run() with a sample of the input; here the guard sees its stress set.
+            backend, self.backend_report = resolve_backend(self.tokenizer, config.backend)
+            self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config(), backend)
         self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else eos_token_id(self.tokenizer)
         self.packer = get_packer(config.packing_strategy)
-        # The backend is resolved again in run() with a sample of the input; here the guard sees its stress set.
-        backend, self.backend_report = resolve_backend(self.tokenizer, config.backend)
-        self.tokenizer_stage = Tokenizer(self.tokenizer, config.tokenize_config(), backend)
         super().__init__(self._MapFn(self), self._ReduceFn(self), config)
         # A reduce range is gathered into one Arrow table: keep it under what one list column can hold.
         self.reduce_memory_budget = min(
@@ -254,6 +261,14 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
 
     def output_features(self):
         return tokenized_features()
+
+    def group_documents(self, key: Any, table: pa.Table) -> pa.Table:
+        """The group's documents for the ``documents`` config: ids and loss mask, in the order the packer reads them
+        (positions are ``0..n-1`` in every tokenized document, so they are not kept)."""
+        return _schema.documents_from_rows(table)
+
+    def documents_features(self):
+        return _schema.document_features()
 
     def group_bytes(self, table: pa.Table, bounds: np.ndarray, order: np.ndarray) -> np.ndarray:
         lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
