@@ -173,16 +173,7 @@ def card_params(
     (``num_bytes``); ``download_bytes``: Parquet bytes."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    splits = []
-    for r in results:
-        s = r.out_stats.as_dict()
-        for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
-            if k in r.pack_stats:
-                s[k] = int(r.pack_stats[k])
-        if r.rows_in is not None:
-            s["rows_in"] = int(r.rows_in)
-            s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
-        splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
+    splits = card_splits(results)
     load_target = card_load_target(recipe)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
@@ -271,6 +262,101 @@ def card_params(
         date=date,
         template=recipe.output.card_template,
         documents=documents,
+    )
+
+
+def card_splits(results: list[SplitResult]) -> list[CardSplit]:
+    """Every split as the card shows it: the rows' stats plus the packer's document and token counts."""
+    splits = []
+    for r in results:
+        s = r.out_stats.as_dict()
+        for k in ("docs_in", "docs_dropped", "tokens_in", "tokens_dropped", "tokens_truncated"):
+            if k in r.pack_stats:
+                s[k] = int(r.pack_stats[k])
+        if r.rows_in is not None:
+            s["rows_in"] = int(r.rows_in)
+            s["docs_dropped_by_tokenizer"] = int(r.rows_in) - int(r.pack_stats.get("docs_in", r.rows_in))
+        splits.append(CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, s, r.quality))
+    return splits
+
+
+def repack_card_params(
+    source_meta: dict[str, Any],
+    recipe: Recipe,
+    results: list[SplitResult],
+    split_bytes: dict[str, int],
+    pad_id: int,
+    date: str,
+    *,
+    download_bytes: dict[str, int],
+    has_fill_plot: bool,
+    repacked_from: dict[str, str],
+) -> CardParams:
+    """The card of a repacked dataset (``hfprep repack``): the packing, rows and stats of ``results``, and what
+    only the source's run knew (tokenizer, source, provenance) from the source's card (``hfprep.documents``), so
+    neither the tokenizer nor the source is needed."""
+    hf = source_meta["hfprep"]
+    provenance = dict(hf["documents"]["provenance"])
+    provenance["recipe"] = BlockText(recipe.text or "")
+    tok_meta = dict(hf["tokenizer"])
+    load_target = card_load_target(recipe)
+    bundled = tok_meta.get("subfolder") == TOKENIZER_DIR
+    if bundled:  # the tokenizer travels with the repack: loadable from where the repack is
+        tok_meta["name_or_path"] = load_target
+    tokenizer = TokenizerFacts(
+        metadata=tok_meta,
+        label=str(provenance.get("tokenizer_label", tok_meta.get("name_or_path"))),
+        vocab_size=int(tok_meta["vocab_size"]),
+        fingerprint=str(tok_meta.get("fingerprint")),
+        eos_id=int(tok_meta["eos_token_id"]),
+        pad_id=pad_id,
+        backend=str(tok_meta.get("backend")),
+        backend_report=provenance.get("backend_report"),
+        bundled_dir=TOKENIZER_DIR if bundled else None,
+    )
+    caption, note = doc_lengths_note(results)
+    hub = recipe.hub
+    return CardParams(
+        title=hub.pretty_name or recipe.name or Path(recipe.output.folder).name,
+        description=str(provenance.get("description", "")),
+        pretty_name=hub.pretty_name or recipe.name or None,
+        license=hub.license,
+        tags=list(hub.tags),
+        source_datasets=list(source_meta.get("source_datasets") or ["original"]),
+        strategy=str(hf["strategy"]),
+        tokenize_options=dict(hf.get("tokenize") or {}),
+        only_middle_not_masked=effective_tokenize_config(recipe).only_middle_not_masked,
+        seq_len=recipe.packing.seq_len,
+        packing=recipe.packing.strategy,
+        packing_kwargs=dict(recipe.packing.packing_kwargs),
+        num_reduce_chunks=recipe.packing.num_reduce_chunks,
+        padded=output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs),
+        heldout_fraction=recipe.splits.heldout_fraction,
+        heldout_name=recipe.splits.heldout_name,
+        train_name=recipe.splits.train_name,
+        splits=card_splits(results),
+        split_bytes=split_bytes,
+        download_bytes=download_bytes,
+        tokenizer=tokenizer,
+        load_target=load_target,
+        doc_lengths_caption=caption,
+        doc_lengths_note=note,
+        has_fill_plot=has_fill_plot,
+        rows_all_full=rows_all_full(results, recipe.packing.seq_len),
+        decode_replacements=hf.get("source_decode_replacements"),
+        source_line=str(provenance.get("source_line", "")),
+        recipe_text=(recipe.text or "").rstrip("\n"),
+        engine_line=f"`hfprep repack` of {repacked_from['source']} @ {repacked_from['revision']} (its documents "
+        "config: no tokenizer, no source read)",
+        version=__version__,
+        git_commit=git_commit(),
+        source_revision=str(provenance.get("source_revision", "")),
+        recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
+        date=date,
+        template=recipe.output.card_template if recipe.output.card_template and os.path.isfile(
+            recipe.output.card_template) else None,
+        documents=documents_block(hf["documents"].get("columns", []) != ["input_ids", "loss_mask"], provenance),
+        repacked_from=dict(repacked_from),
     )
 
 

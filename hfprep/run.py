@@ -23,8 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from .configure import TOKENIZER_DIR, SplitResult, effective_tokenize_config
 from .describe import build_card, doc_lengths_note, make_summary, measure_output, reduce_chunks_advice, rows_all_full
+from .engines.ray_engine import refuse_documents
 from .errors import ConfigError, DataError
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
@@ -107,6 +110,8 @@ def run_inputs(recipe: Recipe, spec: SourceSpec | None = None) -> list[str]:
 def _run_claimed(
     recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose=False
 ) -> dict[str, Any]:
+    if engine == "ray":
+        refuse_documents(recipe.output.documents)  # before any work
     mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
     if recipe.sources is not None:
         mix = run_mixture_splits(recipe, engine, num_proc, log)
@@ -120,24 +125,20 @@ def _run_claimed(
         info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose)
 
     pad_id = recipe.packing.pad_token_id if recipe.packing.pad_token_id is not None else eos_token_id(info.tokenizer)
-    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
-    tables = {r.name: measure_output(r, pad_id, padded) for r in results}
+    tables, results, warnings = measure_results(recipe, results, pad_id, log)
     if mix is not None:
         tables = mix.output_tables(tables)
-    results, warnings = _keep_written_splits(recipe, results, log)
-    for r in results:
-        r.quality = packing_report(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_token_id=pad_id, padded=padded)
     backend_report = next((r.backend_report for r in results if r.backend_report), None)
     engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
 
     with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
-        split_bytes = _write_splits(tmp, recipe, results, tables, mix, log)
+        features = mix.features() if mix is not None else tokenized_features()
+        split_bytes = write_splits(tmp, recipe, results, tables, features, log)
+        if recipe.output.documents:
+            write_documents_config(tmp, recipe, results, with_source=mix is not None, log=log)
         if info.bundle_dir:
             shutil.copytree(info.bundle_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
-        # A fill histogram of full rows is one bar: shown only when some row has room left.
-        has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
-        if recipe.output.plots:
-            _write_plots(tmp, recipe, results, has_fill_plot)
+        has_fill_plot = write_plots(tmp, recipe, results)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}  # num_bytes as datasets computes it
         card = build_card(recipe, info, spec, results, arrow_bytes, pad_id, backend_report, engine_line, date,
@@ -161,6 +162,19 @@ def _run_claimed(
     return summary
 
 
+def measure_results(
+    recipe: Recipe, results: list[SplitResult], pad_id: int, log: Log
+) -> tuple[dict[str, pa.Table], list[SplitResult], list[str]]:
+    """The packed splits as written and described: every split's table and stats (:func:`measure_output`), the
+    splits kept (:func:`_keep_written_splits`) with their packing reports, and the run's warnings."""
+    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
+    tables = {r.name: measure_output(r, pad_id, padded) for r in results}
+    results, warnings = _keep_written_splits(recipe, results, log)
+    for r in results:
+        r.quality = packing_report(r.dataset, recipe.packing.seq_len, r.pack_stats, pad_token_id=pad_id, padded=padded)
+    return tables, results, warnings
+
+
 def _keep_written_splits(recipe: Recipe, results: list[SplitResult], log: Log) -> tuple[list[SplitResult], list[str]]:
     """Refuse a run whose first split packed no row; drop (with a warning) later splits that are empty."""
     if results[0].out_stats.rows == 0:
@@ -178,7 +192,9 @@ def _keep_written_splits(recipe: Recipe, results: list[SplitResult], log: Log) -
     return results, warnings
 
 
-def _write_splits(tmp: Path, recipe: Recipe, results: list[SplitResult], tables, mix, log: Log) -> dict[str, int]:
+def write_splits(
+    tmp: Path, recipe: Recipe, results: list[SplitResult], tables: dict[str, pa.Table], features, log: Log = _noop
+) -> dict[str, int]:
     """Write every split's Parquet shards into ``tmp``; returns the bytes written per split."""
     split_bytes: dict[str, int] = {}
     for r in results:
@@ -186,15 +202,13 @@ def _write_splits(tmp: Path, recipe: Recipe, results: list[SplitResult], tables,
             tables[r.name],
             tmp,
             r.name,
-            features=mix.features() if mix is not None else tokenized_features(),
+            features=features,
             max_rows_per_shard=recipe.output.max_rows_per_shard,
             max_shard_bytes=recipe.output.max_shard_bytes,
             row_group_rows=recipe.output.row_group_rows,
         )
         split_bytes[r.name] = sum((tmp / p).stat().st_size for p in rel)
         log({"event": "wrote", "split": r.name, "shards": len(rel), "bytes": split_bytes[r.name]})
-    if recipe.output.documents:
-        write_documents_config(tmp, recipe, results, with_source=mix is not None, log=log)
     return split_bytes
 
 
@@ -213,7 +227,12 @@ def write_documents_config(
         log({"event": "wrote", "split": f"{r.name} (documents)", "shards": len(rel), "documents": table.num_rows})
 
 
-def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill_plot: bool) -> None:
+def write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult]) -> bool:
+    """The card's figures under ``tmp/images`` when the recipe wants plots; returns whether a fill histogram was
+    drawn (a fill histogram of full rows is one bar: drawn only when some row has room left)."""
+    has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
+    if not recipe.output.plots:
+        return has_fill_plot
     (tmp / IMAGES_DIR).mkdir()
     seq_len = recipe.packing.seq_len
     doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
@@ -221,6 +240,7 @@ def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill
     length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption, seq_len=seq_len)
     if has_fill_plot:
         fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png", seq_len)
+    return has_fill_plot
 
 
 def _push(recipe: Recipe, out_dir: Path, log: Log) -> Any:
