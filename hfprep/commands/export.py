@@ -33,14 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DataError, OutputExistsError
 from ..interrupts import handle_interrupts
 from ..output.layout import output_errors, output_lock
 from ..output.megatron import megatron_dtype, write_index
 from ..version import __version__
-from .prepared import PreparedDataset, open_prepared
+from .prepared import PreparedDataset, document_batches, open_prepared
 from .staging import Staging
 
 Log = Callable[[dict[str, Any]], None]
@@ -134,10 +133,11 @@ def export(
         existing = [str(p) for p in files.values() if p.exists()]
         if existing and not overwrite:
             raise OutputExistsError(f"output {existing[0]!r} already exists; pass --overwrite (or pick another prefix)")
-        staging = Staging(final, identity, overwrite)
-        written = _export_shards(source, shards[split], split, format, dtype, vocab, eos, staging, memory_budget, log)
-        summary = _publish(source, staging, split, format, dtype, vocab, eos, files, written)
-        staging.remove()
+        with Staging(final, identity, overwrite) as staging:
+            written = _export_shards(source, shards[split], split, format, dtype, vocab, eos, staging, memory_budget,
+                                     log)
+            summary = _publish(source, staging, split, format, dtype, vocab, eos, files, written)
+            staging.remove()
     elapsed = time.perf_counter() - t0
     summary.update(elapsed_s=round(elapsed, 3), resumed=staging.resumed,
                    tokens_per_s=round(summary["tokens"] / elapsed, 1) if elapsed > 0 else None)
@@ -198,19 +198,13 @@ def _export_shards(
 
 
 def _batches(path: Path, budget: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(flat ids, flat loss mask, document lengths)`` of a documents shard, in batches of rows sized so that one
-    holds about ``budget`` bytes at most (from the file's own row-group sizes)."""
-    pf = pq.ParquetFile(path)
-    meta = pf.metadata
-    row_bytes = max((meta.row_group(g).total_byte_size / max(1, meta.row_group(g).num_rows)
-                     for g in range(meta.num_row_groups)), default=1.0)
-    rows = int(max(1, min(65536, budget // max(1.0, 3 * row_bytes))))  # decoded batch + dtype copy + mask bytes
-    for batch in pf.iter_batches(batch_size=rows, columns=["input_ids", "loss_mask"]):
+    """``(flat ids, flat loss mask, document lengths)`` of a documents shard, batch by batch."""
+    for batch in document_batches(path, budget, columns=["input_ids", "loss_mask"]):
         ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
         lens = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        ids = ids_col.flatten().to_numpy(zero_copy_only=False)
-        mask = mask_col.flatten().to_numpy(zero_copy_only=False).astype(np.bool_, copy=False)
-        yield ids, mask, lens
+        ids = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in ids_col.chunks] or [np.zeros(0)])
+        mask = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in mask_col.chunks] or [np.zeros(0)])
+        yield ids.astype(np.uint32, copy=False), mask.astype(np.bool_, copy=False), lens
 
 
 def _publish(

@@ -24,8 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from huggingface_hub import HfApi, constants, hf_hub_download
+import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -34,7 +37,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP
 from ..errors import DataError, HubError
 from ..output.card import parse_card_metadata
 from ..output.documents import DOCUMENTS_CONFIG
@@ -111,19 +116,51 @@ class PreparedDataset:
             yield self.folder / rel
             return
         into.mkdir(parents=True, exist_ok=True)
-        with _read_errors(self.where, self.endpoint):
-            path = Path(hf_hub_download(self.repo_id, rel, repo_type=REPO_TYPE, revision=self.revision,
-                                        local_dir=str(into), token=self.token, endpoint=self.endpoint))
+        path = into / rel.rpartition("/")[2]
+        tmp = path.with_name(f".{path.name}.tmp")
         try:
+            with _read_errors(self.where, self.endpoint), open(tmp, "wb") as f, get_session().stream(
+                "GET", self._url(rel), headers=build_hf_headers(token=self.token), follow_redirects=True
+            ) as response:
+                hf_raise_for_status(response)
+                for chunk in response.iter_bytes(1 << 20):  # to disk as it comes: memory stays one chunk
+                    f.write(chunk)
+            os.replace(tmp, path)
             yield path
         finally:
+            tmp.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
+
+    def _url(self, rel: str) -> str:
+        return f"{self.endpoint}/datasets/{self.repo_id}/resolve/{self.revision}/{quote(rel)}"
 
     def extra_prefix(self) -> str:
         """Where a push put the dataset's other files (``tokenizer/``...): the repo root for the default config,
         ``<config>/`` for a named one."""
         config = self.hfprep.get("config_name")
         return f"{config}/" if self.repo_id is not None and config else ""
+
+
+def document_batches(path: str | os.PathLike, budget: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The rows of a documents shard in batches of about ``budget`` bytes once decoded and worked on: rows per batch
+    from the token count the file's footer gives for each row group (``BYTES_PER_TOKEN_IN_GROUP`` per token, twice:
+    the decoded batch and the arrays made from it).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "d.parquet")
+        >>> pq.write_table(pa.table({"input_ids": [[1, 2], [3]]}), path)
+        >>> [t.num_rows for t in document_batches(path, budget=40)]
+        [1, 1]
+    """
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == "input_ids")
+    per_row = max((meta.row_group(g).column(leaf).num_values / max(1, meta.row_group(g).num_rows)
+                   for g in range(meta.num_row_groups)), default=1.0)
+    rows = int(max(1, min(65536, budget // max(1.0, 2 * BYTES_PER_TOKEN_IN_GROUP * per_row))))
+    for batch in pf.iter_batches(batch_size=rows, columns=columns):
+        yield pa.Table.from_batches([batch])
 
 
 def documents_shard_name(rel: str) -> str:
@@ -169,10 +206,12 @@ def open_prepared(src: str | os.PathLike, revision: str | None = None, token: st
                        if isinstance(e, RepoFile))
         if CARD_NAME not in files:
             raise DataError(f"{where}@{sha}: no {CARD_NAME} (dataset card); is it a dataset hfprep prepared?")
-        card = hf_hub_download(where, CARD_NAME, repo_type=REPO_TYPE, revision=sha, token=token, endpoint=endpoint)
-        text = Path(card).read_text(encoding="utf-8")
-    return PreparedDataset(where, sha, _card(text, f"{where}@{sha}"), files, repo_id=where, endpoint=endpoint,
-                           token=token)
+        found = PreparedDataset(where, sha, {}, files, repo_id=where, endpoint=endpoint, token=token)
+        response = get_session().get(found._url(CARD_NAME), headers=build_hf_headers(token=token),
+                                     follow_redirects=True)
+        hf_raise_for_status(response)
+    found.meta = _card(response.content.decode("utf-8"), f"{where}@{sha}")
+    return found
 
 
 def _card(text: str, where: str) -> dict[str, Any]:
@@ -202,7 +241,7 @@ def _read_errors(where: str, endpoint: str | None) -> Iterator[None]:
     except RevisionNotFoundError as e:
         raise HubError(f"revision not found in {where!r} on {endpoint}; check --revision") from e
     except EntryNotFoundError as e:
-        raise HubError(f"{where}: a file listed by the repo is gone ({e.__class__.__name__}); retry") from e
+        raise HubError(f"{where}: a file the repo lists is not there ({e.__class__.__name__}); retry") from e
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         raise HubError(f"reading {where!r} from {endpoint} failed ({status}); retry later") from e

@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pydantic
 import yaml
 from datasets import Dataset, DatasetInfo, concatenate_datasets
@@ -63,13 +62,12 @@ from ..run import measure_results, write_plots, write_splits
 from ..schema import rows_from_documents
 from ..tokenization.stage import tokenized_features
 from ..version import __version__
-from .prepared import PreparedDataset, documents_shard_name, open_prepared
+from .prepared import PreparedDataset, document_batches, documents_shard_name, open_prepared
 from .staging import Staging
 
 Log = Callable[[dict[str, Any]], None]
 DEFAULT_MEMORY_BUDGET = 1 << 30
 """Bytes of documents (``BYTES_PER_TOKEN_IN_GROUP`` per token) a repack may hold at once: one group."""
-BATCH_ROWS = 1024
 
 
 def _noop(_: dict[str, Any]) -> None:
@@ -120,8 +118,7 @@ def repack(
     identity = {"command": "repack", "source": source.where, "revision": source.revision,
                 "packing": recipe.packing.model_dump(mode="json"), "version": __version__}
     log({"event": "source", "source": source.label, "splits": {s: len(p) for s, p in shards.items()}})
-    with handle_interrupts(), claim_output(out_dir, overwrite, protect):
-        staging = Staging(out_dir, identity, overwrite)
+    with handle_interrupts(), claim_output(out_dir, overwrite, protect), Staging(out_dir, identity, overwrite) as staging:
         results, peak = [], 0
         for split, rels in shards.items():
             packed = _repack_split(source, split, rels, transform, staging, memory_budget, log)
@@ -226,8 +223,7 @@ class _Groups:
     def read(self, path: Path, where: str) -> Iterator[tuple[int, pa.Table]]:
         """The groups that end inside the Parquet file ``path`` (``where`` names it in errors)."""
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
+        for table in document_batches(path, self.budget):
             ids = table.column("input_ids")
             lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -92,3 +92,12 @@ class Staging:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """On an error (Ctrl-C too) the folder stays for the next run, unless no shard was finished: then it holds
+        nothing worth resuming and goes."""
+        if exc_type is not None and not any(self.manifest["done"].values()):
+            self.remove()

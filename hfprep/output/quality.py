@@ -32,7 +32,9 @@ from ..datasets_internals import arrow_table
 from ..errors import DataError
 from ..schema import padding_mask
 
-REPORT_BATCH_ROWS = 8192
+REPORT_BATCH_TOKENS = 2**18
+"""Tokens measured at once (a few int64 temporaries each): rows per batch are this over ``seq_len``, so the report
+holds the same memory at any row length (8,192 rows of 8,192 tokens took gigabytes)."""
 
 
 def histogram_edges(seq_len: int) -> list[int]:
@@ -145,8 +147,9 @@ def packing_report(
     seg_min, seg_max, spr_min, spr_max = None, 0, None, 0
     has_padding = padded
     padded = True  # the report's own key: every row exactly seq_len long
-    for start in range(0, table.num_rows, REPORT_BATCH_ROWS):
-        batch = table.slice(start, REPORT_BATCH_ROWS).select(["input_ids", "position_ids", "loss_mask"])
+    batch_rows = max(1, REPORT_BATCH_TOKENS // int(seq_len))
+    for start in range(0, table.num_rows, batch_rows):
+        batch = table.slice(start, batch_rows).select(["input_ids", "position_ids", "loss_mask"])
         row_len, pad_row, seg_row, seg_len, n_loss = _batch_segments(batch, pad_token_id, has_padding)
         rows += len(row_len)
         tokens_all += int(row_len.sum())
