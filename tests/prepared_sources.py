@@ -12,6 +12,10 @@ import hashlib
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +77,35 @@ def reference_key(ids: list[int], num_keys: int) -> int:
     arr = np.asarray(ids, dtype="<u4")
     digest = hashlib.sha256(f"({len(ids)},)-uint32".encode() + arr.tobytes()).digest()
     return int.from_bytes(digest, "big") % num_keys
+
+
+KILL_AFTER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from hfprep.commands import prepared
+    from hfprep.commands.{module} import {function}
+
+    cfg = json.loads(sys.argv[1])
+    fetch, calls = prepared.PreparedDataset.fetch, [0]
+
+    def fetch_then_die(self, rel, into):
+        calls[0] += 1
+        if calls[0] > cfg["kill_after"]:
+            os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9: no cleanup of any kind runs
+        return fetch(self, rel, into)
+
+    prepared.PreparedDataset.fetch = fetch_then_die
+    {function}(cfg["src"], cfg["out"], token=cfg["token"], **cfg["kwargs"])
+    """
+)
+
+
+def run_killed(module: str, function: str, src: str, out: Path, kwargs: dict, kill_after: int, env: dict,
+               token: str | None = None) -> None:
+    """Run ``hfprep.commands.<module>.<function>`` in a process that SIGKILLs itself at its fetch number
+    ``kill_after + 1`` (after ``kill_after`` shards were read and recorded)."""
+    code = KILL_AFTER.format(module=module, function=function)
+    cfg = {"src": src, "out": str(out), "kwargs": kwargs, "kill_after": kill_after, "token": token}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

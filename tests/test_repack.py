@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from hfprep.output.validate import validate_folder
 from hfprep.run import run_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prepared_sources import file_bytes, write_recipe, write_texts
+from prepared_sources import file_bytes, run_killed, write_recipe, write_texts
 from test_push import WRITE_TOKEN, hub, hub_in_process  # noqa: F401 - fixtures, used through local_hub
 
 
@@ -129,37 +128,6 @@ def test_repack_from_the_hub_at_a_revision(source, local_hub, tmp_path):
     assert not list(tmp_path.glob(".*.partial"))
 
 
-KILL_AFTER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    from hfprep.commands import prepared
-    from hfprep.commands.{module} import {function}
-
-    cfg = json.loads(sys.argv[1])
-    fetch, calls = prepared.PreparedDataset.fetch, [0]
-
-    def fetch_then_die(self, rel, into):
-        calls[0] += 1
-        if calls[0] > cfg["kill_after"]:
-            os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9: no cleanup of any kind runs
-        return fetch(self, rel, into)
-
-    prepared.PreparedDataset.fetch = fetch_then_die
-    {function}(cfg["src"], cfg["out"], token=cfg["token"], **cfg["kwargs"])
-    """
-)
-
-
-def run_killed(module: str, function: str, src: str, out: Path, kwargs: dict, kill_after: int, env: dict) -> int:
-    """Run ``hfprep.commands.<module>.<function>`` in a process that SIGKILLs itself at fetch ``kill_after + 1``."""
-    code = KILL_AFTER.format(module=module, function=function)
-    cfg = {"src": src, "out": str(out), "kwargs": kwargs, "kill_after": kill_after, "token": WRITE_TOKEN}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    return proc.returncode
-
-
 def test_killed_repack_from_the_hub_resumes_with_the_same_bytes(source, local_hub, tmp_path, monkeypatch):
     server = local_hub
     push_folder(source / "out", "user/resume", token=WRITE_TOKEN)
@@ -167,7 +135,8 @@ def test_killed_repack_from_the_hub_resumes_with_the_same_bytes(source, local_hu
     repack(source / "out", reference, seq_len=64, strategy="no_incomplete")
     out = tmp_path / "out"
     env = server.client_env(dict(os.environ), WRITE_TOKEN, str(tmp_path / "hf_home"))
-    run_killed("repack", "repack", "user/resume", out, {"seq_len": 64, "strategy": "no_incomplete"}, 3, env)
+    run_killed("repack", "repack", "user/resume", out, {"seq_len": 64, "strategy": "no_incomplete"}, 3, env,
+               WRITE_TOKEN)
     staging = tmp_path / ".out.partial"
     manifest = json.loads((staging / "manifest.json").read_text())
     assert [r["shard"] for r in manifest["done"]["train"]] == [0, 1, 2]
