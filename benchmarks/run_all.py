@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "collate": "bench_collate.py",  # collators vs DataCollatorWithFlattening, TRL padding_free, seed collate_lm
     "kd": "bench_kd.py",  # KD cache bytes/token, teacher tokens/s, reader vs to_pydict
     "push": "bench_push.py",  # push_folder vs push_to_hub against the local test Hub
+    "repack": "bench_repack.py",  # repack vs a fresh run at the new seq_len; export tokens/s
 }
 
 
