@@ -615,30 +615,61 @@ def _run_split(
     else:
         out = transform.empty_result()
     stats, bins = split_stats_from(transform.stats)
-    outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
-    dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
-    cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]
+    counts = pop_source_counts(stats, len(sources))
     result = SplitResult(keep, out, stats, bins or None, transform.rows_in, documents=transform.last_documents)
-    total_out = sum(outs)
     reports = [
-        SourceReport(
-            name=s.name,
-            source=_source_id(s.spec),
-            docs_available=avail_docs[s.index],
-            tokens_available=avail_tokens[s.index],
-            docs_chosen=sel.docs,
-            tokens_chosen=sel.tokens,
-            epochs=round(sel.passes, 4),
-            share_asked=round(budgets[s.index] / total, 6) if total else 0.0,
-            tokens_out=outs[s.index],
-            share_delivered=round(outs[s.index] / total_out, 6) if total_out else 0.0,
-            tokens_lost=sel.tokens - outs[s.index],
-            lost_dropped=dropped[s.index],
-            lost_cut=cut[s.index],
+        packed_report(
+            SourceReport(
+                name=s.name,
+                source=_source_id(s.spec),
+                docs_available=avail_docs[s.index],
+                tokens_available=avail_tokens[s.index],
+                docs_chosen=sel.docs,
+                tokens_chosen=sel.tokens,
+                epochs=round(sel.passes, 4),
+                share_asked=round(budgets[s.index] / total, 6) if total else 0.0,
+            ),
+            counts, s.index,
         )
         for s, sel in zip(sources, selections)
     ]
     return result, reports, total, notes
+
+
+def pop_source_counts(stats: dict[str, Any], num_sources: int) -> tuple[list[int], list[int], list[int]]:
+    """The per-source token counts :class:`MixtureTransform` leaves in a split's stats (written, dropped whole,
+    cut), taken out of them: ``(out, dropped, cut)``, one entry per source."""
+    return tuple(  # type: ignore[return-value]
+        [int(stats.pop(f"{prefix}{i}", 0)) for i in range(num_sources)]
+        for prefix in (MIX_OUT_PREFIX, MIX_DROPPED_PREFIX, MIX_CUT_PREFIX)
+    )
+
+
+def packed_report(report: SourceReport, counts: tuple[list[int], list[int], list[int]], index: int) -> SourceReport:
+    """``report`` (what was chosen) with what packing made of it: tokens out, share delivered, tokens lost."""
+    outs, dropped, cut = counts
+    total_out = sum(outs)
+    return dataclasses.replace(
+        report,
+        tokens_out=outs[index],
+        share_delivered=round(outs[index] / total_out, 6) if total_out else 0.0,
+        tokens_lost=report.tokens_chosen - outs[index],
+        lost_dropped=dropped[index],
+        lost_cut=cut[index],
+    )
+
+
+def repacked_mixture(recipe, source_meta: dict[str, Any], results: list[SplitResult]) -> MixtureRun:
+    """The mixture part of a repacked dataset (``hfprep repack``): the source card's mixture table (what was
+    chosen) with the new packing's per-source counts (first split), taken out of every split's stats."""
+    mixture = source_meta["hfprep"]["mixture"]
+    chosen = [SourceReport(**{k: v for k, v in r.items() if k in SourceReport.__dataclass_fields__})
+              for r in mixture["sources"]]
+    counts = [pop_source_counts(r.pack_stats, len(chosen)) for r in results]
+    reports = [packed_report(r, counts[0], i) for i, r in enumerate(chosen)]
+    hub_ids = [d for d in source_meta.get("source_datasets") or [] if d != "original"]
+    return MixtureRun(recipe, None, None, results, reports, int(mixture["tokens"]), list(mixture.get("notes") or []),
+                      [r.name for r in chosen], hub_ids)
 
 
 def _reduce_on_ray(transform: MixtureTransform, mixed, recipe):

@@ -94,6 +94,32 @@ def test_repack_of_a_repack_needs_only_the_repack(source, tokenizer_path, tmp_pa
     assert file_bytes(tmp_path / "second", "data") == file_bytes(fresh, "data")
 
 
+def mixture_recipe(root: Path, tokenizer_path: str, out: str, packing: dict) -> Path:
+    sources = [{"name": "long", "files": ["a.jsonl"], "weight": 0.7}, {"name": "short", "files": ["b.jsonl"], "weight": 0.3}]
+    recipe = write_recipe(root, tokenizer_path, out=out, packing={**SOURCE, **packing}, sources=sources, max_epochs=3,
+                          source_column=True, splits={"heldout_fraction": 0.1})
+    data = yaml.safe_load(recipe.read_text())
+    del data["source"]
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    return recipe
+
+
+@pytest.mark.parametrize("packing", ["dense", "bfd"])
+def test_repack_of_a_mixture_equals_a_fresh_run(tmp_path, tokenizer_path, packing):
+    write_texts(tmp_path / "a.jsonl", 40, seed=13)
+    write_texts(tmp_path / "b.jsonl", 40, seed=14, hi=60)
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, "source", {}))
+    run_recipe(mixture_recipe(tmp_path, tokenizer_path, "fresh", {"seq_len": 300, **PACKINGS[packing]}))
+    out = tmp_path / "repacked"
+    repack(tmp_path / "source", out, seq_len=300, **({"strategy": "bfd"} if packing == "bfd" else {}))
+    assert file_bytes(out, "data") == file_bytes(tmp_path / "fresh", "data")  # the `source` column included
+    meta, fresh = read_card_metadata(out / "README.md"), read_card_metadata(tmp_path / "fresh" / "README.md")
+    assert meta["hfprep"]["mixture"] == fresh["hfprep"]["mixture"] and meta["hfprep"]["stats"] == fresh["hfprep"]["stats"]
+    assert (out / "images" / "mixture_shares.png").read_bytes() == (tmp_path / "fresh" / "images" / "mixture_shares.png").read_bytes()
+    report = validate_folder(out)
+    assert report.ok, report.violations
+
+
 def test_repack_refuses_what_it_cannot_reproduce(source, tmp_path, tokenizer_path):
     src = source / "out"
     with pytest.raises(ConfigError, match=r"--num-reduce-chunks 8: a repack keeps the source's 4 keys"):

@@ -12,6 +12,9 @@ shards are byte-identical to a fresh run of the recipe with the new packing. The
 (the packed splits, the documents config, the bundled tokenizer, figures and a card that records
 ``repacked_from: {source, revision}``), written atomically.
 
+**Mixtures** repack too: the documents' ``source`` goes to the mixture's reduce, which labels every packed token
+with it, and the card's mixture table keeps what the source chose with what the new packing made of it.
+
 **Keys.** The key count is the source's: a document's place inside its new group would be its input order, which
 the documents config does not keep across keys, so another ``num_reduce_chunks`` is refused (re-run the recipe).
 
@@ -53,13 +56,14 @@ from ..describe import repack_card_params
 from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP, ArrowStreamSink, features_schema, reduce_groups
 from ..errors import ConfigError, DataError
 from ..interrupts import handle_interrupts
+from ..mixture_run import CHART, SOURCE_ID, MixtureTransform, repacked_mixture
 from ..output.card import dump_yaml, render_dataset_card
-from ..output.layout import CARD_NAME, DOCUMENTS_DIR, atomic_output, claim_output
+from ..output.layout import CARD_NAME, DOCUMENTS_DIR, IMAGES_DIR, atomic_output, claim_output
 from ..pack.keys import batch_keys
 from ..pack.packers import get_packer
 from ..recipe import PackingSection, Recipe, check_packing_strategy, parse_recipe
 from ..run import measure_results, write_plots, write_splits
-from ..schema import rows_from_documents
+from ..schema import SOURCE_COLUMN, rows_from_documents
 from ..tokenization.stage import tokenized_features
 from ..version import __version__
 from .prepared import PreparedDataset, document_batches, documents_shard_name, open_prepared
@@ -187,17 +191,16 @@ def repacked_recipe(
 
 
 def pack_only_transform(source: PreparedDataset, recipe: Recipe) -> RecordingTransform:
-    """The recipe's transform, reduce side only: no tokenizer loaded, the pad id from the source's card."""
-    if source.hfprep.get("mixture") is not None:
-        raise DataError(
-            f"{source.where}: repack of a mixture is not supported (its card's per-source table is made by the "
-            "mixture run); re-run its recipe with the new packing"
-        )
+    """The recipe's transform, reduce side only: no tokenizer loaded, the pad id from the source's card (a
+    mixture's transform, which labels every packed token with its source, for a mixture)."""
     tok = source.hfprep.get("tokenizer") or {}
     if tok.get("pad_token_id") is None:
         raise DataError(f"{source.where}/{CARD_NAME}: hfprep.tokenizer.pad_token_id is missing; re-create the dataset")
     cfg = transform_config(recipe, str(tok.get("name_or_path") or "unknown"))
     cfg = cfg.model_copy(update={"pad_token_id": int(tok["pad_token_id"])})
+    mixture = source.hfprep.get("mixture")
+    if mixture is not None:
+        return MixtureTransform(cfg, None, len(mixture["sources"]), recipe.source_column, pack_only=True)
     return RecordingTransform(cfg, pack_only=True)
 
 
@@ -258,6 +261,8 @@ class _Groups:
     def _take(self) -> pa.Table:
         group = rows_from_documents(pa.concat_tables(self.parts))
         self.parts, self.tokens = [], 0
+        if SOURCE_COLUMN in group.column_names:  # a mixture's documents: the source index its reduce reads
+            group = group.rename_columns([SOURCE_ID if n == SOURCE_COLUMN else n for n in group.column_names])
         return group
 
     def carry(self) -> pa.Table | None:
@@ -382,9 +387,12 @@ def _write_output(
 ) -> None:
     """The prepared folder, as ``hfprep run`` writes it: packed splits, documents config, tokenizer, figures, card."""
     pad_id = int(source.hfprep["tokenizer"]["pad_token_id"])
+    mix = repacked_mixture(recipe, source.meta, results) if source.hfprep.get("mixture") is not None else None
     tables, results, _ = measure_results(recipe, results, pad_id, log)
+    if mix is not None:
+        tables = mix.output_tables(tables)
     with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
-        split_bytes = write_splits(tmp, recipe, results, tables, tokenized_features(), log)
+        split_bytes = write_splits(tmp, recipe, results, tables, mix.features() if mix else tokenized_features(), log)
         (tmp / DOCUMENTS_DIR).mkdir()
         for p in sorted(staging.file(DOCUMENTS_DIR).iterdir()):
             os.link(p, tmp / DOCUMENTS_DIR / p.name)  # the staging folder is next to the output: same file system
@@ -396,7 +404,12 @@ def _write_output(
             source.meta, recipe, results, arrow_bytes, pad_id, date, download_bytes=split_bytes,
             has_fill_plot=has_fill_plot, repacked_from={"source": source.where, "revision": source.revision},
         )
-        (tmp / CARD_NAME).write_text(render_dataset_card(params), encoding="utf-8")
+        card = render_dataset_card(params)
+        if mix is not None:
+            if recipe.output.plots:
+                mix.write_chart(tmp / IMAGES_DIR / CHART)
+            card = mix.card(card, with_chart=recipe.output.plots)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
 
 
 def _copy_tokenizer(source: PreparedDataset, tmp: Path) -> None:
