@@ -127,7 +127,7 @@ def repack(
         for split, rels in shards.items():
             packed = _repack_split(source, split, rels, transform, staging, memory_budget, log)
             peak = max(peak, packed.peak_bytes)
-            results.append(packed.result(transform, source))
+            results.append(packed.result(transform))
         _write_output(source, recipe, results, staging, out_dir, overwrite, protect, log)
         staging.remove()
     elapsed = time.perf_counter() - t0
@@ -291,7 +291,7 @@ class _SplitParts:
     rows_in: int | None
     peak_bytes: int = 0
 
-    def result(self, transform: RecordingTransform, source: PreparedDataset) -> SplitResult:
+    def result(self, transform: RecordingTransform) -> SplitResult:
         """The split as ``hfprep run`` hands it to the writer (rows, merged stats, document-length bins)."""
         feats = transform.output_features()
         info = DatasetInfo(features=feats)

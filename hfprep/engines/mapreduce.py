@@ -887,10 +887,8 @@ class MapReduceTransformBase(TransformBase):
         if not out.num_rows:
             return None
         path = out_dir / "tails.arrow"
-        tmp = path.with_suffix(".tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            writer.write_table(out.select(schema.names).cast(schema), max_chunksize=1000)
-        os.replace(tmp, path)
+        with ArrowStreamSink(path, schema) as sink:
+            sink.write(out)
         return str(path)
 
     def _map_tasks(self, tasks, reducer, mapped, num_proc: int | None):
