@@ -144,6 +144,14 @@ def test_streaming_engine_writes_the_same_documents(tmp_path, tokenizer_path):
     assert file_bytes(tmp_path / "streamed", "data") == file_bytes(tmp_path / "loaded", "data")
 
 
+def test_parquet_files_mapped_directly_write_the_same_documents(tmp_path, tokenizer_path):
+    texts = write_texts(tmp_path / "docs.jsonl", 60, seed=8)
+    pq.write_table(pa.table({"text": texts}), tmp_path / "docs.parquet", row_group_size=7)
+    run_recipe(write_recipe(tmp_path, tokenizer_path, out="from-jsonl"))
+    run_recipe(write_recipe(tmp_path, tokenizer_path, out="from-parquet", source={"files": ["docs.parquet"]}))
+    assert file_bytes(tmp_path / "from-parquet", "documents") == file_bytes(tmp_path / "from-jsonl", "documents")
+
+
 def test_ray_engine_refuses_the_documents_config_before_any_work(tmp_path, tokenizer_path):
     write_texts(tmp_path / "docs.jsonl", 5, seed=3)
     with pytest.raises(ConfigError, match="the Ray engine does not write the documents config"):

@@ -170,10 +170,9 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
             raise DataError(f"{card}: configs pattern {pattern!r} matches no file in {root}; fix the card or the data")
 
     # Shards first (data, then documents), other files (images...) next, the card last: see plan_commits.
-    shard_dirs = (f"{DATA_DIR}/", f"{DOCUMENTS_DIR}/")
-    data = [f for f in files if f.startswith(shard_dirs[0])]
+    data = [f for f in files if f.startswith(f"{DATA_DIR}/")]
     docs = [f for paths in documents.values() for f in paths]
-    others = [f for f in files if not f.startswith(shard_dirs[0]) and f not in docs and f != CARD_NAME]
+    others = [f for f in files if not f.startswith(f"{DATA_DIR}/") and f not in docs and f != CARD_NAME]
     return PushPlan(root, [*data, *docs, *others, CARD_NAME], shards, metadata, documents)
 
 
