@@ -121,7 +121,7 @@ def export(
     tok = hf.get("tokenizer") or {}
     vocab, eos = tok.get("vocab_size"), tok.get("eos_token_id")
     if not isinstance(vocab, int) or not isinstance(eos, int):
-        raise DataError(f"{source.where}: the card lacks hfprep.tokenizer.vocab_size / eos_token_id; re-create it")
+        raise DataError(f"{source.where}: its card gives no vocabulary size or eos id for the tokenizer; re-create it")
     if format == "megatron" and hf.get("strategy") == "sft":
         raise DataError(_MEGATRON_NO_MASK.format(what="SFT documents carry a loss mask"))
     dtype = megatron_dtype(vocab) if format == "megatron" else flat_dtype(vocab)

@@ -195,7 +195,7 @@ def pack_only_transform(source: PreparedDataset, recipe: Recipe) -> RecordingTra
     mixture's transform, which labels every packed token with its source, for a mixture)."""
     tok = source.hfprep.get("tokenizer") or {}
     if tok.get("pad_token_id") is None:
-        raise DataError(f"{source.where}/{CARD_NAME}: hfprep.tokenizer.pad_token_id is missing; re-create the dataset")
+        raise DataError(f"{source.where}/{CARD_NAME}: the card gives no pad id for the tokenizer; re-create the dataset")
     cfg = transform_config(recipe, str(tok.get("name_or_path") or "unknown"))
     cfg = cfg.model_copy(update={"pad_token_id": int(tok["pad_token_id"])})
     mixture = source.hfprep.get("mixture")
