@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "kd": "bench_kd.py",  # KD cache bytes/token, teacher tokens/s, reader vs to_pydict
     "push": "bench_push.py",  # push_folder vs push_to_hub against the local test Hub
     "audit": "bench_audit.py",  # the loss audit per batch vs validate's other per-batch work and a Python loop
+    "repack": "bench_repack.py",  # repack vs a fresh run at the new seq_len; export tokens/s
 }
 
 

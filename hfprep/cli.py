@@ -29,8 +29,11 @@ from .interrupts import Terminated, handle_interrupts, was_interrupted
 from .version import __version__
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+RESUMABLE_NOTE = "finished shards are kept for the next run, no partial output was written (re-run to resume)"
 INTERRUPT_NOTES = {
-    "kd-cache": "finished shards are kept for the next run, no partial output was written (re-run to resume)",
+    "kd-cache": RESUMABLE_NOTE,
+    "repack": RESUMABLE_NOTE,
+    "export": RESUMABLE_NOTE,
     "push": "nothing local was changed (re-run the command to finish the push)",
 }
 
@@ -43,6 +46,8 @@ tokenize -> pack -> write a Hub-layout folder with a dataset card -> push.
   hfprep inspect out/quickstart --row 3        # schema, stats, a decoded row
   hfprep inspect me/quickstart:code            # the same for a config of a Hub repo
   hfprep push out/quickstart --repo-id me/quickstart
+  hfprep repack out/quickstart --seq-len 1024 --output out/qs-1024   # needs output.documents: true
+  hfprep export out/quickstart --format megatron --output out/megatron/train
 """
 
 EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recipe, 130 interrupted, 143 terminated."
@@ -62,6 +67,10 @@ STAGE_FUNCTIONS = {
     "inspect_target": "hfprep.output.inspect_cmd",
     "to_json": "hfprep.output.inspect_cmd",
     "run_kd_recipe": "hfprep.kd.builder",
+    "repack": "hfprep.commands.repack",
+    "format_repack_summary": "hfprep.commands.repack",
+    "export": "hfprep.commands.export",
+    "format_export_summary": "hfprep.commands.export",
 }
 
 
@@ -129,6 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("folder", metavar="FOLDER")
     val.add_argument("--max-violations", type=int, default=50, metavar="N")
     val.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    rep = sub.add_parser("repack", help="pack a prepared dataset's documents again at another seq_len (no tokenizer)",
+                         description="Pack the documents config of a prepared folder or Hub repo again, without the "
+                         "tokenizer or the source: the data shards equal a fresh `hfprep run` with the new packing.",
+                         epilog=EPILOG, formatter_class=fmt)
+    rep.add_argument("source", metavar="SRC", help="prepared folder or Hub dataset repo id with a documents config")
+    rep.add_argument("--seq-len", type=int, required=True, metavar="N", help="the new row length")
+    rep.add_argument("--strategy", metavar="NAME", help="packer: dense, no_incomplete or bfd (default: the source's)")
+    rep.add_argument("--packing-kwargs", metavar="JSON",
+                     help='packer options as JSON, e.g. \'{"overflow": "truncate"}\' (default: the source\'s for the '
+                     "same packer, else none)")
+    rep.add_argument("--num-reduce-chunks", type=int, metavar="K",
+                     help="must equal the source's (a repack keeps its keys; re-run the recipe to change them)")
+    rep.add_argument("--output", required=True, metavar="DIR", help="the new prepared folder")
+    rep.add_argument("--revision", metavar="REV", help="Hub revision to read (branch, tag or commit; default main)")
+    rep.add_argument("--memory-budget", type=int, metavar="BYTES", help="bytes of documents held at once (one group)")
+    rep.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    rep.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+
+    exp = sub.add_parser("export", help="write a prepared dataset's documents for Megatron-LM/NeMo or as flat ids",
+                         description="Export one split of the documents config: Megatron's indexed dataset "
+                         "(PREFIX.bin + PREFIX.idx) or a flat token file (PREFIX.bin + PREFIX.json).",
+                         epilog=EPILOG, formatter_class=fmt)
+    exp.add_argument("source", metavar="SRC", help="prepared folder or Hub dataset repo id with a documents config")
+    exp.add_argument("--format", required=True, choices=["megatron", "flat"])
+    exp.add_argument("--output", required=True, metavar="PREFIX", help="output files PREFIX.bin, PREFIX.idx/.json")
+    exp.add_argument("--split", metavar="NAME", help="split to export (default: the first, the train split)")
+    exp.add_argument("--revision", metavar="REV", help="Hub revision to read (branch, tag or commit; default main)")
+    exp.add_argument("--memory-budget", type=int, metavar="BYTES", help="bytes of documents held at once")
+    exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    exp.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
 
     kd = sub.add_parser("kd-cache", help="build a knowledge-distillation cache from a KD recipe",
                         description="Run a teacher over packed rows and store its top-k log-probs.",
@@ -248,6 +288,47 @@ def cmd_kd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _budget(args: argparse.Namespace) -> dict[str, int]:
+    if args.memory_budget is None:
+        return {}
+    if args.memory_budget < 1:
+        raise _UsageError("--memory-budget must be >= 1 (bytes)")
+    return {"memory_budget": args.memory_budget}
+
+
+def cmd_repack(args: argparse.Namespace) -> int:
+    if args.seq_len < 2:
+        raise _UsageError("--seq-len must be >= 2 (a row needs an input token and a target)")
+    kwargs = None
+    if args.packing_kwargs is not None:
+        try:
+            kwargs = json.loads(args.packing_kwargs)
+        except ValueError as e:
+            raise _UsageError(f"--packing-kwargs: not JSON ({e}); e.g. '{{\"overflow\": \"split\"}}'") from None
+        if not isinstance(kwargs, dict):
+            raise _UsageError("--packing-kwargs: give a JSON object, e.g. '{\"pad\": false}'")
+    if args.json:
+        _stage("disable_progress_bar")()
+    summary = _stage("repack")(
+        args.source, args.output, seq_len=args.seq_len, strategy=args.strategy, packing_kwargs=kwargs,
+        num_reduce_chunks=args.num_reduce_chunks, revision=args.revision, overwrite=args.overwrite,
+        log=_emit if args.json else _human_event, **_budget(args),
+    )
+    if not args.json:
+        print(_stage("format_repack_summary")(summary))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    summary = _stage("export")(
+        args.source, args.output, format=args.format, split=args.split, revision=args.revision,
+        overwrite=args.overwrite, log=_emit if args.json else _human_event, **_budget(args),
+    )
+    if not args.json:
+        print(_stage("format_export_summary")(summary))
+    return EXIT_OK
+
+
 class _UsageError(Exception):
     pass
 
@@ -288,7 +369,7 @@ def _end_process_that_ran_ray(code: int) -> None:
 
 
 COMMANDS = {"run": cmd_run, "push": cmd_push, "inspect": cmd_inspect, "validate": cmd_validate,
-            "kd-cache": cmd_kd_cache}
+            "kd-cache": cmd_kd_cache, "repack": cmd_repack, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

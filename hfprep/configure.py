@@ -145,6 +145,9 @@ class SplitResult:
     segment_bins: dict[int, int] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
     audit: AuditResult | None = None  # the loss audit of the rows written (hfprep.run._keep_written_splits)
+    documents: Any = None
+    """The split's tokenized documents in the order the packer read them (a ``datasets.Dataset``), when the recipe
+    asks for the documents config (``output.documents``)."""
 
 
 def split_stats_from(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[int, int] | None]:

@@ -17,6 +17,7 @@ from typing import Any
 from .configure import SplitResult, TokenizerInfo, effective_tokenize_config
 from .output.audit import AuditRules, LossAudit
 from .output.card import (
+    BlockText,
     CardParams,
     CardSplit,
     CardTarget,
@@ -26,6 +27,7 @@ from .output.card import (
     portable_path,
     render_dataset_card,
 )
+from .output.documents import documents_block
 from .output.hub import hub_card_target
 from .output.layout import RECIPE_NAME, TOKENIZER_DIR, file_sha256, files_sha256
 from .output.mixture_report import mixture_lines
@@ -238,12 +240,9 @@ def card_params(
     them for ``hfprep validate``)."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    splits = [
-        CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, card_split_stats(r), r.quality,
-                  r.audit)
-        for r in results
-    ]
+    splits = card_splits(results)
     target = card_target(recipe)
+    recipe_text = recipe_text if recipe_text is not None else portable_recipe(recipe, info)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
     options.pop("strategy", None)
     if isinstance(options.get("chat_template_path"), str):  # resolved to an absolute path when the recipe loaded
@@ -278,10 +277,27 @@ def card_params(
     caption, note = doc_lengths_note(results)
     hub = recipe.hub
     commit = git_commit()
+    description = recipe.description or f"Language-model training data prepared from {card_source(spec, recipe)}."
+    source_line = (
+        card_source(spec, recipe)
+        + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
+        + (f", columns renamed {spec.columns}" if spec.columns else "")
+        + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else "")
+    )
+    documents = None
+    if recipe.output.documents:
+        provenance = {
+            "recipe": BlockText(recipe_text),
+            "description": description,
+            "source_line": source_line,
+            "source_revision": source_revision(spec),
+            "tokenizer_label": tokenizer.label,
+            "backend_report": backend_report,
+        }
+        documents = documents_block(recipe.sources is not None, provenance)
     return CardParams(
         title=hub.pretty_name or recipe.name or default_title(tcfg.strategy, recipe.packing.seq_len),
-        description=recipe.description
-        or f"Language-model training data prepared from {card_source(spec, recipe)}.",
+        description=description,
         pretty_name=hub.pretty_name or recipe.name or None,
         license=hub.license,
         tags=list(hub.tags),
@@ -307,11 +323,8 @@ def card_params(
         has_fill_plot=has_fill_plot,
         rows_all_full=rows_all_full(results, recipe.packing.seq_len),
         decode_replacements=replaced.sequences if replaced is not None else None,
-        source_line=card_source(spec, recipe)
-        + (f", first {spec.max_rows:,} rows" if spec.max_rows else "")
-        + (f", columns renamed {spec.columns}" if spec.columns else "")
-        + (f"; {_portable_decode_report(replaced, recipe)}" if replaced is not None else ""),
-        recipe_text=recipe_text if recipe_text is not None else portable_recipe(recipe, info),
+        source_line=source_line,
+        recipe_text=recipe_text,
         engine_line=engine_line,
         version=__version__,
         git_commit=commit,
@@ -321,6 +334,101 @@ def card_params(
         template=recipe.output.card_template,
         loss_layout=probe_loss_layout(tok, tcfg) if tcfg.strategy == "sft" else None,
         loss_audit=audit_rules.to_card() if audit_rules is not None else None,
+        documents=documents,
+    )
+
+
+def card_splits(results: list[SplitResult]) -> list[CardSplit]:
+    """Every split as the card shows it: the rows' stats plus the packer's document and token counts
+    (:func:`card_split_stats`) and the loss audit."""
+    return [
+        CardSplit(r.name, r.out_stats.rows, r.out_stats.tokens, r.out_stats.pad_tokens, card_split_stats(r), r.quality,
+                  r.audit)
+        for r in results
+    ]
+
+
+def repack_card_params(
+    source_meta: dict[str, Any],
+    recipe: Recipe,
+    results: list[SplitResult],
+    split_bytes: dict[str, int],
+    pad_id: int,
+    date: str,
+    *,
+    download_bytes: dict[str, int],
+    has_fill_plot: bool,
+    repacked_from: dict[str, str],
+) -> CardParams:
+    """The card of a repacked dataset (``hfprep repack``): the packing, rows and stats of ``results``, and what
+    only the source's run knew (tokenizer, source, provenance) from the source's card (``hfprep.documents``), so
+    neither the tokenizer nor the source is needed."""
+    hf = source_meta["hfprep"]
+    provenance = dict(hf["documents"]["provenance"])
+    provenance["recipe"] = BlockText(recipe.text or "")
+    tok_meta = dict(hf["tokenizer"])
+    target = card_target(recipe)
+    bundled = str(tok_meta.get("subfolder") or "").endswith(TOKENIZER_DIR)  # `tokenizer`, or `<config>/tokenizer`
+    if bundled:  # the tokenizer travels with the repack: loadable from where the repack is
+        for key in ("name_or_path", "subfolder", "revision", "repo_type"):
+            tok_meta.pop(key, None)
+        tok_meta = {**bundled_tokenizer_meta(target), **tok_meta}
+    tokenizer = TokenizerFacts(
+        metadata=tok_meta,
+        label=str(provenance.get("tokenizer_label", tok_meta.get("name_or_path"))),
+        vocab_size=int(tok_meta["vocab_size"]),
+        fingerprint=str(tok_meta.get("fingerprint")),
+        eos_id=int(tok_meta["eos_token_id"]),
+        pad_id=pad_id,
+        backend=str(tok_meta.get("backend")),
+        backend_report=provenance.get("backend_report"),
+        bundled=bundled,
+        separator=f"`{tok_meta.get('eos_token')}` (id {tok_meta.get('eos_token_id')})",
+    )
+    caption, note = doc_lengths_note(results)
+    hub = recipe.hub
+    return CardParams(
+        title=hub.pretty_name or recipe.name or default_title(str(hf["strategy"]), recipe.packing.seq_len),
+        description=str(provenance.get("description", "")),
+        pretty_name=hub.pretty_name or recipe.name or None,
+        license=hub.license,
+        tags=list(hub.tags),
+        source_datasets=list(source_meta.get("source_datasets") or ["original"]),
+        strategy=str(hf["strategy"]),
+        tokenize_options=dict(hf.get("tokenize") or {}),
+        only_middle_not_masked=effective_tokenize_config(recipe).only_middle_not_masked,
+        seq_len=recipe.packing.seq_len,
+        packing=recipe.packing.strategy,
+        packing_kwargs=dict(recipe.packing.packing_kwargs),
+        num_reduce_chunks=recipe.packing.num_reduce_chunks,
+        padded=output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs),
+        heldout_fraction=recipe.splits.heldout_fraction,
+        heldout_name=recipe.splits.heldout_name,
+        train_name=recipe.splits.train_name,
+        splits=card_splits(results),
+        split_bytes=split_bytes,
+        download_bytes=download_bytes,
+        tokenizer=tokenizer,
+        target=target,
+        doc_lengths_caption=caption,
+        doc_lengths_note=note,
+        has_fill_plot=has_fill_plot,
+        rows_all_full=rows_all_full(results, recipe.packing.seq_len),
+        decode_replacements=hf.get("source_decode_replacements"),
+        source_line=str(provenance.get("source_line", "")),
+        recipe_text=(recipe.text or "").rstrip("\n"),
+        engine_line=f"`hfprep repack` of {repacked_from['source']} @ {repacked_from['revision']} (its documents "
+        "config: no tokenizer, no source read)",
+        version=__version__,
+        git_commit=git_commit(),
+        source_revision=str(provenance.get("source_revision", "")),
+        recipe_sha256=hashlib.sha256((recipe.text or "").encode()).hexdigest(),
+        date=date,
+        template=recipe.output.card_template if recipe.output.card_template and os.path.isfile(
+            recipe.output.card_template) else None,
+        documents=documents_block(hf["documents"].get("columns", []) != ["input_ids", "loss_mask"], provenance),
+        repacked_from=dict(repacked_from),
+        loss_audit=hf.get("loss_audit"),
     )
 
 

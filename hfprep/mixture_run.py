@@ -61,7 +61,7 @@ from .output.plots import _COLORS, _figure, _save
 from .pack.keys import batch_keys
 from .pack.packers import pack_dense_flat
 from .pack.transform import TOKEN_COLUMNS, table_to_flat
-from .schema import SOURCE_COLUMN, SOURCE_PAD
+from .schema import SOURCE_COLUMN, SOURCE_PAD, document_features, documents_from_rows
 from .source.loading import SourceSpec, conversion_cache_dir, load_source, resolve_source, select_split
 from .tokenization.backends import keep_tokenizers_parallelism, resolve_backend, sample_texts
 from .tokenization.loading import vocab_size
@@ -93,10 +93,10 @@ class MixtureTransform(RecordingTransform):
     produced (dense tails carry it into the final pass); the run writes it only when the recipe asks.
     """
 
-    def __init__(self, config, tokenizer, num_sources: int, source_column: bool) -> None:
+    def __init__(self, config, tokenizer, num_sources: int, source_column: bool, *, pack_only: bool = False) -> None:
         # The mixture tokenizes before the reduce, with the backend the run guarded once: this transform only
         # packs, so it must not run the exactness guard again (backend "hf" builds no fast backend).
-        super().__init__(config.model_copy(update={"backend": "hf"}), tokenizer=tokenizer)
+        super().__init__(config.model_copy(update={"backend": "hf"}), tokenizer=tokenizer, pack_only=pack_only)
         self.num_sources = num_sources
         self.source_column = source_column
         self.mix_rows: np.ndarray | None = None
@@ -211,6 +211,13 @@ class MixtureTransform(RecordingTransform):
         feats = tokenized_features()
         feats[SOURCE_COLUMN] = List(Value("int16"))
         return feats
+
+    def group_documents(self, key: Any, table: pa.Table) -> pa.Table:
+        """The group's documents with the index of the source each came from (the documents config's ``source``)."""
+        return documents_from_rows(table, source=table.column(SOURCE_ID))
+
+    def documents_features(self):
+        return document_features(with_source=True)
 
 
 def _list_lengths(col: pa.ChunkedArray) -> np.ndarray:
@@ -599,6 +606,7 @@ def _run_split(
         transform_config(recipe, info.name_or_path), info.tokenizer, len(sources), recipe.source_column
     )
     transform.progress_split = split_name or None  # "pack train", as on the single-source path
+    transform.keep_documents = recipe.output.documents
     if parts:
         cat = lambda xs: np.concatenate(xs)  # noqa: E731
         order = mix_order(cat(hashes_l), cat(epochs_l), cat(sources_l), cat(pos_l))
@@ -611,33 +619,63 @@ def _run_split(
             transform.mix_rows = rows
             out = transform.reduce(side_by_side, num_proc=num_proc)
     else:
-        transform.last_stats = []
-        out = Dataset(transform.empty_output())
+        out = transform.empty_result()
     stats, bins = split_stats_from(transform.stats)
-    outs = [int(stats.pop(f"{MIX_OUT_PREFIX}{s.index}", 0)) for s in sources]
-    dropped = [int(stats.pop(f"{MIX_DROPPED_PREFIX}{s.index}", 0)) for s in sources]
-    cut = [int(stats.pop(f"{MIX_CUT_PREFIX}{s.index}", 0)) for s in sources]
-    result = SplitResult(keep, out, stats, bins or None, transform.rows_in)
-    total_out = sum(outs)
+    counts = pop_source_counts(stats, len(sources))
+    result = SplitResult(keep, out, stats, bins or None, transform.rows_in, documents=transform.last_documents)
     reports = [
-        SourceReport(
-            name=s.name,
-            source=_source_id(s.spec),
-            docs_available=avail_docs[s.index],
-            tokens_available=avail_tokens[s.index],
-            docs_chosen=sel.docs,
-            tokens_chosen=sel.tokens,
-            epochs=round(sel.passes, 4),
-            share_asked=round(budgets[s.index] / total, 6) if total else 0.0,
-            tokens_out=outs[s.index],
-            share_delivered=round(outs[s.index] / total_out, 6) if total_out else 0.0,
-            tokens_lost=sel.tokens - outs[s.index],
-            lost_dropped=dropped[s.index],
-            lost_cut=cut[s.index],
+        packed_report(
+            SourceReport(
+                name=s.name,
+                source=_source_id(s.spec),
+                docs_available=avail_docs[s.index],
+                tokens_available=avail_tokens[s.index],
+                docs_chosen=sel.docs,
+                tokens_chosen=sel.tokens,
+                epochs=round(sel.passes, 4),
+                share_asked=round(budgets[s.index] / total, 6) if total else 0.0,
+            ),
+            counts, s.index,
         )
         for s, sel in zip(sources, selections)
     ]
     return result, reports, total, notes
+
+
+def pop_source_counts(stats: dict[str, Any], num_sources: int) -> tuple[list[int], list[int], list[int]]:
+    """The per-source token counts :class:`MixtureTransform` leaves in a split's stats (written, dropped whole,
+    cut), taken out of them: ``(out, dropped, cut)``, one entry per source."""
+    return tuple(  # type: ignore[return-value]
+        [int(stats.pop(f"{prefix}{i}", 0)) for i in range(num_sources)]
+        for prefix in (MIX_OUT_PREFIX, MIX_DROPPED_PREFIX, MIX_CUT_PREFIX)
+    )
+
+
+def packed_report(report: SourceReport, counts: tuple[list[int], list[int], list[int]], index: int) -> SourceReport:
+    """``report`` (what was chosen) with what packing made of it: tokens out, share delivered, tokens lost."""
+    outs, dropped, cut = counts
+    total_out = sum(outs)
+    return dataclasses.replace(
+        report,
+        tokens_out=outs[index],
+        share_delivered=round(outs[index] / total_out, 6) if total_out else 0.0,
+        tokens_lost=report.tokens_chosen - outs[index],
+        lost_dropped=dropped[index],
+        lost_cut=cut[index],
+    )
+
+
+def repacked_mixture(recipe, source_meta: dict[str, Any], results: list[SplitResult]) -> MixtureRun:
+    """The mixture part of a repacked dataset (``hfprep repack``): the source card's mixture table (what was
+    chosen) with the new packing's per-source counts (first split), taken out of every split's stats."""
+    mixture = source_meta["hfprep"]["mixture"]
+    chosen = [SourceReport(**{k: v for k, v in r.items() if k in SourceReport.__dataclass_fields__})
+              for r in mixture["sources"]]
+    counts = [pop_source_counts(r.pack_stats, len(chosen)) for r in results]
+    reports = [packed_report(r, counts[0], i) for i, r in enumerate(chosen)]
+    hub_ids = [d for d in source_meta.get("source_datasets") or [] if d != "original"]
+    return MixtureRun(recipe, None, None, results, reports, int(mixture["tokens"]), list(mixture.get("notes") or []),
+                      [r.name for r in chosen], hub_ids)
 
 
 def _reduce_on_ray(transform: MixtureTransform, mixed, recipe):

@@ -242,6 +242,10 @@ class SplitsSection(_Section):
 class OutputSection(_Section):
     """The output folder (Hub dataset layout) and its shard sizes.
 
+    ``documents: true`` also writes the tokenized, unpacked documents as a second config, ``documents``
+    (``load_dataset(folder, "documents")``), in the order the packer reads them: ``hfprep repack`` packs them again
+    at another length without the tokenizer or the source, ``hfprep export`` writes them for other trainers.
+
     Attributes:
         folder: the output folder (relative to the recipe), written atomically: a failed or interrupted run leaves
             no partial folder.
@@ -254,10 +258,12 @@ class OutputSection(_Section):
         card_template: a ``string.Template`` Markdown file (relative to the recipe) used instead of the built-in
             dataset card template; a ``${name}`` hfprep does not provide is an error.
         plots: draw the document-length and row-fill histograms into ``images/`` and show them in the card.
+        documents: also write the tokenized, unpacked documents as the ``documents`` config (see above).
     """
 
     folder: str
     overwrite: bool = False
+    documents: bool = False
     max_shard_bytes: int | None = pydantic.Field(default=DEFAULT_MAX_SHARD_BYTES, ge=1)
     max_rows_per_shard: int | None = pydantic.Field(default=None, ge=1)
     row_group_rows: int = pydantic.Field(default=DEFAULT_ROW_GROUP_ROWS, ge=1)

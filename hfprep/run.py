@@ -37,13 +37,16 @@ from .describe import (
     reduce_chunks_advice,
     rows_all_full,
 )
+from .engines.ray_engine import refuse_documents
 from .errors import ConfigError, DataError, warnings_scope
 from .interrupts import handle_interrupts
 from .mixture_run import run_mixture_splits
 from .output.audit import LossAudit
+from .output.documents import write_documents
 from .output.hub import push_folder
 from .output.layout import (
     CARD_NAME,
+    DOCUMENTS_DIR,
     IMAGES_DIR,
     RECIPE_NAME,
     TOKENIZER_DIR,
@@ -56,7 +59,7 @@ from .output.plots import fill_histogram_png, length_histogram_png
 from .output.shards import ShardWriter
 from .recipe import Recipe, load_recipe
 from .run_splits import run_source_splits
-from .schema import output_is_padded
+from .schema import document_features, output_is_padded
 from .scratch import run_scope
 from .source.loading import SourceSpec, resolve_source
 from .tokenization.loading import eos_token_id
@@ -128,6 +131,10 @@ def run_inputs(recipe: Recipe, spec: SourceSpec | None = None) -> list[str]:
 def _run_claimed(
     recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose=False
 ) -> dict[str, Any]:
+    if engine == "ray":
+        refuse_documents(recipe.output.documents)  # before any work
+    if engine == "ray":
+        refuse_documents(recipe.output.documents)  # before any work
     mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
     if recipe.sources is not None:
         mix = run_mixture_splits(recipe, engine, num_proc, log)
@@ -158,14 +165,14 @@ def _run_claimed(
             for line in r.audit.lines(r.name) if r.audit is not None else ():
                 warnings.append(line)
                 log({"event": "warning", "warning": line})
+        if recipe.output.documents:
+            write_documents_config(tmp, recipe, results, with_source=mix is not None, log=log,
+                                   written=set(outputs.documents_paths))
         backend_report = next((r.backend_report for r in results if r.backend_report), None)
         engine_line = f"{engine}" + (f", num_proc {num_proc}" if num_proc else "") + (", streaming" if spec.streaming else "")
         if info.bundle_dir:
             shutil.copytree(info.bundle_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*"))
-        # A fill histogram of full rows is one bar: shown only when some row has room left.
-        has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
-        if recipe.output.plots:
-            _write_plots(tmp, recipe, results, has_fill_plot)
+        has_fill_plot = write_plots(tmp, recipe, results)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
         arrow_bytes = {r.name: outputs.arrow_bytes[r.name] for r in results}  # num_bytes (datasets' dataset_info)
         split_bytes = {r.name: outputs.parquet_bytes[r.name] for r in results}
@@ -203,9 +210,11 @@ class SplitOutputs:
 
     def __init__(
         self, folder: Path, recipe: Recipe, padded: bool, features=None, threads: int = 2,
-        make_audit: Callable[[Any, int], LossAudit] | None = None,
+        make_audit: Callable[[Any, int], LossAudit] | None = None, pad_id: int | None = None,
     ) -> None:
         self.folder = folder
+        self.documents_writers: dict[str, ShardWriter] = {}
+        self.documents_paths: dict[str, list[str]] = {}
         self.make_audit = make_audit
         self.audit: LossAudit | None = None  # the run's loss audit rules (each split gets a fresh audit of them)
         self.recipe = recipe
@@ -217,7 +226,7 @@ class SplitOutputs:
         self.paths: dict[str, list[str]] = {}
         self.arrow_bytes: dict[str, int] = {}
         self.parquet_bytes: dict[str, int] = {}
-        self._pad_id: int | None = None
+        self._pad_id: int | None = pad_id  # a repack knows it from the source's card (it has no tokenizer)
 
     def __enter__(self) -> SplitOutputs:
         return self
@@ -227,6 +236,9 @@ class SplitOutputs:
         if exc_type is not None:
             for name, writer in self.writers.items():
                 if name not in self.paths:
+                    writer.abort()
+            for name, writer in self.documents_writers.items():
+                if name not in self.documents_paths:
                     writer.abort()
 
     def pad_id(self, info) -> int:
@@ -249,6 +261,20 @@ class SplitOutputs:
             on_row_group=meter.add,
         )
         return writer
+
+    def open_documents(self, name: str, with_source: bool = False) -> ShardWriter:
+        """The writer of split ``name``'s documents config (documents in the order the packer reads them)."""
+        out = self.recipe.output
+        features = document_features(with_source=with_source)
+        writer = self.documents_writers[name] = ShardWriter(
+            self.folder, name, features, row_group_rows=out.row_group_rows, max_rows_per_shard=out.max_rows_per_shard,
+            max_shard_bytes=out.max_shard_bytes, threads=self.threads, data_dir=DOCUMENTS_DIR,
+        )
+        writer.write(features.arrow_schema.empty_table())  # a split without documents still gets its (empty) shard
+        return writer
+
+    def close_documents(self, name: str) -> None:
+        self.documents_paths[name] = self.documents_writers[name].close()
 
     def close(self, name: str) -> None:
         """Finish split ``name``'s shards; its sizes are then known."""
@@ -307,7 +333,31 @@ def _keep_written_splits(
     return results, warnings
 
 
-def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill_plot: bool) -> None:
+def write_documents_config(
+    tmp: Path, recipe: Recipe, results: list[SplitResult], with_source: bool, log: Log = _noop,
+    written: set[str] = frozenset(),
+) -> None:
+    """Write every split's documents (the ``documents`` config) with the recipe's shard settings; ``written``: the
+    splits whose documents an engine wrote already (the direct engine writes them as it packs)."""
+    features = document_features(with_source=with_source)
+    for r in results:
+        if r.name in written:
+            continue
+        docs = r.documents
+        table = docs.with_format("arrow")[:] if docs is not None and len(docs) else features.arrow_schema.empty_table()
+        rel = write_documents(
+            table, tmp, r.name, features, max_rows_per_shard=recipe.output.max_rows_per_shard,
+            max_shard_bytes=recipe.output.max_shard_bytes, row_group_rows=recipe.output.row_group_rows,
+        )
+        log({"event": "wrote", "split": f"{r.name} (documents)", "shards": len(rel), "documents": table.num_rows})
+
+
+def write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult]) -> bool:
+    """The card's figures under ``tmp/images`` when the recipe wants plots; returns whether a fill histogram was
+    drawn (a fill histogram of full rows is one bar: drawn only when some row has room left)."""
+    has_fill_plot = bool(recipe.output.plots) and not rows_all_full(results, recipe.packing.seq_len)
+    if not recipe.output.plots:
+        return has_fill_plot
     (tmp / IMAGES_DIR).mkdir()
     seq_len = recipe.packing.seq_len
     doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
@@ -315,6 +365,7 @@ def _write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult], has_fill
     length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption, seq_len=seq_len)
     if has_fill_plot:
         fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png", seq_len)
+    return has_fill_plot
 
 
 def _push(recipe: Recipe, out_dir: Path, log: Log) -> Any:

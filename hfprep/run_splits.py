@@ -136,14 +136,18 @@ def run_splits_direct(
     transform = make_transform(recipe, info)
     plan = split_plan(recipe)
     writers = {name: outputs.open(name, info).write for name, _ in plan}
+    transform.keep_documents = recipe.output.documents
+    documents = {name: outputs.open_documents(name).write for name, _ in plan} if recipe.output.documents else None
     timings: dict[str, float] = {}
-    stats = prepare_direct(transform, spec, plan, writers, memory_budget=recipe.engine.memory_budget, log=log,
-                           timings=timings)
+    stats = prepare_direct(transform, spec, plan, writers, documents=documents,
+                           memory_budget=recipe.engine.memory_budget, log=log, timings=timings)
     if verbose:  # where the time went: the backend's exactness guard, reading + tokenizing, packing + writing
         log({"event": "timings", **{k: f"{v:.2f} s" for k, v in timings.items()}})
     results = []
     for name, _ in plan:
         outputs.close(name)
+        if documents is not None:
+            outputs.close_documents(name)
         pack_stats, bins = split_stats_from(stats[name])
         results.append(SplitResult(name, None, pack_stats, bins, pack_stats.get("rows_in"), transform.backend_report))
     return info, results
@@ -154,6 +158,7 @@ def run_split_datasets(
 ) -> SplitResult:
     transform = make_transform(recipe, info)
     transform.progress_split = name
+    transform.keep_documents = recipe.output.documents
     if source_ds is None:  # plain Parquet files (datasets_reads_parquet): no Arrow cache of the input
         out = transform.run_parquet(spec.paths, num_proc=num_proc)
     elif spec.streaming:
@@ -162,7 +167,7 @@ def run_split_datasets(
         out = transform.run(select_split(source_ds, spec, num_proc=num_proc, name=name), num_proc=num_proc)
     stats, bins = split_stats_from(transform.stats)
     report = getattr(transform, "backend_report", None)
-    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report)
+    return SplitResult(spec.keep, out, stats, bins, transform.rows_in, report, documents=transform.last_documents)
 
 
 def datasets_reads_parquet(spec: SourceSpec) -> bool:
@@ -199,6 +204,7 @@ def run_split_ray(
     # The same transform object as the datasets engine: full tokenize section, document-length bins.
     transform = make_transform(recipe, info)
     transform.progress_split = name
+    transform.keep_documents = recipe.output.documents  # the Ray engine refuses it, in one line
     out, stats = prepare_with_ray(
         transform.config,
         ray_source(spec, source_ds, num_cpus, name),

@@ -9,7 +9,8 @@ The layers, bottom to top (a module may import its own layer and the layers belo
    mixture plan and its card rules; 6. ``output``: the folder, card, validate, inspect, push; 7. ``train``:
    collators; 8. ``kd``: teacher caches (reuses output and train); 9. ``recipe``; 10. ``configure`` (recipe ->
    the stages' objects), ``describe`` (provenance, card, summary), ``recipe_reference`` (docs/recipes.md);
-   11. ``run``, ``mixture_run``: orchestration; 12. ``cli``, ``__main__`` and the package ``__init__``.
+   11. ``run_splits``; 12. ``run``, ``mixture_run``: orchestration, and ``commands`` (repack, export over a
+   prepared dataset's documents); 13. ``cli``, ``__main__`` and the package ``__init__``.
 
 Function-local imports of hfprep modules hide cycles, so only ``hfprep.kd`` uses one (its trainer pulls in
 transformers' Trainer, loaded on first use); the CLI imports each command's stage when it runs through one table
@@ -40,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"recipe"},
     {"configure", "describe", "recipe_reference"},
     {"run_splits"},
-    {"run", "mixture_run"},
+    {"run", "mixture_run", "commands"},
     {"cli", "__main__", "__init__"},
 ]
 LOCAL_IMPORTS_ALLOWED = {"hfprep.kd"}

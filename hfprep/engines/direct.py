@@ -212,6 +212,7 @@ class SplitState:
     keep: str
     store: DocumentStore
     write: Callable[[pa.Table], None]
+    write_documents: Callable[[pa.Table], None] | None = None
     rows_in: int = 0
     stats: list[dict] = dataclasses.field(default_factory=list)
 
@@ -313,6 +314,7 @@ def prepare_direct(
     splits: Sequence[tuple[str, str]],
     writers: dict[str, Callable[[pa.Table], None]],
     *,
+    documents: dict[str, Callable[[pa.Table], None]] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     log: Callable[[dict[str, Any]], None] | None = None,
     timings: dict[str, float] | None = None,
@@ -327,6 +329,8 @@ def prepare_direct(
         spec: a source :func:`~hfprep.source.readers.reads_directly` accepts.
         splits: ``(name, keep)`` pairs, ``keep`` being ``all``, ``train`` or ``heldout`` (the held-out rule).
         writers: the split name -> where its rows go (e.g. a :class:`~hfprep.output.shards.ShardWriter`'s write).
+        documents: the split name -> where its documents go, group by group in the order the packer reads them
+            (``transform.group_documents``), for the ``documents`` config; None: not kept.
         memory_budget: bytes of tokenized documents held in memory, all splits together; the rest is spilled.
         log: progress events.
         timings: receives the seconds of each phase (``guard``, ``map``, ``reduce``), for ``--verbose``.
@@ -350,7 +354,7 @@ def prepare_direct(
     budget = max(1, memory_budget // max(1, len(splits)))
     states = [
         SplitState(name, keep, DocumentStore(transform.num_keys, budget, on_spill=lambda n=name: spill.folder(n)),
-                   writers[name])
+                   writers[name], (documents or {}).get(name))
         for name, keep in splits
     ]
     out = {}
@@ -445,7 +449,10 @@ def _reduce_chunks(transform, chunks: list[Chunk], state: SplitState, tails: lis
         gathered = RowGather(table, order[a : int(bounds[hi])])
         for g in range(lo, hi):
             part = _group_table(transform, gathered, int(bounds[g]) - a, int(bounds[g + 1]) - a, with_mask)
-            out, st, tail = transform.reduce_group_with_tail(int(sorted_keys[bounds[g]]), part)
+            key = int(sorted_keys[bounds[g]])
+            if state.write_documents is not None:
+                state.write_documents(transform.group_documents(key, part))
+            out, st, tail = transform.reduce_group_with_tail(key, part)
             if st is not None:
                 state.stats.append(st)
             if out.num_rows:

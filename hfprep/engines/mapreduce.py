@@ -44,7 +44,7 @@ from datasets.fingerprint import get_temporary_cache_files_directory
 
 from .. import scratch
 from ..datasets_internals import arrow_table, fingerprint
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..schema import Row
 from ..tokenization.backends import sample_rows, sample_texts
 
@@ -376,6 +376,103 @@ def range_groups(
         yield keys[g], sub.take(pa.array(perm[g0:g1]))
 
 
+def reduce_groups(
+    transform: MapReduceTransformBase,
+    groups: Iterable[tuple[Any, pa.Table]],
+    write: Callable[[pa.Table], Any],
+    documents: Callable[[pa.Table], Any] | None = None,
+) -> tuple[list[Any], list[pa.Table]]:
+    """The reduce loop of every engine: each ``(key, rows in input order)`` of ``groups`` (ascending keys) goes
+    through ``transform.reduce_group_with_tail``; its packed rows go to ``write``, and ``documents`` (when given)
+    first receives the group's documents as the reducer reads them (``transform.group_documents``: the
+    ``documents`` config). Returns the groups' stats and their non-empty tails, in key order, for the final pass
+    (``transform.reduce_tails``).
+
+    An engine that reads groups another way (spill files, an object store, the documents config itself) calls this
+    with its own iterator, so packed rows, stats, tails and documents are the same on every engine.
+
+    Example:
+        >>> class Count(MapReduceTransformBase):
+        ...     def __init__(self): pass
+        ...     def reduce_group_with_tail(self, key, table):
+        ...         return pa.table({"k": [key], "n": [table.num_rows]}), {"rows": table.num_rows}, None
+        >>> out = []
+        >>> reduce_groups(Count(), [(1, pa.table({"x": [5, 6]})), (2, pa.table({"x": [7]}))], out.append)
+        ([{'rows': 2}, {'rows': 1}], [])
+        >>> [t.to_pydict() for t in out]
+        [{'k': [1], 'n': [2]}, {'k': [2], 'n': [1]}]
+    """
+    stats: list[Any] = []
+    tails: list[pa.Table] = []
+    for key, part in groups:
+        if documents is not None:
+            documents(transform.group_documents(key, part))
+        out, st, tail = transform.reduce_group_with_tail(key, part)
+        if out.num_rows:
+            write(out)
+        if st is not None:
+            stats.append(st)
+        if tail is not None and tail.num_rows:
+            tails.append(tail)
+    return stats, tails
+
+
+class ArrowStreamSink:
+    """Tables appended to an Arrow IPC stream file under ``schema`` (the format ``datasets`` memory-maps); the file
+    appears at ``path`` only when :meth:`close` succeeds (it is ``<path>.tmp`` until then).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "part.arrow")
+        >>> with ArrowStreamSink(path, pa.schema([("x", pa.int64())])) as sink:
+        ...     sink.write(pa.table({"x": [1, 2]}))
+        >>> pa.ipc.open_stream(path).read_all().to_pydict()
+        {'x': [1, 2]}
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, max_chunksize: int | None = 1000) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.schema = schema
+        self.max_chunksize = max_chunksize
+        self.rows = 0
+        self._file = pa.OSFile(str(self.tmp), "wb")
+        self._writer = pa.ipc.new_stream(self._file, schema)
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (its columns selected and cast to the schema)."""
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema), max_chunksize=self.max_chunksize)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ArrowStreamSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def features_schema(features) -> pa.Schema:
+    """The Arrow schema of ``features`` with datasets' metadata, so that a file written under it loads with them."""
+    return features.arrow_schema.with_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()}
+    )
+
+
 class _RangeReducer:
     """The reduce side's ``Dataset.map`` function: one task row = one contiguous key range.
 
@@ -384,7 +481,10 @@ class _RangeReducer:
     driver memory-maps the files in range order). The map's return value only names that file.
     """
 
-    def __init__(self, transform, table_source, order, bounds, keys, out_dir: str, schema: pa.Schema | None) -> None:
+    def __init__(
+        self, transform, table_source, order, bounds, keys, out_dir: str, schema: pa.Schema | None,
+        documents_schema: pa.Schema | None = None,
+    ) -> None:
         self.transform = transform
         self.table_source = table_source
         self.order = order
@@ -392,6 +492,8 @@ class _RangeReducer:
         self.keys = keys
         self.out_dir = out_dir
         self.schema = schema
+        self.documents_schema = documents_schema
+        """Set when the transform keeps its documents: each range also writes ``range-*.docs``, in reduce order."""
 
     def __call__(self, batch: Mapping[str, list[int]]) -> dict[str, list[Any]] | pa.Table:
         table = arrow_table(self.table_source)
@@ -400,24 +502,18 @@ class _RangeReducer:
             return self._call_inferred(table, batch)
         paths = []
         for lo, hi in zip(batch["lo"], batch["hi"]):
-            stats, tails = [], []
             path = Path(self.out_dir) / f"range-{lo:09d}.arrow"
-            tmp = path.with_suffix(".tmp")
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
-                for key, part in range_groups(table, self.order, self.bounds, self.keys, lo, hi):
-                    out, st, tail = self.transform.reduce_group_with_tail(key, part)
-                    if out.num_rows:
-                        writer.write_table(out.select(self.schema.names).cast(self.schema), max_chunksize=1000)
-                    if st is not None:
-                        stats.append(st)
-                    if tail is not None and tail.num_rows:
-                        tails.append(tail.select(self.schema.names).cast(self.schema))
+            groups = range_groups(table, self.order, self.bounds, self.keys, lo, hi)
+            with contextlib.ExitStack() as files:
+                rows = files.enter_context(ArrowStreamSink(path, self.schema))
+                docs = None
+                if self.documents_schema is not None:
+                    docs = files.enter_context(ArrowStreamSink(path.with_suffix(".docs"), self.documents_schema))
+                stats, tails = reduce_groups(self.transform, groups, rows.write, docs.write if docs else None)
             if tails:  # fewer than seq_len tokens per group: kept apart for the driver's final pass
-                tail_path = path.with_suffix(".tail")
-                with pa.OSFile(str(tail_path), "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
+                with ArrowStreamSink(path.with_suffix(".tail"), self.schema, max_chunksize=None) as sink:
                     for t in tails:
-                        writer.write_table(t)
-            os.replace(tmp, path)
+                        sink.write(t)
             path.with_suffix(".json").write_text(json.dumps(stats))
             paths.append(str(path))
         return {"path": paths}
@@ -547,6 +643,12 @@ class MapReduceTransformBase(TransformBase):
     reduce_memory_budget: int = DEFAULT_REDUCE_MEMORY_BUDGET
     map_input_format: str | None = None
     """``"arrow"``: :meth:`map_batch` receives ``pyarrow.Table`` batches (zero-copy) instead of Python lists."""
+    keep_documents: bool = False
+    """Also keep every group's documents, as the reducer reads them (:meth:`group_documents`): after a run the
+    engines leave them, in reduce order, in :attr:`last_documents` (``hfprep run``'s ``documents`` config)."""
+    last_documents: Any = None
+    """The documents of the last run (a ``datasets.Dataset`` with :meth:`documents_features`) when
+    :attr:`keep_documents` is set, else None."""
 
     def __init__(
         self,
@@ -602,6 +704,15 @@ class MapReduceTransformBase(TransformBase):
         """The final pass over all groups' tails (key order, one table); returns ``(table, stats)``."""
         return self.empty_output(), None
 
+    def group_documents(self, key: Any, table: pa.Table) -> pa.Table:
+        """Hook: what the documents config keeps of one group (its rows in the order :meth:`reduce_group_with_tail`
+        reads them). Engines call it through :func:`reduce_groups` when :attr:`keep_documents` is set."""
+        raise ConfigError(f"{type(self).__name__} keeps no documents (it defines no group_documents)")
+
+    def documents_features(self):
+        """Hook: the ``datasets.Features`` of :meth:`group_documents`' tables."""
+        raise ConfigError(f"{type(self).__name__} keeps no documents (it defines no documents_features)")
+
     def output_features(self):
         """Features of the reduce output, or None to let datasets infer them."""
         return None
@@ -618,6 +729,15 @@ class MapReduceTransformBase(TransformBase):
         feats = self.output_features()
         return feats.arrow_schema.empty_table() if feats is not None else pa.table({})
 
+    def empty_result(self) -> Dataset:
+        """What a run over no rows returns (an empty, typed dataset); :attr:`last_documents` is emptied too."""
+        self.last_stats = []
+        self.last_documents = None
+        if self.keep_documents:
+            feats = self.documents_features()
+            self.last_documents = Dataset(feats.arrow_schema.empty_table(), info=DatasetInfo(features=feats))
+        return Dataset(self.empty_output())
+
     def group_bytes(self, table: pa.Table, bounds: np.ndarray, order: np.ndarray) -> np.ndarray:
         """Approximate in-memory bytes of each group (for planning reduce ranges)."""
         per_row = table.nbytes / max(1, table.num_rows)
@@ -628,7 +748,7 @@ class MapReduceTransformBase(TransformBase):
     def run(self, data: Any, num_proc: int | None = None, batch_size: int = 1000) -> Any:
         ds = to_dataset(data)
         if len(ds) == 0:
-            return self._wrap_output(data, Dataset(self.empty_output()))
+            return self._wrap_output(data, self.empty_result())
         if self.map_input_format == "arrow":
             ds = ds.with_format("arrow")
         # The same map call as MapTransformBase.run on purpose, plus the declared map-side features.
@@ -659,8 +779,7 @@ class MapReduceTransformBase(TransformBase):
         """
         groups = parquet_row_groups(paths)
         if not sum(g[3] for g in groups):
-            self.last_stats = []
-            return Dataset(self.empty_output())
+            return self.empty_result()
         tasks = Dataset.from_dict({k: list(v) for k, v in zip(("path", "row_group", "start", "rows"), zip(*groups))})
         procs = self.map_num_proc(num_proc)
         # Inside a run the map output goes to the run's scratch (removed when the run ends, however it ends);
@@ -702,8 +821,7 @@ class MapReduceTransformBase(TransformBase):
     def reduce(self, mapped, num_proc: int | None = None):
         """Group ``mapped`` (output of the map side) by ``__key__`` and reduce each group."""
         if mapped.num_rows == 0:
-            self.last_stats = []
-            return Dataset(self.empty_output())
+            return self.empty_result()
         table = arrow_table(mapped)
         order = self.group_order(table)
         bounds, keys = key_groups(table.column(KEY_COLUMN), order)
@@ -712,11 +830,13 @@ class MapReduceTransformBase(TransformBase):
         ranges = plan_reduce_ranges(gbytes, self.reduce_memory_budget, min_ranges=max(1, num_proc or 1))
         tasks = Dataset.from_dict({"lo": [r[0] for r in ranges], "hi": [r[1] for r in ranges]})
         feats = self.output_features()
+        self.last_documents = None
         if feats is None:
+            if self.keep_documents:
+                raise ConfigError(f"{type(self).__name__} declares no output_features, so it keeps no documents")
             return self._reduce_inferred(mapped, tasks, order, bounds, keys, ranges, num_proc)
-        schema = feats.arrow_schema.with_metadata(
-            {b"huggingface": json.dumps({"info": {"features": feats.to_dict()}}).encode()}
-        )
+        schema = features_schema(feats)
+        doc_feats = self.documents_features() if self.keep_documents else None
         # The range files go to a scratch folder next to the input's cache files (same disk), or in the temp folder.
         # Inside a run (``scratch.run_scope``) they stay there until the run ends; otherwise they become datasets
         # cache files (``cache-*.arrow``, removed with the dataset's other cache files) and the folder goes at once.
@@ -726,9 +846,13 @@ class MapReduceTransformBase(TransformBase):
             cache_dir = _temporary_cache_dir()
         work = scratch.ScratchDir("reduce", cache_dir)
         try:
-            reducer = _RangeReducer(self.reduce_worker_view(), mapped, order, bounds, keys, str(work.path), schema)
+            reducer = _RangeReducer(
+                self.reduce_worker_view(), mapped, order, bounds, keys, str(work.path), schema,
+                features_schema(doc_feats) if doc_feats is not None else None,
+            )
             done = self._map_tasks(tasks, reducer, mapped, num_proc)
             paths = list(done["path"])
+            doc_paths = [str(Path(p).with_suffix(".docs")) for p in paths] if doc_feats is not None else []
             self.last_stats = [s for p in paths for s in json.loads(Path(p).with_suffix(".json").read_text())]
             tail_path = self._reduce_tails([Path(p).with_suffix(".tail") for p in paths], schema, work.path)
             if tail_path is not None:
@@ -736,15 +860,17 @@ class MapReduceTransformBase(TransformBase):
             if scoped:
                 scratch.adopt(work)
             else:
-                paths = _as_cache_files(paths, Path(cache_dir), _reduce_fingerprint(mapped, self))
+                fp = _reduce_fingerprint(mapped, self)
+                paths = _as_cache_files(paths, Path(cache_dir), fp)
+                doc_paths = _as_cache_files(doc_paths, Path(cache_dir), f"{fp}-documents")
                 work.cleanup()
         except BaseException:
             work.cleanup()
             raise
 
-        info = DatasetInfo(features=feats) if feats is not None else None
-        parts = [Dataset.from_file(p, info=info) for p in paths]
-        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        if doc_feats is not None:
+            self.last_documents = _open_arrow_files(doc_paths, doc_feats)
+        return _open_arrow_files(paths, feats)
 
     def _reduce_tails(self, tail_files: list[Path], schema: pa.Schema, out_dir: Path) -> str | None:
         """The final pass: the groups' tails (range files in key order) -> one more Arrow file, or None."""
@@ -761,10 +887,8 @@ class MapReduceTransformBase(TransformBase):
         if not out.num_rows:
             return None
         path = out_dir / "tails.arrow"
-        tmp = path.with_suffix(".tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            writer.write_table(out.select(schema.names).cast(schema), max_chunksize=1000)
-        os.replace(tmp, path)
+        with ArrowStreamSink(path, schema) as sink:
+            sink.write(out)
         return str(path)
 
     def _map_tasks(self, tasks, reducer, mapped, num_proc: int | None):
@@ -829,6 +953,13 @@ def _as_cache_files(paths: list[str], cache_dir: Path, fingerprint: str) -> list
         os.replace(p, dest)
         out.append(str(dest))
     return out
+
+
+def _open_arrow_files(paths: Sequence[str], features) -> Dataset:
+    """Arrow stream files written by the reduce side, memory-mapped as one ``Dataset`` (in the order given)."""
+    info = DatasetInfo(features=features)
+    parts = [Dataset.from_file(p, info=info) for p in paths]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def _reduce_fingerprint(mapped, transform) -> str:

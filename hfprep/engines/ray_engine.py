@@ -654,6 +654,18 @@ def _map_reduce(ray, transform: MapReduceTransformBase, items: list[dict[str, An
     return stats, pa.concat_tables(tails) if tails else None
 
 
+def refuse_documents(keep_documents: bool) -> None:
+    """The Ray engine does not write the documents config: one line saying so when it is asked for.
+
+    Its reduce tasks return the packed rows of a range as one buffer; the documents would need a second one.
+    """
+    if keep_documents:
+        raise ConfigError(
+            "the Ray engine does not write the documents config (output.documents / keep_documents); "
+            "run this recipe with engine: datasets"
+        )
+
+
 def run_on_ray(
     transform: MapReduceTransformBase,
     source: Any,
@@ -682,6 +694,7 @@ def run_on_ray(
     Example:
         >>> packed = run_on_ray(transform, ["part-0.parquet"], num_cpus=2)  # doctest: +SKIP
     """
+    refuse_documents(transform.keep_documents)
     ray = import_ray()
 
     out_feats = transform.output_features()

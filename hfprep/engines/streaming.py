@@ -47,7 +47,7 @@ from datasets.utils.tqdm import tqdm
 from .. import scratch
 from ..errors import DataError
 from ..tokenization.backends import sample_texts
-from .mapreduce import KEY_COLUMN, MapReduceTransformBase, rows_to_columns
+from .mapreduce import KEY_COLUMN, MapReduceTransformBase, reduce_groups, rows_to_columns
 
 DEFAULT_SPILL_BUFFER_BYTES = 64 * 2**20
 
@@ -200,8 +200,7 @@ def prepare_streaming(
         transform.rows_in = rows_in
         keys = sorted(spiller.index.parts)
         if not keys:
-            transform.last_stats = []
-            return Dataset(transform.empty_output())
+            return transform.empty_result()
         transform.check_group_bytes(np.array([spiller.index.nbytes[k] for k in keys], dtype=np.float64), keys)
 
         if cache_dir is not None:
@@ -215,37 +214,44 @@ def prepare_streaming(
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"hfprep-streaming-{uuid.uuid4().hex}.arrow"
         partial = final.with_suffix(".arrow.incomplete")
-        stats: list[Any] = []
         rows_out = 0
         writer = ArrowWriter(features=transform.output_features(), path=str(partial))
+        doc_feats = transform.documents_features() if transform.keep_documents else None
+        doc_path = final.with_suffix(".documents.arrow")
+        docs = ArrowWriter(features=doc_feats, path=str(doc_path)) if doc_feats is not None else None
+
+        def write(out: pa.Table) -> None:
+            nonlocal rows_out
+            writer.write_table(out)
+            rows_out += out.num_rows
+
         try:
-            tails: list[pa.Table] = []  # under seq_len tokens per group, packed together after the last group
-            for key in _progress_iter(keys, transform.progress_label("reduce") + " (streaming)"):
-                group = spiller.read_group(key).drop_columns([KEY_COLUMN])
-                out, st, tail = transform.reduce_group_with_tail(key, group)
-                if out.num_rows:
-                    writer.write_table(out)
-                    rows_out += out.num_rows
-                if st is not None:
-                    stats.append(st)
-                if tail is not None and tail.num_rows:
-                    tails.append(tail)
-                del group, out
+            # Under seq_len tokens per group stay as tails, packed together after the last group.
+            groups = ((key, spiller.read_group(key).drop_columns([KEY_COLUMN]))
+                      for key in _progress_iter(keys, transform.progress_label("reduce") + " (streaming)"))
+            stats, tails = reduce_groups(transform, groups, write, docs.write_table if docs is not None else None)
             if tails:
                 out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
                 if out.num_rows:
-                    writer.write_table(out)
-                    rows_out += out.num_rows
+                    write(out)
                 if st is not None:
                     stats.append(st)
             if rows_out:
                 writer.finalize()
+            if docs is not None:
+                docs.finalize()
         except BaseException:
             writer.close()
             partial.unlink(missing_ok=True)
+            if docs is not None:
+                docs.close()
+                doc_path.unlink(missing_ok=True)
             raise
         writer.close()
         transform.last_stats = stats
+        if docs is not None:
+            docs.close()
+            transform.last_documents = Dataset.from_file(str(doc_path))
         if not rows_out:
             # Every group packed to nothing (e.g. all documents longer than seq_len): an empty, typed dataset.
             partial.unlink(missing_ok=True)

@@ -41,6 +41,7 @@ from ..errors import ConfigError
 from ..schema import row_features
 from ..tokenization.loss_probe import LossLayout
 from .audit import AuditResult, audit_section
+from .documents import documents_entry, documents_section
 from .layout import DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, TOKENIZER_DIR, split_glob
 from .quality import format_report
 
@@ -80,6 +81,10 @@ class FlowMap(dict):
     """A mapping written on one line (``{rows: 10, tokens: 640}``): per-split counters stay compact in a card header."""
 
 
+class BlockText(str):
+    """A multi-line string written as a YAML literal block (``|``), line for line (a recipe kept in a card)."""
+
+
 class _NoAlias(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True
@@ -88,15 +93,21 @@ class _NoAlias(yaml.SafeDumper):
 _NoAlias.add_representer(
     FlowMap, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True)
 )
+_NoAlias.add_representer(
+    BlockText, lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style="|")
+)
 
 
 def dump_yaml(data: Any) -> str:
     """Stable, readable YAML (key order kept, no aliases, unicode as is; :class:`FlowMap` values on one line).
 
     Example:
-        >>> print(dump_yaml({"stats": {"train": FlowMap(rows=2, tokens=8)}}), end="")
+        >>> print(dump_yaml({"stats": {"train": FlowMap(rows=2, tokens=8)}, "recipe": BlockText("a: 1\\nb: 2")}), end="")
         stats:
           train: {rows: 2, tokens: 8}
+        recipe: |-
+          a: 1
+          b: 2
     """
     return yaml.dump(data, Dumper=_NoAlias, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
 
@@ -531,6 +542,10 @@ class CardParams:
     loss_layout: LossLayout | None = None  # sft: what the probe conversation's mask covers
     loss_audit: dict[str, Any] | None = None
     """The loss audit's rules (:meth:`hfprep.output.audit.AuditRules.to_card`), recorded for ``hfprep validate``."""
+    documents: dict[str, Any] | None = None
+    """The ``hfprep.documents`` block when the folder has the documents config (:mod:`hfprep.output.documents`)."""
+    repacked_from: dict[str, Any] | None = None
+    """``{source, revision}`` of the dataset ``hfprep repack`` read, for a repacked dataset."""
     stats: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -549,6 +564,8 @@ def card_front_matter(p: CardParams) -> dict[str, Any]:
     meta["configs"] = [
         {"config_name": "default", "data_files": [{"split": s.name, "path": split_glob(s.name)} for s in p.splits]}
     ]
+    if p.documents is not None:
+        meta["configs"].append(documents_entry([s.name for s in p.splits]))
     meta["dataset_info"] = dataset_info_yaml(
         row_features(), {s.name: s.rows for s in p.splits}, p.split_bytes, p.download_bytes
     )
@@ -571,6 +588,10 @@ def card_front_matter(p: CardParams) -> dict[str, Any]:
         meta["hfprep"]["source_decode_replacements"] = p.decode_replacements
     if p.loss_audit is not None:
         meta["hfprep"]["loss_audit"] = FlowMap(p.loss_audit)  # ids on one line: the header stays short
+    if p.documents is not None:
+        meta["hfprep"]["documents"] = p.documents
+    if p.repacked_from is not None:
+        meta["hfprep"]["repacked_from"] = dict(p.repacked_from)
     return meta
 
 
@@ -750,6 +771,9 @@ def card_context(p: CardParams) -> dict[str, Any]:
         "source_revision": p.source_revision,
         "recipe_sha256": p.recipe_sha256,
         "date": p.date,
+        "documents_section": documents_section(p.load_target, p.stats, p.documents, p.repacked_from)
+        if p.documents is not None
+        else "",
     }
 
 

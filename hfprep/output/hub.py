@@ -6,6 +6,9 @@ What a push changes on the Hub, and what it never touches:
   or ``data/<config>/`` (``config_name=``), renamed ``<push id>-<split>-XXXXX-of-YYYYY.parquet``: the push id is
   a hash of the shards' content, so a new push never overwrites a shard that the live card points at, and an
   unchanged folder maps to the same names (nothing is re-uploaded, no commit is made).
+* **Documents**: a folder with the ``documents`` config (:mod:`hfprep.output.documents`) pushes it in the same
+  commits as config ``documents`` (``<config>-documents`` for a named config), shards under its own data folder,
+  switched by the same card commit; a later push of the config without documents removes that config again.
 * **Deletions**: only files the previous hfprep pushes of the *same config* wrote: shards of that config's folder
   named by hfprep (any push id, so leftovers of an interrupted push are cleaned up too), the older unsuffixed
   ``<split>-XXXXX-of-YYYYY.parquet`` shards of an hfprep card's ``default`` config, and the extra files recorded
@@ -82,7 +85,8 @@ from .card import (
     snippet_facts,
     split_front_matter,
 )
-from .layout import CARD_KEYS, CARD_NAME, DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, SHARD_RE, file_sha256
+from .documents import documents_config_name
+from .layout import CARD_KEYS, CARD_NAME, DATA_DIR, DEFAULT_CONFIG, DOCUMENTS_DIR, RECIPE_NAME, SHARD_RE, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,8 @@ class PushPlan:
     files: list[str]
     shards: dict[str, list[str]]
     card_metadata: dict[str, Any]
+    documents: dict[str, list[str]] = field(default_factory=dict)
+    """The ``documents`` config's shards per split (:mod:`hfprep.output.documents`), pushed with the data."""
 
 
 def _card_metadata(card_path: Path) -> dict[str, Any]:
@@ -168,33 +174,13 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
             if not name.startswith("."):
                 files.append((rel_dir / name).as_posix())
 
-    shards: dict[str, list[str]] = {}
-    counts: dict[str, set[int]] = {}
-    for rel in files:
-        parent, _, name = rel.rpartition("/")
-        if parent != DATA_DIR:
-            continue
-        m = SHARD_RE.match(name)
-        if m is None:
-            continue
-        shards.setdefault(m["split"], []).append(rel)
-        counts.setdefault(m["split"], set()).add(int(m["count"]))
+    shards = _complete_shards(root, files, DATA_DIR)
     if not shards:
         raise DataError(
             f"{root} has no data shards ({DATA_DIR}/<split>-XXXXX-of-YYYYY.parquet); "
             "re-create the folder with `hfprep run`"
         )
-    for split, paths in shards.items():
-        if len(counts[split]) != 1:
-            raise DataError(
-                f"{root}/{DATA_DIR}: split {split!r} mixes shard counts {sorted(counts[split])}; "
-                "remove the shards of the older run"
-            )
-        count = counts[split].pop()
-        expected = [f"{DATA_DIR}/{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-        missing = sorted(set(expected) - set(paths))
-        if missing:
-            raise DataError(f"{root}: shard {missing[0]} is missing ({len(missing)} of {count}); re-create the folder")
+    documents = _complete_shards(root, files, DOCUMENTS_DIR)
     for pattern in _config_patterns(metadata, card):
         if not any(fnmatch.fnmatchcase(f, pattern) for f in files):
             raise DataError(f"{card}: configs pattern {pattern!r} matches no file in {root}; fix the card or the data")
@@ -203,10 +189,36 @@ def validate_folder_for_push(folder: str | os.PathLike) -> PushPlan:
         if rel in files:
             _refuse_machine_paths(root, rel)
 
-    # Shards first, other files (images...) next, the card last: see plan_commits.
+    # Shards first (data, then documents), other files (images...) next, the card last: see plan_commits.
     data = [f for f in files if f.startswith(f"{DATA_DIR}/")]
-    others = [f for f in files if not f.startswith(f"{DATA_DIR}/") and f != CARD_NAME]
-    return PushPlan(root, [*data, *others, CARD_NAME], shards, metadata)
+    docs = [f for paths in documents.values() for f in paths]
+    others = [f for f in files if not f.startswith(f"{DATA_DIR}/") and f not in docs and f != CARD_NAME]
+    return PushPlan(root, [*data, *docs, *others, CARD_NAME], shards, metadata, documents)
+
+
+def _complete_shards(root: Path, files: list[str], data_dir: str) -> dict[str, list[str]]:
+    """``{split: shard paths}`` of the ``<split>-XXXXX-of-YYYYY.parquet`` files directly in ``data_dir``; a split
+    with mixed counts or a missing shard is a one-line :class:`~hfprep.errors.DataError`."""
+    shards: dict[str, list[str]] = {}
+    counts: dict[str, set[int]] = {}
+    for rel in files:
+        parent, _, name = rel.rpartition("/")
+        m = SHARD_RE.match(name) if parent == data_dir else None
+        if m is not None:
+            shards.setdefault(m["split"], []).append(rel)
+            counts.setdefault(m["split"], set()).add(int(m["count"]))
+    for split, paths in shards.items():
+        if len(counts[split]) != 1:
+            raise DataError(
+                f"{root}/{data_dir}: split {split!r} mixes shard counts {sorted(counts[split])}; "
+                "remove the shards of the older run"
+            )
+        count = counts[split].pop()
+        expected = [f"{data_dir}/{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+        missing = sorted(set(expected) - set(paths))
+        if missing:
+            raise DataError(f"{root}: shard {missing[0]} is missing ({len(missing)} of {count}); re-create the folder")
+    return shards
 
 
 def machine_paths(folder: Path) -> list[str]:
@@ -434,6 +446,8 @@ def merge_card(
     push_record: dict[str, Any] | None = None,
     path_map: dict[str, str] | None = None,
     target: CardTarget | None = None,
+    documents: tuple[str, list[dict[str, str]]] | None = None,
+    drop_configs: tuple[str, ...] = (),
 ) -> str:
     """The card a push writes: the folder's card (``local_text``) merged into the repo's card (``remote_text``).
 
@@ -447,6 +461,10 @@ def merge_card(
     ``default`` config's section; its single ``hfprep`` block as its ``config_name``'s). ``path_map`` rewrites the
     local card's links to files that the push stores elsewhere in the repo; ``target`` (where the pushed card is
     read: :func:`hub_card_target`) renders the section's snippets and the bundled tokenizer's location again.
+
+    ``documents``: ``(config name, data_files)`` of the folder's ``documents`` config in the repo (its entry is
+    replaced like the data's, and ``hfprep.documents.config_name`` names it); ``drop_configs``: entries of an
+    earlier push of this config that the folder no longer has (a documents config), removed.
 
     Example:
         >>> local = "---\\nconfigs:\\n- config_name: default\\n  data_files: data/train-*\\n---\\n# Mine\\n"
@@ -472,7 +490,7 @@ def merge_card(
     if data_files is not None:
         ours["data_files"] = data_files
     remote_configs = meta.get("configs") if isinstance(meta.get("configs"), list) else []
-    configs = list(remote_configs)
+    configs = [c for c in remote_configs if _config_name_of(c) not in drop_configs]
     names = [_config_name_of(c) for c in configs]
     if config_name in names:
         configs[names.index(config_name)] = ours
@@ -480,6 +498,14 @@ def merge_card(
         configs.insert(0, ours)
     else:
         configs.append(ours)
+    if documents is not None:
+        doc_name, doc_files = documents
+        names = [_config_name_of(c) for c in configs]
+        entry = {"config_name": doc_name, "data_files": doc_files}
+        if doc_name in names:
+            configs[names.index(doc_name)] = entry
+        else:
+            configs.insert(names.index(config_name) + 1, entry)
 
     if _config_name_of(configs[0]) == config_name:
         # The repo's own fields: this config speaks for the repo (the default config, or the first one).
@@ -517,6 +543,8 @@ def merge_card(
         if block is None:
             blocks.pop(config_name, None)  # this config's rows are no longer the ones that block described
         else:
+            if key == "hfprep" and documents is not None and isinstance(block.get("documents"), dict):
+                block["documents"] = {**block["documents"], "config_name": documents[0]}
             if target is not None and isinstance(block.get("tokenizer"), dict) and "subfolder" in block["tokenizer"]:
                 where = bundled_tokenizer_meta(target)
                 block["tokenizer"] = {**where, **{k: v for k, v in block["tokenizer"].items() if k not in where}}
@@ -665,12 +693,14 @@ def _hub_errors(repo_id: str, endpoint: str, token: str | None) -> Iterator[None
         ) from e
 
 
-def _split_order(plan: PushPlan) -> list[str]:
-    """The splits in the order of the folder card's ``default`` config (the order ``load_dataset`` shows)."""
+def _split_order(plan: PushPlan, shards: dict[str, list[str]] | None = None) -> list[str]:
+    """The splits of ``shards`` (default: the data's) in the order of the folder card's ``default`` config (the
+    order ``load_dataset`` shows)."""
+    shards = plan.shards if shards is None else shards
     entry = next((c for c in plan.card_metadata.get("configs") or [] if _config_name_of(c) == DEFAULT_CONFIG), {})
     items = entry.get("data_files") if isinstance(entry, dict) else None
-    ordered = [str(i["split"]) for i in items or [] if isinstance(i, dict) and str(i.get("split")) in plan.shards]
-    return list(dict.fromkeys([*ordered, *plan.shards]))
+    ordered = [str(i["split"]) for i in items or [] if isinstance(i, dict) and str(i.get("split")) in shards]
+    return list(dict.fromkeys([*ordered, *shards]))
 
 
 def _remote_state(api: Any, repo_id: str, revision: str) -> tuple[str | None, dict[str, Any], str | None]:
@@ -736,43 +766,56 @@ def plan_push(
         api = HfApi(endpoint=endpoint, token=token)
     data_dir = config_data_dir(config_name)
 
+    doc_config = documents_config_name(config_name)
+    doc_dir = config_data_dir(doc_config)
     digests = {rel: file_sha256(plan.folder / rel) for rel in plan.files if rel != CARD_NAME}
-    shard_key = sorted((rel, digests[rel]) for paths in plan.shards.values() for rel in paths)
+    shard_key = sorted((rel, digests[rel]) for group in (plan.shards, plan.documents) for paths in group.values()
+                       for rel in paths)
     push_id = hashlib.sha256(json.dumps(shard_key).encode()).hexdigest()[:PUSH_ID_CHARS]
     targets: dict[str, str] = {}  # repo path -> local path (relative to the folder)
     for split in _split_order(plan):
         for rel in plan.shards[split]:
             targets[f"{data_dir}/{push_id}-{rel.rpartition('/')[2]}"] = rel
+    doc_shards = {rel for paths in plan.documents.values() for rel in paths}
+    for split in _split_order(plan, plan.documents):
+        for rel in plan.documents[split]:
+            targets[f"{doc_dir}/{push_id}-{rel.rpartition('/')[2]}"] = rel
     path_map = {}
     for rel in plan.files:
-        if rel != CARD_NAME and not rel.startswith(f"{DATA_DIR}/"):
+        if rel != CARD_NAME and not rel.startswith(f"{DATA_DIR}/") and rel not in doc_shards:
             dest = config_prefix(config_name) + rel
             targets[dest] = rel
             if dest != rel:
                 path_map[rel] = dest
-    extras = sorted(p for p, rel in targets.items() if not rel.startswith(f"{DATA_DIR}/"))
+    extras = sorted(p for p, rel in targets.items() if not rel.startswith(f"{DATA_DIR}/") and rel not in doc_shards)
 
     parent, remote, remote_card = _remote_state(api, repo_id, revision)
     remote_meta, _ = _split_card(remote_card, f"{repo_id}/{CARD_NAME}") if remote_card is not None else ({}, "")
     remote_configs = remote_meta.get("configs") if isinstance(remote_meta.get("configs"), list) else []
     old_entry = next((c for c in remote_configs if _config_name_of(c) == config_name), None)
     old_patterns = _entry_patterns(old_entry)
-    for path in targets:
-        if path.startswith(f"{data_dir}/") and path not in remote:
-            clash = next((p for p in old_patterns if _glob_match(path, p)), None)
-            if clash is not None:
-                raise HubError(
-                    f"{repo_id}/{CARD_NAME}: config {config_name!r} reads {clash!r}, which would also match the new "
-                    f"shard {path} and mix old and new rows during the push; narrow that pattern or use another "
-                    "config name"
-                )
-
     # What hfprep wrote for this config before: its named shards (any push id), the unsuffixed shards of an older
     # hfprep card's default config, and the extra files its last push recorded. Nothing else is ever deleted.
     remote_block = remote_meta.get("hfprep") if isinstance(remote_meta.get("hfprep"), dict) else None
     pushes = (remote_block or {}).get("pushes")
     record = pushes.get(config_name) if isinstance(pushes, dict) else None
     recorded = set(record.get("files") or []) if isinstance(record, dict) else set()
+    had_documents = isinstance(record, dict) and record.get("documents") == doc_config
+    shard_dirs = {data_dir: old_patterns}
+    if plan.documents or had_documents:  # the documents config of this config is replaced (or removed) with it
+        doc_entry = next((c for c in remote_configs if _config_name_of(c) == doc_config), None)
+        shard_dirs[doc_dir] = _entry_patterns(doc_entry)
+    for path in targets:
+        folder = path.rpartition("/")[0]
+        if folder in shard_dirs and path not in remote:
+            clash = next((p for p in shard_dirs[folder] if _glob_match(path, p)), None)
+            if clash is not None:
+                name = config_name if folder == data_dir else doc_config
+                raise HubError(
+                    f"{repo_id}/{CARD_NAME}: config {name!r} reads {clash!r}, which would also match the new "
+                    f"shard {path} and mix old and new rows during the push; narrow that pattern or use another "
+                    "config name"
+                )
     old_splits = {
         str(i.get("split"))
         for i in (old_entry or {}).get("data_files") or []
@@ -784,7 +827,7 @@ def plan_push(
             continue
         parent_dir, _, name = path.rpartition("/")
         ours = path in recorded
-        if parent_dir == data_dir and _PUSHED_SHARD_RE.match(name):
+        if parent_dir in shard_dirs and _PUSHED_SHARD_RE.match(name):
             ours = True
         legacy = SHARD_RE.match(name)
         if (
@@ -814,6 +857,13 @@ def plan_push(
                 {"config_name": DEFAULT_CONFIG, "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in legacy_splits]}
             ]
     push_record = {"id": push_id, "splits": {s: len(plan.shards[s]) for s in _split_order(plan)}, "files": extras}
+    documents = None
+    if plan.documents:
+        push_record["documents"] = doc_config
+        documents = (doc_config, [
+            {"split": split, "path": f"{doc_dir}/{push_id}-{_glob_escape(split)}-?????-of-?????.parquet"}
+            for split in _split_order(plan, plan.documents)
+        ])
     local_card = (plan.folder / CARD_NAME).read_text(encoding="utf-8")
     base_card = remote_card
     if remote_meta.get("configs") and not remote_configs:
@@ -822,7 +872,8 @@ def plan_push(
     target = hub_card_target(repo_id, config_name, revision)
     card_text = merge_card(
         local_card, base_card, config_name=config_name, data_files=data_files, push_record=push_record,
-        path_map=path_map, target=target,
+        path_map=path_map, target=target, documents=documents,
+        drop_configs=(doc_config,) if had_documents and not documents else (),
     )
 
     adds = [
@@ -837,7 +888,9 @@ def plan_push(
         # No card configs yet: the Hub would read the first commits' shards by file-name conventions (a partial
         # dataset). A first card whose patterns match nothing keeps the repo unreadable until the switch commit.
         pending = [{**d, "path": d["path"] + ".pending"} for d in data_files]
-        placeholder = merge_card(local_card, base_card, config_name=config_name, data_files=pending, target=target)
+        pending_docs = (documents[0], [{**d, "path": d["path"] + ".pending"} for d in documents[1]]) if documents else None
+        placeholder = merge_card(local_card, base_card, config_name=config_name, data_files=pending, target=target,
+                                 documents=pending_docs)
         commits = plan_commits(["\0placeholder", *adds], deletes, max_files_per_commit)
         commits = [([CARD_NAME if p == "\0placeholder" else p for p in a], d) for a, d in commits]
     return RemotePlan(

@@ -76,12 +76,15 @@ MARKER_NAME = ".hfprep-output.json"
 folders with this marker (or an hfprep card) and nothing else in them. Hidden, so neither ``load_dataset`` nor a
 push sees it."""
 CARD_KEYS = frozenset({"hfprep", "hfprep_kd"})
-LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, IMAGES_DIR, RECIPE_NAME, TOKENIZER_DIR, ".gitattributes"})
+DOCUMENTS_DIR = "documents"
+"""The ``documents`` config's shards (tokenized, unpacked documents): ``documents/<split>-XXXXX-of-YYYYY.parquet``,
+the layout ``push_to_hub`` gives a config of that name."""
+LEGACY_ENTRIES = frozenset({CARD_NAME, DATA_DIR, DOCUMENTS_DIR, IMAGES_DIR, RECIPE_NAME, TOKENIZER_DIR, ".gitattributes"})
 
 
-def split_glob(split: str) -> str:
+def split_glob(split: str, data_dir: str = DATA_DIR) -> str:
     """The ``configs`` data_files pattern of a split, as ``push_to_hub`` writes it."""
-    return f"{DATA_DIR}/{split}-*"
+    return f"{data_dir}/{split}-*"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

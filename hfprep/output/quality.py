@@ -32,7 +32,9 @@ from ..datasets_internals import arrow_table
 from ..errors import DataError
 from ..schema import RowSegments, row_segments, table_to_flat
 
-REPORT_BATCH_ROWS = 8192
+REPORT_BATCH_TOKENS = 2**18
+"""Tokens measured at once (a few int64 temporaries each): rows per batch are this over ``seq_len``, so the report
+holds the same memory at any row length (8,192 rows of 8,192 tokens took gigabytes)."""
 
 
 def histogram_edges(seq_len: int) -> list[int]:
@@ -107,8 +109,9 @@ def packing_report(
     if missing:
         raise DataError(f"packing_report: packed rows lack column(s) {missing}; columns are {table.column_names}")
     builder = PackingReportBuilder(int(seq_len), pad_token_id=pad_token_id, padded=padded)
-    for start in range(0, table.num_rows, REPORT_BATCH_ROWS):
-        builder.add(table.slice(start, REPORT_BATCH_ROWS))
+    batch_rows = max(1, REPORT_BATCH_TOKENS // int(seq_len))  # bounded memory whatever the row length
+    for start in range(0, table.num_rows, batch_rows):
+        builder.add(table.slice(start, batch_rows))
     return builder.report(stats)
 
 

@@ -55,9 +55,10 @@ COLUMN_ENCODINGS: dict[str, str] = {
 COMPRESSION = "zstd"
 
 
-def shard_filename(split: str, index: int, num_shards: int) -> str:
-    """``data/<split>-XXXXX-of-YYYYY.parquet`` (relative to the dataset folder)."""
-    return f"{DATA_DIR}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+def shard_filename(split: str, index: int, num_shards: int, data_dir: str = DATA_DIR) -> str:
+    """``data/<split>-XXXXX-of-YYYYY.parquet`` (relative to the dataset folder; ``data_dir``: another config's
+    folder, e.g. ``documents``)."""
+    return f"{data_dir}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
 
 
 def shard_schema(schema: pa.Schema, features: Features | None = None) -> pa.Schema:
@@ -222,6 +223,7 @@ class ShardWriter:
         threads: shards written at the same time (each by its own thread).
         queue_bytes: most bytes of row groups waiting for the writer threads.
         on_row_group: called with every row group, in order, before it is queued (stats of the written rows).
+        data_dir: the folder of the config the shards belong to (``data``; ``documents`` for the documents config).
     """
 
     def __init__(
@@ -236,10 +238,12 @@ class ShardWriter:
         threads: int = 2,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         on_row_group: Callable[[pa.Table], None] | None = None,
+        data_dir: str = DATA_DIR,
     ) -> None:
         if row_group_rows < 1:
             raise ValueError("row_group_rows must be >= 1")
         self.folder = Path(folder)
+        self.data_dir = data_dir
         self.split = split
         self.features = features
         self.row_group_rows = row_group_rows
@@ -306,7 +310,7 @@ class ShardWriter:
         self._closed = True
         count = len(self._shards)
         for i, shard in enumerate(self._shards):
-            rel = shard_filename(self.split, i, count)
+            rel = shard_filename(self.split, i, count, self.data_dir)
             os.replace(shard.path, self.folder / rel)
             self.paths.append(rel)
         return self.paths
@@ -365,8 +369,8 @@ class ShardWriter:
         running = [s for s in self._shards if s.thread.is_alive()]
         while len(running) >= self.threads:
             running.pop(0).join()
-        (self.folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        path = self.folder / DATA_DIR / f".{self.split}-{len(self._shards):05d}.parquet.partial"
+        (self.folder / self.data_dir).mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.data_dir / f".{self.split}-{len(self._shards):05d}.parquet.partial"
         self._shards.append(_ShardThread(path, self.schema, self.budget))
         self._shard_rows = self._shard_bytes = 0
 
@@ -389,6 +393,7 @@ def write_split(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     on_row_group: Callable[[pa.Table], None] | None = None,
     threads: int = 2,
+    data_dir: str = DATA_DIR,
 ) -> list[str]:
     """Write ``table`` (or tables, in order) as the shards of ``split`` under ``folder``; returns the relative shard
     paths. The rows and their order are kept; see :class:`ShardWriter` for the sharding rule.
@@ -400,7 +405,7 @@ def write_split(
     """
     with ShardWriter(
         folder, split, features, row_group_rows=row_group_rows, max_rows_per_shard=max_rows_per_shard,
-        max_shard_bytes=max_shard_bytes, threads=threads, on_row_group=on_row_group,
+        max_shard_bytes=max_shard_bytes, threads=threads, on_row_group=on_row_group, data_dir=data_dir,
     ) as writer:
         for t in [table] if isinstance(table, pa.Table) else table:
             writer.write(t)

@@ -16,6 +16,9 @@ Checked, per row (vectorised over each record batch):
 * the loss audit (:mod:`hfprep.output.audit`), per split: documents with no loss or (SFT) loss on their context,
   assistant turns without loss on their content or end-of-turn token, documents without their separator or FIM
   sentinels, rows with no loss; one line per violated check, with its count and first row/segment.
+* the ``documents`` config, when there is one (:mod:`hfprep.output.documents`): its shards, columns and dtypes,
+  equal non-empty lists, ids below the vocabulary, keys that never decrease within a split (the order the packer
+  reads them), and a document and token count per split equal to the card's ``docs_in`` / ``tokens_in``.
 
 Example:
     >>> report = validate_folder("out/quickstart")  # doctest: +SKIP
@@ -35,9 +38,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..pack.keys import batch_keys
 from ..schema import (
+    DOCUMENT_ARROW_TYPES,
+    DOCUMENT_COLUMNS,
+    DOCUMENT_SOURCE_TYPE,
     ROW_ARROW_TYPES,
     ROW_FEATURES_SPEC,
+    SOURCE_COLUMN,
     RowSegments,
     output_is_padded,
     padding_mask,
@@ -46,7 +54,8 @@ from ..schema import (
 )
 from .audit import AuditResult, LossAudit
 from .card import hfprep_block, read_card_metadata
-from .layout import CARD_NAME, DATA_DIR, SHARD_RE
+from .documents import DOCUMENTS_CONFIG
+from .layout import CARD_NAME, DATA_DIR, DOCUMENTS_DIR, SHARD_RE
 from .mixture_report import check_mixture_card, source_column_counts
 
 EXPECTED_TYPES = ROW_ARROW_TYPES
@@ -205,14 +214,14 @@ def _check_schema(pf: pq.ParquetFile, where: str) -> list[str]:
     return out
 
 
-def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+def _shards(folder: Path, data_dir: str = DATA_DIR) -> tuple[dict[str, list[Path]], list[str]]:
     problems: list[str] = []
     by_split: dict[str, list[tuple[int, int, Path]]] = {}
-    data = folder / DATA_DIR
+    data = folder / data_dir
     for p in sorted(data.glob("*.parquet")) if data.is_dir() else []:
         m = SHARD_RE.match(p.name)
         if not m:
-            problems.append(f"{DATA_DIR}/{p.name}: not named <split>-XXXXX-of-YYYYY.parquet")
+            problems.append(f"{data_dir}/{p.name}: not named <split>-XXXXX-of-YYYYY.parquet")
             continue
         by_split.setdefault(m["split"], []).append((int(m["index"]), int(m["count"]), p))
     out: dict[str, list[Path]] = {}
@@ -223,7 +232,7 @@ def _shards(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
             problems.append(f"split {split!r}: shards disagree on their count (-of-{sorted(counts)}); re-create the folder")
         else:
             n = next(iter(counts))
-            missing = [f"{DATA_DIR}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n) if i not in idx]
+            missing = [f"{data_dir}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n) if i not in idx]
             extra = [i for i in idx if i >= n]
             if missing:
                 shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -260,7 +269,7 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
     violations.extend(problems)
     if not shards:
         violations.append(f"{DATA_DIR}/: no Parquet shards")
-    config_splits = _config_splits(meta)
+    config_splits = _config_splits(meta, "default")
     for split in config_splits:
         if split not in shards:
             violations.append(f"{CARD_NAME}: configs lists split {split!r} but {DATA_DIR}/ has no shard for it")
@@ -311,8 +320,111 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         violations.extend(audits[split].lines(split))
         if source_tokens is not None and split == next(iter(config_splits or shards)):
             violations.extend(check_mixture_card(hf.get("mixture"), source_tokens))
+    documents_config = (hf.get("documents") or {}).get("config_name", DOCUMENTS_CONFIG)
+    if (root / DOCUMENTS_DIR).is_dir() or _config_splits(meta, documents_config):
+        violations.extend(
+            _check_documents(root, meta, documents_config, list(shards), max(0, max_violations - len(violations)) + 1)
+        )
     cut = cut or len(violations) > max_violations
     return ValidationReport(str(folder), violations[:max_violations], all_stats, truncated=cut, audits=audits)
+
+
+def _check_documents(root: Path, meta: dict[str, Any], config: str, data_splits: list[str], limit: int) -> list[str]:
+    """The documents config (:mod:`hfprep.output.documents`): shard names, the row contract (columns, dtypes, equal
+    non-empty lists, ids below the vocabulary), the order the packer reads (keys never decrease within a split)
+    and the card's document and token counts (``docs_in`` / ``tokens_in`` of each split)."""
+    hf = meta.get("hfprep") or {}
+    vocab = (hf.get("tokenizer") or {}).get("vocab_size")
+    num_keys = hf.get("num_reduce_chunks")
+    shards, out = _shards(root, DOCUMENTS_DIR)
+    listed = _config_splits(meta, config)
+    for split in listed:
+        if split not in shards:
+            out.append(f"{CARD_NAME}: config {config!r} lists split {split!r} but {DOCUMENTS_DIR}/ has no shard for it")
+    if shards and not listed:
+        out.append(f"{CARD_NAME}: {DOCUMENTS_DIR}/ holds shards but configs has no {config!r} entry for them")
+    for split in data_splits:
+        if split not in shards:
+            out.append(f"{DOCUMENTS_DIR}/: no documents for split {split!r} (every packed split has its documents)")
+    for split, paths in shards.items():
+        docs = tokens = 0
+        last_key = -1
+        for p in paths:
+            where = f"{DOCUMENTS_DIR}/{p.name}"
+            try:
+                pf = pq.ParquetFile(p)
+            except Exception as e:  # a truncated or foreign file: report, keep checking the rest
+                out.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
+                continue
+            problems = _check_document_schema(pf.schema_arrow, where)
+            out.extend(problems)
+            if problems:
+                continue
+            for batch in pf.iter_batches(batch_size=1024):
+                found, ids, offsets = _check_document_batch(pa.Table.from_batches([batch]), vocab, where, docs)
+                out.extend(found)
+                if ids is not None and num_keys:
+                    keys = batch_keys(ids, offsets, int(num_keys))
+                    down = np.flatnonzero(np.diff(np.concatenate([[last_key], keys])) < 0)
+                    if len(down):
+                        out.append(
+                            f"{where} row {docs + int(down[0])}: key {keys[down[0]]} after key "
+                            f"{last_key if down[0] == 0 else keys[down[0] - 1]}; documents must be in the order the "
+                            "packer reads them (ascending key, input order inside a key): re-create the folder"
+                        )
+                    last_key = int(keys[-1]) if len(keys) else last_key
+                docs += batch.num_rows
+                tokens += int(offsets[-1]) if offsets is not None else 0
+                if len(out) >= limit:
+                    return out
+        card = (hf.get("stats") or {}).get(split) or {}
+        for key, got in (("docs_in", docs), ("tokens_in", tokens)):
+            if key in card and int(card[key]) != got:
+                out.append(f"{CARD_NAME}: split {split!r} {key} = {card[key]} in the card, {got} in {DOCUMENTS_DIR}/")
+    return out
+
+
+def _check_document_schema(schema: pa.Schema, where: str) -> list[str]:
+    names = [f.name for f in schema]
+    if sorted(n for n in names if n != SOURCE_COLUMN) != sorted(DOCUMENT_ARROW_TYPES):
+        return [f"{where}: columns {names}, expected {list(DOCUMENT_ARROW_TYPES)} (and {SOURCE_COLUMN!r} for a mixture)"]
+    out = []
+    for name, typ in DOCUMENT_ARROW_TYPES.items():
+        got = schema.field(name).type
+        if not (pa.types.is_list(got) and got.value_type.equals(typ.value_type)):
+            out.append(f"{where}: column {name!r} has type {got}, expected {typ}")
+    if SOURCE_COLUMN in names and not schema.field(SOURCE_COLUMN).type.equals(DOCUMENT_SOURCE_TYPE):
+        out.append(f"{where}: column {SOURCE_COLUMN!r} has type {schema.field(SOURCE_COLUMN).type}, "
+                   f"expected {DOCUMENT_SOURCE_TYPE}")
+    if (schema.metadata or {}).get(b"huggingface") is None:
+        out.append(f"{where}: no datasets feature metadata (load_dataset would infer int32/int64 ids)")
+    return out
+
+
+def _check_document_batch(
+    table: pa.Table, vocab: int | None, where: str, row_base: int
+) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+    """Row contract of one batch of documents; returns the violations and the flat ids with their offsets (None
+    when the lists are not aligned)."""
+    out = []
+    lens = {n: pa.compute.list_value_length(table.column(n)).to_numpy(zero_copy_only=False) for n in DOCUMENT_COLUMNS}
+    bad = np.flatnonzero(lens["input_ids"] != lens["loss_mask"])
+    for r in bad[:5]:
+        out.append(f"{where} row {row_base + r}: input_ids/loss_mask lengths differ "
+                   f"({lens['input_ids'][r]}/{lens['loss_mask'][r]})")
+    if len(bad):
+        return out, None, None
+    for r in np.flatnonzero(lens["input_ids"] == 0)[:5]:
+        out.append(f"{where} row {row_base + r}: an empty document")
+    col = table.column("input_ids")
+    ids = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks] or [np.zeros(0, np.uint32)])
+    offsets = np.zeros(len(lens["input_ids"]) + 1, dtype=np.int64)
+    np.cumsum(lens["input_ids"], out=offsets[1:])
+    if vocab is not None:
+        for i in np.flatnonzero(ids >= vocab)[:5]:
+            row = int(np.searchsorted(offsets, i, side="right") - 1)
+            out.append(f"{where} row {row_base + row}, token {i - offsets[row]}: id {ids[i]} >= vocab size {vocab}")
+    return out, ids.astype(np.uint32, copy=False), offsets
 
 
 def _aligned(table: pa.Table) -> bool:
@@ -320,9 +432,12 @@ def _aligned(table: pa.Table) -> bool:
     return all(x.equals(n[0]) for x in n[1:])
 
 
-def _config_splits(meta: dict[str, Any]) -> list[str]:
+def _config_splits(meta: dict[str, Any], config: str) -> list[str]:
+    """The splits the card's ``configs`` entry ``config`` lists."""
     out = []
     for cfg in meta.get("configs", []) or []:
+        if not isinstance(cfg, dict) or str(cfg.get("config_name", "default")) != config:
+            continue
         for df in cfg.get("data_files", []) or []:
             if isinstance(df, dict) and "split" in df:
                 out.append(df["split"])

@@ -183,14 +183,27 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
                 yield {"input_ids": ids[a:b], "position_ids": pos[a:b], "loss_mask": mask[a:b]}
 
     def __init__(
-        self, config: PrepareForTrainingTransformConfig, tokenizer=None, tokenize_config: TokenizeConfig | None = None
+        self,
+        config: PrepareForTrainingTransformConfig,
+        tokenizer=None,
+        tokenize_config: TokenizeConfig | None = None,
+        *,
+        pack_only: bool = False,
     ) -> None:
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
-            config.tokenizer_name, revision=config.tokenizer_revision
-        )
+        """``tokenize_config``: a tokenize section richer than the seed's config carries (hfprep run's recipes).
+        ``pack_only``: the reduce side alone (what ``hfprep repack`` runs over a ``documents`` config): no tokenizer
+        is loaded, so ``config.pad_token_id`` must be given; the map side is then unavailable."""
+        self.pack_only = pack_only
+        if pack_only:
+            if config.pad_token_id is None:
+                raise ConfigError("a pack-only transform needs pad_token_id (it loads no tokenizer to default it)")
+            self.tokenizer = None
+        else:
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+                config.tokenizer_name, revision=config.tokenizer_revision
+            )
         self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else eos_token_id(self.tokenizer)
         self.packer = get_packer(config.packing_strategy)
-        # ``tokenize_config``: a tokenize section richer than the seed's config carries (hfprep run's recipes).
         self.tokenize_config = tokenize_config if tokenize_config is not None else config.tokenize_config()
         # The tokenizer stage and its backend are made on first use: engines first call guard_backend with a sample
         # of their input, so the backend is resolved (and the fast one built) once per run.
@@ -310,6 +323,14 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
     def output_features(self):
         return tokenized_features()
 
+    def group_documents(self, key: Any, table: pa.Table) -> pa.Table:
+        """The group's documents for the ``documents`` config: ids and loss mask, in the order the packer reads them
+        (positions are ``0..n-1`` in every tokenized document, so they are not kept)."""
+        return _schema.documents_from_rows(table)
+
+    def documents_features(self):
+        return _schema.document_features()
+
     def group_bytes(self, table: pa.Table, bounds: np.ndarray, order: np.ndarray) -> np.ndarray:
         lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
         tokens = np.add.reduceat(lengths[order], bounds[:-1]) if len(order) else np.zeros(0)
@@ -383,6 +404,8 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
         """The tokenize strategy bound to the tokenizer and its backend (made on first use; the backend is checked
         on the guard's built-in stress set when no engine called :meth:`guard_backend` first)."""
         if self._stage is None:
+            if self.pack_only:
+                raise ConfigError("this transform packs only (no tokenizer): it has no tokenize stage")
             self.guard_backend(())
         assert self._stage is not None
         return self._stage

@@ -1,0 +1,442 @@
+"""``hfprep repack``: pack a prepared dataset's documents again, at another ``seq_len`` or with another packer,
+without the tokenizer and without the source.
+
+The ``documents`` config (:mod:`hfprep.output.documents`) holds every split's tokenized documents in the order the
+packer reads them: ascending key ``array_hash(input_ids) % num_reduce_chunks``, input order inside a key. A repack
+reads it shard by shard (a Hub repo is downloaded one shard at a time), recomputes each document's key from its
+ids, cuts the stream into groups where the key changes and hands every group to the engine's own reduce
+(:func:`hfprep.engines.mapreduce.reduce_groups` over the recipe's
+:class:`~hfprep.pack.transform.PrepareForTrainingTransform`, built ``pack_only``), then the dense tails of all
+groups to ``reduce_tails``: the same code, on the same groups, in the same order as ``hfprep run``, so the data
+shards are byte-identical to a fresh run of the recipe with the new packing. The output is a full prepared folder
+(the packed splits, the documents config, the bundled tokenizer, figures and a card that records
+``repacked_from: {source, revision}``), written atomically.
+
+**Mixtures** repack too: the documents' ``source`` goes to the mixture's reduce, which labels every packed token
+with it, and the card's mixture table keeps what the source chose with what the new packing made of it.
+
+**Keys.** The key count is the source's: a document's place inside its new group would be its input order, which
+the documents config does not keep across keys, so another ``num_reduce_chunks`` is refused (re-run the recipe).
+
+**Memory.** One group of documents at a time (the source run's ``reduce_memory_budget`` bounded every group),
+plus one record batch; ``memory_budget`` refuses, in one line, a group that would hold more.
+
+**Resume.** Every finished documents shard is recorded in ``.<output>.partial/manifest.json`` with the packed rows,
+tails, stats and the open group it left (:mod:`hfprep.commands.staging`): a killed repack re-run with the same
+arguments continues there and ends with the same bytes.
+
+Example:
+    >>> summary = repack("out/quickstart", "out/quickstart-1024", seq_len=1024)  # doctest: +SKIP
+    >>> summary["splits"]["train"]["rows"]  # doctest: +SKIP
+    1110
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pydantic
+import yaml
+from datasets import Dataset, DatasetInfo, concatenate_datasets
+
+from ..configure import TOKENIZER_DIR, RecordingTransform, SplitResult, split_stats_from, transform_config
+from ..describe import repack_card_params
+from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP, ArrowStreamSink, features_schema, reduce_groups
+from ..errors import ConfigError, DataError
+from ..interrupts import handle_interrupts
+from ..mixture_run import CHART, SOURCE_ID, MixtureTransform, repacked_mixture
+from ..output.card import dump_yaml, render_dataset_card
+from ..output.layout import CARD_NAME, DOCUMENTS_DIR, IMAGES_DIR, atomic_output, claim_output
+from ..pack.keys import batch_keys
+from ..pack.packers import get_packer
+from ..recipe import PackingSection, Recipe, check_packing_strategy, parse_recipe
+from ..run import measure_results, write_plots, write_splits
+from ..schema import SOURCE_COLUMN, rows_from_documents
+from ..tokenization.stage import tokenized_features
+from ..version import __version__
+from .prepared import PreparedDataset, document_batches, documents_shard_name, open_prepared
+from .staging import Staging
+
+Log = Callable[[dict[str, Any]], None]
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Bytes of documents (``BYTES_PER_TOKEN_IN_GROUP`` per token) a repack may hold at once: one group."""
+
+
+def _noop(_: dict[str, Any]) -> None:
+    return None
+
+
+def repack(
+    src: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    seq_len: int,
+    strategy: str | None = None,
+    packing_kwargs: Mapping[str, Any] | None = None,
+    num_reduce_chunks: int | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    token: str | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Pack ``src``'s documents config again into the prepared folder ``output``; returns a summary dict.
+
+    Args:
+        src: a prepared folder or a Hub dataset repo id with a ``documents`` config (``output.documents: true``).
+        output: the new folder (refused when it exists, unless ``overwrite``).
+        seq_len: the new row length.
+        strategy: the packer (default: the source's).
+        packing_kwargs: the packer's options (default: the source's when the packer is the same, else none).
+        num_reduce_chunks: must be the source's (or None); see the module docstring.
+        revision: the Hub revision to read (resolved to one commit).
+        memory_budget: bytes of documents held at once (one group); a bigger group is a one-line error.
+        token: Hub token for a private repo (default: the logged-in one).
+        log: called with progress events ``{"event": ...}``.
+
+    The data shards equal those of ``hfprep run`` of the source's recipe with the new packing; the card records
+    ``hfprep.repacked_from``.
+    """
+    log = log or _noop
+    t0 = time.perf_counter()
+    if memory_budget < 1:
+        raise ConfigError(f"memory_budget must be >= 1 byte, got {memory_budget}")
+    source = open_prepared(src, revision, token)
+    shards = source.documents_shards()
+    recipe = repacked_recipe(source, output, seq_len, strategy, packing_kwargs, num_reduce_chunks)
+    transform = pack_only_transform(source, recipe)
+    out_dir = Path(output)
+    protect = [source.folder] if source.folder is not None else []
+    identity = {"command": "repack", "source": source.where, "revision": source.revision,
+                "packing": recipe.packing.model_dump(mode="json"), "version": __version__}
+    log({"event": "source", "source": source.label, "splits": {s: len(p) for s, p in shards.items()}})
+    with handle_interrupts(), claim_output(out_dir, overwrite, protect), Staging(out_dir, identity, overwrite) as staging:
+        results, peak = [], 0
+        for split, rels in shards.items():
+            packed = _repack_split(source, split, rels, transform, staging, memory_budget, log)
+            peak = max(peak, packed.peak_bytes)
+            results.append(packed.result(transform))
+        _write_output(source, recipe, results, staging, out_dir, overwrite, protect, log)
+        staging.remove()
+    elapsed = time.perf_counter() - t0
+    tokens_in = sum(int(r.pack_stats.get("tokens_in", 0)) for r in results)
+    summary = {
+        "output": str(out_dir),
+        "source": source.label,
+        "seq_len": recipe.packing.seq_len,
+        "packing": recipe.packing.strategy,
+        "packing_kwargs": dict(recipe.packing.packing_kwargs),
+        "splits": {r.name: {"documents": int(r.pack_stats.get("docs_in", 0)), "tokens_in": int(r.pack_stats.get(
+            "tokens_in", 0)), "rows": r.out_stats.rows, "fill_ratio": round(r.out_stats.fill_ratio, 6)}
+            for r in results},
+        "resumed": staging.resumed,
+        "peak_document_bytes": peak,
+        "elapsed_s": round(elapsed, 3),
+        "tokens_per_s": round(tokens_in / elapsed, 1) if elapsed > 0 else None,
+    }
+    log({"event": "summary", **summary})
+    return summary
+
+
+def repacked_recipe(
+    source: PreparedDataset, output: str | os.PathLike, seq_len: int, strategy: str | None,
+    packing_kwargs: Mapping[str, Any] | None, num_reduce_chunks: int | None,
+) -> Recipe:
+    """The source's recipe (kept in its card) with the new packing and output folder."""
+    hf = source.hfprep
+    provenance = source.documents_block().get("provenance") or {}
+    if "recipe" not in provenance:
+        raise DataError(f"{source.where}: its card keeps no recipe (hfprep.documents.provenance.recipe); re-create it")
+    data = yaml.safe_load(provenance["recipe"])
+    old = dict(data.get("packing") or {})
+    keys = int(hf.get("num_reduce_chunks", old.get("num_reduce_chunks", 4)))
+    if num_reduce_chunks is not None and num_reduce_chunks != keys:
+        raise ConfigError(
+            f"--num-reduce-chunks {num_reduce_chunks}: a repack keeps the source's {keys} keys (a document's place "
+            "in a new group is its input order, which the documents config does not keep across keys); re-run "
+            "the recipe to change them"
+        )
+    new_strategy = strategy or hf.get("packing") or old.get("strategy", "dense")
+    if packing_kwargs is None:
+        packing_kwargs = hf.get("packing_kwargs") or {} if new_strategy == hf.get("packing") else {}
+    data["packing"] = {**old, "seq_len": seq_len, "strategy": new_strategy, "num_reduce_chunks": keys,
+                       "packing_kwargs": dict(packing_kwargs)}
+    try:
+        PackingSection.model_validate(data["packing"])
+    except pydantic.ValidationError as e:  # one line naming the option, as the command line spells it
+        first = e.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    data.setdefault("output", {})["folder"] = Path(output).name
+    recipe = parse_recipe(data, f"{source.where} (its recipe)")
+    recipe.text = dump_yaml(data)
+    recipe.output.folder = str(Path(output).absolute())
+    check_packing_strategy(recipe)
+    try:
+        inspect.signature(get_packer(new_strategy)).bind(None, None, None, None, seq_len, None, **packing_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"--packing-kwargs {json.dumps(dict(packing_kwargs))}: {e} (packer {new_strategy!r})") from None
+    return recipe
+
+
+def pack_only_transform(source: PreparedDataset, recipe: Recipe) -> RecordingTransform:
+    """The recipe's transform, reduce side only: no tokenizer loaded, the pad id from the source's card (a
+    mixture's transform, which labels every packed token with its source, for a mixture)."""
+    tok = source.hfprep.get("tokenizer") or {}
+    if tok.get("pad_token_id") is None:
+        raise DataError(f"{source.where}/{CARD_NAME}: the card gives no pad id for the tokenizer; re-create the dataset")
+    cfg = transform_config(recipe, str(tok.get("name_or_path") or "unknown"))
+    cfg = cfg.model_copy(update={"pad_token_id": int(tok["pad_token_id"])})
+    mixture = source.hfprep.get("mixture")
+    if mixture is not None:
+        return MixtureTransform(cfg, None, len(mixture["sources"]), recipe.source_column, pack_only=True)
+    return RecordingTransform(cfg, pack_only=True)
+
+
+# ----------------------------------------------------------------------------------------------- one split
+
+
+class _Groups:
+    """Documents in the documents config's order -> ``(key, tokenized rows)`` groups, cut where the key changes.
+
+    The key of every document is recomputed from its ids (``batch_keys``); keys must never decrease (else the file
+    is not in the order the packer reads, and the repack would differ from a fresh run: a one-line error). The
+    group still open at the end of a shard is :attr:`carry`: it goes on in the next shard.
+    """
+
+    def __init__(self, num_keys: int, budget: int, carry_key: int | None, carry: pa.Table | None) -> None:
+        self.num_keys = num_keys
+        self.budget = budget
+        self.key = carry_key
+        self.parts: list[pa.Table] = [carry] if carry is not None and carry.num_rows else []
+        self.tokens = sum(_tokens(p) for p in self.parts)
+        self.peak_bytes = self.tokens * BYTES_PER_TOKEN_IN_GROUP
+
+    def read(self, path: Path, where: str) -> Iterator[tuple[int, pa.Table]]:
+        """The groups that end inside the Parquet file ``path`` (``where`` names it in errors)."""
+        row = 0
+        for table in document_batches(path, self.budget):
+            ids = table.column("input_ids")
+            lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in ids.chunks])
+            keys = batch_keys(flat, offsets, self.num_keys)
+            before = np.concatenate([[self.key if self.key is not None else -1], keys[:-1]])
+            down = np.flatnonzero(keys < before)
+            if len(down):
+                raise DataError(
+                    f"{where} row {row + int(down[0])}: key {keys[down[0]]} after {before[down[0]]}; the documents "
+                    "are not in the order the packer reads them (was the file changed?): re-create the dataset"
+                )
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(keys)]):
+                key = int(keys[a])
+                if key != self.key and self.parts:
+                    yield self.key, self._take()
+                self.key = key
+                self.parts.append(table.slice(a, b - a))
+                self.tokens += int(offsets[b] - offsets[a])
+                held = (self.tokens + int(offsets[-1])) * BYTES_PER_TOKEN_IN_GROUP
+                self.peak_bytes = max(self.peak_bytes, held)
+                if self.tokens * BYTES_PER_TOKEN_IN_GROUP > self.budget:
+                    need = self.tokens * BYTES_PER_TOKEN_IN_GROUP * 2
+                    raise ConfigError(
+                        f"{where}: the group of key {key} holds over {self.budget:,} bytes of documents, the memory "
+                        f"budget; raise it (--memory-budget {need}): a repack keeps the source's keys"
+                    )
+            row += table.num_rows
+
+    def _take(self) -> pa.Table:
+        group = rows_from_documents(pa.concat_tables(self.parts))
+        self.parts, self.tokens = [], 0
+        if SOURCE_COLUMN in group.column_names:  # a mixture's documents: the source index its reduce reads
+            group = group.rename_columns([SOURCE_ID if n == SOURCE_COLUMN else n for n in group.column_names])
+        return group
+
+    def carry(self) -> pa.Table | None:
+        """The open group's documents as one compact table (the shard's batches can then be freed)."""
+        if not self.parts:
+            return None
+        return pa.concat_tables(self.parts).combine_chunks()
+
+    def finish(self) -> Iterator[tuple[int, pa.Table]]:
+        """The last group of the split."""
+        if self.parts:
+            yield self.key, self._take()
+
+
+def _tokens(table: pa.Table) -> int:
+    return int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+
+
+@dataclass
+class _SplitParts:
+    """What a split's repack left in the staging folder: its packed-row files (in order), stats and counts."""
+
+    name: str
+    rows_files: list[Path]
+    stats: list[Any]
+    rows_in: int | None
+    peak_bytes: int = 0
+
+    def result(self, transform: RecordingTransform) -> SplitResult:
+        """The split as ``hfprep run`` hands it to the writer (rows, merged stats, document-length bins)."""
+        feats = transform.output_features()
+        info = DatasetInfo(features=feats)
+        parts = [Dataset.from_file(str(p), info=info) for p in self.rows_files]
+        transform.last_stats = self.stats
+        transform.rows_in = self.rows_in if self.rows_in is not None else 0
+        stats, bins = split_stats_from(transform.stats)
+        out = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        return SplitResult(self.name, out, stats, bins, self.rows_in)
+
+
+def _repack_split(
+    source: PreparedDataset, split: str, rels: list[str], transform: RecordingTransform, staging: Staging,
+    budget: int, log: Log,
+) -> _SplitParts:
+    """Pack one split's documents shard by shard (resuming after the shards the manifest records)."""
+    schema = features_schema(transform.output_features())
+    done = staging.done(split)
+    carry_key = done[-1]["carry_key"] if done else None
+    carry = _read_arrow(staging.file(done[-1]["carry"])) if done and done[-1]["carry"] else None
+    groups = _Groups(transform.config.num_reduce_chunks, budget, carry_key, carry)
+    doc_dir = staging.file(DOCUMENTS_DIR)
+    doc_dir.mkdir(exist_ok=True)
+    for i, rel in enumerate(rels):
+        if i < len(done):
+            continue
+        stem = f"{split}-{i:05d}"
+        with source.fetch(rel, staging.file("download")) as path:
+            with ArrowStreamSink(staging.file(f"{stem}.rows.arrow"), schema) as rows:
+                stats, tails = reduce_groups(transform, groups.read(path, rel), rows.write)
+            _keep(source, path, doc_dir / documents_shard_name(rel))
+        _write_arrow(staging.file(f"{stem}.tails.arrow"), tails, schema)
+        staging.file(f"{stem}.stats.json").write_text(json.dumps(stats))
+        carry = groups.carry()
+        if carry is not None:
+            _write_arrow(staging.file(f"{stem}.carry.arrow"), [carry], carry.schema)
+        groups = _Groups(transform.config.num_reduce_chunks, budget, groups.key, carry)
+        staging.finish_shard(split, {"shard": i, "name": rel, "carry_key": groups.key,
+                                     "carry": f"{stem}.carry.arrow" if carry is not None else None})
+        log({"event": "shard", "split": split, "shard": f"{i + 1}/{len(rels)}", "rows": rows.rows})
+    # The split's last group, then the final pass over every group's tail (key order), as the engines do.
+    final = staging.file(f"{split}-final.rows.arrow")
+    stats_all = [s for i in range(len(rels)) for s in json.loads(staging.file(f"{split}-{i:05d}.stats.json").read_text())]
+    with ArrowStreamSink(final, schema) as rows:
+        last_stats, last_tails = reduce_groups(transform, groups.finish(), rows.write)
+        tails = [_read_arrow(staging.file(f"{split}-{i:05d}.tails.arrow")) for i in range(len(rels))] + last_tails
+        tails = [t for t in tails if t.num_rows]
+        stats_all += last_stats
+        if tails:
+            out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
+            if out.num_rows:
+                rows.write(out)
+            if st is not None:
+                stats_all.append(st)
+    card_stats = (source.hfprep.get("stats") or {}).get(split) or {}
+    rows_in = int(card_stats["rows_in"]) if "rows_in" in card_stats else None
+    files = [staging.file(f"{split}-{i:05d}.rows.arrow") for i in range(len(rels))] + [final]
+    return _SplitParts(split, files, stats_all, rows_in, groups.peak_bytes)
+
+
+def _keep(source: PreparedDataset, path: Path, dest: Path) -> None:
+    """A documents shard into the output's documents config: a hard link (or copy) of a local source's file, the
+    downloaded file itself for a Hub source. hfprep never rewrites a shard in place, so a link is safe."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if source.folder is None:
+        os.replace(path, dest)
+        return
+    try:
+        os.link(path, tmp)
+    except OSError:  # another file system, or links not allowed there
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+
+
+def _write_arrow(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
+    with ArrowStreamSink(path, schema, max_chunksize=None) as sink:
+        for t in tables:
+            sink.write(t)
+
+
+def _read_arrow(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as f:
+        return pa.ipc.open_stream(f).read_all()
+
+
+# ----------------------------------------------------------------------------------------------- the output
+
+
+def _write_output(
+    source: PreparedDataset, recipe: Recipe, results: list[SplitResult], staging: Staging, out_dir: Path,
+    overwrite: bool, protect: list[Any], log: Log,
+) -> None:
+    """The prepared folder, as ``hfprep run`` writes it: packed splits, documents config, tokenizer, figures, card."""
+    pad_id = int(source.hfprep["tokenizer"]["pad_token_id"])
+    mix = repacked_mixture(recipe, source.meta, results) if source.hfprep.get("mixture") is not None else None
+    tables, results, _ = measure_results(recipe, results, pad_id, log)
+    if mix is not None:
+        tables = mix.output_tables(tables)
+    with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
+        split_bytes = write_splits(tmp, recipe, results, tables, mix.features() if mix else tokenized_features(), log)
+        (tmp / DOCUMENTS_DIR).mkdir()
+        for p in sorted(staging.file(DOCUMENTS_DIR).iterdir()):
+            os.link(p, tmp / DOCUMENTS_DIR / p.name)  # the staging folder is next to the output: same file system
+        _copy_tokenizer(source, tmp)
+        has_fill_plot = write_plots(tmp, recipe, results)
+        date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}
+        params = repack_card_params(
+            source.meta, recipe, results, arrow_bytes, pad_id, date, download_bytes=split_bytes,
+            has_fill_plot=has_fill_plot, repacked_from={"source": source.where, "revision": source.revision},
+        )
+        card = render_dataset_card(params)
+        if mix is not None:
+            if recipe.output.plots:
+                mix.write_chart(tmp / IMAGES_DIR / CHART)
+            card = mix.card(card, with_chart=recipe.output.plots)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+
+
+def _copy_tokenizer(source: PreparedDataset, tmp: Path) -> None:
+    """The tokenizer bundled with the source (``tokenizer/``), bundled again with the repack."""
+    prefix = f"{source.extra_prefix()}{TOKENIZER_DIR}/"
+    for rel in (f for f in source.files if f.startswith(prefix)):
+        dest = tmp / TOKENIZER_DIR / rel[len(prefix):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with source.fetch(rel, tmp / ".download") as path:
+            shutil.copyfile(path, dest)
+    shutil.rmtree(tmp / ".download", ignore_errors=True)
+
+
+def format_repack_summary(summary: Mapping[str, Any]) -> str:
+    """The lines ``hfprep repack`` prints."""
+    lines = [
+        f"hfprep repack: {summary['source']} -> {summary['output']}",
+        f"  packing   {summary['packing']}, seq_len {summary['seq_len']}"
+        + (f", {summary['packing_kwargs']}" if summary["packing_kwargs"] else ""),
+    ]
+    for name, s in summary["splits"].items():
+        lines.append(f"  {name:<12}{s['documents']:>12,} documents {s['tokens_in']:>14,} tokens -> "
+                     f"{s['rows']:>10,} rows, fill {s['fill_ratio']:.2%}")
+    tps = summary.get("tokens_per_s")
+    lines.append(f"  time: {summary['elapsed_s']:.1f} s" + (f", {tps:,.0f} tokens/s" if tps else "")
+                 + (" (resumed)" if summary.get("resumed") else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "format_repack_summary", "pack_only_transform", "repack", "repacked_recipe"]
