@@ -144,7 +144,7 @@ class SplitResult:
     fill_bins: list[int] = field(default_factory=list)
     segment_bins: dict[int, int] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
-    audit: AuditResult | None = None  # the loss audit of the rows written (hfprep.run._keep_written_splits)
+    audit: AuditResult | None = None  # the loss audit of the rows written (hfprep.run.keep_written_splits)
     documents: Any = None
     """The split's tokenized documents in the order the packer read them (a ``datasets.Dataset``), when the recipe
     asks for the documents config (``output.documents``)."""

@@ -158,7 +158,7 @@ def _run_claimed(
             # Local files are packed straight into ``tmp`` (the direct engine); other sources give datasets.
             info, results = run_source_splits(recipe, spec, engine, num_proc, log, verbose, outputs=outputs)
         pad_id = outputs.pad_id(info)
-        results, warnings = _keep_written_splits(recipe, info, results, outputs, log)
+        results, warnings = keep_written_splits(recipe, info, results, outputs, log)
         for r in results:
             r.quality = outputs.meters[r.name].report(r.pack_stats)
             # The card's table shows them too, and `hfprep validate` / `hfprep push` refuse the folder.
@@ -299,7 +299,7 @@ class SplitOutputs:
             (self.folder / rel).unlink(missing_ok=True)
 
 
-def _keep_written_splits(
+def keep_written_splits(
     recipe: Recipe, info, results: list[SplitResult], outputs: SplitOutputs, log: Log
 ) -> tuple[list[SplitResult], list[str]]:
     """Write the splits engines returned as datasets, take every split's numbers from its meter, refuse a run whose

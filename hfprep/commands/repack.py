@@ -57,14 +57,14 @@ from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP, ArrowStreamSink, featu
 from ..errors import ConfigError, DataError
 from ..interrupts import handle_interrupts
 from ..mixture_run import CHART, SOURCE_ID, MixtureTransform, repacked_mixture
+from ..output.audit import AuditRules, LossAudit
 from ..output.card import dump_yaml, render_dataset_card
 from ..output.layout import CARD_NAME, DOCUMENTS_DIR, IMAGES_DIR, atomic_output, claim_output
 from ..pack.keys import batch_keys
 from ..pack.packers import get_packer
 from ..recipe import PackingSection, Recipe, check_packing_strategy, parse_recipe
-from ..run import measure_results, write_plots, write_splits
-from ..schema import SOURCE_COLUMN, rows_from_documents
-from ..tokenization.stage import tokenized_features
+from ..run import SplitOutputs, keep_written_splits, write_plots
+from ..schema import SOURCE_COLUMN, output_is_padded, rows_from_documents
 from ..version import __version__
 from .prepared import PreparedDataset, document_batches, documents_shard_name, open_prepared
 from .staging import Staging
@@ -388,21 +388,33 @@ def _write_output(
     """The prepared folder, as ``hfprep run`` writes it: packed splits, documents config, tokenizer, figures, card."""
     pad_id = int(source.hfprep["tokenizer"]["pad_token_id"])
     mix = repacked_mixture(recipe, source.meta, results) if source.hfprep.get("mixture") is not None else None
-    tables, results, _ = measure_results(recipe, results, pad_id, log)
-    if mix is not None:
-        tables = mix.output_tables(tables)
-    with atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp:
-        split_bytes = write_splits(tmp, recipe, results, tables, mix.features() if mix else tokenized_features(), log)
+    padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
+    audit_rules = source.hfprep.get("loss_audit")
+    p = recipe.packing
+
+    def make_audit(_info, pad: int) -> LossAudit:  # the source's rules, the new packing
+        return LossAudit(AuditRules.from_card(audit_rules), seq_len=p.seq_len, packing=p.strategy,
+                         packing_kwargs=p.packing_kwargs, num_reduce_chunks=p.num_reduce_chunks, pad_token_id=pad)
+
+    with (
+        atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp,
+        SplitOutputs(tmp, recipe, padded, features=mix.features() if mix else None, pad_id=pad_id,
+                     make_audit=make_audit if audit_rules is not None else None) as outputs,
+    ):
+        results, _ = keep_written_splits(recipe, None, results, outputs, log)
+        for r in results:
+            r.quality = outputs.meters[r.name].report(r.pack_stats)
+        split_bytes = {r.name: outputs.parquet_bytes[r.name] for r in results}
         (tmp / DOCUMENTS_DIR).mkdir()
         for p in sorted(staging.file(DOCUMENTS_DIR).iterdir()):
             os.link(p, tmp / DOCUMENTS_DIR / p.name)  # the staging folder is next to the output: same file system
         _copy_tokenizer(source, tmp)
         has_fill_plot = write_plots(tmp, recipe, results)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
-        arrow_bytes = {r.name: int(tables[r.name].nbytes) for r in results}
+        arrow_bytes = {r.name: outputs.arrow_bytes[r.name] for r in results}
         params = repack_card_params(
             source.meta, recipe, results, arrow_bytes, pad_id, date, download_bytes=split_bytes,
-            has_fill_plot=has_fill_plot, repacked_from={"source": source.where, "revision": source.revision},
+            has_fill_plot=has_fill_plot, repacked_from=repacked_from(source),
         )
         card = render_dataset_card(params)
         if mix is not None:
@@ -410,6 +422,15 @@ def _write_output(
                 mix.write_chart(tmp / IMAGES_DIR / CHART)
             card = mix.card(card, with_chart=recipe.output.plots)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+
+
+def repacked_from(source: PreparedDataset) -> dict[str, str]:
+    """What the card records of the source: a Hub repo by its id and commit; a local folder by the sha256 of its card
+    (which names every shard's content), never by its path (the card travels, a path does not)."""
+    return {"source": source.repo_id if source.folder is None else LOCAL_SOURCE, "revision": source.revision}
+
+
+LOCAL_SOURCE = "a local folder"
 
 
 def _copy_tokenizer(source: PreparedDataset, tmp: Path) -> None:

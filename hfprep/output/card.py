@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..schema import row_features
 from ..tokenization.loss_probe import LossLayout
 from .audit import AuditResult, audit_section
-from .documents import documents_entry, documents_section
+from .documents import documents_config_name, documents_entry, documents_section
 from .layout import DATA_DIR, DEFAULT_CONFIG, RECIPE_NAME, TOKENIZER_DIR, split_glob
 from .quality import format_report
 
@@ -431,7 +431,33 @@ def card_snippets(target: CardTarget, split_rows: Mapping[str, int], tokenizer_d
         ")\n"
         "trainer.train()\n```"
     )
-    return {"load": _marked("load", load), "train": _marked("train", train)}
+    return {"load": _marked("load", load), "train": _marked("train", train), "documents": documents_snippet(target)}
+
+
+def documents_snippet(target: CardTarget) -> str:
+    """How to read the documents config at ``target`` (and, for a repo's default config, repack or export it), between
+    its markers, so that a push renders it again for the repo.
+
+    Example:
+        >>> print(documents_snippet(CardTarget("me/x", "default", "dev", "", "data", on_hub=True)).splitlines()[4])
+        docs = load_dataset("me/x", "documents", revision="dev")  # one tokenized document per row
+    """
+    config = documents_config_name(target.config)
+    body = (
+        "```python\nfrom datasets import load_dataset\n\n"
+        f"docs = load_dataset({_args([target.name, config], target.revision_kwargs())})  # one tokenized document per row\n"
+        "```"
+    )
+    if target.config == DEFAULT_CONFIG:  # the commands read a repository's default config
+        rev = f" --revision {target.revision}" if target.revision else ""
+        body += (
+            "\n\n```bash\n"
+            f"hfprep repack {target.name}{rev} --seq-len 4096 --output repacked   # byte-identical to a fresh run\n"
+            f"hfprep export {target.name}{rev} --format megatron --output megatron/train   # Megatron-LM / NeMo\n"
+            f"hfprep export {target.name}{rev} --format flat --output flat/train   # token ids end to end + .json\n"
+            "```"
+        )
+    return _marked("documents", body)
 
 
 def snippet_facts(meta: Mapping[str, Any]) -> tuple[dict[str, int], str | None]:
@@ -771,7 +797,7 @@ def card_context(p: CardParams) -> dict[str, Any]:
         "source_revision": p.source_revision,
         "recipe_sha256": p.recipe_sha256,
         "date": p.date,
-        "documents_section": documents_section(p.load_target, p.stats, p.documents, p.repacked_from)
+        "documents_section": documents_section(documents_snippet(p.target), p.stats, p.documents, p.repacked_from)
         if p.documents is not None
         else "",
     }

@@ -93,9 +93,10 @@ def documents_block(with_source: bool, provenance: Mapping[str, Any]) -> dict[st
     }
 
 
-def documents_section(load_target: str, stats: Mapping[str, Mapping[str, Any]], block: Mapping[str, Any],
+def documents_section(snippet: str, stats: Mapping[str, Mapping[str, Any]], block: Mapping[str, Any],
                       repacked_from: Mapping[str, Any] | None = None) -> str:
-    """The card's section on the documents config (what it holds, how to load, repack and export it)."""
+    """The card's section on the documents config: what it holds, and ``snippet`` (how to load, repack and export it,
+    :func:`hfprep.output.card.documents_snippet`, rendered again for the repo by a push)."""
     counts = ", ".join(
         f"`{split}` {int(s.get('docs_in', 0)):,} documents / {int(s.get('tokens_in', 0)):,} tokens"
         for split, s in stats.items()
@@ -106,23 +107,20 @@ def documents_section(load_target: str, stats: Mapping[str, Mapping[str, Any]], 
     lines = [
         "## Documents config",
         "",
-        f'`load_dataset("{load_target}", "{config}")` gives the tokenized documents before packing, one per row: '
-        f"`input_ids` (uint32) and `loss_mask` (bool){source}; positions are 0..n-1 in every document. {counts}. "
-        "They are in the order the packer reads them (by hash key `array_hash(input_ids) % num_reduce_chunks`, input "
-        "order inside a key), so they pack again at another length without the tokenizer or the source, or go to "
-        "other trainers:",
+        f"Config `{config}` holds the tokenized documents before packing, one per row: `input_ids` (uint32) and "
+        f"`loss_mask` (bool){source}; positions are 0..n-1 in every document. {counts}. They are in the order the "
+        "packer reads them (by hash key `array_hash(input_ids) % num_reduce_chunks`, input order inside a key), so "
+        "they pack again at another length without the tokenizer or the source, or go to other trainers:",
         "",
-        "```bash",
-        f"hfprep repack {load_target} --seq-len 4096 --output repacked         # byte-identical to a fresh run",
-        f"hfprep export {load_target} --format megatron --output megatron/train   # Megatron-LM / NeMo .bin + .idx",
-        f"hfprep export {load_target} --format flat --output flat/train           # token ids end to end + .json",
-        "```",
+        snippet,
         "",
     ]
     if repacked_from:
+        source = repacked_from["source"]
+        named = source if " " in source else f"`{source}`"  # a repo id, or "a local folder"
         lines += [
-            f"This dataset was repacked by `hfprep repack` from `{repacked_from['source']}` @ "
-            f"`{repacked_from['revision']}` (its documents config; no tokenizer, no source read).",
+            f"This dataset was repacked by `hfprep repack` from {named} @ `{repacked_from['revision']}` (its documents "
+            "config; no tokenizer, no source read).",
             "",
         ]
     return "\n".join(lines) + "\n"
