@@ -24,6 +24,7 @@ from .output.card import (
     TokenizerFacts,
     bundled_tokenizer_meta,
     dump_yaml,
+    hfprep_block,
     portable_path,
     render_dataset_card,
 )
@@ -363,7 +364,7 @@ def repack_card_params(
     """The card of a repacked dataset (``hfprep repack``): the packing, rows and stats of ``results``, and what
     only the source's run knew (tokenizer, source, provenance) from the source's card (``hfprep.documents``), so
     neither the tokenizer nor the source is needed."""
-    hf = source_meta["hfprep"]
+    hf = hfprep_block(source_meta)
     provenance = dict(hf["documents"]["provenance"])
     provenance["recipe"] = BlockText(recipe.text or "")
     tok_meta = dict(hf["tokenizer"])

@@ -55,7 +55,7 @@ from .mixture import (
     plan_budgets,
     source_tokenize_config,
 )
-from .output.card import dataset_info_yaml, dump_yaml, parse_card_metadata
+from .output.card import dataset_info_yaml, dump_yaml, hfprep_block, parse_card_metadata
 from .output.mixture_report import SourceReport, mixture_table
 from .output.plots import _COLORS, _figure, _save
 from .pack.keys import batch_keys
@@ -668,7 +668,7 @@ def packed_report(report: SourceReport, counts: tuple[list[int], list[int], list
 def repacked_mixture(recipe, source_meta: dict[str, Any], results: list[SplitResult]) -> MixtureRun:
     """The mixture part of a repacked dataset (``hfprep repack``): the source card's mixture table (what was
     chosen) with the new packing's per-source counts (first split), taken out of every split's stats."""
-    mixture = source_meta["hfprep"]["mixture"]
+    mixture = hfprep_block(source_meta)["mixture"]
     chosen = [SourceReport(**{k: v for k, v in r.items() if k in SourceReport.__dataclass_fields__})
               for r in mixture["sources"]]
     counts = [pop_source_counts(r.pack_stats, len(chosen)) for r in results]

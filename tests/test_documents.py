@@ -19,7 +19,7 @@ import yaml
 from datasets import load_dataset
 
 from hfprep.errors import ConfigError
-from hfprep.output.card import read_card_metadata
+from hfprep.output.card import hfprep_block, read_card_metadata
 from hfprep.output.hub import push_folder
 from hfprep.output.layout import write_parquet
 from hfprep.output.validate import validate_folder
@@ -194,10 +194,10 @@ def test_push_pushes_both_configs_and_a_later_push_without_documents_removes_the
     meta = front_matter(files["README.md"])
     entry = next(c for c in meta["configs"] if c["config_name"] == "documents")
     assert entry["data_files"][0]["path"].startswith("data/documents/")
-    assert meta["hfprep"]["documents"]["config_name"] == "documents"
+    assert hfprep_block(meta)["documents"]["config_name"] == "documents"
     rows = visible_rows(server, "user/docs", config="documents")
     assert rows["train"] == local_docs
-    assert len(visible_rows(server, "user/docs")["train"]) == meta["hfprep"]["stats"]["train"]["rows"]
+    assert len(visible_rows(server, "user/docs")["train"]) == hfprep_block(meta)["stats"]["train"]["rows"]
 
     push_folder(folder, "user/docs", token=WRITE_TOKEN, config_name="fr")
     meta = front_matter(server.repo_files("user/docs")["README.md"])

@@ -41,7 +41,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP
 from ..errors import DataError, HubError
-from ..output.card import parse_card_metadata
+from ..output.card import hfprep_block, parse_card_metadata
 from ..output.documents import DOCUMENTS_CONFIG
 from ..output.hub import _transport_errors
 from ..output.layout import CARD_NAME
@@ -67,9 +67,8 @@ class PreparedDataset:
 
     @property
     def hfprep(self) -> dict[str, Any]:
-        """The card's ``hfprep`` block (how the rows were made)."""
-        block = self.meta.get("hfprep")
-        return block if isinstance(block, dict) else {}
+        """The card's ``hfprep`` block (how the rows were made): a folder's own, or a repo's default config's."""
+        return hfprep_block(self.meta)
 
     @property
     def label(self) -> str:
