@@ -57,6 +57,8 @@ EPILOG = "Exit codes: 0 ok, 1 runtime/data error, 2 usage error or invalid recip
 # stages load datasets, transformers and pyarrow (about a second; the KD builder torch too), which `hfprep --help`,
 # `--version` and a usage error must not wait for.
 STAGE_FUNCTIONS = {
+    "start_worker": "hfprep.output.plots",
+    "stop_worker": "hfprep.output.plots",
     "run_recipe": "hfprep.run",
     "format_summary": "hfprep.describe",
     "disable_progress_bar": "datasets.utils.logging",
@@ -194,17 +196,22 @@ def _human_event(e: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.num_proc is not None and args.num_proc < 1:
         raise _UsageError("--num-proc must be >= 1")
-    if args.json:
-        _stage("disable_progress_bar")()
-    summary = _stage("run_recipe")(
-        args.recipe,
-        overwrite=True if args.overwrite else None,
-        engine=args.engine,
-        num_proc=args.num_proc,
-        push=False if args.no_push else None,
-        log=_emit if args.json else _human_event,
-        verbose=args.verbose,
-    )
+    # The card's figures are drawn by a process started now: matplotlib loads there while the run loads here.
+    _stage("start_worker")()
+    try:
+        if args.json:
+            _stage("disable_progress_bar")()
+        summary = _stage("run_recipe")(
+            args.recipe,
+            overwrite=True if args.overwrite else None,
+            engine=args.engine,
+            num_proc=args.num_proc,
+            push=False if args.no_push else None,
+            log=_emit if args.json else _human_event,
+            verbose=args.verbose,
+        )
+    finally:
+        _stage("stop_worker")()
     if not args.json:
         print(_stage("format_summary")(summary))
     return EXIT_OK

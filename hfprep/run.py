@@ -55,7 +55,7 @@ from .output.layout import (
     claim_output,
 )
 from .output.meter import SplitMeter
-from .output.plots import fill_histogram_png, length_histogram_png
+from .output.plots import draw
 from .output.shards import ShardWriter
 from .recipe import Recipe, load_recipe
 from .run_splits import run_source_splits
@@ -362,9 +362,9 @@ def write_plots(tmp: Path, recipe: Recipe, results: list[SplitResult]) -> bool:
     seq_len = recipe.packing.seq_len
     doc_bins = {r.name: (r.doc_bins if r.doc_bins else r.segment_bins) for r in results}
     caption, _ = doc_lengths_note(results)
-    length_histogram_png(doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption, seq_len=seq_len)
+    draw("length_histogram_png", doc_bins, tmp / IMAGES_DIR / "doc_lengths.png", title=caption, seq_len=seq_len)
     if has_fill_plot:
-        fill_histogram_png({r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png", seq_len)
+        draw("fill_histogram_png", {r.name: r.fill_bins for r in results}, tmp / IMAGES_DIR / "fill_per_row.png", seq_len)
     return has_fill_plot
 
 
