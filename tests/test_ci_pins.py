@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from pins import CONSTRAINTS, installed_version, normalize, pinned_python, pinned_versions
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_EXTRAS = ("dev", "ray", "fast", "trl")
+CI_EXTRAS = ("dev", "ray", "fast", "trl", "megatron")
 
 
 def _requirements(extras: tuple[str, ...]) -> list[Requirement]:

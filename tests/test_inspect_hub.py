@@ -120,7 +120,18 @@ def cache_state() -> list[str]:
     return sorted(str(p) for root in roots for p in Path(root).rglob("*")) + sorted(os.listdir(tempfile.gettempdir()))
 
 
-def test_a_repo_reads_like_the_folder_that_was_pushed(folders, hub):
+def test_a_repo_reads_like_the_folder_that_was_pushed(folders, hub, tmp_path, monkeypatch):
+    import tempfile
+
+    import datasets.config
+    from huggingface_hub import constants
+
+    # Caches and a temp folder of this test's own: tests running beside it write into the shared ones.
+    for name in ("hub", "datasets", "tmp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     small = folders["small"]
     push_folder(str(small), "user/data")
     before = cache_state()

@@ -56,7 +56,7 @@ def fill_bin_counts(fill: np.ndarray) -> list[int]:
 
 def _pyplot():
     """matplotlib's pyplot on the Agg backend (imported on first use: ~0.4 s that only runs drawing figures pay)."""
-    import matplotlib
+    import matplotlib  # heavy: only the card's figures need it
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when imported
