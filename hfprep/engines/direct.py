@@ -52,6 +52,8 @@ DEFAULT_MEMORY_BUDGET = 1 * 2**30
 SPILL_BUCKETS = 64
 """Key-range buckets of a spill: each is read back alone, so the reduce holds ~1/64 of the spilled data at once."""
 PREFETCH_BATCHES = 2
+RANGE_BYTES = 64 * 2**20
+"""Tokens (at ``BYTES_PER_TOKEN_IN_GROUP``) the reduce gathers at once: ranges do not change the rows, only memory."""
 STARTUP_PREFETCH_BATCHES = 6
 """Batches (~32 MB of text each) the reader may parse ahead: enough to keep it busy while the backend is built."""
 
@@ -441,7 +443,10 @@ def _reduce_chunks(transform, chunks: list[Chunk], state: SplitState, tails: lis
     change = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
     bounds = np.concatenate([[0], change, [len(order)]]).astype(np.int64)
     tokens = np.add.reduceat(lengths[order], bounds[:-1]) if len(order) else np.zeros(0, np.int64)
-    ranges = plan_reduce_ranges(tokens.astype(np.float64) * BYTES_PER_TOKEN_IN_GROUP, transform.reduce_memory_budget)
+    # Small ranges: one is gathered, packed and handed to the writer at a time, so memory holds one range, not the
+    # transform's whole budget (a group above it is still packed alone, as the transform allows).
+    budget = min(transform.reduce_memory_budget, RANGE_BYTES)
+    ranges = plan_reduce_ranges(tokens.astype(np.float64) * BYTES_PER_TOKEN_IN_GROUP, budget)
     with_mask = any(c.mask is not None for c in chunks)
     table = _ids_table(chunks, with_mask)
     for lo, hi in ranges:

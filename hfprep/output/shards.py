@@ -42,7 +42,7 @@ from datasets import Features
 DATA_DIR = "data"
 DEFAULT_ROW_GROUP_ROWS = 1000
 DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
-DEFAULT_QUEUE_BYTES = 512 * 2**20
+DEFAULT_QUEUE_BYTES = 256 * 2**20
 """Row groups waiting for a shard's writer thread, at most: the packer stops ahead of the writers past it."""
 
 COLUMN_ENCODINGS: dict[str, str] = {
