@@ -331,7 +331,7 @@ def table_to_flat(
             if trues in (0, int(offsets[-1])):  # one value everywhere: no memory, and packers skip its gather
                 cols.append(np.broadcast_to(np.bool_(trues > 0), (int(offsets[-1]),)))
                 continue
-        parts = [np.asarray(_values_numpy(v), dtype=dtype) for v in values]
+        parts = [np.asarray(values_to_numpy(v), dtype=dtype) for v in values]
         if not parts:
             cols.append(np.zeros(0, dtype=dtype))
         elif len(parts) == 1:
@@ -350,9 +350,15 @@ def _values_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
 
 
-def _values_numpy(values: pa.Array) -> np.ndarray:
-    """A flat Arrow array as numpy: zero-copy for numbers; a bool bitmap unpacked with numpy (several times faster
-    than Arrow's ``to_numpy`` on bools). Arrays with nulls take Arrow's path."""
+def values_to_numpy(values: pa.Array) -> np.ndarray:
+    """A flat Arrow array (e.g. a list column's values) as numpy: zero-copy for numbers; a bool bitmap unpacked with
+    numpy (several times faster than Arrow's ``to_numpy`` on bools; a sliced array may start inside a byte). Arrays
+    with nulls take Arrow's path.
+
+    Example:
+        >>> values_to_numpy(pa.array([True, False, True, True]).slice(1)).tolist()
+        [False, True, True]
+    """
     if values.type != pa.bool_() or values.null_count:
         return values.to_numpy(zero_copy_only=False)
     n, offset = len(values), values.offset
