@@ -25,8 +25,10 @@ Timing, every row alike (one mode per run, printed with the table, the same N fo
 By default the output is written to an Arrow file (``Dataset.map``'s cache file for TRL, an Arrow IPC stream of the
 packed table for hfprep), so times include building and writing the output; ``--no-write`` times the packers alone
 (both return an in-memory Arrow table: TRL's ``map`` on an in-memory dataset keeps its output in memory). Wall time
-and the process's CPU time of the timed call are both reported: every method runs on one thread, so on a machine
-shared with other jobs the CPU-time ratio is the steadier one. Peak RSS is the process's high-water mark during the
+and the process's CPU time of the timed call are both reported (and the kernel's share of it, ``sys s``: mostly the
+page faults of freshly allocated memory): every method runs on one thread, so on a machine shared with other jobs
+the CPU-time ratio is the steadier one. Every timed call writes into an empty folder (TRL's ``map`` is also told not
+to load a cache file). Peak RSS is the process's high-water mark during the
 last timed call minus its RSS before (Linux ``clear_refs``), next to the input's Arrow bytes.
 
 Ratios (same use, same seq_len): dense vs TRL ``wrapped``; no_incomplete vs TRL ``bfd``; every hfprep bfd row vs TRL
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -159,7 +162,8 @@ def worker(method: str, use: str, seq_len: int, path: str, out_dir: str, repeat:
         strategy = method[len("trl_") :]
 
         def run() -> pa.Table:
-            map_kwargs = {"cache_file_name": out_path} if write else {}
+            # Never an earlier run's cache file: with a cache_file_name, map would load it instead of packing.
+            map_kwargs = {"cache_file_name": out_path, "load_from_cache_file": False} if write else {}
             # A fresh in-memory dataset each run: with no cache files, TRL's map keeps its output in memory.
             out = pack_dataset(datasets.Dataset(table), seq_len, strategy=strategy, map_kwargs=map_kwargs)
             return out.data.table
@@ -185,14 +189,15 @@ def worker(method: str, use: str, seq_len: int, path: str, out_dir: str, repeat:
     if mode == "warm":
         run()  # warm-up: imports, first-touch allocations, caches
         clean()
-    times, cpu_times = [], []
+    times, cpu_times, sys_times = [], [], []
     for _ in range(repeat if mode == "warm" else 1):
         rss0 = _status_kib("VmRSS")
         exact = _reset_peak()
-        c0, t0 = time.process_time(), time.perf_counter()
+        s0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.process_time(), time.perf_counter()
         out_table = run()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+        sys_times.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0)
         peak = _status_kib("VmHWM")
         if len(times) < repeat and mode == "warm":
             del out_table
@@ -205,6 +210,7 @@ def worker(method: str, use: str, seq_len: int, path: str, out_dir: str, repeat:
         "seq_len": seq_len,
         "seconds": min(times),
         "cpu_seconds": min(cpu_times),
+        "sys_seconds": min(sys_times),
         "tokens_in": tokens_in,
         "tokens_out": real,
         "rows": rows,
@@ -245,12 +251,15 @@ def run_all(
                     out_dir = tempfile.mkdtemp(dir=tmp)
                     args = [method, use, str(seq_len), paths[f"{use}-{side}"], out_dir, str(repeat), mode]
                     args.append("write" if write else "no-write")
-                    # cold: one fresh process per measured run, the best one kept (every figure from that run)
-                    runs = [_run_worker(args) for _ in range(repeat if mode == "cold" else 1)]
+                    # cold: one fresh process per measured run, each into an empty folder, the best one kept
+                    runs = []
+                    for _ in range(repeat if mode == "cold" else 1):
+                        runs.append(_run_worker(args))
+                        for p in Path(out_dir).glob("*"):
+                            p.unlink()
                     best = min(runs, key=lambda r: r["seconds"])
-                    best["cpu_seconds"] = min(r["cpu_seconds"] for r in runs)
-                    for p in Path(out_dir).glob("*"):
-                        p.unlink()
+                    for key in ("cpu_seconds", "sys_seconds"):
+                        best[key] = min(r[key] for r in runs)
                     results.append(best)
                     print(f"  {use:8s} {method:26s} seq_len {seq_len}: {best['seconds']:.3f}s", file=sys.stderr)
     return results
@@ -264,7 +273,8 @@ def print_table(results: list[dict], mode: str, repeat: int, write: bool) -> Non
         if any(r["use"] == use for r in results):
             print(f"use {use}: {what}")
     header = (
-        f"| {'use':8s} | {'method':26s} | seq_len | {'s':>7s} | {'cpu s':>7s} | {'Mtok/s':>7s} | {'vs TRL bfd':>13s} | "
+        f"| {'use':8s} | {'method':26s} | seq_len | {'s':>7s} | {'cpu s':>7s} | {'sys s':>7s} | {'Mtok/s':>7s} | "
+        f"{'vs TRL bfd':>13s} | "
         f"{'vs TRL bfd_split':>16s} | {'vs TRL wrapped':>14s} | {'fill':>7s} | {'tokens lost':>16s} | {'rows':>8s} | "
         f"{'peak RSS added':>22s} |"
     )
@@ -281,7 +291,7 @@ def print_table(results: list[dict], mode: str, repeat: int, write: bool) -> Non
         rss = f"{r['rss_added_mib']:.0f} MiB ({r['rss_added_mib'] / r['input_mib']:.2f}x in)"
         print(
             f"| {r['use']:8s} | {r['method']:26s} | {r['seq_len']:7d} | {r['seconds']:7.3f} | {r['cpu_seconds']:7.3f} | "
-            f"{tps:7.1f} | {ratios.get('trl_bfd', ''):>13s} | {ratios.get('trl_bfd_split', ''):>16s} | "
+            f"{r['sys_seconds']:7.3f} | {tps:7.1f} | {ratios.get('trl_bfd', ''):>13s} | {ratios.get('trl_bfd_split', ''):>16s} | "
             f"{ratios.get('trl_wrapped', ''):>14s} | {r['fill']:.5f} | {lost:>16s} | {r['rows']:8,d} | {rss:>22s} |"
         )
     for use in USES:
@@ -300,6 +310,7 @@ def print_table(results: list[dict], mode: str, repeat: int, write: bool) -> Non
                     )
     print("input = Arrow bytes of the input group; 'x in' = peak RSS added during packing / input bytes")
     print("ratios: wall time (CPU time of the process in brackets: steadier than wall time on a loaded machine)")
+    print("sys s: the kernel's share of the CPU time, mostly page faults of freshly allocated memory (first touch)")
 
 
 def main() -> None:
