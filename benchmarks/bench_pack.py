@@ -179,7 +179,7 @@ def worker(method: str, use: str, seq_len: int, path: str, out_dir: str, repeat:
             out_table, _ = pack_table(table, seq_len, PAD_ID, get_packer(strategy), kwargs)
             if write:
                 with pa.OSFile(out_path, "wb") as sink, pa.ipc.new_stream(sink, out_table.schema) as writer:
-                    writer.write_table(out_table)
+                    writer.write_table(out_table, max_chunksize=1000)  # as the engines (and datasets' writer) do
             return out_table
 
     def clean() -> None:
