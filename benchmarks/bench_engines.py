@@ -11,8 +11,8 @@ pages, e.g. Ray's object store or memory-mapped files, count once per process th
     python benchmarks/bench_engines.py                  # 1M docs (~490M tokens; needs ~12 GB RAM free)
     python benchmarks/bench_engines.py --engines reference,datasets,datasets_cache
 
-Engines: ``reference`` (the floor: everything in RAM, the engines' own map and reduce functions on ``num_proc``
-forked workers, the output written as Arrow IPC files like the engines write it; see :func:`run_reference`),
+Engines: ``reference`` (the floor: the engines' own map and reduce functions on ``num_proc`` forked workers, with
+no framework in between, the output written as Arrow IPC files like the engines write it; see :func:`run_reference`),
 ``datasets`` (``run_parquet``: the Parquet row groups mapped directly, what ``hfprep run`` does with plain Parquet
 files), ``datasets_cache`` (``load_dataset`` -> Arrow cache -> ``run``: the path of JSON Lines/CSV/Hub sources),
 ``ray`` (``run_on_ray`` on a local cluster). Every engine, the floor included, uses ``--num-proc`` workers. Ray's
@@ -111,13 +111,18 @@ def digest(table: pa.Table) -> str:
 # --- engines (each runs in a subprocess) ----------------------------------------------------------------------------
 
 
-_FLOOR: dict = {}  # the in-RAM state the floor's forked workers inherit (set before each pool starts)
+_FLOOR: dict = {}  # what the floor's forked workers inherit (set before each pool starts)
 
 
-def _floor_map(i: int) -> np.ndarray:
-    """Keys of record batch ``i``: the engines' own map function on the batch."""
-    batch, start = _FLOOR["batches"][i], _FLOOR["starts"][i]
-    mapped = _FLOOR["transform"].map_batch(pa.Table.from_batches([batch]), list(range(start, start + batch.num_rows)))
+def _floor_map(task: tuple[int, str, int, int]) -> np.ndarray:
+    """One Parquet row group: read, keyed by the engines' own map function, its rows written to an Arrow IPC file in
+    the floor's folder (the page cache: the reduce memory-maps it); returns the keys."""
+    i, path, group, start = task
+    rows = pq.ParquetFile(path).read_row_group(group, columns=COLUMNS)
+    mapped = _FLOOR["transform"].map_batch(rows, list(range(start, start + rows.num_rows)))
+    path = str(Path(_FLOOR["out_dir"]) / f"map-{i:05d}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+        writer.write_table(rows)
     return mapped.column(KEY_COLUMN).to_numpy()
 
 
@@ -148,31 +153,37 @@ def _read_stream(path: str | Path) -> pa.Table:
 
 
 def run_reference(transform, paths: list[str], workdir: Path, num_proc: int) -> pa.Table:
-    """The floor: the same work as the engines with nothing in between, on the same cores and with the same write.
+    """The floor: the engines' work with nothing in between, on the same cores and with the same write.
 
-    One process reads every Parquet file into RAM; ``num_proc`` forked workers (the engines' worker count) compute
-    the keys with the engines' map function, the driver sorts them (stable: input order inside a key) and cuts the
-    same key ranges as the datasets engine (``plan_reduce_ranges``), and ``num_proc`` forked workers gather and
-    reduce the ranges with the engines' own code (``range_groups``, ``reduce_group_with_tail``), each writing an
-    Arrow IPC stream file as the engines do; the driver packs the groups' tails (``reduce_tails``) into one more
-    file. No intermediate files, no ``datasets`` machinery, no cluster.
+    ``num_proc`` forked workers (the engines' worker count) read the Parquet row groups, key them with the engines'
+    map function and write their rows to Arrow IPC files; the driver memory-maps those, sorts the keys (stable:
+    input order inside a key) and cuts the datasets engine's key ranges (``plan_reduce_ranges``); ``num_proc``
+    forked workers gather and reduce the ranges with the engines' own code (``range_groups``,
+    ``reduce_group_with_tail``), each writing an Arrow IPC stream file as the engines do, and the driver packs the
+    groups' tails (``reduce_tails``) into one more file. No ``datasets`` machinery, no cluster, no re-encoding.
+    (Reading every file into the driver's memory instead measured slower: one process decodes and first-touches the
+    whole input, where map workers stream it through the page cache.)
     """
     import multiprocessing
 
-    table = pq.read_table(paths, columns=COLUMNS)  # the files decoded in parallel on Arrow's threads
-    batches = table.to_batches()
-    starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).tolist()
+    tasks, start = [], 0
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            tasks.append((len(tasks), path, g, start))
+            start += meta.row_group(g).num_rows
     feats = transform.output_features()
-    _FLOOR.update(batches=batches, starts=starts, transform=transform, table=table, out_dir=str(workdir),
-                  schema=feats.arrow_schema)
+    _FLOOR.update(transform=transform, out_dir=str(workdir), schema=feats.arrow_schema)
     fork = multiprocessing.get_context("fork")
     with fork.Pool(num_proc) as pool:
-        keys = np.concatenate(pool.map(_floor_map, range(len(batches)), chunksize=1))
+        keys = np.concatenate(pool.map(_floor_map, tasks, chunksize=1))
+    maps = [pa.ipc.open_file(pa.memory_map(str(Path(workdir) / f"map-{i:05d}.arrow"))) for i in range(len(tasks))]
+    table = pa.concat_tables([m.read_all() for m in maps])  # zero-copy views of the mapped files
     order = np.argsort(keys, kind="stable")
     bounds, group_keys = key_groups(pa.array(keys), order)
     ranges = plan_reduce_ranges(transform.group_bytes(table, bounds, order), transform.reduce_memory_budget,
                                 min_ranges=num_proc)
-    _FLOOR.update(order=order, bounds=bounds, keys=group_keys)
+    _FLOOR.update(table=table, order=order, bounds=bounds, keys=group_keys)
     with fork.Pool(num_proc) as pool:
         files = pool.map(_floor_reduce, [(i, lo, hi) for i, (lo, hi) in enumerate(ranges)], chunksize=1)
     tails = [_read_stream(t) for t in (Path(p).with_suffix(".tail") for p in files) if t.exists()]
