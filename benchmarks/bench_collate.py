@@ -1,9 +1,9 @@
 """Collate time and bytes per batch: hfprep's DataCollatorForPackedLM vs the usual collators, side by side.
 
 Rows: bs=8 packed rows of length L (1024 and 8192) made by hfprep's no_incomplete packer from lognormal
-documents (so rows hold many documents and some padding). Each collator runs on the same input formats, so every
-comparison can be read like for like: numpy arrays (``with_format("numpy")``) and Python lists (``with_format(None)``)
-for all of them, plus torch rows for hfprep:
+documents (so rows hold many documents and some padding). Every collator gets its examples the way a ``Trainer``
+hands them over: items of a ``datasets.Dataset`` read with ``with_format("numpy")`` (int64 ids, bool masks) or
+``with_format(None)`` (Python lists), the same two formats for all of them, plus ``with_format("torch")`` for hfprep:
 
 * hfprep ``DataCollatorForPackedLM`` in each mode;
 * transformers ``DataCollatorWithFlattening`` (``return_flash_attn_kwargs=True``) on the documents of the batch,
@@ -12,7 +12,9 @@ for all of them, plus torch rows for hfprep:
 * the seed's dense path: ``LMDataset.__getitem__`` (which builds the (L, L) mask) for the 8 rows + ``collate_lm``.
 
 Timing, every row alike: one warm-up call, then up to ``reps`` timed calls within a time budget, the fastest
-reported (``n`` column: timed calls made). Ratios are against hfprep's default mode on the same input format.
+reported (``n`` column: timed calls made). Ratios are against hfprep's default mode on the same input format; the
+last lines print hfprep's default mode against ``DataCollatorWithFlattening`` per length and format (the README's
+headline figure).
 
 Run: ``python benchmarks/bench_collate.py`` (``--quick`` for fewer repetitions). Targets: the default mode
 <= 0.3 ms per batch at L=8192 and >= 10x faster than ``DataCollatorWithFlattening``.
@@ -27,9 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
+from datasets import Dataset
 
 from hfprep.pack.packers import pack_no_incomplete_flat
+from hfprep.schema import row_features
 from hfprep.train.collator import DataCollatorForPackedLM, batch_nbytes
 from hfprep.train.torch_data import LMDataset, collate_lm
 
@@ -82,6 +85,12 @@ def trl_examples(rows: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     return out
 
 
+def items(ds: Dataset, fmt: str | None) -> list[dict[str, Any]]:
+    """The dataset's examples as a ``Trainer``'s data loader passes them to a collator, in format ``fmt``."""
+    view = ds.with_format(fmt)
+    return [view[i] for i in range(len(view))]
+
+
 def timeit(fn: Callable[[], Any], reps: int, budget_s: float) -> tuple[float, int, Any]:
     """Best of up to ``reps`` timed calls after one warm-up (stops early past ``budget_s``): ``(ms, n, output)``."""
     out = fn()  # warm-up, and the batch whose bytes are reported
@@ -101,15 +110,12 @@ def cases_for(seq_len: int) -> list[tuple[str, str, Callable[[], Any]]]:
     from transformers import DataCollatorWithFlattening
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    rows = make_rows(seq_len)
-    as_torch = [
-        {k: torch.from_numpy(v.astype(np.int64) if v.dtype != np.bool_ else v) for k, v in r.items()} for r in rows
-    ]
-    as_lists = [{k: v.tolist() for k, v in r.items()} for r in rows]
-    docs = documents(rows)
-    trl_rows = trl_examples(rows)
-    docs_np = [{k: np.asarray(v, dtype=np.int64) for k, v in d.items()} for d in docs]
-    trl_np = [{k: np.asarray(v, dtype=np.int64) for k, v in r.items()} for r in trl_rows]
+    packed = make_rows(seq_len)
+    rows_ds = Dataset.from_dict({k: [r[k] for r in packed] for k in packed[0]}, features=row_features())
+    rows, as_torch, as_lists = (items(rows_ds, fmt) for fmt in ("numpy", "torch", None))
+    docs_ds, trl_ds = Dataset.from_list(documents(packed)), Dataset.from_list(trl_examples(packed))
+    docs_np, docs = items(docs_ds, "numpy"), items(docs_ds, None)
+    trl_np, trl_rows = items(trl_ds, "numpy"), items(trl_ds, None)
     seed_ds = LMDataset(rows)
     default = DataCollatorForPackedLM()
     no_check = DataCollatorForPackedLM(validate=False)
@@ -143,16 +149,20 @@ def main() -> None:
     header = f"{'L':>6} {'collator':<44} {'input':<6} {'ms/batch':>10} {'n':>5} {'MiB/batch':>10} {'ratio':>9}"
     print(header)
     print("-" * len(header))
+    headline = []
     for seq_len in args.lengths:
         base: dict[str, float] = {}
         for name, inp, fn in cases_for(seq_len):
             ms, n, out = timeit(fn, reps, budget)
             if name.startswith("hfprep position_ids (default)"):
                 base[inp] = ms
+            if name.startswith("transformers DataCollatorWithFlattening"):
+                headline.append(f"L={seq_len} {inp} {ms / base[inp]:.1f}x")
             mib = batch_nbytes(out) / 2**20
             ratio = f"{ms / base[inp]:>9.1f}" if inp in base else f"{'':>9}"
             print(f"{seq_len:>6} {name:<44} {inp:<6} {ms:>10.3f} {n:>5} {mib:>10.2f} {ratio}")
         print()
+    print(f"hfprep default mode vs DataCollatorWithFlattening, same input format: {', '.join(headline)}")
 
 
 if __name__ == "__main__":

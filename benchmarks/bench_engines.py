@@ -1,4 +1,4 @@
-"""Engines side by side on the same map-reduce packing job: in-memory numpy floor, datasets engine, Ray Data.
+"""Engines side by side on the same map-reduce packing job: the in-RAM floor, datasets engine, Ray.
 
 The job: N synthetic pre-tokenized documents (lognormal lengths, median ~300 tokens, random ids),
 key = ``array_hash(input_ids) % keys``, group, pack ``dense`` at ``seq_len``. The map side is keys + document index
@@ -11,9 +11,11 @@ pages, e.g. Ray's object store or memory-mapped files, count once per process th
     python benchmarks/bench_engines.py                  # 1M docs (~490M tokens; needs ~12 GB RAM free)
     python benchmarks/bench_engines.py --engines reference,datasets,datasets_cache
 
-Engines: ``reference`` (the floor: one process, everything in RAM), ``datasets`` (``run_parquet``: the Parquet row
-groups mapped directly, what ``hfprep run`` does with plain Parquet files), ``datasets_cache`` (``load_dataset`` ->
-Arrow cache -> ``run``: the path of JSON Lines/CSV/Hub sources), ``ray`` (``run_on_ray`` on a local cluster). Ray's
+Engines: ``reference`` (the floor: the engines' own map and reduce functions on ``num_proc`` forked workers, with
+no framework in between, the output written as Arrow IPC files like the engines write it; see :func:`run_reference`),
+``datasets`` (``run_parquet``: the Parquet row groups mapped directly, what ``hfprep run`` does with plain Parquet
+files), ``datasets_cache`` (``load_dataset`` -> Arrow cache -> ``run``: the path of JSON Lines/CSV/Hub sources),
+``ray`` (``run_on_ray`` on a local cluster). Every engine, the floor included, uses ``--num-proc`` workers. Ray's
 fixed start-up (``ray.init`` and a first tiny job that starts its worker processes) is measured separately and
 printed next to the table, not in the engine's time.
 """
@@ -36,10 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfprep.engines.mapreduce import INDEX_COLUMN, KEY_COLUMN
+from hfprep.engines.mapreduce import INDEX_COLUMN, KEY_COLUMN, key_groups, plan_reduce_ranges, range_groups
 from hfprep.pack.keys import batch_keys
-from hfprep.pack.packers import get_packer, pack_dense_tails_flat
-from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig, table_to_flat
+from hfprep.pack.transform import PrepareForTrainingTransform, PrepareForTrainingTransformConfig
 from hfprep.schema import flat_to_table
 
 COLUMNS = ["input_ids", "position_ids", "loss_mask"]
@@ -110,45 +111,89 @@ def digest(table: pa.Table) -> str:
 # --- engines (each runs in a subprocess) ----------------------------------------------------------------------------
 
 
-def run_reference(cfg, paths: list[str], workdir: Path) -> pa.Table:
-    """Single process, everything in RAM: read, hash, stable sort, pack each key with the same packer (dense: the
-    groups' leftover tails packed together at the end, as the engines do)."""
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
-    ids, pos, mask, offsets = table_to_flat(table)
-    del table
-    keys = batch_keys(ids, offsets, cfg.num_reduce_chunks)
-    order = np.argsort(keys, kind="stable")
-    bounds = np.searchsorted(keys[order], np.arange(cfg.num_reduce_chunks + 1))
-    packer = get_packer(cfg.packing_strategy)
-    dense = cfg.packing_strategy == "dense"
-    lengths = np.diff(offsets)
-    outs, tails, tail_segments = [], [], []
-    for k in range(cfg.num_reduce_chunks):
-        docs = order[bounds[k] : bounds[k + 1]]
-        if not len(docs):
-            continue
-        ln = lengths[docs]
-        starts = offsets[docs]
-        total = int(ln.sum())
-        src = np.repeat(starts - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(total)
-        g_off = np.zeros(len(docs) + 1, np.int64)
-        np.cumsum(ln, out=g_off[1:])
-        g_ids, g_pos, g_mask = ids[src], pos[src], mask[src]
-        packed = packer(g_ids, g_pos, g_mask, g_off, cfg.seq_len, 0)
-        outs.append(flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets))
-        cut = total // cfg.seq_len * cfg.seq_len
-        if dense and cut < total:  # the group's leftover, packed with all others after the last group
-            tails.append((g_ids[cut:], g_pos[cut:], g_mask[cut:]))
-            inner = g_off[(g_off > cut) & (g_off < total)] - cut
-            tail_segments.append(np.diff(np.concatenate([[0], inner, [total - cut]])))
+_FLOOR: dict = {}  # what the floor's forked workers inherit (set before each pool starts)
+
+
+def _floor_map(task: tuple[int, str, int, int]) -> np.ndarray:
+    """One Parquet row group: read, keyed by the engines' own map function, its rows written to an Arrow IPC file in
+    the floor's folder (the page cache: the reduce memory-maps it); returns the keys."""
+    i, path, group, start = task
+    rows = pq.ParquetFile(path).read_row_group(group, columns=COLUMNS)
+    mapped = _FLOOR["transform"].map_batch(rows, list(range(start, start + rows.num_rows)))
+    path = str(Path(_FLOOR["out_dir"]) / f"map-{i:05d}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return mapped.column(KEY_COLUMN).to_numpy()
+
+
+def _floor_reduce(task: tuple[int, int, int]) -> str:
+    """Groups ``lo..hi``: the engines' own gather (``range_groups``) and reduce, written to an Arrow IPC stream file
+    like the datasets engine's range files (the groups' tails to a ``.tail`` file beside it)."""
+    i, lo, hi = task
+    f = _FLOOR
+    path = Path(f["out_dir"]) / f"range-{i:05d}.arrow"
+    tails = []
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, f["schema"]) as writer:
+        for key, part in range_groups(f["table"], f["order"], f["bounds"], f["keys"], lo, hi):
+            out, _, tail = f["transform"].reduce_group_with_tail(key, part)
+            if out.num_rows:
+                writer.write_table(out.select(f["schema"].names).cast(f["schema"]), max_chunksize=1000)
+            if tail is not None and tail.num_rows:
+                tails.append(tail.select(f["schema"].names).cast(f["schema"]))
     if tails:
-        seg = np.concatenate(tail_segments)
-        seg_off = np.zeros(len(seg) + 1, np.int64)
-        np.cumsum(seg, out=seg_off[1:])
-        t_ids, t_pos, t_mask = (np.concatenate([t[i] for t in tails]) for i in range(3))
-        packed = pack_dense_tails_flat(t_ids, t_pos, t_mask, seg_off, cfg.seq_len)
-        outs.append(flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets))
-    return pa.concat_tables(outs)
+        with pa.OSFile(str(path.with_suffix(".tail")), "wb") as sink, pa.ipc.new_stream(sink, f["schema"]) as w:
+            for t in tails:
+                w.write_table(t)
+    return str(path)
+
+
+def _read_stream(path: str | Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def run_reference(transform, paths: list[str], workdir: Path, num_proc: int) -> pa.Table:
+    """The floor: the engines' work with nothing in between, on the same cores and with the same write.
+
+    ``num_proc`` forked workers (the engines' worker count) read the Parquet row groups, key them with the engines'
+    map function and write their rows to Arrow IPC files; the driver memory-maps those, sorts the keys (stable:
+    input order inside a key) and cuts the datasets engine's key ranges (``plan_reduce_ranges``); ``num_proc``
+    forked workers gather and reduce the ranges with the engines' own code (``range_groups``,
+    ``reduce_group_with_tail``), each writing an Arrow IPC stream file as the engines do, and the driver packs the
+    groups' tails (``reduce_tails``) into one more file. No ``datasets`` machinery, no cluster, no re-encoding.
+    (Reading every file into the driver's memory instead measured slower: one process decodes and first-touches the
+    whole input, where map workers stream it through the page cache.)
+    """
+    import multiprocessing
+
+    tasks, start = [], 0
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            tasks.append((len(tasks), path, g, start))
+            start += meta.row_group(g).num_rows
+    feats = transform.output_features()
+    _FLOOR.update(transform=transform, out_dir=str(workdir), schema=feats.arrow_schema)
+    fork = multiprocessing.get_context("fork")
+    with fork.Pool(num_proc) as pool:
+        keys = np.concatenate(pool.map(_floor_map, tasks, chunksize=1))
+    maps = [pa.ipc.open_file(pa.memory_map(str(Path(workdir) / f"map-{i:05d}.arrow"))) for i in range(len(tasks))]
+    table = pa.concat_tables([m.read_all() for m in maps])  # zero-copy views of the mapped files
+    order = np.argsort(keys, kind="stable")
+    bounds, group_keys = key_groups(pa.array(keys), order)
+    ranges = plan_reduce_ranges(transform.group_bytes(table, bounds, order), transform.reduce_memory_budget,
+                                min_ranges=num_proc)
+    _FLOOR.update(table=table, order=order, bounds=bounds, keys=group_keys)
+    with fork.Pool(num_proc) as pool:
+        files = pool.map(_floor_reduce, [(i, lo, hi) for i, (lo, hi) in enumerate(ranges)], chunksize=1)
+    tails = [_read_stream(t) for t in (Path(p).with_suffix(".tail") for p in files) if t.exists()]
+    if tails:
+        out, _ = transform.reduce_tails(pa.concat_tables(tails))
+        files.append(str(Path(workdir) / "tails.arrow"))
+        with pa.OSFile(files[-1], "wb") as sink, pa.ipc.new_stream(sink, feats.arrow_schema) as writer:
+            writer.write_table(out.select(feats.arrow_schema.names).cast(feats.arrow_schema), max_chunksize=1000)
+    _FLOOR.clear()
+    return pa.concat_tables([_read_stream(p) for p in files])
 
 
 def run_datasets(transform, paths: list[str], workdir: Path, num_proc: int) -> pa.Table:
@@ -191,7 +236,7 @@ def child(args) -> None:
         startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     if args.child == "reference":
-        out = run_reference(cfg, paths, workdir)
+        out = run_reference(transform, paths, workdir, args.num_proc)
     elif args.child == "datasets":
         out = run_datasets(transform, paths, workdir, args.num_proc)
     elif args.child == "datasets_cache":

@@ -20,10 +20,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BENCHMARKS: dict[str, str] = {
-    "tokenize": "bench_tokenize.py",  # tokenize stage vs raw encode_batch, usual map recipe, datatrove, gigatoken
-    "pack": "bench_pack.py",  # dense / no_incomplete / bfd vs TRL pack_dataset
+    "tokenize": "bench_tokenize.py",  # tokenize stage vs the raw encode floor, usual map recipe, datatrove, gigatoken
+    "pack": "bench_pack.py",  # dense / no_incomplete / bfd vs TRL pack_dataset, per use (pretrain, sft), cold
     "reduce_keys": "bench_reduce_keys.py",  # reduce cost with 4 vs 1,024 keys
-    "engines": "bench_engines.py",  # in-memory numpy floor vs datasets engine vs Ray Data
+    "engines": "bench_engines.py",  # in-RAM floor (same cores, same write) vs datasets engine vs Ray
     "streaming": "bench_streaming.py",  # peak memory at 1x / 4x / 16x the input
     "collate": "bench_collate.py",  # collators vs DataCollatorWithFlattening, TRL padding_free, seed collate_lm
     "kd": "bench_kd.py",  # KD cache bytes/token, teacher tokens/s, reader vs to_pydict

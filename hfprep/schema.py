@@ -479,16 +479,20 @@ def flat_to_table(
     for a, b in itertools.pairwise(bounds):
         lo, hi = int(offsets[a]), int(offsets[b])
         off = pa.array(offsets[a : b + 1] - lo, type=pa.int32())
-        arrays = [pa.ListArray.from_arrays(off, pa.array(cols[n][lo:hi])) for n in ROW_COLUMNS]
+        arrays = [pa.ListArray.from_arrays(off, _values_array(cols[n][lo:hi])) for n in ROW_COLUMNS]
         batches.append(pa.RecordBatch.from_arrays(arrays, names=list(ROW_COLUMNS)))
     return pa.Table.from_batches(batches)
 
 
-def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def table_to_flat(
+    table: pa.Table, *, constant_mask_as_view: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows table -> ``(input_ids, position_ids, loss_mask, row_offsets)`` flat numpy arrays.
 
     Chunk by chunk, so a table of more values than one Arrow list can hold is read too; a single chunk is
-    zero-copy for the values.
+    zero-copy for the values. ``constant_mask_as_view``: a ``loss_mask`` that is the same everywhere (all True:
+    pre-training rows) comes back as a read-only broadcast of that value, which takes no memory (for callers that
+    only read it, like the packers; see :func:`constant_value`).
 
     Example:
         >>> ids, pos, loss, off = table_to_flat(flat_to_table(np.arange(3), np.arange(3), np.ones(3, bool),
@@ -503,7 +507,14 @@ def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     cols = []
     for name in ROW_COLUMNS:
         dtype = ROW_DTYPES[name]
-        parts = [np.asarray(c.flatten().to_numpy(zero_copy_only=False), dtype=dtype) for c in table.column(name).chunks]
+        column = table.column(name)
+        values = [c.flatten() for c in column.chunks]
+        if name == "loss_mask" and constant_mask_as_view and not any(v.null_count for v in values):
+            trues = sum(pc.sum(v).as_py() or 0 for v in values)  # a popcount of the bitmaps
+            if trues in (0, int(offsets[-1])):  # one value everywhere: no memory, and packers skip its gather
+                cols.append(np.broadcast_to(np.bool_(trues > 0), (int(offsets[-1]),)))
+                continue
+        parts = [np.asarray(values_to_numpy(v), dtype=dtype) for v in values]
         if not parts:
             cols.append(np.zeros(0, dtype=dtype))
         elif len(parts) == 1:
@@ -511,3 +522,44 @@ def table_to_flat(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         else:
             cols.append(np.concatenate(parts))
     return cols[0], cols[1], cols[2], offsets
+
+
+def _values_array(values: np.ndarray) -> pa.Array:
+    """A flat numpy column as an Arrow array: zero-copy for numbers; bools packed into Arrow's bitmap with numpy
+    (``np.packbits`` is several times faster than ``pa.array`` on a bool array)."""
+    if values.dtype != np.bool_:
+        return pa.array(values)
+    bits = np.packbits(values, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+
+
+def values_to_numpy(values: pa.Array) -> np.ndarray:
+    """A flat Arrow array (e.g. a list column's values) as numpy: zero-copy for numbers; a bool bitmap unpacked with
+    numpy (several times faster than Arrow's ``to_numpy`` on bools; a sliced array may start inside a byte). Arrays
+    with nulls take Arrow's path.
+
+    Example:
+        >>> values_to_numpy(pa.array([True, False, True, True]).slice(1)).tolist()
+        [False, True, True]
+    """
+    if values.type != pa.bool_() or values.null_count:
+        return values.to_numpy(zero_copy_only=False)
+    n, offset = len(values), values.offset
+    if not n:
+        return np.zeros(0, dtype=np.bool_)
+    first = offset // 8
+    bits = np.frombuffer(values.buffers()[1], dtype=np.uint8)[first : (offset + n + 7) // 8]
+    return np.unpackbits(bits, bitorder="little")[offset - 8 * first :][:n].view(np.bool_)
+
+
+def constant_value(values: np.ndarray) -> Any:
+    """The one value of a broadcast (stride-0) array, such as :func:`table_to_flat` makes of a constant mask;
+    ``None`` for an ordinary array (O(1): it does not read the values).
+
+    Example:
+        >>> constant_value(np.broadcast_to(np.True_, (5,))), constant_value(np.ones(5, bool))
+        (True, None)
+    """
+    if values.ndim == 1 and len(values) and values.strides[0] == 0:
+        return values[0].item()
+    return None

@@ -344,3 +344,102 @@ def test_prepare_for_training_with_bfd(tokenizer_path, tokenizer, overflow, pad)
         assert stats["docs_dropped"] == int((lens > seq_len).sum())
     assert sorted(segments) == sorted(want)
     assert stats["tokens_in"] == stats["tokens_out"] + stats["tokens_dropped"] == int(lens.sum())
+
+
+# --- the Arrow path (pack_table) on rows that hold several segments, constant and mixed masks -------------------
+
+
+def ref_pack_positions(src_pos, lengths, masks, seq_len, overflow, pad):
+    """ref_pack for any input positions: a piece keeps its positions, except that its leading run (positions counting
+    up by 1 from the first) is shifted to start at 0 (a split piece may begin inside a segment)."""
+    ids, _, mask, offsets = flat_docs(lengths, masks)
+    pieces = ref_pieces(list(lengths), seq_len, overflow)
+    sizes = [p[2] for p in pieces]
+    rows = ref_bfd_rows(sizes, seq_len)
+    if len(rows) > -(-sum(sizes) // seq_len) and len(ref_greedy_rows(sizes, seq_len)) < len(rows):
+        rows = ref_greedy_rows(sizes, seq_len)
+    out = []
+    for row in rows:
+        toks = []
+        for p in row:
+            d, s, n = pieces[p]
+            base = int(offsets[d]) + s
+            pos = [int(src_pos[base + k]) for k in range(n)]
+            lead = 1
+            while lead < n and pos[lead] == pos[lead - 1] + 1:
+                lead += 1
+            pos = [x - pos[0] for x in pos[:lead]] + pos[lead:]
+            toks += [(int(ids[base + k]), pos[k], bool(mask[base + k])) for k in range(n)]
+        if pad:
+            toks += [(PAD, 0, False)] * (seq_len - len(toks))
+        out.append(toks)
+    return out
+
+
+@st.composite
+def segmented_inputs(draw):
+    """Documents made of one or more segments (re-packed rows), a mask that is all True, all False or mixed, and a
+    row offset at which the Arrow table is sliced (so the bool bitmap starts inside a byte)."""
+    seq_len = draw(st.integers(2, 30))
+    docs = draw(st.lists(st.lists(st.integers(1, seq_len + 4), min_size=1, max_size=3), max_size=25))
+    lengths = [sum(d) for d in docs]
+    total = sum(lengths)
+    kind = draw(st.sampled_from(["all True", "all False", "mixed"]))
+    if kind == "mixed":
+        masks = draw(st.lists(st.booleans(), min_size=total, max_size=total))
+    else:
+        masks = [kind == "all True"] * total
+    positions = [k for d in docs for seg in d for k in range(seg)]
+    return seq_len, lengths, masks, positions, draw(st.integers(0, 9))
+
+
+@settings(max_examples=120, deadline=None)
+@given(segmented_inputs(), st.sampled_from(["split", "truncate", "drop"]), st.booleans())
+def test_arrow_path_matches_slow_reference_on_segmented_rows_and_constant_masks(inp, overflow, pad):
+    from hfprep.pack.transform import pack_table
+    from hfprep.schema import flat_to_table, table_to_flat
+
+    seq_len, lengths, masks, positions, skip = inp
+    lead = flat_docs([1] * skip, [True] * skip)  # rows sliced away below: the rest starts mid-byte in the bitmap
+    ids, _, mask, offsets = flat_docs(lengths, masks)
+    pos = np.array(positions, dtype=np.uint32)
+    table = flat_to_table(
+        np.concatenate([lead[0], ids]), np.concatenate([lead[1], pos]), np.concatenate([lead[2], mask]),
+        np.concatenate([lead[3], offsets[1:] + skip]),
+    ).slice(skip)
+    out, stats = pack_table(table, seq_len, PAD, pack_bfd_flat, {"overflow": overflow, "pad": pad})
+    o_ids, o_pos, o_mask, o_off = table_to_flat(out)
+    got = [
+        list(zip(o_ids[a:b].tolist(), o_pos[a:b].tolist(), o_mask[a:b].tolist(), strict=True))
+        for a, b in itertools.pairwise(o_off.tolist())
+    ]
+    assert got == ref_pack_positions(pos, lengths, masks, seq_len, overflow, pad)
+    assert stats.rows == len(got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60).flatmap(lambda s: st.tuples(st.just(s), st.lists(st.integers(1, s), max_size=80))))
+def test_greedy_row_count_matches_in_order_greedy(inp):
+    from hfprep.pack.packers import greedy_row_count
+
+    seq_len, lengths = inp
+    assert greedy_row_count(np.array(lengths, dtype=np.int64), seq_len) == len(ref_greedy_rows(lengths, seq_len))
+
+
+def test_outputs_in_mapped_4k_page_memory_match_the_slow_reference(monkeypatch):
+    # Large outputs live in an anonymous mapping without huge pages (packers.output_array); force that path on a
+    # small input and check the rows against the reference, and that the path was taken.
+    import mmap
+
+    import hfprep.pack.packers as packers
+
+    if not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        pytest.skip("no madvise(MADV_NOHUGEPAGE) on this platform: outputs are plain np.empty")
+    monkeypatch.setattr(packers, "_OUTPUT_MMAP_MIN", 0)
+    rng = np.random.default_rng(7)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(30), 1.0, 300)), 1, 200).astype(int)
+    masks = rng.random(int(lengths.sum())) < 0.8
+    for pad in (True, False):
+        got = pack_bfd_flat(*flat_docs(lengths, masks), 64, PAD, overflow="split", pad=pad)
+        assert isinstance(got.input_ids.base, memoryview) and got.input_ids.flags.writeable
+        assert as_tuples(got) == ref_pack(lengths, masks, 64, "split", pad)

@@ -209,14 +209,15 @@ def test_row_gather_equals_arrow_take_on_chunked_sliced_tables(seed):
 def test_row_gather_reads_bool_values_that_start_mid_byte():
     """Masks whose value array is itself a slice (bit offset 1..7): the numpy unpacking RowGather uses agrees
     with pyarrow's own conversion, and a gather over such a list column equals Arrow's take."""
-    from hfprep.engines.mapreduce import RowGather, _values_to_numpy
+    from hfprep.engines.mapreduce import RowGather
+    from hfprep.schema import values_to_numpy  # the one bool unpacking of RowGather and table_to_flat
 
     rng = np.random.default_rng(5)
     bits = pa.array(rng.random(203) < 0.5)
     for start in range(0, 12):
         for length in (0, 1, 7, 8, 9, 203 - start):
             part = bits.slice(start, length)
-            assert _values_to_numpy(part).tolist() == part.to_pylist()
+            assert values_to_numpy(part).tolist() == part.to_pylist()
     values = bits.slice(3)
     offsets = pa.array([0, 5, 5, 17, 40, 200], pa.int32())
     table = pa.table({"loss_mask": pa.ListArray.from_arrays(offsets, values)})

@@ -8,6 +8,7 @@ pad id), writes the folder with a card whose numbers come from the packer's own 
 
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 from pathlib import Path
@@ -218,6 +219,29 @@ def test_flat_to_table_cuts_chunks_under_the_list_limit(monkeypatch):
     assert back[0].tolist() == ids.tolist() and back[3].tolist() == offsets.tolist()
     with pytest.raises(ConfigError, match="over Arrow's list limit"):
         flat_to_table(np.zeros(6, np.uint32), np.zeros(6, np.uint32), np.zeros(6, bool), np.array([0, 6]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), max_size=13), min_size=1, max_size=12), st.integers(0, 11), st.integers(1, 4))
+def test_bool_columns_cross_arrow_bitmaps_exactly(rows, skip, chunks):
+    # loss_mask is packed into / unpacked from Arrow's bitmap with numpy: check it against pyarrow's own reading on
+    # tables sliced inside a byte and split into several chunks.
+    import pyarrow as pa
+
+    lengths = [len(r) for r in rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.array([b for r in rows for b in r], dtype=bool)
+    ids = np.arange(offsets[-1], dtype=np.uint32)
+    table = flat_to_table(ids, ids, flat, offsets)
+    assert table.column("loss_mask").to_pylist() == rows
+    cut = np.linspace(0, len(rows), chunks + 1).astype(int)
+    chunked = pa.concat_tables([table.slice(a, b - a) for a, b in itertools.pairwise(cut.tolist())]).slice(min(skip, len(rows)))
+    want = [b for r in rows[min(skip, len(rows)):] for b in r]
+    assert table_to_flat(chunked)[2].tolist() == want
+    view = table_to_flat(chunked, constant_mask_as_view=True)[2]
+    assert view.tolist() == want
+    constant = len(set(want)) <= 1
+    assert (view.strides == (0,)) == constant  # a constant mask takes no memory; any other is read in full
 
 
 def test_bfd_without_a_pad_id_is_an_error_not_padding_with_zero():

@@ -45,7 +45,7 @@ from datasets.fingerprint import get_temporary_cache_files_directory
 from .. import scratch
 from ..datasets_internals import arrow_table, fingerprint
 from ..errors import ConfigError, DataError
-from ..schema import Row
+from ..schema import Row, values_to_numpy
 from ..tokenization.backends import sample_rows, sample_texts
 
 Key = TypeVar("Key")
@@ -224,18 +224,6 @@ def _numpy_gatherable(field: pa.Field) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _values_to_numpy(values: pa.Array) -> np.ndarray:
-    """A list column's values as numpy: zero-copy for numbers; booleans unpacked with numpy, which is ~15x faster
-    than Arrow's own bool conversion (a reduce range unpacks every chunk's mask it gathers from)."""
-    if not pa.types.is_boolean(values.type):
-        return values.to_numpy(zero_copy_only=False)
-    bits = np.frombuffer(values.buffers()[1], dtype=np.uint8)
-    start = values.offset
-    return np.unpackbits(bits[start // 8 : -(-(start + len(values)) // 8)], bitorder="little")[
-        start % 8 : start % 8 + len(values)
-    ].view(np.bool_)
-
-
 class RowGather:
     """The rows ``rows`` (any order) of a many-chunk table, copied once with numpy straight into their places;
     :meth:`table` then cuts contiguous runs of them into zero-offset Arrow tables without another copy.
@@ -295,7 +283,7 @@ class RowGather:
             begin[out] = offsets[local]
             lengths[out] = offsets[local + 1] - offsets[local]
             source[out] = k
-            children.append(_values_to_numpy(arr.values))
+            children.append(values_to_numpy(arr.values))
         row_offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=row_offsets[1:])
         dtype = field.type.value_type.to_pandas_dtype()

@@ -46,7 +46,15 @@ from jaxtyping import Bool, Int64, UInt32
 
 from ..errors import ConfigError
 from ..schema import trailing_padding_like
-from .packers import PACKERS, PackedFlat, PackStats, check_seq_len, greedy_assign, layout_rows
+from .packers import (
+    PACKERS,
+    PackedFlat,
+    PackStats,
+    check_seq_len,
+    greedy_assign,
+    greedy_row_count,
+    layout_rows,
+)
 
 Overflow = Literal["drop", "truncate", "split"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("drop", "truncate", "split")
@@ -233,15 +241,13 @@ def pack_bfd_flat(
             piece_start, piece_len, piece_doc = piece_start[keep], piece_len[keep], piece_doc[keep]
             docs_gone = len(had) - len(np.unique(piece_doc))
     bins, n_rows = bfd_assign(piece_len, seq_len)
-    rank = np.lexsort((np.arange(len(piece_len)), -piece_len))  # placement: longest first, then input order
+    rank = np.argsort(-piece_len, kind="stable")  # placement: longest first, then input order
     fallback = 0
-    if n_rows > -(-int(piece_len.sum()) // seq_len):
+    if n_rows > -(-int(piece_len.sum()) // seq_len) and greedy_row_count(piece_len, seq_len) < n_rows:
         # Best fit is not always optimal, and on rare inputs in-order greedy needs fewer rows: keep the better of
         # the two, so bfd never packs worse than no_incomplete would on the same pieces.
         greedy_rows, _ = greedy_assign(piece_len, seq_len)
-        n_greedy = int(greedy_rows[-1]) + 1
-        if n_greedy < n_rows:
-            bins, n_rows, rank, fallback = greedy_rows, n_greedy, np.arange(len(piece_len)), 1
+        bins, n_rows, rank, fallback = greedy_rows, int(greedy_rows[-1]) + 1, np.arange(len(piece_len)), 1
 
     order_in_row = np.empty(len(rank), dtype=np.int64)
     order_in_row[rank] = np.arange(len(rank))

@@ -539,6 +539,7 @@ def pack_table(
         ids, pos, mask, offsets = table_to_flat(table)
         if positions_are_aranges(pos, offsets):
             return pack_dense_table(table, seq_len)
-    ids, pos, mask, offsets = table_to_flat(table)
+    # A constant loss_mask (pre-training) stays a view: the packers fill it instead of unpacking and copying it.
+    ids, pos, mask, offsets = table_to_flat(table, constant_mask_as_view=True)
     packed = packer(ids, pos, mask, offsets, seq_len, pad_token_id, **(packing_kwargs or {}))
     return flat_to_table(packed.input_ids, packed.position_ids, packed.loss_mask, packed.row_offsets), packed.stats
