@@ -54,6 +54,8 @@ SPILL_BUCKETS = 64
 PREFETCH_BATCHES = 2
 RANGE_BYTES = 64 * 2**20
 """Tokens (at ``BYTES_PER_TOKEN_IN_GROUP``) the reduce gathers at once: ranges do not change the rows, only memory."""
+SHORT_SPANS = 256
+"""Mean tokens per document below which spans are gathered with a token index rather than one slice each."""
 STARTUP_PREFETCH_BATCHES = 6
 """Batches (~32 MB of text each) the reader may parse ahead: enough to keep it busy while the backend is built."""
 
@@ -92,23 +94,31 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 def _take_spans(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``values[starts[i] : starts[i] + lengths[i]]`` for every ``i``, concatenated (a new array)."""
     if not len(lengths):
         return values[:0].copy()
-    return np.concatenate([values[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)])
+    total = int(lengths.sum())
+    if total >= SHORT_SPANS * len(lengths):  # long documents: one memcpy each beats a per-token index
+        return np.concatenate([values[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)])
+    shift = starts - (np.cumsum(lengths) - lengths)
+    return values[np.arange(total, dtype=np.int64) + np.repeat(shift, lengths)]
 
 
 class DocumentStore:
     """One split's tokenized documents (the map output), in memory up to ``budget`` bytes, spilled beyond.
 
-    :meth:`buckets` gives them back in key-range buckets, each as chunks in input order: all of them at once when
-    nothing was spilled; otherwise one bucket at a time, its spilled documents read back from its file first.
+    Documents are kept in key-range buckets from the moment they arrive, so :meth:`buckets` can hand one bucket at
+    a time to the reducer and free it afterwards: memory falls while the packed rows are written, instead of the
+    whole map output living until the last group is packed. Spilled documents go to their bucket's file and come
+    back first, before the bucket's later in-memory ones (input order kept).
     """
 
     def __init__(self, num_keys: int, budget: int = DEFAULT_MEMORY_BUDGET, *, on_spill: Callable[[], Path]) -> None:
         self.num_keys = num_keys
+        self.num_buckets = min(SPILL_BUCKETS, num_keys)
         self.budget = budget
         self.on_spill = on_spill
-        self.chunks: list[Chunk] = []
+        self.parts: list[list[Chunk]] = [[] for _ in range(self.num_buckets)]
         self.nbytes = 0
         self.peak_nbytes = 0  # the most held in memory at once (tests check the budget holds)
         self.tokens_per_key = np.zeros(num_keys, dtype=np.int64)
@@ -121,55 +131,57 @@ class DocumentStore:
     def add(self, chunk: Chunk) -> None:
         if not len(chunk.lengths):
             return
-        self.chunks.append(chunk)
         self.nbytes += chunk.nbytes
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
         self.docs += len(chunk.lengths)
         self.tokens_per_key += np.bincount(chunk.keys, weights=chunk.lengths, minlength=self.num_keys).astype(np.int64)
+        buckets = self.bucket_of(chunk.keys)
+        if self.num_buckets == 1:
+            self.parts[0].append(chunk)
+        else:
+            for b in np.unique(buckets).tolist():
+                self.parts[b].append(chunk.select(np.flatnonzero(buckets == b)))
         if self.nbytes > self.budget:
             self.spill()
 
     def bucket_of(self, keys: np.ndarray) -> np.ndarray:
-        return keys * min(SPILL_BUCKETS, self.num_keys) // self.num_keys
+        return keys * self.num_buckets // self.num_keys
 
     def spill(self) -> None:
         """Append every document in memory to its bucket's file (input order kept) and free the memory."""
         if self.spill_dir is None:
             self.spill_dir = self.on_spill()
-        schema = _SPILL_SCHEMA
-        for chunk in self.chunks:
-            buckets = self.bucket_of(chunk.keys)
-            for b in np.unique(buckets).tolist():
-                part = chunk.select(np.flatnonzero(buckets == b))
-                writer = self._writers.get(b)
-                if writer is None:
-                    sink = pa.OSFile(str(self.spill_dir / f"bucket-{b:03d}.arrow"), "wb")
-                    self._sinks[b] = sink
-                    writer = self._writers[b] = pa.ipc.new_stream(sink, schema)
+        for b, parts in enumerate(self.parts):
+            if not parts:
+                continue
+            writer = self._writers.get(b)
+            if writer is None:
+                sink = pa.OSFile(str(self.spill_dir / f"bucket-{b:03d}.arrow"), "wb")
+                self._sinks[b] = sink
+                writer = self._writers[b] = pa.ipc.new_stream(sink, _SPILL_SCHEMA)
+            for part in parts:
                 writer.write_batch(_chunk_to_batch(part))
                 self.spilled_bytes += part.nbytes
-        self.chunks, self.nbytes = [], 0
+            parts.clear()
+        self.nbytes = 0
 
     def buckets(self) -> Iterator[list[Chunk]]:
-        """The documents in key-range buckets (ascending), each a list of chunks in input order."""
-        if self.spill_dir is None:
-            yield self.chunks
-            return
+        """The documents in key-range buckets (ascending), each a list of chunks in input order. A bucket's memory
+        is the caller's once it is handed out (the store keeps no reference to it)."""
         for writer in self._writers.values():
             writer.close()
         for sink in self._sinks.values():
             sink.close()
-        memory = self.chunks
-        self.chunks = []
-        in_memory = [(c, self.bucket_of(c.keys)) for c in memory]
-        for b in range(min(SPILL_BUCKETS, self.num_keys)):
-            chunks = []
-            path = self.spill_dir / f"bucket-{b:03d}.arrow"
-            if path.exists():
+        for b in range(self.num_buckets):
+            chunks: list[Chunk] = []
+            path = self.spill_dir / f"bucket-{b:03d}.arrow" if self.spill_dir is not None else None
+            if path is not None and path.exists():
                 with pa.OSFile(str(path), "rb") as source:
                     chunks += [_batch_to_chunk(batch) for batch in pa.ipc.open_stream(source)]
                 path.unlink()
-            chunks += [c.select(np.flatnonzero(bk == b)) for c, bk in in_memory if np.any(bk == b)]
+            chunks += self.parts[b]
+            self.nbytes -= sum(c.nbytes for c in self.parts[b])
+            self.parts[b] = []
             yield chunks
 
 
@@ -222,11 +234,15 @@ class SplitState:
 class _Prefetch:
     """Source batches read by a thread of its own, up to ``ahead`` batches before the consumer: the source is parsed
     while earlier batches are tokenized (and, from :meth:`start` on, while the backend is built and checked); the
-    reader's errors are raised in the consumer's thread, in order."""
+    reader's errors are raised in the consumer's thread, in order. :meth:`ahead_at_most` lowers the lead once the
+    start-up is over, so the run does not hold start-up's extra batches to its end."""
 
     def __init__(self, batches: Iterator[SourceBatch], ahead: int = PREFETCH_BATCHES) -> None:
         self._batches = batches
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._slots = threading.Semaphore(ahead)
+        self._ahead = ahead
+        self._withheld = 0  # slots the consumer keeps instead of returning, until the lead is the new one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="hfprep-read", daemon=True)
 
@@ -234,17 +250,21 @@ class _Prefetch:
         self._thread.start()
         return self
 
+    def ahead_at_most(self, ahead: int) -> None:
+        """From now on read at most ``ahead`` batches before the consumer (called from the consumer's thread)."""
+        if ahead < self._ahead:
+            self._withheld += self._ahead - ahead
+            self._ahead = ahead
+
     def _produce(self) -> None:
         try:
             for b in self._batches:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(("batch", b), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stop.is_set():
+                        return
                 if self._stop.is_set():
                     return
+                self._queue.put(("batch", b))
             self._queue.put(("end", None))
         except BaseException as e:  # handed to the consumer, which raises it in the run's thread
             self._queue.put(("error", e))
@@ -253,6 +273,10 @@ class _Prefetch:
         while True:
             kind, value = self._queue.get()
             if kind == "batch":
+                if self._withheld:
+                    self._withheld -= 1
+                else:
+                    self._slots.release()
                 yield value
             elif kind == "error":
                 raise value
@@ -352,6 +376,7 @@ def prepare_direct(
         reader.close()
         raise
     timings["guard"] = time.perf_counter() - started
+    reader.ahead_at_most(PREFETCH_BATCHES)
     spill = _Spill()
     budget = max(1, memory_budget // max(1, len(splits)))
     states = [
