@@ -301,7 +301,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=64)
     ap.add_argument("--num-proc", type=int, default=2)
     ap.add_argument("--engines", default="reference,datasets,datasets_cache,ray")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per engine (best kept); the README uses 3 for --quick")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per engine (best kept); docs/benchmarks.md uses 3")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cfg", default=None, help=argparse.SUPPRESS)

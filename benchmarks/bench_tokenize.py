@@ -33,7 +33,7 @@ timing, the hfprep stage outputs of both backends must be identical Arrow tables
 
 Usage:
     python benchmarks/bench_tokenize.py --quick
-    python benchmarks/bench_tokenize.py            # 100 MB, the README table
+    python benchmarks/bench_tokenize.py            # 100 MB, the table in docs/benchmarks.md
 """
 
 from __future__ import annotations

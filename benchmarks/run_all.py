@@ -1,4 +1,4 @@
-"""Run every benchmark one after another and print their tables (one command for the README's numbers).
+"""Run the benchmarks one after another and print their tables (most of docs/benchmarks.md in one command).
 
     python benchmarks/run_all.py            # full sizes (tens of minutes on 2 cores)
     python benchmarks/run_all.py --quick    # reduced sizes, a few minutes each

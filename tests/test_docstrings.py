@@ -1,4 +1,4 @@
-"""Docstrings and the README say what the code does: documented defaults are the defaults, and every plain name a
+"""Docstrings and the docs say what the code does: documented defaults are the defaults, and every plain name a
 docstring puts in double backticks exists (a stat, a config field, an attribute, a column or a public function)."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from hfprep.recipe import TokenizerSection
 from hfprep.schema import ROW_COLUMNS
 from hfprep.tokenization.stage import TokenizeConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TOKENIZERS_DOC = Path(__file__).resolve().parents[1] / "docs" / "tokenizers.md"
 NAME = re.compile(r"``([a-z_][a-z0-9_]*)``")
 
 
-def _readme_default_backend() -> str:
-    text = README.read_text()
-    section = text[text.index("## Tokenizer backends") :]
+def _documented_default_backend() -> str:
+    text = TOKENIZERS_DOC.read_text()
+    section = text[text.index("## Backends") :]
     section = section[: section.index("\n## ", 1)]
     found = re.findall(r"^\* `(\w+)` \(the default\)", section, re.M)
     assert len(found) == 1, found
@@ -32,7 +32,7 @@ def _readme_default_backend() -> str:
 
 
 def test_backend_default_is_the_documented_one():
-    documented = _readme_default_backend()
+    documented = _documented_default_backend()
     assert TokenizerSection.model_fields["backend"].default == documented  # a recipe's tokenizer.backend
     assert PrepareForTrainingTransformConfig.model_fields["backend"].default == documented
     assert f"``{documented}`` (default)" in PrepareForTrainingTransformConfig.__doc__
