@@ -53,6 +53,7 @@ from .output.layout import (
     atomic_output,
     check_output,
     claim_output,
+    hash_in_background,
 )
 from .output.meter import SplitMeter
 from .output.plots import draw
@@ -62,7 +63,7 @@ from .run_splits import run_source_splits
 from .schema import document_features, output_is_padded
 from .scratch import run_scope
 from .source.loading import SourceSpec, resolve_source
-from .tokenization.loading import eos_token_id
+from .tokenization.loading import eos_token_id, serialize_once
 from .tokenization.stage import tokenized_features
 from .version import __version__
 
@@ -110,8 +111,12 @@ def run_recipe(
     num_proc = num_proc if num_proc is not None else recipe.engine.num_proc
     out_dir = Path(recipe.output.folder)
     # One writer per output for the whole run; scratch folders live until the run ends; Ctrl-C in num_proc workers
-    # stops the pool instead of printing their tracebacks (and can no longer deadlock it); each warning once.
-    with handle_interrupts(), claim_output(out_dir, overwrite, run_inputs(recipe)), run_scope(), warnings_scope():
+    # stops the pool instead of printing their tracebacks (and can no longer deadlock it); each warning once; the
+    # tokenizer, not changed once loaded, serialized once (the fast backend and the fingerprint read the same text).
+    with (
+        handle_interrupts(), claim_output(out_dir, overwrite, run_inputs(recipe)), run_scope(), warnings_scope(),
+        serialize_once(),
+    ):
         return _run_claimed(recipe, overwrite, engine, num_proc, push, log, _before_commit, t0, out_dir, verbose)
 
 
@@ -133,8 +138,6 @@ def _run_claimed(
 ) -> dict[str, Any]:
     if engine == "ray":
         refuse_documents(recipe.output.documents)  # before any work
-    if engine == "ray":
-        refuse_documents(recipe.output.documents)  # before any work
     mix = None  # a mixture recipe ('sources:'): see hfprep.mixture_run
     if recipe.sources is not None:
         mix = run_mixture_splits(recipe, engine, num_proc, log)
@@ -145,6 +148,8 @@ def _run_claimed(
                               recipe.splits.heldout_fraction)
         protect = run_inputs(recipe, spec)
         check_output(out_dir, overwrite, protect)  # before the source is read: a refused run costs nothing
+        if spec.kind in ("files", "text_dir"):
+            hash_in_background(spec.paths)  # the card names them by sha256; hashed while the run works
 
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
     configs = mix.tokenize_configs() if mix is not None else [effective_tokenize_config(recipe)]

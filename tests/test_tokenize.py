@@ -209,3 +209,65 @@ def test_unknown_strategy_config():
         TokenizeConfig(strategy="dpo")
     with pytest.raises(ValueError):
         TokenizeConfig(strategy="pretrain", bogus_key=1)
+
+
+@pytest.mark.parametrize("long_docs", [False, True])
+def test_frame_documents_matches_a_plain_python_reference(long_docs):
+    """Both copy paths (short documents: one scatter; long: a slice each) against list concatenation."""
+    from hfprep.tokenization.pieces import frame_documents
+
+    rng = np.random.default_rng(long_docs)
+    for _ in range(100):
+        n = int(rng.integers(0, 12))
+        lengths = rng.integers(100 if long_docs else 0, 300 if long_docs else 8, n)
+        lead = int(rng.integers(0, 4))  # offsets need not start at 0
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64) + lead
+        values = rng.integers(0, 1000, int(offsets[-1]) + 2).astype(np.uint32)
+        prefix = rng.integers(1000, 2000, int(rng.integers(0, 3))).tolist()
+        suffix = rng.integers(1000, 2000, int(rng.integers(0, 3))).tolist()
+        ids, doc_offsets = frame_documents(values, offsets, prefix, suffix)
+        expected, bounds = [], [0]
+        for i in range(n):
+            expected += prefix + values[offsets[i] : offsets[i + 1]].tolist() + suffix
+            bounds.append(len(expected))
+        assert ids.dtype == np.uint32 and ids.tolist() == expected
+        assert doc_offsets.tolist() == bounds
+
+
+@pytest.mark.parametrize("strategy", ["pretrain", "fim", "sft"])
+def test_documents_are_the_stage_rows_without_positions(tokenizer, strategy):
+    """``Tokenizer.documents`` (what the direct engine keeps) gives the ids, document bounds and loss mask of the
+    full stage call; None stands for an all-true mask."""
+    from hfprep.tokenization.stage import Tokenizer
+
+    batches = {
+        "pretrain": {"content": ["A sample text", "", "import numpy as np", "x"]},
+        "fim": {k: [FIM_EXAMPLE[k]] * 2 for k in FIM_EXAMPLE},
+        "sft": {"content": [SFT_EXAMPLE["content"]] * 2},
+    }
+    config = TokenizeConfig(strategy=strategy, on_empty="drop")
+    tk = Tokenizer(tokenizer, config)
+    flat = tk(batches[strategy])
+    ids, doc_offsets, mask = tk.documents(batches[strategy])
+    np.testing.assert_array_equal(ids, flat.input_ids)
+    np.testing.assert_array_equal(doc_offsets, flat.doc_offsets)
+    full_mask = np.ones(len(ids), np.bool_) if mask is None else mask
+    np.testing.assert_array_equal(full_mask, flat.loss_mask)
+    assert (mask is None) == bool(flat.loss_mask.all())
+
+
+def test_tokenizer_json_is_serialized_once_per_run_scope_only(tokenizer):
+    """Inside ``serialize_once`` (a run) the text is made once; outside, a tokenizer changed between two calls is
+    serialized as it is now (no stale fingerprint in a long-lived process)."""
+    import copy
+
+    from hfprep.tokenization.loading import serialize_once, tokenizer_fingerprint, tokenizer_json
+
+    tok = copy.deepcopy(tokenizer)
+    with serialize_once():
+        first = tokenizer_json(tok)
+        assert tokenizer_json(tok) is first
+    before = tokenizer_fingerprint(tok)
+    tok.add_tokens(["<brand_new_token>"])
+    assert tokenizer_fingerprint(tok) != before
+    assert "<brand_new_token>" in tokenizer_json(tok) and "<brand_new_token>" not in first

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -90,9 +91,58 @@ def split_glob(split: str, data_dir: str = DATA_DIR) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, hex (what ``sha256sum`` prints). Remembered while the file's inode, size and
     modification time stay the same: a run's card, ``recipe.yaml`` and source revision name the same local inputs,
-    and each byte is hashed once."""
+    and each byte is hashed once (by :func:`hash_in_background`'s thread when it was asked first)."""
+    key = _stat_key(path)
+    with _hashing_lock:
+        pending = _hashing.get(key)
+    if pending is not None:
+        digest = pending.result()
+        with _hashing_lock:
+            _hashing.pop(key, None)  # remembered by _file_sha256 from now on
+        return digest
+    return _file_sha256(*key)
+
+
+def hash_in_background(paths: Iterable[str | os.PathLike]) -> None:
+    """Start hashing ``paths`` on a thread of its own: a run's card names its local inputs by sha256 at the end,
+    and their bytes are then hashed while the run reads and packs them (hashlib releases the GIL), not after.
+    :func:`file_sha256` waits for a hash under way instead of starting another.
+
+    Example:
+        >>> import tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.txt")
+        >>> _ = open(p, "w").write("hi")
+        >>> hash_in_background([p])
+        >>> file_sha256(p) == hashlib.sha256(b"hi").hexdigest()
+        True
+    """
+    work = []
+    with _hashing_lock:
+        for p in paths:
+            key = _stat_key(p)
+            if key not in _hashing:
+                _hashing[key] = future = concurrent.futures.Future()
+                work.append((key, future))
+    if not work:
+        return
+
+    def run() -> None:
+        for key, future in work:
+            try:
+                future.set_result(_file_sha256(*key))
+            except BaseException as e:  # the caller of file_sha256 raises it
+                future.set_exception(e)
+
+    threading.Thread(target=run, name="hfprep-sha256", daemon=True).start()
+
+
+_hashing: dict[tuple[str, int, int, int], concurrent.futures.Future] = {}
+_hashing_lock = threading.Lock()
+
+
+def _stat_key(path: str | os.PathLike) -> tuple[str, int, int, int]:
     st = os.stat(path)
-    return _file_sha256(os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    return os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -246,10 +246,9 @@ class PrepareForTrainingTransform(MapReduceTransformBase):
             # pretrain reads Arrow strings as they are (a fast backend encodes them without Python strings)
             arrow = self.tokenize_config.strategy == "pretrain"
             batch = {c: batch.column(c) if arrow else batch.column(c).to_pylist() for c in self.input_columns()}
-        flat = self.tokenizer_stage(batch, indices)
-        keys = batch_keys(flat.input_ids, flat.doc_offsets, self.config.num_reduce_chunks)
-        mask = flat.loss_mask
-        return flat.input_ids, np.diff(flat.doc_offsets), keys, None if mask.all() else mask
+        ids, doc_offsets, mask = self.tokenizer_stage.documents(batch, indices)
+        keys = batch_keys(ids, doc_offsets, self.config.num_reduce_chunks)
+        return ids, np.diff(doc_offsets), keys, mask
 
     @staticmethod
     def documents_to_rows(offsets: np.ndarray, ids: np.ndarray, mask: np.ndarray | None) -> pa.Table:
@@ -505,7 +504,7 @@ def split_dense_tail(table: pa.Table, seq_len: int) -> tuple[pa.Table, pa.Table]
     k = int(np.searchsorted(offsets, cut, side="right")) - 1  # documents [0, k) end at or before the cut
     tokens = table.select(list(TOKEN_COLUMNS))
     if k >= table.num_rows or offsets[k] == cut:
-        return table.slice(0, k), tokens.slice(k)
+        return table.slice(0, k), _owned(tokens.slice(k))
     inside = cut - int(offsets[k])
     doc = table.slice(k, 1)
     head_part = pa.table(
@@ -513,7 +512,13 @@ def split_dense_tail(table: pa.Table, seq_len: int) -> tuple[pa.Table, pa.Table]
     ).cast(table.schema)
     tail_part = tokens.slice(k, 1)
     tail_part = pa.table({n: pc.list_slice(tail_part.column(n), inside) for n in TOKEN_COLUMNS}).cast(tokens.schema)
-    return pa.concat_tables([table.slice(0, k), head_part]), pa.concat_tables([tail_part, tokens.slice(k + 1)])
+    return pa.concat_tables([table.slice(0, k), head_part]), _owned(pa.concat_tables([tail_part, tokens.slice(k + 1)]))
+
+
+def _owned(tail: pa.Table) -> pa.Table:
+    """``tail`` in buffers of its own: engines keep every group's tail until the final pass, and a zero-copy slice
+    would keep its whole group's tokens alive with it (the whole map output, over a run)."""
+    return tail.take(pa.array(np.arange(tail.num_rows, dtype=np.int64)))
 
 
 def pack_dense_tails(tails: pa.Table, seq_len: int) -> tuple[pa.Table, dict]:

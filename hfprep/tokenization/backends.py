@@ -43,7 +43,7 @@ import pyarrow as pa
 from jaxtyping import Int64, UInt32
 
 from ..errors import ConfigError, TokenizerError, warn_once
-from .loading import backend_tokenizer, encoding_tokenizer
+from .loading import backend_tokenizer, encoding_tokenizer, tokenizer_json
 
 BACKENDS: tuple[str, ...] = ("auto", "hf", "gigatoken")
 """Names accepted by the ``backend`` setting."""
@@ -325,7 +325,7 @@ class GigatokenBackend:
         self._hf = encoding_tokenizer(tokenizer)
         self.parallel = parallel
         _static_check(self._hf)
-        text = self._hf.to_str()
+        text = tokenizer_json(tokenizer)
         self.fingerprint = hashlib.sha256(text.encode()).hexdigest()
         gigatoken = _import_gigatoken()
         self.normalizer_in_python: str | None = None

@@ -40,7 +40,7 @@ from .loading import (
     fim_token_ids,
     single_token_id,
 )
-from .pieces import FlatRows, assemble_pieces, empty_flat, with_prefix
+from .pieces import FlatRows, assemble_pieces, empty_flat, frame_documents, positions_from_offsets, with_prefix
 
 ProcessingStrategy = Literal["pretrain", "fim", "sft"]
 STRATEGIES: tuple[str, ...] = ("pretrain", "fim", "sft")
@@ -293,44 +293,47 @@ def audit_ids(tokenizer, config: TokenizeConfig) -> dict[str, Any]:
     return out
 
 
-def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
+def _pretrain_texts(batch, config: TokenizeConfig, indices) -> tuple[Any, np.ndarray]:
+    """The batch's non-empty texts (Arrow when the batch holds Arrow) and their rows; empty ones follow
+    ``tokenize.on_empty``."""
     values = _column(batch, config.text_column, "pretrain")
     if isinstance(values, pa.Array | pa.ChunkedArray):
         texts, kept = _arrow_texts(values, config, indices)
         if config.fim_rate > 0:  # raw-document FIM cuts the text in Python
             texts = texts.to_pylist()
-    else:
-        if config.on_empty == "drop":  # a null text is as empty as "" (JSON null, a missing Parquet value)
-            values = ["" if v is None else v for v in values]
-        texts = _check_strings(values, config.text_column, indices)
-        kept = np.arange(len(texts), dtype=np.int64)
-        if any(not t for t in texts):
-            empty = [i for i, t in enumerate(texts) if not t]
-            if config.on_empty == "error":
-                raise DataError(
-                    f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
-                    f"({len(empty)} empty in this batch); set tokenize.on_empty: drop to skip them (they are counted)"
-                )
-            keep_mask = np.array([bool(t) for t in texts])
-            kept = kept[keep_mask]
-            texts = [t for t in texts if t]
+        return texts, kept
+    if config.on_empty == "drop":  # a null text is as empty as "" (JSON null, a missing Parquet value)
+        values = ["" if v is None else v for v in values]
+    texts = _check_strings(values, config.text_column, indices)
+    kept = np.arange(len(texts), dtype=np.int64)
+    if any(not t for t in texts):
+        empty = [i for i, t in enumerate(texts) if not t]
+        if config.on_empty == "error":
+            raise DataError(
+                f"row {indices[empty[0]]}: column {config.text_column!r} is an empty string "
+                f"({len(empty)} empty in this batch); set tokenize.on_empty: drop to skip them (they are counted)"
+            )
+        keep_mask = np.array([bool(t) for t in texts])
+        kept = kept[keep_mask]
+        texts = [t for t in texts if t]
+    return texts, kept
+
+
+def _pretrain_ids(texts, specials: _Specials, backend: TokenizerBackend) -> tuple[np.ndarray, np.ndarray]:
+    """``[bos] text [eos]`` per text (bos when the tokenizer's rule adds one): ``(ids, doc_offsets)``; every token
+    has loss."""
+    values, offsets = backend.encode_batch(texts)
+    return frame_documents(values, offsets, specials.bos, [specials.eos])
+
+
+def _pretrain(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
+    texts, kept = _pretrain_texts(batch, config, indices)
     if not len(texts):
         return empty_flat()
     if config.fim_rate > 0:
         return with_prefix(pretrain_with_fim(texts, kept, config, specials, backend), specials.bos, True)
-    values, offsets = backend.encode_batch(texts)
-    n = len(texts)
-    # Each document is [text span, eos]: two pieces, eos read from the end of the source array.
-    source = np.append(values, np.uint32(specials.eos))
-    piece_start = np.empty(2 * n, dtype=np.int64)
-    piece_start[0::2] = offsets[:-1]
-    piece_start[1::2] = len(values)
-    piece_len = np.ones(2 * n, dtype=np.int64)
-    piece_len[0::2] = np.diff(offsets)
-    ids, pos, mask, doc_off = assemble_pieces(
-        source, piece_start, piece_len, np.ones(2 * n, np.bool_), np.full(n, 2, np.int64)
-    )
-    return with_prefix(FlatRows(ids, pos, mask, doc_off, kept), specials.bos, True)
+    ids, doc_offsets = _pretrain_ids(texts, specials, backend)
+    return FlatRows(ids, positions_from_offsets(doc_offsets), np.ones(len(ids), np.bool_), doc_offsets, kept)
 
 
 def _fim(batch, config: TokenizeConfig, specials: _Specials, backend: TokenizerBackend, indices) -> FlatRows:
@@ -446,6 +449,28 @@ class Tokenizer:
         if indices is None:
             indices = range(n)
         return _STRATEGY_FNS[self.config.strategy](batch, self.config, self.specials, self.backend, indices)
+
+    def documents(
+        self, batch: Mapping[str, Sequence[Any]], indices: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The documents of :meth:`__call__` without what derives from them: ``(input_ids, doc_offsets, loss_mask
+        or None when every token has loss)``; positions are ``0..n-1`` per document. Pre-training documents are
+        built without a position or mask array at all (most of the stage's time after the backend's).
+
+        Example:
+            >>> ids, offsets, mask = tk.documents({"content": ["hello"]})  # doctest: +SKIP
+        """
+        config = self.config
+        if config.strategy == "pretrain" and config.fim_rate == 0:
+            if indices is None:
+                indices = range(len(next(iter(batch.values()))) if batch else 0)
+            texts, _ = _pretrain_texts(batch, config, indices)
+            if not len(texts):
+                return np.zeros(0, np.uint32), np.zeros(1, np.int64), None
+            ids, doc_offsets = _pretrain_ids(texts, self.specials, self.backend)
+            return ids, doc_offsets, None
+        flat = self(batch, indices)
+        return flat.input_ids, flat.doc_offsets, None if flat.loss_mask.all() else flat.loss_mask
 
 
 def tokenize_batch(
