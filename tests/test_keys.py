@@ -4,6 +4,7 @@ thread and the two-thread path alike; the reference here is hashlib over each do
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_batch_keys_are_the_seed_hash_of_every_document(big):
     values = rng.integers(0, 2**17, int(offsets[-1])).astype(np.uint32)
     assert (int(offsets[-1]) * 4 >= PARALLEL_HASH_BYTES) == big
     keys = batch_keys(values, offsets, 64)
-    assert keys.tolist() == [reference_key(values[a:b], 64) for a, b in zip(offsets[:-1], offsets[1:])]
+    assert keys.tolist() == [reference_key(values[a:b], 64) for a, b in itertools.pairwise(offsets)]
 
 
 def test_batch_keys_of_a_window_that_does_not_start_at_zero():

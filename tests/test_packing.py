@@ -278,3 +278,24 @@ def test_pack_stats_merge_adds_every_count_and_survives_json():
     back = PackStats.from_dict(json.loads(json.dumps(m.as_dict())))
     assert back == m
     assert "doc_length_bins" not in PackStats(rows=1).as_dict()  # only a recording transform adds bins
+
+
+@pytest.mark.parametrize("cut_inside_a_document", [True, False])
+def test_dense_tail_is_the_rest_of_the_group_in_buffers_of_its_own(cut_inside_a_document):
+    """Engines keep every group's tail until the final pass: the tail holds the tokens after the last whole row
+    (a plain-Python cut here) and none of the group's buffers, so holding it does not hold the group."""
+    from hfprep.pack.transform import split_dense_tail
+    from hfprep.schema import flat_to_table
+    from hfprep.tokenization.pieces import positions_from_offsets
+
+    seq_len = 64
+    lengths = [5000, 3000, 40 if cut_inside_a_document else 64 * 10 - 8000 % 64 + 64]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.arange(int(offsets[-1]), dtype=np.uint32)
+    group = flat_to_table(ids, positions_from_offsets(offsets), np.ones(len(ids), np.bool_), offsets)
+    head, tail = split_dense_tail(group, seq_len)
+    cut = int(offsets[-1]) // seq_len * seq_len
+    tail_ids = list(itertools.chain.from_iterable(tail.column("input_ids").to_pylist()))
+    assert tail_ids == ids[cut:].tolist()
+    assert sum(len(r) for r in head.column("input_ids").to_pylist()) == cut
+    assert tail.get_total_buffer_size() < 16 * (len(tail_ids) + 8 * tail.num_rows + 64)
