@@ -23,6 +23,10 @@ bytes written anywhere: the output, the ``datasets`` cache and the temporary fol
     python benchmarks/bench_end_to_end.py                    # 160 MB and 640 MB inputs, best of 3
     python benchmarks/bench_end_to_end.py --sizes 640 2500 --rows hfprep   # memory at 640 MB vs 2.5 GB
     python benchmarks/bench_end_to_end.py --startup          # a 10-document recipe, best of 5
+    python benchmarks/bench_end_to_end.py --sizes 640 --rows "raw gigatoken" "hfprep run" --cores 1   # scaling
+
+``--cores N`` pins every row's process tree to the first N cores (``--num-proc N``, N Rayon threads): rows at 1 and 2
+cores side by side say how the run scales.
 """
 
 from __future__ import annotations
@@ -248,9 +252,10 @@ def run_row(row: str, path: Path, tok: Path) -> dict:
             d.mkdir()
         env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1",
                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(CORES)}
+        cores = set(sorted(os.sched_getaffinity(0))[:CORES])
         start = time.perf_counter()
         proc = subprocess.Popen(command(row, path, tok, out), env=env, cwd=work, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))
         rss = PeakRSS(proc.pid)
         stdout, stderr = proc.communicate()
         wall = time.perf_counter() - start
@@ -308,13 +313,16 @@ def startup(repeats: int, tok: Path) -> None:
 
 
 def main() -> None:
+    global CORES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 40 MB input, best of 1")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes in MB (default 160 640)")
     parser.add_argument("--rows", nargs="+", help=f"rows to run (default all): {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--startup", action="store_true", help="only the 10-document start-up measurement")
+    parser.add_argument("--cores", type=int, default=CORES, help=f"cores every row may use (default {CORES})")
     args = parser.parse_args()
+    CORES = args.cores
     fetch("llama3_1")
     tok = family_dir("llama3_1")
     repeats = args.repeats or (1 if args.quick else 3)

@@ -164,7 +164,8 @@ def test_a_direct_run_leaves_nothing_in_the_datasets_cache_or_the_temp_folder(tm
         ('{"content": "a"}\n{"content": "b \xff"}\n'.encode("latin-1"), "line 2, column 16"),
     ],
 )
-def test_a_bad_line_is_one_error_naming_the_file_and_line(tmp_path, tokenizer_path, content, where):
+@pytest.mark.parametrize("arrow_json", ["newest", "pyarrow<20"], indirect=True)
+def test_a_bad_line_is_one_error_naming_the_file_and_line(tmp_path, tokenizer_path, content, where, arrow_json):
     path = tmp_path / "bad.jsonl"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -176,6 +177,38 @@ def test_a_bad_line_is_one_error_naming_the_file_and_line(tmp_path, tokenizer_pa
             pass
     assert str(e.value).startswith(f"{path}: {where}"), str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.fixture
+def arrow_json(request, monkeypatch):
+    """``pyarrow.json`` as it is ("newest") or as before pyarrow 20, without ``open_json`` ("pyarrow<20")."""
+    import types
+
+    import pyarrow.json as pajson
+
+    import hfprep.source.readers as readers
+
+    if request.param == "pyarrow<20":
+        old = types.SimpleNamespace(ReadOptions=pajson.ReadOptions, ParseOptions=pajson.ParseOptions,
+                                    read_json=pajson.read_json)
+        monkeypatch.setattr(readers, "pajson", old)
+    return request.param
+
+
+@pytest.mark.parametrize("arrow_json", ["newest", "pyarrow<20"], indirect=True)
+@pytest.mark.parametrize("block", [7, 64, 4 * 2**20])
+def test_jsonl_rows_are_the_lines_whatever_the_block_size(tmp_path, monkeypatch, arrow_json, block):
+    """Blocks cut mid-line, a line longer than a block, no newline at the end: each row is its line, in order."""
+    import hfprep.source.readers as readers
+
+    monkeypatch.setattr(readers, "JSON_BLOCK_BYTES", block)
+    texts = [f"doc {i} " + "x" * (i * 13 % 90) + " é\u2028" for i in range(60)]
+    body = "\n".join(json.dumps({"text": t, "other": i}) for i, t in enumerate(texts))
+    path = tmp_path / "docs.jsonl"
+    path.write_text(body)  # no final newline
+    got = [t for b in read_batches(SourceSpec(kind="files", paths=[str(path)], format="jsonl"), ["text"], 256)
+           for t in b.table.column("text").to_pylist()]
+    assert got == [json.loads(line)["text"] for line in path.read_text().splitlines()]
 
 
 def test_row_errors_name_the_source_line(tmp_path, tokenizer_path):

@@ -159,8 +159,7 @@ def _jsonl_tables(paths: Sequence[str], columns: list[str]) -> Iterator[pa.Table
         try:
             if os.path.getsize(path) == 0:
                 continue
-            reader = pajson.open_json(path, read_options=read, parse_options=parse)
-            for batch in reader:
+            for batch in _json_record_batches(path, read, parse):
                 for column in batch.columns:
                     # Arrow's JSON parser keeps bytes that are not UTF-8: refuse them here, naming the line.
                     column.validate(full=True)
@@ -172,6 +171,44 @@ def _jsonl_tables(paths: Sequence[str], columns: list[str]) -> Iterator[pa.Table
             raise DataError(hit[1] if hit else f"{path}: not valid JSON Lines ({e})") from None
         except OSError as e:
             raise DataError(f"source file {path}: cannot be read ({e.strerror or e}); check the path") from None
+
+
+def _json_record_batches(path: str, read: pajson.ReadOptions, parse: pajson.ParseOptions) -> Iterator[pa.RecordBatch]:
+    """Record batches of one JSON Lines file, about ``read.block_size`` bytes at a time.
+
+    Streamed by ``pyarrow.json.open_json`` (pyarrow 20+; it overlaps reading and parsing). That reader fails on a
+    line longer than its block ("straddling object"), and older pyarrow (pyproject allows 16) lacks it; there the
+    file is cut at line ends and each block parsed on its own (a long line makes one block of its own), skipping the
+    rows already given.
+    """
+    given = 0
+    if hasattr(pajson, "open_json"):
+        try:
+            for batch in pajson.open_json(path, read_options=read, parse_options=parse):
+                yield batch
+                given += batch.num_rows
+            return
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e):
+                raise
+    for batch in _json_line_blocks(path, read, parse):
+        if given >= batch.num_rows:
+            given -= batch.num_rows
+            continue
+        yield batch.slice(given)
+        given = 0
+
+
+def _json_line_blocks(path: str, read: pajson.ReadOptions, parse: pajson.ParseOptions) -> Iterator[pa.RecordBatch]:
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(read.block_size)
+            if not block:
+                return
+            if not block.endswith(b"\n"):
+                block += f.readline()  # finish the line the block cut, so every block holds whole records
+            options = pajson.ReadOptions(use_threads=read.use_threads, block_size=max(read.block_size, len(block)))
+            yield from pajson.read_json(pa.BufferReader(block), read_options=options, parse_options=parse).to_batches()
 
 
 # ----------------------------------------------------------------------------------------------- Parquet
