@@ -2,7 +2,7 @@
 
 The rows: dense 2048-token rows of real Python code (the end-to-end benchmark's corpus, Llama 3.1 tokenizer),
 written twice into Hub-layout folders: with hfprep's settings (:data:`hfprep.output.shards.COLUMN_ENCODINGS`: zstd, no
-dictionary, delta-encoded positions, run-length masks) and with what hfprep wrote before (pyarrow's defaults,
+dictionary, run-length masks) and with what hfprep wrote before (pyarrow's defaults,
 dictionary on, zstd). Each reader runs in a fresh process, best of N, with the files in the page cache (one untimed
 read first). Rows: bytes per token on disk, ``load_dataset(folder)`` (datasets converts the Parquet files into its
 Arrow cache: a fresh cache folder every run), then one pass over every row with ``with_format("numpy")`` batches

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_push import WRITE_TOKEN, hub, hub_in_process  # noqa: F401 - fixtures: the test Hub, this process pointed at it
 from torch.utils.data import DataLoader
 
 from hfprep.kd.builder import build_kd_cache
@@ -140,3 +141,47 @@ def test_a_seed_style_cache_with_ragged_topk_or_another_k_is_refused_in_one_line
     write_seed_cache(tmp_path / "k2.parquet")
     with pytest.warns(UserWarning), pytest.raises(DataError, match="k=3 was expected"):
         list(RBTopKIterableDataset(str(tmp_path / "k2.parquet"), k=3))
+
+
+@pytest.fixture
+def local_hub(hub_in_process):  # noqa: F811 - test_push's fixture: the test Hub, this process pointed at it
+    return hub_in_process
+
+
+RUN_SNIPPET = """
+import json, sys
+import numpy as np
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[2])
+exec(sys.argv[1])
+print("RESULT " + json.dumps({k: np.asarray(v).tolist() for k, v in next(iter(ds)).items()}))
+"""
+
+
+@pytest.mark.parametrize("config_name", ["default", "teacher-b"])
+def test_a_pushed_cache_card_reads_from_the_repo_not_the_folder(cache, tokenizer, tokenizer_path, local_hub,
+                                                                 config_name, tmp_path):
+    """The pushed card's *Use* snippets name the repo (and config) and run against it (a fresh process pointed at
+    the test Hub, as a user would): no folder name left."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from hfprep.output.hub import push_folder
+
+    push_folder(cache, "user/kd", token=WRITE_TOKEN, config_name=config_name)
+    card = local_hub.repo_files("user/kd")["README.md"].decode()
+    assert str(cache) not in card and f'"{cache.name}/' not in card and f'"{cache.name}"' not in card
+    use = re.search(r"<!-- hfprep:snippet kd -->\n(.*?)<!-- hfprep:snippet-end kd -->", card, re.S)[1]
+    config = ', "teacher-b"' if config_name != "default" else ""
+    assert f'load_dataset("user/kd"{config}, split="train")' in use
+    code = re.search(r"```python\n(.*?)```", use, re.S)[1]
+    env = local_hub.client_env(dict(os.environ), WRITE_TOKEN, str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-c", RUN_SNIPPET, code, tokenizer_path], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    want = next(iter(RBTopKIterableDataset(str(cache / "data" / "train-*.parquet"), student_tokenizer=tokenizer)))
+    assert got == {k: np.asarray(v).tolist() for k, v in want.items()}

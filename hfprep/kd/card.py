@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ..output.card import CardTarget, kd_snippet
 from ..output.card import template_path as find_template
 from ..output.layout import split_glob
 
@@ -22,6 +23,12 @@ TEMPLATE_NAME = "kd_cache.md"
 def template_path() -> Path:
     """The KD card template (``cards/kd_cache.md``, shipped as ``hfprep/assets/kd_cache.md``)."""
     return find_template(TEMPLATE_NAME)
+
+
+def kd_split(split_rows) -> str:
+    """The split the card's snippet reads: ``train`` when the cache has it, else its first."""
+    names = sorted(split_rows)
+    return "train" if "train" in names or not names else names[0]
 
 
 def card_yaml(meta: dict[str, Any], features, split_rows: dict[str, int], split_bytes: dict[str, int]) -> str:
@@ -91,6 +98,6 @@ def render_card(
         "masking": meta["teacher"]["masking"],
         "normalisation": meta["normalisation"],
         "hidden_doc": hidden_doc,
-        "folder_name": folder_name,
+        "kd_snippet": kd_snippet(CardTarget(folder_name), kd_split(split_rows), meta["k"]),
     }
     return string.Template(template_path().read_text()).substitute(values)

@@ -460,6 +460,38 @@ def documents_snippet(target: CardTarget) -> str:
     return _marked("documents", body)
 
 
+def kd_snippet(target: CardTarget, split: str, k: int, pattern: str | None = None) -> str:
+    """How to read a KD cache at ``target`` (its ``split``, top-``k`` columns), between its markers, so that a push
+    renders it again for the repo: the readers take local files, so a repo's shards (``pattern``, the split's
+    ``data_files`` path; default ``<data_dir>/<split>-*.parquet``) are fetched first.
+
+    Example:
+        >>> print(kd_snippet(CardTarget("me/kd", on_hub=True), "train", 8).splitlines()[6])
+        folder = snapshot_download("me/kd", repo_type="dataset", allow_patterns="data/train-*.parquet")
+    """
+    pattern = pattern or f"{target.data_dir}/{split}-*.parquet"
+    if target.on_hub:
+        fetch = {"repo_type": "dataset", "allow_patterns": pattern, **target.revision_kwargs()}
+        read = (
+            "from huggingface_hub import snapshot_download\n"
+            "from hfprep.kd import RBTopKIterableDataset, DataCollatorForKD, KDTrainer\n\n"
+            "# the readers take local files: fetch the cache's shards first\n"
+            f"folder = snapshot_download({_args([target.name], fetch)})\n"
+            f'ds = RBTopKIterableDataset(f"{{folder}}/{pattern}", student_tokenizer=tokenizer)\n'
+        )
+    else:
+        read = (
+            "from hfprep.kd import RBTopKIterableDataset, DataCollatorForKD, KDTrainer\n\n"
+            f"ds = RBTopKIterableDataset({json.dumps(f'{target.name}/{pattern}')}, student_tokenizer=tokenizer)\n"
+        )
+    body = (
+        f"```python\n{read}```\n\n"
+        f"or, datasets-native: `load_dataset({target.load_args(split=split)}).with_format(\"torch\")` (the top-k "
+        f"columns are\n`Array2D((None, {k}))` features)."
+    )
+    return _marked("kd", body)
+
+
 def snippet_facts(meta: Mapping[str, Any]) -> tuple[dict[str, int], str | None]:
     """What the snippets need from a folder card's metadata: rows per split (card order) and the bundled
     tokenizer's folder (None when the tokenizer is named by its Hub id)."""

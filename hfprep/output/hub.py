@@ -81,6 +81,7 @@ from .card import (
     dump_yaml,
     hfprep_block,
     hfprep_configs,
+    kd_snippet,
     retarget_snippets,
     snippet_facts,
     split_front_matter,
@@ -570,6 +571,13 @@ def merge_card(
         split_rows, tokenizer_dir = snippet_facts(local_meta)
         if split_rows:
             section_body = retarget_snippets(section_body, card_snippets(target, split_rows, tokenizer_dir))
+        kd = local_meta.get("hfprep_kd")
+        if isinstance(kd, Mapping) and "k" in kd:
+            info = local_meta.get("dataset_info")
+            splits = [s.get("name") for s in info.get("splits", [])] if isinstance(info, Mapping) else []
+            split = "train" if "train" in splits or not splits else str(splits[0])
+            pattern = next((f["path"] for f in data_files or [] if f.get("split") == split), None)
+            section_body = retarget_snippets(section_body, {"kd": kd_snippet(target, split, int(kd["k"]), pattern)})
     for src, dst in (path_map or {}).items():
         section_body = section_body.replace(f"]({src})", f"]({dst})").replace(f"]({src} ", f"]({dst} ")
     begin, end = _SECTION_BEGIN.format(config_name), _SECTION_END.format(config_name)
