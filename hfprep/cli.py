@@ -314,13 +314,17 @@ def cmd_repack(args: argparse.Namespace) -> int:
             raise _UsageError(f"--packing-kwargs: not JSON ({e}); e.g. '{{\"overflow\": \"split\"}}'") from None
         if not isinstance(kwargs, dict):
             raise _UsageError("--packing-kwargs: give a JSON object, e.g. '{\"pad\": false}'")
-    if args.json:
-        _stage("disable_progress_bar")()
-    summary = _stage("repack")(
-        args.source, args.output, seq_len=args.seq_len, strategy=args.strategy, packing_kwargs=kwargs,
-        num_reduce_chunks=args.num_reduce_chunks, revision=args.revision, overwrite=args.overwrite,
-        log=_emit if args.json else _human_event, **_budget(args),
-    )
+    _stage("start_worker")()  # the card's figures, drawn while the repack runs (as for `hfprep run`)
+    try:
+        if args.json:
+            _stage("disable_progress_bar")()
+        summary = _stage("repack")(
+            args.source, args.output, seq_len=args.seq_len, strategy=args.strategy, packing_kwargs=kwargs,
+            num_reduce_chunks=args.num_reduce_chunks, revision=args.revision, overwrite=args.overwrite,
+            log=_emit if args.json else _human_event, **_budget(args),
+        )
+    finally:
+        _stage("stop_worker")()
     if not args.json:
         print(_stage("format_repack_summary")(summary))
     return EXIT_OK

@@ -8,6 +8,7 @@ names only, and one short performance table whose rows name an existing benchmar
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -211,10 +212,30 @@ def test_snippets_import_public_names_only():
     assert "pip install 'hfprep[trl]'" in trl and "from hfprep import DataCollatorForPackedLM, load_tokenizer" in trl
 
 
+def _tables(text: str) -> list[list[str]]:
+    """The Markdown tables of ``text``: each a list of its rows after the header and its rule."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current[2:])
+            current = []
+    return tables
+
+
 def test_performance_table_rows_name_their_scripts():
+    """The section leads with the whole-run table (rows named as bench_end_to_end.py names them); every row of the
+    comparison table after it names the script that prints it, and docs/benchmarks.md describes that script."""
     perf = section(README.read_text(encoding="utf-8"), "Performance")
     assert "<!-- rows from benchmarks/" in perf
-    rows = [ln for ln in perf.splitlines() if ln.startswith("|")][2:]  # after the header and its rule
+    whole, *others = _tables(perf)
+    e2e = ROOT / "benchmarks" / "bench_end_to_end.py"
+    names = ast.literal_eval(re.search(r"^ROWS = (\(.*?\))$", e2e.read_text(encoding="utf-8"), re.M).group(1))
+    assert re.search(r"`[^`]*bench_end_to_end\.py[^`]*`", perf.split(whole[0])[0])  # says which command printed it
+    assert {row.split("|")[1].strip() for row in whole} == set(names), whole
+    assert len(others) == 1
+    rows = others[0]
     assert 4 <= len(rows) <= 6, rows
     for row in rows:
         scripts = re.findall(r"`(bench_\w+\.py)", row)
