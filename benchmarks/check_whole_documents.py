@@ -61,7 +61,8 @@ def run(work: Path, tokenizer: Path, backend: str, add_bos: str) -> tuple[dict, 
         "output": {"folder": str(out), "overwrite": True, "plots": False},
     }
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    proc = subprocess.run(["hfprep", "run", str(work / "recipe.yaml"), "--json"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "hfprep", "run", str(work / "recipe.yaml"), "--json"], capture_output=True,
+                          text=True)
     if proc.returncode:
         sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
     summary = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")][-1]

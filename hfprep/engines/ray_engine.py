@@ -609,9 +609,13 @@ def _reduce_inputs(ray, mapped: list[Any], range_keys: list[list[Any]]) -> list[
 
 
 def _map_reduce(ray, transform: MapReduceTransformBase, items: list[dict[str, Any]], batch_rows: int,
-                sink: _OutputSink) -> tuple[list[Any], pa.Table | None]:
+                sink: _OutputSink, owned: bool) -> tuple[list[Any], pa.Table | None]:
     """Map every read item, plan the reduce ranges from the map tasks' key summaries, reduce the ranges and stream
-    their rows into ``sink`` in key order. Returns ``(stats per group in key order, the groups' tails or None)``."""
+    their rows into ``sink`` in key order. Returns ``(stats per group in key order, the groups' tails or None)``.
+
+    On an error or Ctrl-C the tasks still running are force-cancelled only on a cluster this run joined (``owned``
+    False): a Ray instance the run started is shut down whole, and force-cancelling its tasks first raced with their
+    replies inside Ray's core worker ("Tried to complete task that was not pending", an abort instead of exit 130)."""
     holder = [ray.put(transform)]
     # The reduce tasks only pack: they get the transform without its map-side state (the tokenizer).
     reduce_holder = [ray.put(transform.reduce_worker_view())]
@@ -649,7 +653,8 @@ def _map_reduce(ray, transform: MapReduceTransformBase, items: list[dict[str, An
             if tail is not None:
                 tails.append(_from_buffer(tail))
     except BaseException:
-        _cancel(ray, pending)
+        if not owned:
+            _cancel(ray, pending)
         raise
     return stats, pa.concat_tables(tails) if tails else None
 
@@ -734,7 +739,7 @@ def run_on_ray(
             partial = final.with_name(f".{final.name}.incomplete")
             sink = _OutputSink(partial, out_schema)
             try:
-                group_stats, tails = _map_reduce(ray, transform, items, batch_rows, sink)
+                group_stats, tails = _map_reduce(ray, transform, items, batch_rows, sink, owned=started)
                 last, tail_stats = transform.reduce_tails(tails) if tails is not None else (None, None)
                 if last is not None:
                     sink.add(last)
