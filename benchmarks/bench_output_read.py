@@ -78,7 +78,11 @@ def rows_table(size_mb: int) -> pa.Table:
     pos = (np.arange(len(ids)) - np.repeat(ends - lengths, lengths)).astype(np.uint32)
     rows = len(ids) // SEQ_LEN
     ids, pos = ids[: rows * SEQ_LEN], pos[: rows * SEQ_LEN].copy()
-    pos[::SEQ_LEN] = 0  # each row starts a segment (the dense packer's rebase)
+    # The dense packer's rebase: the piece of a document that opens a row counts its positions from 0 again.
+    doc = np.repeat(np.arange(len(lengths)), lengths)[: rows * SEQ_LEN]
+    row_start = np.arange(len(pos)) // SEQ_LEN * SEQ_LEN
+    opening = doc == doc[row_start]
+    pos[opening] -= pos[row_start[opening]]
     off = pa.array(np.arange(rows + 1, dtype=np.int32) * SEQ_LEN)
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(off, pa.array(ids)),
