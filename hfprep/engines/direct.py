@@ -435,29 +435,31 @@ def prepare_direct(
 def _map_phase(transform, spec: SourceSpec, states: list[SplitState], reader: _Prefetch, input_bytes: int) -> None:
     all_spec = dataclasses.replace(spec, keep="all")
     bar = hf_tqdm(total=input_bytes, unit="B", unit_scale=True, desc=transform.progress_label("map"))
-    for batch in reader:
-        rows = np.arange(batch.start, batch.start + batch.num_rows, dtype=np.int64)
-        held = None
-        if spec.heldout_fraction > 0 and any(s.keep != "all" for s in states):
-            held = heldout_mask(batch.table.select(spec.split_columns).to_pydict(), spec.split_columns,
-                                spec.heldout_fraction)
-        for state in states:
-            if state.keep == "all" or held is None:
-                pick = np.arange(batch.num_rows)
-            else:
-                pick = np.flatnonzero(held if state.keep == "heldout" else ~held)
-            if not len(pick):
-                continue
-            part = batch.table.take(pa.array(pick)) if len(pick) < batch.num_rows else batch.table
-            try:
-                chunk = Chunk(*transform.map_documents(part, rows[pick].tolist()))
-            except DataError as e:
-                raise locate_row_error(e, all_spec, None) from e.__cause__
-            state.rows_in += len(pick)
-            state.store.add(chunk)
-        release_freed_memory()  # the batch's tokenizer output, framed and bucketed copies: freed between live parts
-        bar.update(min(batch.source_bytes, bar.total - bar.n))
-    bar.close()
+    try:  # closed on any exit: an error line printed after an open bar would share its line
+        for batch in reader:
+            rows = np.arange(batch.start, batch.start + batch.num_rows, dtype=np.int64)
+            held = None
+            if spec.heldout_fraction > 0 and any(s.keep != "all" for s in states):
+                held = heldout_mask(batch.table.select(spec.split_columns).to_pydict(), spec.split_columns,
+                                    spec.heldout_fraction)
+            for state in states:
+                if state.keep == "all" or held is None:
+                    pick = np.arange(batch.num_rows)
+                else:
+                    pick = np.flatnonzero(held if state.keep == "heldout" else ~held)
+                if not len(pick):
+                    continue
+                part = batch.table.take(pa.array(pick)) if len(pick) < batch.num_rows else batch.table
+                try:
+                    chunk = Chunk(*transform.map_documents(part, rows[pick].tolist()))
+                except DataError as e:
+                    raise locate_row_error(e, all_spec, None) from e.__cause__
+                state.rows_in += len(pick)
+                state.store.add(chunk)
+            release_freed_memory()  # the batch's tokenizer output, framed and bucketed copies: freed between live parts
+            bar.update(min(batch.source_bytes, bar.total - bar.n))
+    finally:
+        bar.close()
 
 
 def _reduce_phase(transform, state: SplitState, log) -> None:
@@ -471,13 +473,15 @@ def _reduce_phase(transform, state: SplitState, log) -> None:
     tails: list[pa.Table] = []
     bar = hf_tqdm(total=int(store.tokens_per_key.sum()), unit="tok", unit_scale=True,
                   desc=f"pack {state.name}")
-    for chunks in store.buckets():
-        if chunks:
-            _reduce_chunks(transform, chunks, state, tails)
-            bar.update(sum(int(c.lengths.sum()) for c in chunks))
-        chunks.clear()
-        release_freed_memory()
-    bar.close()
+    try:
+        for chunks in store.buckets():
+            if chunks:
+                _reduce_chunks(transform, chunks, state, tails)
+                bar.update(sum(int(c.lengths.sum()) for c in chunks))
+            chunks.clear()
+            release_freed_memory()
+    finally:
+        bar.close()
     if tails:
         out, st = transform.reduce_tails(pa.concat_tables(tails))
         if st is not None:

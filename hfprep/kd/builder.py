@@ -614,37 +614,37 @@ def _build_claimed(cfg: KDCacheConfig, overwrite: bool, progress: bool, inputs: 
 
     for split, plan in plans.items():
         stream = _RowStream(plan.files, vocab)
-        bar = tqdm(total=plan.num_shards, desc=f"kd-cache {split}", unit="shard", disable=not progress)
-        for i in range(plan.num_shards):
-            chunk = stream.take(plan.per)
-            h = rows_sha256(chunk)
-            plan.shard_hashes.append(h)
-            path = work / shard_filename(split, i, plan.num_shards)
-            shard_meta = {
-                **static,
-                **identity,
-                "split": split,
-                "shard": i,
-                "num_shards": plan.num_shards,
-                "input_sha256": h,
-            }
-            if _shard_is_complete(path, shard_meta):
-                md = pq.read_metadata(path).metadata[META_KEY]
-                done = json.loads(md)
-                plan.tokens += done["tokens"]
-                plan.targets += done["targets"]
-                plan.skipped += 1
-            else:
-                res = compute_shard(chunk, cfg, teacher, vocab, pad_id, f"{split} shard {i}", i * plan.per)
-                shard_meta.update(tokens=res.tokens, targets=res.targets)
-                with output_errors(final):
-                    write_shard(res.table, path, features, shard_meta, cfg)
-                plan.tokens += res.tokens
-                plan.targets += res.targets
-                plan.written += 1
-                plan.written_tokens += res.tokens
-            bar.update(1)
-        bar.close()
+        # closed on any exit: an error line printed after an open bar would share its line
+        with tqdm(total=plan.num_shards, desc=f"kd-cache {split}", unit="shard", disable=not progress) as bar:
+            for i in range(plan.num_shards):
+                chunk = stream.take(plan.per)
+                h = rows_sha256(chunk)
+                plan.shard_hashes.append(h)
+                path = work / shard_filename(split, i, plan.num_shards)
+                shard_meta = {
+                    **static,
+                    **identity,
+                    "split": split,
+                    "shard": i,
+                    "num_shards": plan.num_shards,
+                    "input_sha256": h,
+                }
+                if _shard_is_complete(path, shard_meta):
+                    md = pq.read_metadata(path).metadata[META_KEY]
+                    done = json.loads(md)
+                    plan.tokens += done["tokens"]
+                    plan.targets += done["targets"]
+                    plan.skipped += 1
+                else:
+                    res = compute_shard(chunk, cfg, teacher, vocab, pad_id, f"{split} shard {i}", i * plan.per)
+                    shard_meta.update(tokens=res.tokens, targets=res.targets)
+                    with output_errors(final):
+                        write_shard(res.table, path, features, shard_meta, cfg)
+                    plan.tokens += res.tokens
+                    plan.targets += res.targets
+                    plan.written += 1
+                    plan.written_tokens += res.tokens
+                bar.update(1)
 
     split_rows = {s: p.rows for s, p in plans.items()}
     tokens = sum(p.tokens for p in plans.values())
