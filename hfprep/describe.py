@@ -241,7 +241,6 @@ def card_params(
     them for ``hfprep validate``)."""
     tok = info.tokenizer
     tcfg = effective_tokenize_config(recipe)
-    splits = card_splits(results)
     target = card_target(recipe)
     recipe_text = recipe_text if recipe_text is not None else portable_recipe(recipe, info)
     options = json.loads(tcfg.model_dump_json(exclude_defaults=True))
@@ -275,7 +274,6 @@ def card_params(
         separator=separator.describe(quote=lambda t: f"`{t}`"),
     )
     replaced = getattr(spec, "replaced", None)  # a mixture's spec has none (each source reports its own)
-    caption, note = doc_lengths_note(results)
     hub = recipe.hub
     commit = git_commit()
     description = recipe.description or f"Language-model training data prepared from {card_source(spec, recipe)}."
@@ -306,23 +304,12 @@ def card_params(
         strategy=tcfg.strategy,
         tokenize_options=options,
         only_middle_not_masked=tcfg.only_middle_not_masked,
-        seq_len=recipe.packing.seq_len,
-        packing=recipe.packing.strategy,
-        packing_kwargs=dict(recipe.packing.packing_kwargs),
-        num_reduce_chunks=recipe.packing.num_reduce_chunks,
-        padded=output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs),
-        heldout_fraction=recipe.splits.heldout_fraction,
-        heldout_name=recipe.splits.heldout_name,
-        train_name=recipe.splits.train_name,
-        splits=splits,
+        **_rows_card_fields(recipe, results),
         split_bytes=split_bytes,
         download_bytes=download_bytes,
         tokenizer=tokenizer,
         target=target,
-        doc_lengths_caption=caption,
-        doc_lengths_note=note,
         has_fill_plot=has_fill_plot,
-        rows_all_full=rows_all_full(results, recipe.packing.seq_len),
         decode_replacements=replaced.sequences if replaced is not None else None,
         source_line=source_line,
         recipe_text=recipe_text,
@@ -337,6 +324,27 @@ def card_params(
         loss_audit=audit_rules.to_card() if audit_rules is not None else None,
         documents=documents,
     )
+
+
+def _rows_card_fields(recipe: Recipe, results: list[SplitResult]) -> dict[str, Any]:
+    """What a run's card and a repack's card both say of the rows: the packing and split settings, the splits'
+    stats and the document-length caption."""
+    packing, splits = recipe.packing, recipe.splits
+    caption, note = doc_lengths_note(results)
+    return {
+        "seq_len": packing.seq_len,
+        "packing": packing.strategy,
+        "packing_kwargs": dict(packing.packing_kwargs),
+        "num_reduce_chunks": packing.num_reduce_chunks,
+        "padded": output_is_padded(packing.strategy, packing.packing_kwargs),
+        "heldout_fraction": splits.heldout_fraction,
+        "heldout_name": splits.heldout_name,
+        "train_name": splits.train_name,
+        "splits": card_splits(results),
+        "doc_lengths_caption": caption,
+        "doc_lengths_note": note,
+        "rows_all_full": rows_all_full(results, packing.seq_len),
+    }
 
 
 def card_splits(results: list[SplitResult]) -> list[CardSplit]:
@@ -386,7 +394,6 @@ def repack_card_params(
         bundled=bundled,
         separator=f"`{tok_meta.get('eos_token')}` (id {tok_meta.get('eos_token_id')})",
     )
-    caption, note = doc_lengths_note(results)
     hub = recipe.hub
     return CardParams(
         title=hub.pretty_name or recipe.name or default_title(str(hf["strategy"]), recipe.packing.seq_len),
@@ -398,23 +405,12 @@ def repack_card_params(
         strategy=str(hf["strategy"]),
         tokenize_options=dict(hf.get("tokenize") or {}),
         only_middle_not_masked=effective_tokenize_config(recipe).only_middle_not_masked,
-        seq_len=recipe.packing.seq_len,
-        packing=recipe.packing.strategy,
-        packing_kwargs=dict(recipe.packing.packing_kwargs),
-        num_reduce_chunks=recipe.packing.num_reduce_chunks,
-        padded=output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs),
-        heldout_fraction=recipe.splits.heldout_fraction,
-        heldout_name=recipe.splits.heldout_name,
-        train_name=recipe.splits.train_name,
-        splits=card_splits(results),
+        **_rows_card_fields(recipe, results),
         split_bytes=split_bytes,
         download_bytes=download_bytes,
         tokenizer=tokenizer,
         target=target,
-        doc_lengths_caption=caption,
-        doc_lengths_note=note,
         has_fill_plot=has_fill_plot,
-        rows_all_full=rows_all_full(results, recipe.packing.seq_len),
         decode_replacements=hf.get("source_decode_replacements"),
         source_line=str(provenance.get("source_line", "")),
         recipe_text=(recipe.text or "").rstrip("\n"),
