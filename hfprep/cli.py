@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import HfprepError, RecipeError
@@ -193,12 +193,21 @@ def _human_event(e: dict[str, Any]) -> None:
     print(f"[hfprep] {kind}: {detail}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _figures_drawn_aside() -> Iterator[None]:
+    """The card's figures are drawn by a process started now (matplotlib loads there while the command loads here),
+    ended with the command."""
+    _stage("start_worker")()
+    try:
+        yield
+    finally:
+        _stage("stop_worker")()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.num_proc is not None and args.num_proc < 1:
         raise _UsageError("--num-proc must be >= 1")
-    # The card's figures are drawn by a process started now: matplotlib loads there while the run loads here.
-    _stage("start_worker")()
-    try:
+    with _figures_drawn_aside():
         if args.json:
             _stage("disable_progress_bar")()
         summary = _stage("run_recipe")(
@@ -210,8 +219,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             log=_emit if args.json else _human_event,
             verbose=args.verbose,
         )
-    finally:
-        _stage("stop_worker")()
     if not args.json:
         print(_stage("format_summary")(summary))
     return EXIT_OK
@@ -314,8 +321,7 @@ def cmd_repack(args: argparse.Namespace) -> int:
             raise _UsageError(f"--packing-kwargs: not JSON ({e}); e.g. '{{\"overflow\": \"split\"}}'") from None
         if not isinstance(kwargs, dict):
             raise _UsageError("--packing-kwargs: give a JSON object, e.g. '{\"pad\": false}'")
-    _stage("start_worker")()  # the card's figures, drawn while the repack runs (as for `hfprep run`)
-    try:
+    with _figures_drawn_aside():
         if args.json:
             _stage("disable_progress_bar")()
         summary = _stage("repack")(
@@ -323,8 +329,6 @@ def cmd_repack(args: argparse.Namespace) -> int:
             num_reduce_chunks=args.num_reduce_chunks, revision=args.revision, overwrite=args.overwrite,
             log=_emit if args.json else _human_event, **_budget(args),
         )
-    finally:
-        _stage("stop_worker")()
     if not args.json:
         print(_stage("format_repack_summary")(summary))
     return EXIT_OK
