@@ -243,6 +243,15 @@ def _shards(folder: Path, data_dir: str = DATA_DIR) -> tuple[dict[str, list[Path
     return out, problems
 
 
+
+def _parquet_or_report(path: Path, where: str, problems: list[str]) -> pq.ParquetFile | None:
+    """``path`` opened, or None with a line in ``problems`` for a truncated or foreign file (the check goes on)."""
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:
+        problems.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
+        return None
+
 def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> ValidationReport:
     """Recompute every invariant of a prepared dataset folder; see the module docstring for the list."""
     root = Path(folder)
@@ -283,10 +292,8 @@ def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> Vali
         source_tokens = None
         for p in paths:
             where = f"{DATA_DIR}/{p.name}"
-            try:
-                pf = pq.ParquetFile(p)
-            except Exception as e:  # a truncated or foreign file: report, keep checking the rest
-                violations.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
+            pf = _parquet_or_report(p, where, violations)
+            if pf is None:
                 continue
             schema_problems = _check_schema(pf, where)
             violations.extend(schema_problems)
@@ -351,10 +358,8 @@ def _check_documents(root: Path, meta: dict[str, Any], config: str, data_splits:
         last_key = -1
         for p in paths:
             where = f"{DOCUMENTS_DIR}/{p.name}"
-            try:
-                pf = pq.ParquetFile(p)
-            except Exception as e:  # a truncated or foreign file: report, keep checking the rest
-                out.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
+            pf = _parquet_or_report(p, where, out)
+            if pf is None:
                 continue
             problems = _check_document_schema(pf.schema_arrow, where)
             out.extend(problems)
