@@ -252,6 +252,7 @@ def _parquet_or_report(path: Path, where: str, problems: list[str]) -> pq.Parque
         problems.append(f"{where}: unreadable Parquet ({str(e).splitlines()[0]})")
         return None
 
+
 def validate_folder(folder: str | os.PathLike, max_violations: int = 50) -> ValidationReport:
     """Recompute every invariant of a prepared dataset folder; see the module docstring for the list."""
     root = Path(folder)
