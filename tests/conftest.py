@@ -43,6 +43,38 @@ def _each_test_is_a_run():
         yield
 
 
+_AUDIT_LINES: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_run_audits():
+    """Every in-process ``hfprep run`` of the session reports its loss audit's violations (the lines ``hfprep
+    validate`` prints for that output) into ``_AUDIT_LINES``."""
+    import hfprep.run as run_module
+
+    real = run_module.make_summary
+
+    def make_summary(*args, **kwargs):
+        warned = kwargs["warnings"] if "warnings" in kwargs else args[9]
+        _AUDIT_LINES.extend(w for w in warned if w.startswith("loss audit"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "make_summary", make_summary)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _every_output_passes_the_loss_audit(request, _record_run_audits):
+    """The outputs a test's runs write (its fixtures' included) pass the loss audit; a test that writes a violating
+    one on purpose is marked ``audit_violations``."""
+    _AUDIT_LINES.clear()
+    yield
+    found, _AUDIT_LINES[:] = list(_AUDIT_LINES), []
+    if found and request.node.get_closest_marker("audit_violations") is None:
+        pytest.fail(f"a run in this test wrote an output that fails the loss audit: {found[0]}")
+
+
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tokenizer")

@@ -612,6 +612,7 @@ def test_an_assistant_turn_without_loss_on_its_content(broken, tokenizer_path, c
     assert bad == {"assistant_content_no_loss": (1, 0, f"row {r}, segment {s}")}
 
 
+@pytest.mark.audit_violations  # the run must report it: that is what this test checks
 def test_a_source_text_holding_a_sentinel_string_is_reported_by_the_run_and_validate(tmp_path, tokenizer_path,
                                                                                      capsys):
     """Nothing is broken by hand: the tokenizer reads "<fim_suffix>" in a prefix as the special token, so the run's
