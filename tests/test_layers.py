@@ -2,8 +2,8 @@
 
 The layers, bottom to top (a module may import its own layer and the layers below it, never one above):
 
-0. ``errors``, ``schema``, ``version``, ``scratch``, ``interrupts``, ``datasets_internals``: the row contract and
-   the plumbing every stage shares;
+0. ``errors``, ``schema``, ``version``, ``scratch``, ``interrupts``, ``prefetch``, ``datasets_internals``: the row
+   contract and the plumbing every stage shares;
 1. ``source``: raw rows; 2. ``tokenization``: documents; 3. ``engines``: move data for a transform (they never
    import the stages that define transforms); 4. ``pack``: the transform, keys and packers; 5. ``mixture``: the
    mixture plan and its card rules; 6. ``output``: the folder, card, validate, inspect, push; 7. ``train``:
@@ -29,7 +29,7 @@ import pytest
 import hfprep
 
 LAYERS: list[set[str]] = [
-    {"errors", "schema", "version", "scratch", "interrupts", "datasets_internals"},
+    {"errors", "schema", "version", "scratch", "interrupts", "prefetch", "datasets_internals"},
     {"source"},
     {"tokenization"},
     {"engines"},
@@ -52,6 +52,8 @@ LOCAL_THIRD_PARTY = {
     "gigatoken": "the fast tokenizer backend, without a wheel on some platforms",
     "awkward": "comes with gigatoken and reads only gigatoken's results",
     "matplotlib": "heavy; only the card's plots need it",
+    "transformers": "~0.35 s to import; only loading a tokenizer or rendering a chat template needs it (repack, "
+    "export and validate load none)",
 }
 
 PACKAGE = Path(hfprep.__file__).parent

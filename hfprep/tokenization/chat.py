@@ -50,7 +50,6 @@ from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Int64
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..errors import DataError, TokenizerError
 from .loading import encoding_tokenizer, eos_token_id, tokenizer_chat_template
@@ -300,6 +299,8 @@ class ChatTemplateEncoder:
     # --- rendering ----------------------------------------------------------------------------------------
 
     def _render(self, messages: list[dict[str, Any]], row: int, **kwargs: Any) -> tuple[str, list[tuple[int, int]]]:
+        from transformers.utils.chat_template_utils import render_jinja_template  # on use: see loading.load_tokenizer
+
         try:
             texts, spans = render_jinja_template(
                 conversations=[messages], chat_template=self.template, **kwargs, **self.template_kwargs

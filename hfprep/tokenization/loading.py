@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import transformers  # its classes are resolved on use: AutoTokenizer alone imports torch (seconds)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import TokenizerError, warn_once
@@ -85,6 +84,8 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, *, key: str =
         0
     """
     check_tokenizer_folder(name_or_path, key)
+    import transformers  # here, not at the top: commands that load no tokenizer (repack, export) skip ~0.35 s
+
     try:
         cls = transformers.PreTrainedTokenizerFast if _generic_local_tokenizer(name_or_path) else transformers.AutoTokenizer
         tok = cls.from_pretrained(name_or_path, revision=revision, **kwargs)
@@ -476,6 +477,8 @@ def train_tiny_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    import transformers  # on use, as in load_tokenizer
+
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token)
     if chat_template is not None:
         fast.chat_template = chat_template
