@@ -26,12 +26,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,10 +40,18 @@ from datasets.utils import tqdm as hf_tqdm
 
 from .. import scratch
 from ..errors import DataError
+from ..prefetch import Prefetch
 from ..source.loading import SourceSpec, check_parquet_files, heldout_mask, locate_row_error
-from ..source.readers import SourceBatch, read_batches, window_rows
+from ..source.readers import read_batches, window_rows
 from ..tokenization.backends import sample_rows, sample_texts
-from .mapreduce import BYTES_PER_TOKEN_IN_GROUP, RowGather, parquet_row_groups, parquet_sample_texts, plan_reduce_ranges
+from .mapreduce import (
+    BYTES_PER_TOKEN_IN_GROUP,
+    RowGather,
+    parquet_row_groups,
+    parquet_sample_texts,
+    plan_reduce_ranges,
+    reduce_tails_into,
+)
 
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 """Bytes of tokenized documents kept in memory before they are spilled to the run's scratch folder. With the rest of
@@ -256,67 +261,6 @@ class SplitState:
     stats: list[dict] = dataclasses.field(default_factory=list)
 
 
-class _Prefetch:
-    """Source batches read by a thread of its own, up to ``ahead`` batches before the consumer: the source is parsed
-    while earlier batches are tokenized (and, from :meth:`start` on, while the backend is built and checked); the
-    reader's errors are raised in the consumer's thread, in order. :meth:`ahead_at_most` lowers the lead once the
-    start-up is over, so the run does not hold start-up's extra batches to its end."""
-
-    def __init__(self, batches: Iterator[SourceBatch], ahead: int = PREFETCH_BATCHES) -> None:
-        self._batches = batches
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._slots = threading.Semaphore(ahead)
-        self._ahead = ahead
-        self._withheld = 0  # slots the consumer keeps instead of returning, until the lead is the new one
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="hfprep-read", daemon=True)
-
-    def start(self) -> _Prefetch:
-        self._thread.start()
-        return self
-
-    def ahead_at_most(self, ahead: int) -> None:
-        """From now on read at most ``ahead`` batches before the consumer (called from the consumer's thread)."""
-        if ahead < self._ahead:
-            self._withheld += self._ahead - ahead
-            self._ahead = ahead
-
-    def _produce(self) -> None:
-        try:
-            for b in self._batches:
-                while not self._slots.acquire(timeout=0.2):
-                    if self._stop.is_set():
-                        return
-                if self._stop.is_set():
-                    return
-                self._queue.put(("batch", b))
-            self._queue.put(("end", None))
-        except BaseException as e:  # handed to the consumer, which raises it in the run's thread
-            self._queue.put(("error", e))
-
-    def __iter__(self) -> Iterator[SourceBatch]:
-        while True:
-            kind, value = self._queue.get()
-            if kind == "batch":
-                if self._withheld:
-                    self._withheld -= 1
-                else:
-                    self._slots.release()
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-
 def direct_sample(spec: SourceSpec, columns: Sequence[str], max_rows: int = 256) -> list[str]:
     """The backend guard's sample of ``spec``, the same whatever the splits: the first rows of evenly spaced row
     groups for Parquet (as ``run_parquet`` samples), ``max_rows`` evenly spaced rows of
@@ -394,7 +338,7 @@ def prepare_direct(
     input_bytes = sum(os.path.getsize(p) for p in spec.paths)
     # Reading starts now: the first batches are parsed while the fast backend is built and checked (its build
     # holds the GIL for ~1 s; Arrow's JSON parser does not need it).
-    reader = _Prefetch(read_batches(spec, columns), ahead=STARTUP_PREFETCH_BATCHES).start()
+    reader = Prefetch(read_batches(spec, columns), ahead=STARTUP_PREFETCH_BATCHES).start()
     try:
         transform.guard_backend(direct_sample(spec, columns), input_bytes=input_bytes)
     except BaseException:
@@ -432,7 +376,7 @@ def prepare_direct(
     return out
 
 
-def _map_phase(transform, spec: SourceSpec, states: list[SplitState], reader: _Prefetch, input_bytes: int) -> None:
+def _map_phase(transform, spec: SourceSpec, states: list[SplitState], reader: Prefetch, input_bytes: int) -> None:
     all_spec = dataclasses.replace(spec, keep="all")
     bar = hf_tqdm(total=input_bytes, unit="B", unit_scale=True, desc=transform.progress_label("map"))
     try:  # closed on any exit: an error line printed after an open bar would share its line
@@ -482,12 +426,7 @@ def _reduce_phase(transform, state: SplitState, log) -> None:
             release_freed_memory()
     finally:
         bar.close()
-    if tails:
-        out, st = transform.reduce_tails(pa.concat_tables(tails))
-        if st is not None:
-            state.stats.append(st)
-        if out.num_rows:
-            state.write(out)
+    reduce_tails_into(transform, tails, state.write, state.stats)
 
 
 def _reduce_chunks(transform, chunks: list[Chunk], state: SplitState, tails: list[pa.Table]) -> None:

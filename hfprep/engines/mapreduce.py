@@ -405,6 +405,21 @@ def reduce_groups(
     return stats, tails
 
 
+def reduce_tails_into(
+    transform: MapReduceTransformBase, tails: list[pa.Table], write: Callable[[pa.Table], Any], stats: list[Any]
+) -> None:
+    """The final pass of every engine, after the last group: the groups' tails (key order) packed together by
+    ``transform.reduce_tails``; the rows go to ``write``, the stats onto ``stats``."""
+    tails = [t for t in tails if t.num_rows]
+    if not tails:
+        return
+    out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
+    if out.num_rows:
+        write(out)
+    if st is not None:
+        stats.append(st)
+
+
 class ArrowStreamSink:
     """Tables appended to an Arrow IPC stream file under ``schema`` (the format ``datasets`` memory-maps); the file
     appears at ``path`` only when :meth:`close` succeeds (it is ``<path>.tmp`` until then).

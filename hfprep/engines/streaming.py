@@ -47,7 +47,7 @@ from datasets.utils.tqdm import tqdm
 from .. import scratch
 from ..errors import DataError
 from ..tokenization.backends import sample_texts
-from .mapreduce import KEY_COLUMN, MapReduceTransformBase, reduce_groups, rows_to_columns
+from .mapreduce import KEY_COLUMN, MapReduceTransformBase, reduce_groups, reduce_tails_into, rows_to_columns
 
 DEFAULT_SPILL_BUFFER_BYTES = 64 * 2**20
 
@@ -230,12 +230,7 @@ def prepare_streaming(
             groups = ((key, spiller.read_group(key).drop_columns([KEY_COLUMN]))
                       for key in _progress_iter(keys, transform.progress_label("reduce") + " (streaming)"))
             stats, tails = reduce_groups(transform, groups, write, docs.write_table if docs is not None else None)
-            if tails:
-                out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
-                if out.num_rows:
-                    write(out)
-                if st is not None:
-                    stats.append(st)
+            reduce_tails_into(transform, tails, write, stats)
             if rows_out:
                 writer.finalize()
             if docs is not None:
