@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, List, Value, concatenate_datasets
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from .configure import (
     RecordingTransform,
@@ -352,10 +352,7 @@ class MixtureRun:
     # --- output hooks ----------------------------------------------------------------------------------------
 
     def features(self):
-        feats = tokenized_features()
-        if self.recipe.source_column:
-            feats[SOURCE_COLUMN] = List(Value("int16"))
-        return feats
+        return mixture_features(self.recipe)
 
     def output_tables(self, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
         """Add the ``source`` column (when asked) to the tables ``run_recipe`` writes."""
@@ -663,6 +660,14 @@ def packed_report(report: SourceReport, counts: tuple[list[int], list[int], list
         lost_dropped=dropped[index],
         lost_cut=cut[index],
     )
+
+
+def mixture_features(recipe) -> Features:
+    """The packed rows' features of a mixture recipe: the token columns, and ``source`` when the recipe asks."""
+    feats = tokenized_features()
+    if recipe.source_column:
+        feats[SOURCE_COLUMN] = List(Value("int16"))
+    return feats
 
 
 def repacked_mixture(recipe, source_meta: dict[str, Any], results: list[SplitResult]) -> MixtureRun:

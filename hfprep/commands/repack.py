@@ -18,12 +18,14 @@ with it, and the card's mixture table keeps what the source chose with what the 
 **Keys.** The key count is the source's: a document's place inside its new group would be its input order, which
 the documents config does not keep across keys, so another ``num_reduce_chunks`` is refused (re-run the recipe).
 
-**Memory.** One group of documents at a time (the source run's ``reduce_memory_budget`` bounded every group),
-plus one record batch; ``memory_budget`` refuses, in one line, a group that would hold more.
+**Memory.** One group of documents at a time (the source run's ``reduce_memory_budget`` bounded every group) and
+the record batch being read (at most an eighth of ``memory_budget``); ``memory_budget`` refuses, in one line, a
+group that would hold more.
 
-**Resume.** Every finished documents shard is recorded in ``.<output>.partial/manifest.json`` with the packed rows,
-tails, stats and the open group it left (:mod:`hfprep.commands.staging`): a killed repack re-run with the same
-arguments continues there and ends with the same bytes.
+**Resume.** Every documents shard read is kept in ``.<output>.partial/`` (it becomes the output's documents
+config) and recorded in its ``manifest.json`` (:mod:`hfprep.commands.staging`): a killed repack re-run with the same
+arguments reads those shards from there instead of downloading them again, packs them again (the packed rows are
+not kept aside: writing them costs more than packing them again) and ends with the same bytes.
 
 Example:
     >>> summary = repack("out/quickstart", "out/quickstart-1024", seq_len=1024)  # doctest: +SKIP
@@ -33,13 +35,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import inspect
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,22 +53,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
 import yaml
-from datasets import Dataset, DatasetInfo, concatenate_datasets
 
 from ..configure import TOKENIZER_DIR, RecordingTransform, SplitResult, split_stats_from, transform_config
 from ..describe import repack_card_params
-from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP, ArrowStreamSink, features_schema, reduce_groups
+from ..engines.mapreduce import BYTES_PER_TOKEN_IN_GROUP, features_schema, reduce_groups, reduce_tails_into
 from ..errors import ConfigError, DataError
 from ..interrupts import handle_interrupts
-from ..mixture_run import CHART, SOURCE_ID, MixtureTransform, repacked_mixture
+from ..mixture_run import CHART, SOURCE_ID, MixtureTransform, mixture_features, repacked_mixture
 from ..output.audit import AuditRules, LossAudit
 from ..output.card import dump_yaml, render_dataset_card
 from ..output.layout import CARD_NAME, DOCUMENTS_DIR, IMAGES_DIR, atomic_output, claim_output
 from ..pack.keys import batch_keys
 from ..pack.packers import get_packer
+from ..prefetch import Prefetch
 from ..recipe import PackingSection, Recipe, check_packing_strategy, parse_recipe
 from ..run import SplitOutputs, keep_written_splits, write_plots
-from ..schema import SOURCE_COLUMN, output_is_padded, rows_from_documents
+from ..schema import SOURCE_COLUMN, output_is_padded
 from ..version import __version__
 from .prepared import PreparedDataset, document_batches, documents_shard_name, open_prepared
 from .staging import Staging
@@ -102,7 +106,8 @@ def repack(
         packing_kwargs: the packer's options (default: the source's when the packer is the same, else none).
         num_reduce_chunks: must be the source's (or None); see the module docstring.
         revision: the Hub revision to read (resolved to one commit).
-        memory_budget: bytes of documents held at once (one group); a bigger group is a one-line error.
+        memory_budget: bytes of documents held at once (one group; batches are read in an eighth of it); a bigger
+            group is a one-line error.
         token: Hub token for a private repo (default: the logged-in one).
         log: called with progress events ``{"event": ...}``.
 
@@ -123,12 +128,8 @@ def repack(
                 "packing": recipe.packing.model_dump(mode="json"), "version": __version__}
     log({"event": "source", "source": source.label, "splits": {s: len(p) for s, p in shards.items()}})
     with handle_interrupts(), claim_output(out_dir, overwrite, protect), Staging(out_dir, identity, overwrite) as staging:
-        results, peak = [], 0
-        for split, rels in shards.items():
-            packed = _repack_split(source, split, rels, transform, staging, memory_budget, log)
-            peak = max(peak, packed.peak_bytes)
-            results.append(packed.result(transform))
-        _write_output(source, recipe, results, staging, out_dir, overwrite, protect, log)
+        results, peak = _write_output(source, recipe, transform, shards, staging, out_dir, overwrite, protect,
+                                      memory_budget, log)
         staging.remove()
     elapsed = time.perf_counter() - t0
     tokens_in = sum(int(r.pack_stats.get("tokens_in", 0)) for r in results)
@@ -207,32 +208,71 @@ def pack_only_transform(source: PreparedDataset, recipe: Recipe) -> RecordingTra
 # ----------------------------------------------------------------------------------------------- one split
 
 
+@dataclass
+class _Docs:
+    """Documents of one key cut from a record batch: ``table`` (the slice, for its other columns) and its flat
+    arrays (views into the batch): lengths, ids, and the loss mask (None when every token has loss)."""
+
+    table: pa.Table
+    lengths: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray | None
+
+
+def _flat(table: pa.Table, where: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A documents batch's lengths, flat ids and flat loss mask (None when all true), without copying the ids."""
+    ids = _one_chunk(table.column("input_ids"))
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    mask_col = _one_chunk(table.column("loss_mask"))
+    mask_lengths = pc.list_value_length(mask_col).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(mask_lengths != lengths)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{where} row {row + i}: loss_mask has {int(mask_lengths[i])} values for {int(lengths[i])} "
+                        "input_ids; re-create the dataset")
+    flat_ids = pc.list_flatten(ids).to_numpy(zero_copy_only=False)
+    mask = pc.list_flatten(mask_col).to_numpy(zero_copy_only=False)
+    return lengths, flat_ids, None if mask.all() else mask
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 class _Groups:
     """Documents in the documents config's order -> ``(key, tokenized rows)`` groups, cut where the key changes.
 
     The key of every document is recomputed from its ids (``batch_keys``); keys must never decrease (else the file
-    is not in the order the packer reads, and the repack would differ from a fresh run: a one-line error). The
-    group still open at the end of a shard is :attr:`carry`: it goes on in the next shard.
+    is not in the order the packer reads, and the repack would differ from a fresh run: a one-line error). A group's
+    rows are built from the flat ids as the direct engine builds them (``documents_to_rows``). The group still open
+    at the end of a shard goes on in the next shard.
     """
 
-    def __init__(self, num_keys: int, budget: int, carry_key: int | None, carry: pa.Table | None) -> None:
-        self.num_keys = num_keys
+    def __init__(self, transform: RecordingTransform, budget: int) -> None:
+        self.num_keys = transform.config.num_reduce_chunks
+        self.to_rows = transform.documents_to_rows
         self.budget = budget
-        self.key = carry_key
-        self.parts: list[pa.Table] = [carry] if carry is not None and carry.num_rows else []
-        self.tokens = sum(_tokens(p) for p in self.parts)
-        self.peak_bytes = self.tokens * BYTES_PER_TOKEN_IN_GROUP
+        self.key: int | None = None
+        self.parts: list[_Docs] = []
+        self.tokens = 0
+        self.peak_bytes = 0
 
     def read(self, path: Path, where: str) -> Iterator[tuple[int, pa.Table]]:
         """The groups that end inside the Parquet file ``path`` (``where`` names it in errors)."""
+        # A batch holds at most an eighth of the budget; the next one is decoded while this one is packed.
+        reader = Prefetch(document_batches(path, self.budget // 4), ahead=1).start()
+        try:
+            yield from self._read(reader, where)
+        finally:
+            reader.close()
+
+    def _read(self, batches: Iterable[pa.Table], where: str) -> Iterator[tuple[int, pa.Table]]:
         row = 0
-        for table in document_batches(path, self.budget):
-            ids = table.column("input_ids")
-            lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        for table in batches:
+            lengths, ids, mask = _flat(table, where, row)
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            flat = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in ids.chunks])
-            keys = batch_keys(flat, offsets, self.num_keys)
+            keys = batch_keys(ids, offsets, self.num_keys)
             before = np.concatenate([[self.key if self.key is not None else -1], keys[:-1]])
             down = np.flatnonzero(keys < before)
             if len(down):
@@ -246,30 +286,33 @@ class _Groups:
                 if key != self.key and self.parts:
                     yield self.key, self._take()
                 self.key = key
-                self.parts.append(table.slice(a, b - a))
-                self.tokens += int(offsets[b] - offsets[a])
-                held = (self.tokens + int(offsets[-1])) * BYTES_PER_TOKEN_IN_GROUP
+                lo, hi = int(offsets[a]), int(offsets[b])
+                self.parts.append(_Docs(table.slice(a, b - a), lengths[a:b], ids[lo:hi],
+                                        None if mask is None else mask[lo:hi]))
+                self.tokens += hi - lo
+                held = self.tokens * BYTES_PER_TOKEN_IN_GROUP
                 self.peak_bytes = max(self.peak_bytes, held)
-                if self.tokens * BYTES_PER_TOKEN_IN_GROUP > self.budget:
-                    need = self.tokens * BYTES_PER_TOKEN_IN_GROUP * 2
+                if held > self.budget:
                     raise ConfigError(
                         f"{where}: the group of key {key} holds over {self.budget:,} bytes of documents, the memory "
-                        f"budget; raise it (--memory-budget {need}): a repack keeps the source's keys"
+                        f"budget; raise it (--memory-budget {2 * held}): a repack keeps the source's keys"
                     )
             row += table.num_rows
 
     def _take(self) -> pa.Table:
-        group = rows_from_documents(pa.concat_tables(self.parts))
-        self.parts, self.tokens = [], 0
-        if SOURCE_COLUMN in group.column_names:  # a mixture's documents: the source index its reduce reads
-            group = group.rename_columns([SOURCE_ID if n == SOURCE_COLUMN else n for n in group.column_names])
+        parts, self.parts, self.tokens = self.parts, [], 0
+        lengths = np.concatenate([p.lengths for p in parts])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = parts[0].ids if len(parts) == 1 else np.concatenate([p.ids for p in parts])
+        mask = None
+        if any(p.mask is not None for p in parts):
+            mask = np.concatenate([p.mask if p.mask is not None else np.ones(len(p.ids), np.bool_) for p in parts])
+        group = self.to_rows(offsets, ids, mask)
+        if SOURCE_COLUMN in parts[0].table.column_names:  # a mixture's documents: the source index its reduce reads
+            source = pa.concat_arrays([c for p in parts for c in p.table.column(SOURCE_COLUMN).chunks])
+            group = group.append_column(SOURCE_ID, _chunked_like(source, group.column("input_ids")))
         return group
-
-    def carry(self) -> pa.Table | None:
-        """The open group's documents as one compact table (the shard's batches can then be freed)."""
-        if not self.parts:
-            return None
-        return pa.concat_tables(self.parts).combine_chunks()
 
     def finish(self) -> Iterator[tuple[int, pa.Table]]:
         """The last group of the split."""
@@ -277,79 +320,69 @@ class _Groups:
             yield self.key, self._take()
 
 
-def _tokens(table: pa.Table) -> int:
-    return int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+def _chunked_like(values: pa.Array, like: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``values`` (one per row) cut into the chunks of ``like``: the packers walk all columns chunk by chunk."""
+    bounds = np.cumsum([0] + [len(c) for c in like.chunks]).tolist()
+    return pa.chunked_array([values.slice(a, b - a) for a, b in itertools.pairwise(bounds)], values.type)
 
 
 @dataclass
 class _SplitParts:
-    """What a split's repack left in the staging folder: its packed-row files (in order), stats and counts."""
+    """A split's repack: its merged stats and counts (its rows went to the output's writer as they were packed)."""
 
     name: str
-    rows_files: list[Path]
     stats: list[Any]
     rows_in: int | None
     peak_bytes: int = 0
 
     def result(self, transform: RecordingTransform) -> SplitResult:
-        """The split as ``hfprep run`` hands it to the writer (rows, merged stats, document-length bins)."""
-        feats = transform.output_features()
-        info = DatasetInfo(features=feats)
-        parts = [Dataset.from_file(str(p), info=info) for p in self.rows_files]
+        """The split as ``hfprep run`` hands it to the card (merged stats, document-length bins)."""
         transform.last_stats = self.stats
         transform.rows_in = self.rows_in if self.rows_in is not None else 0
         stats, bins = split_stats_from(transform.stats)
-        out = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-        return SplitResult(self.name, out, stats, bins, self.rows_in)
+        return SplitResult(self.name, None, stats, bins, self.rows_in)
 
 
 def _repack_split(
     source: PreparedDataset, split: str, rels: list[str], transform: RecordingTransform, staging: Staging,
-    budget: int, log: Log,
+    budget: int, write: Callable[[pa.Table], None], log: Log,
 ) -> _SplitParts:
-    """Pack one split's documents shard by shard (resuming after the shards the manifest records)."""
+    """Pack one split's documents shard by shard; the packed rows go to ``write`` in output order.
+
+    Every shard read is kept in the staging folder (it becomes the output's documents config) and recorded in the
+    manifest: a re-run after a kill reads the recorded shards from there instead of downloading them again, and
+    packs them again (packing is deterministic and cheaper than keeping the packed rows aside on every run).
+    """
     schema = features_schema(transform.output_features())
-    done = staging.done(split)
-    carry_key = done[-1]["carry_key"] if done else None
-    carry = _read_arrow(staging.file(done[-1]["carry"])) if done and done[-1]["carry"] else None
-    groups = _Groups(transform.config.num_reduce_chunks, budget, carry_key, carry)
+
+    def to_output(table: pa.Table) -> None:
+        write(table.select(schema.names).cast(schema))
+
+    finished = len(staging.done(split))
+    groups = _Groups(transform, budget)
+    stats: list[Any] = []
+    tails: list[pa.Table] = []
     doc_dir = staging.file(DOCUMENTS_DIR)
     doc_dir.mkdir(exist_ok=True)
     for i, rel in enumerate(rels):
-        if i < len(done):
-            continue
-        stem = f"{split}-{i:05d}"
-        with source.fetch(rel, staging.file("download")) as path:
-            with ArrowStreamSink(staging.file(f"{stem}.rows.arrow"), schema) as rows:
-                stats, tails = reduce_groups(transform, groups.read(path, rel), rows.write)
-            _keep(source, path, doc_dir / documents_shard_name(rel))
-        _write_arrow(staging.file(f"{stem}.tails.arrow"), tails, schema)
-        staging.file(f"{stem}.stats.json").write_text(json.dumps(stats))
-        carry = groups.carry()
-        if carry is not None:
-            _write_arrow(staging.file(f"{stem}.carry.arrow"), [carry], carry.schema)
-        groups = _Groups(transform.config.num_reduce_chunks, budget, groups.key, carry)
-        staging.finish_shard(split, {"shard": i, "name": rel, "carry_key": groups.key,
-                                     "carry": f"{stem}.carry.arrow" if carry is not None else None})
-        log({"event": "shard", "split": split, "shard": f"{i + 1}/{len(rels)}", "rows": rows.rows})
+        kept = doc_dir / documents_shard_name(rel)
+        fetched = contextlib.nullcontext(kept) if i < finished else source.fetch(rel, staging.file("download"))
+        with fetched as path:
+            shard_stats, shard_tails = reduce_groups(transform, groups.read(path, rel), to_output)
+            if i >= finished:
+                _keep(source, path, kept)
+        stats += shard_stats
+        tails += shard_tails
+        if i >= finished:
+            staging.finish_shard(split, {"shard": i, "name": rel})
+        log({"event": "shard", "split": split, "shard": f"{i + 1}/{len(rels)}"})
     # The split's last group, then the final pass over every group's tail (key order), as the engines do.
-    final = staging.file(f"{split}-final.rows.arrow")
-    stats_all = [s for i in range(len(rels)) for s in json.loads(staging.file(f"{split}-{i:05d}.stats.json").read_text())]
-    with ArrowStreamSink(final, schema) as rows:
-        last_stats, last_tails = reduce_groups(transform, groups.finish(), rows.write)
-        tails = [_read_arrow(staging.file(f"{split}-{i:05d}.tails.arrow")) for i in range(len(rels))] + last_tails
-        tails = [t for t in tails if t.num_rows]
-        stats_all += last_stats
-        if tails:
-            out, st = transform.reduce_tails(pa.concat_tables(tails, promote_options="default"))
-            if out.num_rows:
-                rows.write(out)
-            if st is not None:
-                stats_all.append(st)
+    last_stats, last_tails = reduce_groups(transform, groups.finish(), to_output)
+    stats += last_stats
+    reduce_tails_into(transform, tails + last_tails, to_output, stats)
     card_stats = (source.hfprep.get("stats") or {}).get(split) or {}
     rows_in = int(card_stats["rows_in"]) if "rows_in" in card_stats else None
-    files = [staging.file(f"{split}-{i:05d}.rows.arrow") for i in range(len(rels))] + [final]
-    return _SplitParts(split, files, stats_all, rows_in, groups.peak_bytes)
+    return _SplitParts(split, stats, rows_in, groups.peak_bytes)
 
 
 def _keep(source: PreparedDataset, path: Path, dest: Path) -> None:
@@ -367,27 +400,17 @@ def _keep(source: PreparedDataset, path: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _write_arrow(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
-    with ArrowStreamSink(path, schema, max_chunksize=None) as sink:
-        for t in tables:
-            sink.write(t)
-
-
-def _read_arrow(path: Path) -> pa.Table:
-    with pa.OSFile(str(path), "rb") as f:
-        return pa.ipc.open_stream(f).read_all()
-
-
 # ----------------------------------------------------------------------------------------------- the output
 
 
 def _write_output(
-    source: PreparedDataset, recipe: Recipe, results: list[SplitResult], staging: Staging, out_dir: Path,
-    overwrite: bool, protect: list[Any], log: Log,
-) -> None:
-    """The prepared folder, as ``hfprep run`` writes it: packed splits, documents config, tokenizer, figures, card."""
+    source: PreparedDataset, recipe: Recipe, transform: RecordingTransform, shards: dict[str, list[str]],
+    staging: Staging, out_dir: Path, overwrite: bool, protect: list[Any], memory_budget: int, log: Log,
+) -> tuple[list[SplitResult], int]:
+    """The prepared folder, as ``hfprep run`` writes it: packed splits (written while they are packed), documents
+    config, tokenizer, figures, card. Returns the splits and the most bytes of documents held at once."""
     pad_id = int(source.hfprep["tokenizer"]["pad_token_id"])
-    mix = repacked_mixture(recipe, source.meta, results) if source.hfprep.get("mixture") is not None else None
+    is_mixture = source.hfprep.get("mixture") is not None
     padded = output_is_padded(recipe.packing.strategy, recipe.packing.packing_kwargs)
     audit_rules = source.hfprep.get("loss_audit")
     p = recipe.packing
@@ -398,16 +421,25 @@ def _write_output(
 
     with (
         atomic_output(out_dir, overwrite=overwrite, protect=protect) as tmp,
-        SplitOutputs(tmp, recipe, padded, features=mix.features() if mix else None, pad_id=pad_id,
+        SplitOutputs(tmp, recipe, padded, features=mixture_features(recipe) if is_mixture else None, pad_id=pad_id,
                      make_audit=make_audit if audit_rules is not None else None) as outputs,
     ):
+        results, peak = [], 0
+        for split, rels in shards.items():
+            columns = list(outputs.features)
+            writer = outputs.open(split, None)
+            packed = _repack_split(source, split, rels, transform, staging, memory_budget,
+                                   lambda t, w=writer, c=columns: w.write(t.select(c)), log)
+            peak = max(peak, packed.peak_bytes)
+            results.append(packed.result(transform))
+        mix = repacked_mixture(recipe, source.meta, results) if is_mixture else None
         results, _ = keep_written_splits(recipe, None, results, outputs, log)
         for r in results:
             r.quality = outputs.meters[r.name].report(r.pack_stats)
         split_bytes = {r.name: outputs.parquet_bytes[r.name] for r in results}
         (tmp / DOCUMENTS_DIR).mkdir()
-        for p in sorted(staging.file(DOCUMENTS_DIR).iterdir()):
-            os.link(p, tmp / DOCUMENTS_DIR / p.name)  # the staging folder is next to the output: same file system
+        for path in sorted(staging.file(DOCUMENTS_DIR).iterdir()):
+            os.link(path, tmp / DOCUMENTS_DIR / path.name)  # the staging folder is next to the output: same file system
         _copy_tokenizer(source, tmp)
         has_fill_plot = write_plots(tmp, recipe, results)
         date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
@@ -422,6 +454,7 @@ def _write_output(
                 mix.write_chart(tmp / IMAGES_DIR / CHART)
             card = mix.card(card, with_chart=recipe.output.plots)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+    return results, peak
 
 
 def repacked_from(source: PreparedDataset) -> dict[str, str]:
