@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import HfprepError, RecipeError
-from .interrupts import Terminated, handle_interrupts, was_interrupted
+from .interrupts import COMMITTED, Terminated, handle_interrupts, was_interrupted
 from .version import __version__
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -403,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hfprep {args.command}: error: {message}", file=sys.stderr)
         return code
 
+    committed_before = len(COMMITTED)
     try:
         with handle_interrupts():
             return COMMANDS[args.command](args)
@@ -413,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = EXIT_TERMINATED if signum == signal.SIGTERM or isinstance(e, Terminated) else EXIT_INTERRUPTED
             what = "terminated" if code == EXIT_TERMINATED else "interrupted"
             note = INTERRUPT_NOTES.get(args.command, "no partial output was written (re-run the command to finish)")
+            if len(COMMITTED) > committed_before:  # the signal came after the output was put in place
+                done = COMMITTED[-1]
+                note = f"{done} was written before it and is complete (`hfprep validate {done}` checks it)"
             fail(code, KeyboardInterrupt(f"{what}; {note}"), what)
             if argv is None:
                 _end_process_that_ran_ray(code)

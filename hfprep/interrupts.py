@@ -32,6 +32,7 @@ import threading
 import time
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -109,6 +110,11 @@ def _on_unraisable(unraisable: Any) -> None:
 
 _previous_unraisablehook = sys.unraisablehook
 
+
+COMMITTED: list[Path] = []
+"""Every output folder put in place in this process, in order (:func:`hfprep.output.layout.atomic_output` appends
+it): a command interrupted after its output was committed (while it stops its helper process, or pushes) says the
+output is complete instead of "nothing was written"."""
 
 @contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:

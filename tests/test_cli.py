@@ -164,6 +164,25 @@ def test_keyboard_interrupt_in_process_exits_130_without_output(tmp_path, tokeni
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "r.yaml"]
 
 
+def test_keyboard_interrupt_after_the_output_is_in_place_says_it_is_complete(tmp_path, tokenizer_path, capsys,
+                                                                            monkeypatch):
+    # Ctrl-C while the command stops its figure-drawing process, after the output folder was renamed into place:
+    # still 130, but the message must not claim that nothing was written.
+    import hfprep.output.plots
+    from hfprep.output.validate import validate_folder
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hfprep.output.plots, "stop_worker", boom)
+    assert main(["run", str(make_recipe(tmp_path, tokenizer_path))]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hfprep run: error: interrupted; ") and "no partial output" not in err, err
+    assert err.endswith(f"{tmp_path / 'out'} was written before it and is complete "
+                        f"(`hfprep validate {tmp_path / 'out'}` checks it)"), err
+    assert validate_folder(tmp_path / "out").ok
+
+
 def test_sigint_subprocess_mid_run_then_rerun(tmp_path, tokenizer_path):
     """A real Ctrl-C (SIGINT) while the output is being written: exit 130, nothing left behind; the re-run completes.
 

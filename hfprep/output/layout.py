@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..errors import HfprepError, OutputBusyError, OutputError, OutputExistsError
+from ..interrupts import COMMITTED
 from ..scratch import pid_alive
 from ..version import __version__
 from .shards import (  # noqa: F401  (re-exported: the layout's one place for shard names and writes)
@@ -574,6 +575,7 @@ def atomic_output(
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             raise
+        COMMITTED.append(Path(path))  # a Ctrl-C from now on finds a complete output: the CLI says so
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
