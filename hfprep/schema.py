@@ -82,7 +82,7 @@ def row_features():
 
 DOCUMENT_COLUMNS: tuple[str, str] = ("input_ids", "loss_mask")
 """A tokenized, unpacked document (the ``documents`` config): its ids and loss mask. Positions are not stored:
-every document counts ``0, 1, 2, ...`` (:func:`rows_from_documents` rebuilds them)."""
+every document counts ``0, 1, 2, ...`` (the packers' ``documents_to_rows`` rebuilds them)."""
 DOCUMENT_ARROW_TYPES: dict[str, pa.DataType] = {"input_ids": pa.list_(pa.uint32()), "loss_mask": pa.list_(pa.bool_())}
 DOCUMENT_SOURCE_TYPE = pa.int16()
 """A mixture's documents also carry ``source``: the index of the source each document came from."""
@@ -105,7 +105,7 @@ def documents_from_rows(table: pa.Table, source: pa.Array | pa.ChunkedArray | No
     """Tokenized documents (one per row, as the tokenize stage writes them) -> the ``documents`` config's columns.
 
     Positions are dropped because they carry nothing: a tokenized document's ``position_ids`` are ``0..n-1``, which
-    is checked here (a row that holds several segments could not be rebuilt by :func:`rows_from_documents`).
+    is checked here (a row that holds several segments could not be rebuilt from its ids alone).
 
     Example:
         >>> t = pa.table({"input_ids": pa.array([[5, 6]], pa.list_(pa.uint32())),
@@ -123,31 +123,6 @@ def documents_from_rows(table: pa.Table, source: pa.Array | pa.ChunkedArray | No
         out = out.append_column(SOURCE_COLUMN, pa.chunked_array([source]).cast(DOCUMENT_SOURCE_TYPE)
                                 if isinstance(source, pa.Array) else source.cast(DOCUMENT_SOURCE_TYPE))
     return out
-
-
-def rows_from_documents(table: pa.Table) -> pa.Table:
-    """The ``documents`` config's rows -> tokenized rows (``input_ids``, ``position_ids`` = ``0..n-1``,
-    ``loss_mask``, and any other column as it is): what the packers read.
-
-    Example:
-        >>> t = pa.table({"input_ids": pa.array([[5, 6], [7]], pa.list_(pa.uint32())), "loss_mask": [[1, 1], [1]]})
-        >>> rows_from_documents(t).column("position_ids").to_pylist()
-        [[0, 1], [0]]
-    """
-    ids = table.column("input_ids")
-    chunks = []
-    for chunk in ids.chunks:  # chunked like the ids: the packers walk all columns chunk by chunk together
-        lengths = pc.list_value_length(chunk).to_numpy(zero_copy_only=False).astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        if offsets[-1] > MAX_LIST_VALUES:
-            raise ConfigError(f"{int(offsets[-1]):,} tokens in one chunk, over Arrow's list limit of {MAX_LIST_VALUES:,}")
-        positions = pa.array(_document_positions(lengths).astype(POSITION_DTYPE), pa.uint32())
-        chunks.append(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), positions))
-    position_ids = pa.chunked_array(chunks, pa.list_(pa.uint32()))
-    rest = [n for n in table.column_names if n not in ROW_COLUMNS]
-    cols = {"input_ids": ids, "position_ids": position_ids, "loss_mask": table.column("loss_mask")}
-    return pa.table({**cols, **{n: table.column(n) for n in rest}})
 
 
 def _document_positions(lengths: np.ndarray) -> np.ndarray:

@@ -353,11 +353,6 @@ def _repack_split(
     manifest: a re-run after a kill reads the recorded shards from there instead of downloading them again, and
     packs them again (packing is deterministic and cheaper than keeping the packed rows aside on every run).
     """
-    schema = features_schema(transform.output_features())
-
-    def to_output(table: pa.Table) -> None:
-        write(table.select(schema.names).cast(schema))
-
     finished = len(staging.done(split))
     groups = _Groups(transform, budget)
     stats: list[Any] = []
@@ -368,7 +363,7 @@ def _repack_split(
         kept = doc_dir / documents_shard_name(rel)
         fetched = contextlib.nullcontext(kept) if i < finished else source.fetch(rel, staging.file("download"))
         with fetched as path:
-            shard_stats, shard_tails = reduce_groups(transform, groups.read(path, rel), to_output)
+            shard_stats, shard_tails = reduce_groups(transform, groups.read(path, rel), write)
             if i >= finished:
                 _keep(source, path, kept)
         stats += shard_stats
@@ -377,9 +372,9 @@ def _repack_split(
             staging.finish_shard(split, {"shard": i, "name": rel})
         log({"event": "shard", "split": split, "shard": f"{i + 1}/{len(rels)}"})
     # The split's last group, then the final pass over every group's tail (key order), as the engines do.
-    last_stats, last_tails = reduce_groups(transform, groups.finish(), to_output)
+    last_stats, last_tails = reduce_groups(transform, groups.finish(), write)
     stats += last_stats
-    reduce_tails_into(transform, tails + last_tails, to_output, stats)
+    reduce_tails_into(transform, tails + last_tails, write, stats)
     card_stats = (source.hfprep.get("stats") or {}).get(split) or {}
     rows_in = int(card_stats["rows_in"]) if "rows_in" in card_stats else None
     return _SplitParts(split, stats, rows_in, groups.peak_bytes)
@@ -425,11 +420,12 @@ def _write_output(
                      make_audit=make_audit if audit_rules is not None else None) as outputs,
     ):
         results, peak = [], 0
+        # The packed rows as `hfprep run` hands them to its writer: the transform's schema, the output's columns.
+        schema, columns = features_schema(transform.output_features()), list(outputs.features)
         for split, rels in shards.items():
-            columns = list(outputs.features)
             writer = outputs.open(split, None)
             packed = _repack_split(source, split, rels, transform, staging, memory_budget,
-                                   lambda t, w=writer, c=columns: w.write(t.select(c)), log)
+                                   lambda t, w=writer: w.write(t.select(schema.names).cast(schema).select(columns)), log)
             peak = max(peak, packed.peak_bytes)
             results.append(packed.result(transform))
         mix = repacked_mixture(recipe, source.meta, results) if is_mixture else None
