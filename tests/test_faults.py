@@ -247,33 +247,22 @@ def assert_interrupted_cleanly(code: int, err: str, command: str = "run") -> Non
 # --- Ctrl-C at chosen moments -----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("moment", ["split", "map", "reduce"])
-def test_ctrl_c_in_worker_processes_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment):
-    """Ctrl-C while ``num_proc=2`` workers run the split filter, the tokenize map or the reduce: exit 130, one line,
-    no traceback from any worker, no hang, no output, no scratch (it used to print ~115 lines and once hung)."""
-    env, tmp, cache = env_dirs
-    project = tmp_path / "project"
-    # reuse_tokenized: the source goes through datasets' cache and num_proc worker processes (not the direct engine)
-    recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2},
-                           engine={"reuse_tokenized": True})
-    child = Child(["run", str(recipe), "--num-proc", "2"], project, {**env, "TEST_MOMENT": moment})
-    assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
-    child.signal_group(signal.SIGINT)
-    code, err = child.finish()
-    assert_interrupted_cleanly(code, err)
-    assert sorted(p.name for p in project.iterdir()) == ["docs.jsonl", "r.yaml"]
-    assert scratch_in(tmp, cache) == []
+# Where Ctrl-C lands: datasets' num_proc worker processes (reuse_tokenized takes the source through datasets' cache)
+# running the split filter, the tokenize map or the reduce; the direct engine's reader thread, tokenizing, packing or
+# its shard writer threads.
+WORKER_MOMENTS = [(m, {"reuse_tokenized": True}) for m in ("split", "map", "reduce")]
+DIRECT_MOMENTS = [(m, {}) for m in ("direct-read", "direct-map", "direct-reduce", "direct-write")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["direct-read", "direct-map", "direct-reduce", "direct-write"])
-def test_ctrl_c_in_the_direct_engine_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment):
-    """Ctrl-C while the direct engine reads the source (its reader thread), tokenizes, packs or writes shards (its
-    writer threads): exit 130, one line, no output, no scratch, no spill folder left."""
+@pytest.mark.parametrize(("moment", "engine"), WORKER_MOMENTS + DIRECT_MOMENTS,
+                         ids=[m for m, _ in WORKER_MOMENTS + DIRECT_MOMENTS])
+def test_ctrl_c_mid_run_stops_at_once_with_one_line(tmp_path, tokenizer_path, env_dirs, moment, engine):
+    """Ctrl-C at each moment above with ``--num-proc 2``: exit 130, one line, no traceback from any worker or
+    thread, no hang (it used to print ~115 lines and once hung), no output, no scratch, no spill folder left."""
     env, tmp, cache = env_dirs
     project = tmp_path / "project"
-    recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2})
+    recipe = write_project(project, tokenizer_path, n_docs=200, splits={"heldout_fraction": 0.2}, engine=engine)
     child = Child(["run", str(recipe), "--num-proc", "2"], project, {**env, "TEST_MOMENT": moment})
     assert child.wait_for(f"TEST-AT-{moment}"), child.text[-3000:]
     child.signal_group(signal.SIGINT)
