@@ -18,7 +18,8 @@ pass). Run: ``python benchmarks/bench_audit.py`` (``--quick``: fewer tokens and 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,9 @@ from hfprep.output.audit import AuditRules, LossAudit
 from hfprep.output.validate import batch_stats
 from hfprep.pack.packers import pack_dense_flat
 from hfprep.schema import flat_to_table, table_to_flat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import best_of
 
 SEQ_LEN = 2048
 BATCH_ROWS = 1024
@@ -79,16 +83,6 @@ def python_no_loss(table: pa.Table) -> int:
     return found
 
 
-def best(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -110,13 +104,13 @@ def main(argv: list[str] | None = None) -> None:
                 base += b.num_rows
             assert a.result().ok
 
-        t_flat = best(lambda batches=batches: [table_to_flat(b) for b in batches], reps)
-        t_stats = best(lambda batches=batches: [batch_stats(b, EOS, False) for b in batches], reps)
-        t_audit = best(audit, reps)
+        t_flat = best_of(lambda batches=batches: [table_to_flat(b) for b in batches], reps)
+        t_stats = best_of(lambda batches=batches: [batch_stats(b, EOS, False) for b in batches], reps)
+        t_audit = best_of(audit, reps)
         first = batches[0]
         n_first = first.num_rows * SEQ_LEN
-        t_py = best(lambda first=first: python_no_loss(first), 1)
-        t_audit_first = best(lambda first=first, rules=rules: LossAudit(rules, seq_len=SEQ_LEN, packing="dense")
+        t_py = best_of(lambda first=first: python_no_loss(first), 1)
+        t_audit_first = best_of(lambda first=first, rules=rules: LossAudit(rules, seq_len=SEQ_LEN, packing="dense")
                              .add(first), reps)
         print(f"{kind:<10}{n:>12,}{n / t_flat / 1e6:>15.0f}{n / t_stats / 1e6:>13.0f}{n / t_audit / 1e6:>15.0f}"
               f"{t_audit / t_stats:>12.2f}x{n_first / t_py / 1e6:>13.2f}{t_py / t_audit_first:>13.0f}x")

@@ -1,7 +1,8 @@
 """Cost of checking data against the model before training, side by side with reading the ids at all.
 
 Data: ``--tokens`` random token ids (vocabulary 128,256) in packed rows of 2048, written the way ``hfprep run``
-writes a split (``write_split``: zstd, no dictionary). Rows compared, each the fastest of ``--reps`` runs:
+writes a split (``write_split``: zstd, no dictionary). Rows compared, each the fastest of ``--reps`` runs after one
+warm-up run:
 
 * floor: pyarrow reads the ``input_ids`` column of every shard (no check at all);
 * ``check_dataset_for_model(folder, model)``: the same read plus the range check, row group by row group;
@@ -14,9 +15,8 @@ Run: ``python benchmarks/bench_model_check.py`` (``--tokens 20_000_000`` for a q
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,11 @@ from hfprep.schema import flat_to_table
 from hfprep.train.collator import DataCollatorForPackedLM
 from hfprep.train.model_check import check_dataset_for_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import best_of
+
 VOCAB = 128_256
 SEQ_LEN = 2048
-
-
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def write_folder(root: Path, tokens: int) -> Path:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,16 @@ def bench_tokenizer(vocab_size: int = 65_536, train_bytes: int = 8 * MB, cache_d
     train_tiny_tokenizer(docs, tmp, vocab_size=vocab_size)
     tmp.rename(folder)
     return load_tokenizer(str(folder)), folder
+
+
+def best_of(fn: Callable[[], object], reps: int) -> float:
+    """Seconds of the fastest of ``reps`` calls of ``fn``, after one untimed warm-up call: every row of a table
+    timed with it is warm (files in the page cache, imports and first-call costs paid)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
