@@ -87,6 +87,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _documents_command_options(
+    p: argparse.ArgumentParser, output_metavar: str, output_help: str, budget_help: str, overwrite_help: str
+) -> None:
+    """The options ``repack`` and ``export`` share (after their own, so ``--help`` lists those first): the source, the
+    output, the revision, memory, overwrite, JSON."""
+    p.add_argument("source", metavar="SRC", help="prepared folder or Hub dataset repo id with a documents config")
+    p.add_argument("--output", required=True, metavar=output_metavar, help=output_help)
+    p.add_argument("--revision", metavar="REV", help="Hub revision to read (branch, tag or commit; default main)")
+    p.add_argument("--memory-budget", type=int, metavar="BYTES", help=budget_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="hfprep", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
@@ -145,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Pack the documents config of a prepared folder or Hub repo again, without the "
                          "tokenizer or the source: the data shards equal a fresh `hfprep run` with the new packing.",
                          epilog=EPILOG, formatter_class=fmt)
-    rep.add_argument("source", metavar="SRC", help="prepared folder or Hub dataset repo id with a documents config")
     rep.add_argument("--seq-len", type=int, required=True, metavar="N", help="the new row length")
     rep.add_argument("--strategy", metavar="NAME", help="packer: dense, no_incomplete or bfd (default: the source's)")
     rep.add_argument("--packing-kwargs", metavar="JSON",
@@ -153,24 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "same packer, else none)")
     rep.add_argument("--num-reduce-chunks", type=int, metavar="K",
                      help="must equal the source's (a repack keeps its keys; re-run the recipe to change them)")
-    rep.add_argument("--output", required=True, metavar="DIR", help="the new prepared folder")
-    rep.add_argument("--revision", metavar="REV", help="Hub revision to read (branch, tag or commit; default main)")
-    rep.add_argument("--memory-budget", type=int, metavar="BYTES", help="bytes of documents held at once (one group)")
-    rep.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    rep.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+    _documents_command_options(rep, "DIR", "the new prepared folder", "bytes of documents held at once (one group)",
+                               "replace the output folder if it exists")
 
     exp = sub.add_parser("export", help="write a prepared dataset's documents for Megatron-LM/NeMo or as flat ids",
                          description="Export one split of the documents config: Megatron's indexed dataset "
                          "(PREFIX.bin + PREFIX.idx) or a flat token file (PREFIX.bin + PREFIX.json).",
                          epilog=EPILOG, formatter_class=fmt)
-    exp.add_argument("source", metavar="SRC", help="prepared folder or Hub dataset repo id with a documents config")
     exp.add_argument("--format", required=True, choices=["megatron", "flat"])
-    exp.add_argument("--output", required=True, metavar="PREFIX", help="output files PREFIX.bin, PREFIX.idx/.json")
     exp.add_argument("--split", metavar="NAME", help="split to export (default: the first, the train split)")
-    exp.add_argument("--revision", metavar="REV", help="Hub revision to read (branch, tag or commit; default main)")
-    exp.add_argument("--memory-budget", type=int, metavar="BYTES", help="bytes of documents held at once")
-    exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    exp.add_argument("--json", action="store_true", help="JSON lines on stdout (events + final summary)")
+    _documents_command_options(exp, "PREFIX", "output files PREFIX.bin, PREFIX.idx/.json",
+                               "bytes of documents held at once", "replace existing output files")
 
     kd = sub.add_parser("kd-cache", help="build a knowledge-distillation cache from a KD recipe",
                         description="Run a teacher over packed rows and store its top-k log-probs.",
